@@ -1,0 +1,90 @@
+//! Datasets: in-memory u8 images with label and bias attribute per sample, readers, generators,
+//! and the batch loader.
+//!
+//! A sample is bias-aligned when its bias attribute equals its label (colour = digit class in
+//! Colored MNIST, corruption index = class in Corrupted CIFAR-10, gender = age group in BFFHQ),
+//! bias-conflicting otherwise.
+
+pub mod cli;
+pub mod loader;
+pub mod synthetic;
+
+use anyhow::{bail, Result};
+
+/// Per-channel normalisation applied when a batch is made: x = (p/255 − mean) / std.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalize {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalize {
+    /// p/255, no shift or scale (the reference's Colored MNIST).
+    pub fn identity(channels: usize) -> Self {
+        Self { mean: vec![0.0; channels], std: vec![1.0; channels] }
+    }
+}
+
+/// One split of a dataset, held in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    pub name: String,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_classes: usize,
+    /// [N, C, H, W] bytes.
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u8>,
+    /// Bias attribute per sample; aligned iff `bias[i] == labels[i]`.
+    pub bias: Vec<u8>,
+    pub normalize: Normalize,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        let l = self.image_len();
+        &self.pixels[i * l..(i + 1) * l]
+    }
+    pub fn is_aligned(&self, i: usize) -> bool {
+        self.bias[i] == self.labels[i]
+    }
+    pub fn num_conflicting(&self) -> usize {
+        (0..self.len()).filter(|&i| !self.is_aligned(i)).count()
+    }
+
+    /// Checks internal consistency; errors name the dataset and the problem.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.labels.len();
+        if self.bias.len() != n {
+            bail!("{}: {} labels but {} bias attributes", self.name, n, self.bias.len());
+        }
+        if self.pixels.len() != n * self.image_len() {
+            bail!("{}: {} pixels for {} images of {}x{}x{}", self.name, self.pixels.len(), n, self.channels, self.height, self.width);
+        }
+        if let Some(&l) = self.labels.iter().find(|&&l| l as usize >= self.num_classes) {
+            bail!("{}: label {} out of range for {} classes", self.name, l, self.num_classes);
+        }
+        if self.normalize.mean.len() != self.channels || self.normalize.std.len() != self.channels {
+            bail!("{}: normalisation has the wrong number of channels", self.name);
+        }
+        Ok(())
+    }
+}
+
+/// The three splits a run uses.
+#[derive(Clone, Debug)]
+pub struct Splits {
+    pub train: Dataset,
+    pub valid: Dataset,
+    pub test: Dataset,
+}

@@ -1,0 +1,17 @@
+//! Death-rate schedules for topology updates.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum DecaySchedule {
+    /// d_t = end + ½(start − end)(1 + cos(π t / T)) — the reference's cosine annealing.
+    Cosine,
+    /// d_t = start + (end − start) t / T.
+    Linear,
+    /// d_t = start.
+    Constant,
+}
+
+/// Death rate at step `step` of `total` (clamped to [0, total]); `end` is 0.005 in the reference.
+pub fn death_rate(start: f64, end: f64, step: u64, total: u64, schedule: DecaySchedule) -> f64 {
+    let _ = (start, end, step, total, schedule);
+    todo!("sparse helper")
+}
