@@ -2,10 +2,20 @@
 //!
 //! Layers, bottom up: `device` (CPU kernels; CUDA to come) → `tensor` → `autograd` → `nn`
 //! (layers and the paper's models) → `train` (trainer, metrics, checkpoints), with `sparse`
-//! (topology and sparse kernels) and `data` (datasets and loader) beside them.
+//! (topology and sparse kernels), `dst` (dynamic sparse training of a model) and `data`
+//! (datasets and loader) beside them. `cli` is the command line's surface.
 
+pub mod autograd;
+pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod device;
+pub mod dst;
+pub mod flops;
+pub mod metrics;
+pub mod nn;
+pub mod optim;
 pub mod rng;
 pub mod sparse;
 pub mod tensor;
+pub mod train;

@@ -1,0 +1,191 @@
+//! Checkpoints in safetensors: weights (a sparse layer as its active values plus their flat
+//! positions, so a checkpoint shrinks with the density), optimiser momentum, batch-norm
+//! statistics, in-time statistics, and in the metadata the run's configuration and progress
+//! (epoch, step, learning rate, RNG state). Written atomically: a temporary file, fsync, rename.
+
+use crate::nn::param::{ComputePath, ParamKind, Values};
+use crate::nn::Model;
+use crate::sparse::csr::SparseWeight;
+use crate::train::{Progress, TrainConfig, Trainer};
+use anyhow::{bail, ensure, Context, Result};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+pub const LAST: &str = "last.safetensors";
+pub const BEST: &str = "best.safetensors";
+const FORMAT: u32 = 1;
+
+/// Writes `bytes` to `path` so that a reader sees either the old file or the whole new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct ParamMeta {
+    name: String,
+    shape: Vec<usize>,
+    kind: ParamKind,
+    /// None for a dense parameter.
+    path: Option<ComputePath>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    format: u32,
+    config: TrainConfig,
+    progress: Progress,
+    params: Vec<ParamMeta>,
+    bn_layers: usize,
+}
+
+/// A run's whole state, as saved.
+pub struct Checkpoint {
+    pub config: TrainConfig,
+    pub progress: Progress,
+    params: Vec<ParamMeta>,
+    tensors: HashMap<String, (Vec<usize>, Vec<u8>)>,
+    bn_layers: usize,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Checkpoint {
+    /// Takes a copy of the trainer's state.
+    pub fn capture(t: &Trainer) -> Self {
+        let mut tensors = HashMap::new();
+        let mut params = Vec::new();
+        for (i, p) in t.model.params.params.iter().enumerate() {
+            let path = match &p.values {
+                Values::Dense(_) => None,
+                Values::Sparse(sw, path) => {
+                    tensors.insert(format!("index.{}", p.name), (vec![sw.nnz()], u32_bytes(&sw.positions())));
+                    Some(*path)
+                }
+            };
+            tensors.insert(format!("param.{}", p.name), (vec![p.len()], f32_bytes(p.data())));
+            tensors.insert(format!("momentum.{}", p.name), (vec![p.len()], f32_bytes(&t.opt.buffers[i])));
+            params.push(ParamMeta { name: p.name.clone(), shape: p.shape.clone(), kind: p.kind, path });
+        }
+        for (i, bn) in t.model.bn.iter().enumerate() {
+            tensors.insert(format!("bn.{i}.running_mean"), (vec![bn.mean.len()], f32_bytes(&bn.mean)));
+            tensors.insert(format!("bn.{i}.running_var"), (vec![bn.var.len()], f32_bytes(&bn.var)));
+        }
+        if let Some(s) = &t.sparse {
+            for (li, bits) in s.fired.layers().iter().enumerate() {
+                let bytes: Vec<u8> = bits.iter().map(|&b| b as u8).collect();
+                tensors.insert(format!("fired.{li}"), (vec![bytes.len()], bytes));
+            }
+        }
+        Self { config: t.config.clone(), progress: t.progress.clone(), params, tensors, bn_layers: t.model.bn.len() }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let meta = Meta { format: FORMAT, config: self.config.clone(), progress: self.progress.clone(), params: self.params.clone(), bn_layers: self.bn_layers };
+        let mut info = HashMap::new();
+        info.insert("rest".to_string(), serde_json::to_string(&meta)?);
+        let mut views = Vec::new();
+        for (name, (shape, bytes)) in &self.tensors {
+            let dtype = if name.starts_with("index.") {
+                Dtype::U32
+            } else if name.starts_with("fired.") {
+                Dtype::U8
+            } else {
+                Dtype::F32
+            };
+            views.push((name.clone(), TensorView::new(dtype, shape.clone(), bytes).context("checkpoint tensor")?));
+        }
+        let bytes = safetensors::serialize(views, Some(info)).context("serialising checkpoint")?;
+        write_atomic(path, &bytes)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {} is truncated or not a safetensors file: {e}", path.display()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {}: unreadable header: {e}", path.display()))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("rest"))
+            .ok_or_else(|| anyhow::anyhow!("{} is a safetensors file but not a rest checkpoint (no 'rest' metadata)", path.display()))?;
+        let meta: Meta = serde_json::from_str(json).with_context(|| format!("checkpoint {}: unreadable metadata", path.display()))?;
+        ensure!(meta.format == FORMAT, "checkpoint {} has format {}, this rest reads format {}", path.display(), meta.format, FORMAT);
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            tensors.insert(name, (view.shape().to_vec(), view.data().to_vec()));
+        }
+        Ok(Self { config: meta.config, progress: meta.progress, params: meta.params, tensors, bn_layers: meta.bn_layers })
+    }
+
+    fn f32s(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let (_, b) = self.tensors.get(name).ok_or_else(|| anyhow::anyhow!("checkpoint lacks tensor {name}"))?;
+        ensure!(b.len() == 4 * len, "checkpoint tensor {name} has {} values, expected {len}", b.len() / 4);
+        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    /// Puts the saved weights and statistics into `model` (which must have the same
+    /// architecture), keeping each saved sparse topology.
+    pub fn restore_model(&self, model: &mut Model) -> Result<()> {
+        ensure!(
+            model.params.params.len() == self.params.len() && model.bn.len() == self.bn_layers,
+            "checkpoint is for another model ({} parameters, this model has {})",
+            self.params.len(),
+            model.params.params.len()
+        );
+        for (p, m) in model.params.params.iter_mut().zip(&self.params) {
+            ensure!(p.name == m.name && p.shape == m.shape, "checkpoint is for another model: parameter {} {:?} where this model has {} {:?}", m.name, m.shape, p.name, p.shape);
+            p.values = match m.path {
+                None => Values::Dense(self.f32s(&format!("param.{}", m.name), p.numel())?),
+                Some(path) => {
+                    let (shape, b) = self.tensors.get(&format!("index.{}", m.name)).ok_or_else(|| anyhow::anyhow!("checkpoint lacks the index of {}", m.name))?;
+                    let nnz = shape.first().copied().unwrap_or(0);
+                    ensure!(b.len() == 4 * nnz, "checkpoint index of {} is damaged", m.name);
+                    let pos: Vec<u32> = b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    let numel = p.numel() as u32;
+                    if pos.windows(2).any(|w| w[0] >= w[1]) || pos.last().is_some_and(|&l| l >= numel) {
+                        bail!("checkpoint index of {} is not sorted or out of range", m.name);
+                    }
+                    let (rows, cols) = p.matrix_dims();
+                    Values::Sparse(SparseWeight::from_positions(rows, cols, &pos, self.f32s(&format!("param.{}", m.name), nnz)?), path)
+                }
+            };
+        }
+        for (i, bn) in model.bn.iter_mut().enumerate() {
+            bn.mean = self.f32s(&format!("bn.{i}.running_mean"), bn.mean.len())?;
+            bn.var = self.f32s(&format!("bn.{i}.running_var"), bn.var.len())?;
+        }
+        Ok(())
+    }
+
+    /// Restores a whole trainer: model, optimiser, sparse statistics and progress.
+    pub fn restore(&self, t: &mut Trainer) -> Result<()> {
+        self.restore_model(&mut t.model)?;
+        for (i, p) in t.model.params.params.iter().enumerate() {
+            t.opt.buffers[i] = self.f32s(&format!("momentum.{}", p.name), p.len())?;
+        }
+        if let Some(s) = &mut t.sparse {
+            let mut layers = Vec::new();
+            for li in 0..s.fired.layers().len() {
+                let (_, b) = self.tensors.get(&format!("fired.{li}")).ok_or_else(|| anyhow::anyhow!("checkpoint lacks in-time statistics of layer {li}"))?;
+                layers.push(b.iter().map(|&x| x != 0).collect());
+            }
+            s.fired.set_layers(layers)?;
+        }
+        t.opt.lr = self.progress.lr;
+        t.progress = self.progress.clone();
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! The command-line surface: argument structs (clap) and what each subcommand does.
+
+use crate::checkpoint::Checkpoint;
+use crate::data::loader::Augment;
+use crate::data::synthetic::{self, SyntheticConfig};
+use crate::data::Splits;
+use crate::device::{self, DeviceRequest};
+use crate::dst::SparseConfig;
+use crate::metrics::{evaluate, GroupMetrics};
+use crate::nn::{Arch, Model, ModelConfig};
+use crate::sparse::density::DensityRule;
+use crate::sparse::schedule::DecaySchedule;
+use crate::sparse::topology::{GrowRule, PruneRule};
+use crate::train::{render_summary, Reweight, ReweightMode, RunOptions, TrainConfig, Trainer};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::PathBuf;
+
+/// The four methods of the paper's comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// REST: sparse training with bias-conflicting samples upweighted.
+    Rest,
+    /// Sparse training (RigL-style) without reweighting.
+    Sparse,
+    /// Dense training with reweighting.
+    Reweight,
+    /// Dense training, plain empirical risk.
+    Vanilla,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataSource {
+    /// synthetic | cmnist | cifar10c | bffhq | folder:DIR (the debiasing folder layout).
+    #[arg(long, default_value = "cmnist")]
+    pub dataset: String,
+    /// Percentage of bias-conflicting training samples: 0.5, 1, 2 or 5.
+    #[arg(long, default_value_t = 1.0)]
+    pub ratio: f64,
+    /// Where datasets are fetched and generated (env REST_DATA_DIR).
+    #[arg(long, env = "REST_DATA_DIR", default_value = "datasets")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// What to train: REST (default), sparse without reweighting, dense with reweighting, or dense.
+    #[arg(long, value_enum, default_value_t = Method::Rest)]
+    pub method: Method,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Model; default: cnn for synthetic and cmnist, resnet18 otherwise.
+    #[arg(long, value_enum)]
+    pub model: Option<Arch>,
+    /// Channels of the first stage.
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Training epochs (the paper uses 100: see --paper).
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    /// The reference's full schedule: 100 epochs.
+    #[arg(long)]
+    pub paper: bool,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Learning rate; default: 0.01 for the CNN, 0.001 for ResNet-18 (the reference's).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Global density of the masked weights for sparse methods (1 = dense); default 0.05.
+    #[arg(long)]
+    pub density: Option<f64>,
+    /// How the global density is spread over layers.
+    #[arg(long, value_enum, default_value_t = DensityRule::Erk)]
+    pub density_rule: DensityRule,
+    /// Steps between topology updates (ΔT).
+    #[arg(long, default_value_t = 1000)]
+    pub update_every: u64,
+    /// Fraction of active weights pruned and regrown at the first update.
+    #[arg(long, default_value_t = 0.5)]
+    pub death_rate: f64,
+    /// Death rate at the end of training.
+    #[arg(long, default_value_t = 0.005)]
+    pub death_rate_end: f64,
+    #[arg(long, value_enum, default_value_t = DecaySchedule::Cosine)]
+    pub decay: DecaySchedule,
+    #[arg(long, value_enum, default_value_t = PruneRule::Magnitude)]
+    pub prune: PruneRule,
+    #[arg(long, value_enum, default_value_t = GrowRule::Gradient)]
+    pub grow: GrowRule,
+    /// Stop topology updates after this fraction of training (1 = never).
+    #[arg(long, default_value_t = 1.0)]
+    pub stop_fraction: f64,
+    /// Static sparse training: keep the initial mask.
+    #[arg(long)]
+    pub fix: bool,
+    /// Override the method's reweighting: off, labels (bias labels), jtt (no bias labels).
+    #[arg(long, value_enum)]
+    pub reweight: Option<Reweight>,
+    /// λ: the weight of bias-conflicting samples (the reference pairs 10, 30, 50, 80 with 0.5, 1, 2, 5 %).
+    #[arg(long, default_value_t = 80.0)]
+    pub upweight: f32,
+    /// Apply λ by weighted sampling (the reference's way) or inside the loss.
+    #[arg(long, value_enum, default_value_t = ReweightMode::Sampler)]
+    pub reweight_mode: ReweightMode,
+    /// Epochs of JTT's first, plain phase.
+    #[arg(long, default_value_t = 1)]
+    pub jtt_epochs: usize,
+    /// auto | cpu | cuda[:N] | emu (env REST_DEVICE).
+    #[arg(long, env = "REST_DEVICE", default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 41)]
+    pub seed: u64,
+    /// Output directory (default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in DIR (other training options are taken from it).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Samples in the synthetic training split.
+    #[arg(long, default_value_t = 6000)]
+    pub synthetic_train: usize,
+    /// No progress bars or per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Loads the three splits of a dataset.
+pub fn load_splits(source: &DataSource, seed: u64, synthetic_train: usize) -> Result<Splits> {
+    ensure!(source.ratio > 0.0 && source.ratio < 100.0, "--ratio is a percentage in (0, 100), got {}", source.ratio);
+    if source.dataset == "synthetic" {
+        let cfg = SyntheticConfig { train: synthetic_train, conflict_ratio: source.ratio / 100.0, seed, ..SyntheticConfig::default() };
+        return synthetic::generate(&cfg);
+    }
+    bail!("dataset '{}' is not available yet: use --dataset synthetic", source.dataset)
+}
+
+fn default_arch(dataset: &str) -> Arch {
+    match dataset {
+        "synthetic" | "cmnist" => Arch::Cnn,
+        _ => Arch::Resnet18,
+    }
+}
+
+impl TrainArgs {
+    /// The run's configuration, with the method's and dataset's defaults filled in.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let sparse_method = matches!(self.method, Method::Rest | Method::Sparse);
+        let density = match (sparse_method, self.density) {
+            (true, d) => d.unwrap_or(0.05),
+            (false, None) => 1.0,
+            (false, Some(d)) if d == 1.0 => 1.0,
+            (false, Some(d)) => bail!("--method {:?} trains dense; --density {d} needs --method rest or sparse", self.method),
+        };
+        let reweight = self.reweight.unwrap_or(match self.method {
+            Method::Rest | Method::Reweight => Reweight::Labels,
+            Method::Sparse | Method::Vanilla => Reweight::Off,
+        });
+        let arch = self.model.unwrap_or_else(|| default_arch(&self.source.dataset));
+        let sparse = (density < 1.0).then(|| SparseConfig {
+            density,
+            rule: self.density_rule,
+            update_every: self.update_every,
+            death_rate: self.death_rate,
+            death_rate_end: self.death_rate_end,
+            decay: self.decay,
+            prune: self.prune,
+            grow: self.grow,
+            stop_fraction: self.stop_fraction,
+            fix: self.fix,
+        });
+        if !(density > 0.0 && density <= 1.0) {
+            bail!("--density must be in (0, 1], got {density}");
+        }
+        let config = TrainConfig {
+            dataset: self.source.dataset.clone(),
+            ratio: self.source.ratio,
+            model: ModelConfig { arch, width: self.width, in_channels: 3, num_classes: 10 },
+            epochs: if self.paper { 100 } else { self.epochs },
+            batch_size: self.batch_size,
+            lr: self.lr.unwrap_or(if arch == Arch::Cnn { 0.01 } else { 0.001 }),
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            sparse,
+            reweight,
+            upweight: self.upweight,
+            reweight_mode: self.reweight_mode,
+            jtt_epochs: self.jtt_epochs,
+            augment: if self.source.dataset == "cifar10c" { Augment::CropFlip { pad: 4 } } else { Augment::None },
+            seed: self.seed,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn choose_device(spec: &str, quiet: bool) -> Result<()> {
+    let req: DeviceRequest = spec.parse()?;
+    let (dev, why) = device::resolve(req)?;
+    if !quiet {
+        eprintln!("device: {dev} ({why})");
+    }
+    Ok(())
+}
+
+pub fn train(args: &TrainArgs) -> Result<()> {
+    choose_device(&args.device, args.quiet)?;
+    let opts_out = |c: &TrainConfig| {
+        args.out.clone().unwrap_or_else(|| {
+            let d = c.sparse.as_ref().map_or(1.0, |s| s.density);
+            PathBuf::from(format!("runs/{}-{}-r{}-d{}-s{}", c.dataset.replace([':', '/'], "_"), c.method(), c.ratio, d, c.seed))
+        })
+    };
+    let summary = if let Some(dir) = &args.resume {
+        let ck = Checkpoint::load(&dir.join(crate::checkpoint::LAST)).with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let source = DataSource { dataset: ck.config.dataset.clone(), ratio: ck.config.ratio, data_dir: args.source.data_dir.clone() };
+        let splits = load_splits(&source, ck.config.seed, args.synthetic_train)?;
+        let mut t = Trainer::resume(dir, &splits)?;
+        if !args.quiet {
+            eprintln!("resuming {} at epoch {} of {}", dir.display(), t.progress.epoch + 1, t.config.epochs);
+        }
+        t.train(&RunOptions { out: dir.clone(), quiet: args.quiet, stop_after_epochs: None })?
+    } else {
+        let config = args.config()?;
+        let splits = load_splits(&args.source, config.seed, args.synthetic_train)?;
+        let out = opts_out(&config);
+        if out.join(crate::checkpoint::LAST).exists() {
+            bail!("{} already holds a run: continue it with --resume {0}, or choose another --out", out.display());
+        }
+        let mut t = Trainer::new(config, &splits)?;
+        t.train(&RunOptions { out: out.clone(), quiet: args.quiet, stop_after_epochs: None })?
+    };
+    if let Some(s) = summary {
+        println!("test accuracy at the best validation epoch ({}):\n{}", s.best_epoch + 1, render_summary(&s));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint written by `rest train` (best.safetensors or last.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Evaluate on another dataset than the one the model was trained on.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[arg(long)]
+    pub ratio: Option<f64>,
+    #[arg(long, env = "REST_DATA_DIR", default_value = "datasets")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+    #[arg(long, env = "REST_DEVICE", default_value = "auto")]
+    pub device: String,
+}
+
+fn metrics_row(split: &str, m: &GroupMetrics) -> String {
+    format!(
+        "| {split} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        m.samples,
+        100.0 * m.accuracy,
+        100.0 * m.aligned_accuracy,
+        100.0 * m.conflicting_accuracy,
+        100.0 * m.unbiased_accuracy,
+        100.0 * m.worst_group_accuracy
+    )
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    choose_device(&args.device, false)?;
+    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let ck = Checkpoint::load(&args.checkpoint)?;
+    let source = DataSource {
+        dataset: args.dataset.clone().unwrap_or_else(|| ck.config.dataset.clone()),
+        ratio: args.ratio.unwrap_or(ck.config.ratio),
+        data_dir: args.data_dir.clone(),
+    };
+    let splits = load_splits(&source, ck.config.seed, 6000)?;
+    let mut mc = ck.config.model.clone();
+    mc.in_channels = splits.test.channels;
+    mc.num_classes = splits.test.num_classes;
+    let mut model = Model::new(&mc, ck.config.seed)?;
+    ck.restore_model(&mut model).with_context(|| format!("{} does not fit a model for {}", args.checkpoint.display(), source.dataset))?;
+    println!("{} ({}, trained {} epochs, density {:.4})", args.checkpoint.display(), ck.config.method(), ck.progress.epoch, crate::dst::global_density(&model));
+    let mut table = String::from("| split | samples | accuracy | aligned | conflicting | unbiased | worst group |\n|---|---|---|---|---|---|---|\n");
+    for (name, ds) in [("valid", &splits.valid), ("test", &splits.test)] {
+        table += &metrics_row(name, &evaluate(&mut model, ds, args.batch_size)?.0);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeviceArgs {
+    /// auto | cpu | cuda[:N] | emu.
+    #[arg(long, env = "REST_DEVICE", default_value = "auto")]
+    pub device: String,
+}
+
+pub fn device(args: &DeviceArgs) -> Result<()> {
+    println!("CUDA driver library: {}", if device::cuda_driver_present() { "found" } else { "not found" });
+    let (dev, why) = device::resolve(args.device.parse()?)?;
+    println!("backend: {dev} ({why})");
+    println!("CPU threads: {}", rayon::current_num_threads());
+    Ok(())
+}

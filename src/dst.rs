@@ -1,0 +1,194 @@
+//! Dynamic sparse training of a model: turning its weights sparse (exact ERK/ER/uniform
+//! counts), choosing per layer between sparse and dense-masked compute, and topology updates
+//! (prune, regrow, remap optimiser state) every ΔT steps.
+
+use crate::nn::param::{ComputePath, Grads, ParamKind, Values};
+use crate::nn::Model;
+use crate::optim::Sgd;
+use crate::rng::Rng;
+use crate::sparse::density::{layer_nnz, DensityRule};
+use crate::sparse::schedule::{death_rate, DecaySchedule};
+use crate::sparse::csr::SparseWeight;
+use crate::sparse::topology::{random_layer, update_layer, GrowRule, PruneRule, UpdateStats};
+use anyhow::{ensure, Result};
+
+/// Above this density a layer is computed dense-masked: the sparse kernels' per-entry cost
+/// (an indexed axpy) loses to the dense GEMM somewhere between 20 and 40 % density on AVX-512
+/// CPUs (`rest bench cpu` measures it per layer).
+pub const SPARSE_PATH_MAX_DENSITY: f64 = 0.3;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SparseConfig {
+    pub density: f64,
+    pub rule: DensityRule,
+    /// Steps between topology updates (ΔT).
+    pub update_every: u64,
+    pub death_rate: f64,
+    pub death_rate_end: f64,
+    pub decay: DecaySchedule,
+    pub prune: PruneRule,
+    pub grow: GrowRule,
+    /// Updates stop after this fraction of training (1 = never, as the reference).
+    pub stop_fraction: f64,
+    /// Static sparse training: the initial mask is kept.
+    pub fix: bool,
+}
+
+impl SparseConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.density > 0.0 && self.density <= 1.0, "density must be in (0, 1], got {}", self.density);
+        ensure!(self.update_every > 0, "the update interval (ΔT, --update-every) must be at least 1 step");
+        ensure!((0.0..=1.0).contains(&self.death_rate), "death rate must be in [0, 1], got {}", self.death_rate);
+        ensure!((0.0..=1.0).contains(&self.death_rate_end), "final death rate must be in [0, 1], got {}", self.death_rate_end);
+        ensure!((0.0..=1.0).contains(&self.stop_fraction), "stop fraction must be in [0, 1], got {}", self.stop_fraction);
+        Ok(())
+    }
+}
+
+/// In-time over-parameterisation: which positions of each masked layer have ever been active.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fired {
+    layers: Vec<Vec<bool>>,
+}
+
+impl Fired {
+    pub fn new(sizes: &[usize]) -> Self {
+        Self { layers: sizes.iter().map(|&n| vec![false; n]).collect() }
+    }
+    pub fn record(&mut self, layer: usize, w: &SparseWeight) {
+        for p in w.positions() {
+            self.layers[layer][p as usize] = true;
+        }
+    }
+    pub fn record_dense(&mut self, layer: usize) {
+        self.layers[layer].iter_mut().for_each(|b| *b = true);
+    }
+    /// Ever-active weights over all weights.
+    pub fn fraction(&self) -> f64 {
+        let on: usize = self.layers.iter().map(|l| l.iter().filter(|&&b| b).count()).sum();
+        let all: usize = self.layers.iter().map(Vec::len).sum();
+        on as f64 / all.max(1) as f64
+    }
+    pub fn layers(&self) -> &[Vec<bool>] {
+        &self.layers
+    }
+    pub fn set_layers(&mut self, layers: Vec<Vec<bool>>) -> Result<()> {
+        ensure!(
+            layers.len() == self.layers.len() && layers.iter().zip(&self.layers).all(|(a, b)| a.len() == b.len()),
+            "in-time statistics do not match the model's layers"
+        );
+        self.layers = layers;
+        Ok(())
+    }
+}
+
+/// State that lives beside the model during sparse training.
+#[derive(Clone, Debug)]
+pub struct SparseState {
+    pub config: SparseConfig,
+    pub fired: Fired,
+    /// Momentum of the dense gradient at update steps (only for `GrowRule::Momentum`).
+    grad_momentum: Vec<Option<Vec<f32>>>,
+}
+
+/// Makes every masked weight of `model` sparse with exactly the counts of `config.rule` at
+/// `config.density`; layers that get every weight stay dense.
+pub fn sparsify(model: &mut Model, config: &SparseConfig, seed: u64) -> Result<SparseState> {
+    config.validate()?;
+    let ids = model.params.weight_ids();
+    let shapes: Vec<Vec<usize>> = ids.iter().map(|&id| model.params.get(id).shape.clone()).collect();
+    let counts = layer_nnz(&shapes, config.density, config.rule)?;
+    for (li, (&id, &nnz)) in ids.iter().zip(&counts).enumerate() {
+        let p = model.params.get_mut(id);
+        if nnz == p.numel() {
+            continue;
+        }
+        let (rows, cols) = p.matrix_dims();
+        let mut rng = Rng::derive(seed, 0x3a5c_0000 + li as u64);
+        let sw = random_layer(rows, cols, nnz, p.data(), &mut rng);
+        let path = if nnz as f64 / p.numel() as f64 <= SPARSE_PATH_MAX_DENSITY { ComputePath::Sparse } else { ComputePath::DenseMasked };
+        p.values = Values::Sparse(sw, path);
+    }
+    let mut fired = Fired::new(&model_layers(model));
+    record_fired(model, &mut fired);
+    Ok(SparseState { config: config.clone(), fired, grad_momentum: vec![None; model.params.params.len()] })
+}
+
+fn model_layers(model: &Model) -> Vec<usize> {
+    model.params.weight_ids().iter().map(|&id| model.params.get(id).numel()).collect()
+}
+
+fn record_fired(model: &Model, fired: &mut Fired) {
+    for (li, id) in model.params.weight_ids().into_iter().enumerate() {
+        if let Some(sw) = model.params.get(id).sparse() {
+            fired.record(li, sw);
+        } else {
+            fired.record_dense(li);
+        }
+    }
+}
+
+impl SparseState {
+    /// Whether step `step` (0-based, of `total`) ends with a topology update.
+    pub fn is_update_step(&self, step: u64, total: u64) -> bool {
+        !self.config.fix
+            && step > 0
+            && step % self.config.update_every == 0
+            && (step as f64) < self.config.stop_fraction * total as f64
+    }
+
+    /// Prunes and regrows every sparse layer using this step's dense gradients, and remaps the
+    /// optimiser's momentum. Returns the totals and the death rate used.
+    pub fn update(&mut self, model: &mut Model, opt: &mut Sgd, grads: &Grads, step: u64, total: u64, rng: &mut Rng) -> Result<(UpdateStats, f64)> {
+        let c = &self.config;
+        let rate = death_rate(c.death_rate, c.death_rate_end, step, total, c.decay);
+        let mut sum = UpdateStats::default();
+        for (li, id) in model.params.weight_ids().into_iter().enumerate() {
+            let p = model.params.get_mut(id);
+            let Values::Sparse(sw, _) = &mut p.values else { continue };
+            let dense = grads.dense[id.0].as_ref().ok_or_else(|| anyhow::anyhow!("{}: no dense gradient on an update step", p.name))?;
+            let score: &[f32] = if c.grow == GrowRule::Momentum {
+                let m = self.grad_momentum[id.0].get_or_insert_with(|| vec![0.0; dense.len()]);
+                for (m, g) in m.iter_mut().zip(dense) {
+                    *m = 0.9 * *m + g;
+                }
+                m
+            } else {
+                dense
+            };
+            let mut state: Vec<&mut Vec<f32>> = vec![&mut opt.buffers[id.0]];
+            let s = update_layer(sw, rate, c.prune, c.grow, score, &mut state, rng);
+            self.fired.record(li, sw);
+            sum.pruned += s.pruned;
+            sum.grown += s.grown;
+        }
+        Ok((sum, rate))
+    }
+
+    /// Fraction of weights that have ever been active (in-time over-parameterisation).
+    pub fn fired_fraction(&self) -> f64 {
+        self.fired.fraction()
+    }
+}
+
+/// Global density of the masked weights as stored now.
+pub fn global_density(model: &Model) -> f64 {
+    let ids = model.params.weight_ids();
+    let active: usize = ids.iter().map(|&id| model.params.get(id).len()).sum();
+    let total: usize = ids.iter().map(|&id| model.params.get(id).numel()).sum();
+    active as f64 / total as f64
+}
+
+/// One line per masked layer: density and compute path.
+pub fn describe(model: &Model) -> String {
+    let mut s = String::new();
+    for p in model.params.params.iter().filter(|p| p.kind == ParamKind::Weight) {
+        let path = match &p.values {
+            Values::Dense(_) => "dense",
+            Values::Sparse(_, ComputePath::Sparse) => "sparse kernels",
+            Values::Sparse(_, ComputePath::DenseMasked) => "dense-masked GEMM",
+        };
+        s += &format!("  {:<28} {:>9} of {:>9} active ({:>6.2}%)  {}\n", p.name, p.len(), p.numel(), 100.0 * p.len() as f64 / p.numel() as f64, path);
+    }
+    s
+}

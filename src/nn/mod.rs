@@ -1,0 +1,7 @@
+//! Layers on the tape and the paper's models.
+
+pub mod models;
+pub mod ops;
+pub mod param;
+
+pub use models::{Arch, Model, ModelConfig};

@@ -1,0 +1,242 @@
+//! The paper's two models: the Colored-MNIST CNN of the reference code and ResNet-18 with a
+//! width parameter (the ImageNet-style stem of the reference's `resnet18vw`).
+
+use crate::autograd::{Tape, Var};
+use crate::nn::ops::{self, BnStats};
+use crate::nn::param::{ParamId, ParamKind, ParamStore};
+use crate::rng::Rng;
+use anyhow::{ensure, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum Arch {
+    /// Conv 3→w (k4 s2 p1) + BN + ReLU, w→2w, 2w→4w the same, global average pool, linear.
+    Cnn,
+    /// ResNet-18: 7×7/2 stem + max-pool, four stages of two BasicBlocks (w, 2w, 4w, 8w).
+    Resnet18,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// Channels of the first stage (64 in the paper for both models).
+    pub width: usize,
+    pub in_channels: usize,
+    pub num_classes: usize,
+}
+
+#[derive(Clone, Debug)]
+struct ConvLayer {
+    w: ParamId,
+    b: Option<ParamId>,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+#[derive(Clone, Debug)]
+struct BnLayer {
+    gamma: ParamId,
+    beta: ParamId,
+    stats: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    c1: ConvLayer,
+    b1: BnLayer,
+    c2: ConvLayer,
+    b2: BnLayer,
+    shortcut: Option<(ConvLayer, BnLayer)>,
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    Cnn(Vec<(ConvLayer, BnLayer)>),
+    ResNet { stem: (ConvLayer, BnLayer), blocks: Vec<Block> },
+}
+
+/// Geometry of one masked weight at a given input size, for FLOPs accounting.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WeightGeom {
+    pub param: usize,
+    pub name: String,
+    /// Output positions per image (OH·OW; 1 for the linear layer).
+    pub out_pixels: usize,
+    /// Whether the layer's input is the image itself (no input gradient is needed).
+    pub first: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub params: ParamStore,
+    pub bn: Vec<BnStats>,
+    body: Body,
+    fc: (ParamId, ParamId),
+}
+
+struct Builder {
+    params: ParamStore,
+    bn: Vec<BnStats>,
+    seed: u64,
+}
+
+impl Builder {
+    fn rng(&self) -> Rng {
+        Rng::derive(self.seed, self.params.params.len() as u64 + 1)
+    }
+
+    /// Kaiming-normal (fan-out, ReLU gain) weights, as the reference ResNet initialises convs.
+    fn conv(&mut self, name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> ConvLayer {
+        let std = (2.0 / (cout * k * k) as f32).sqrt();
+        let mut rng = self.rng();
+        let v: Vec<f32> = (0..cout * cin * k * k).map(|_| rng.normal() * std).collect();
+        let w = self.params.add(format!("{name}.weight"), &[cout, cin, k, k], ParamKind::Weight, v);
+        ConvLayer { w, b: None, k, stride, pad }
+    }
+
+    fn bn(&mut self, name: &str, c: usize) -> BnLayer {
+        let gamma = self.params.add(format!("{name}.weight"), &[c], ParamKind::BnGamma, vec![1.0; c]);
+        let beta = self.params.add(format!("{name}.bias"), &[c], ParamKind::BnBeta, vec![0.0; c]);
+        self.bn.push(BnStats::new(c));
+        BnLayer { gamma, beta, stats: self.bn.len() - 1 }
+    }
+
+    /// PyTorch's default linear initialisation: U(±1/√fan_in) for weight and bias.
+    fn linear(&mut self, name: &str, fin: usize, fout: usize) -> (ParamId, ParamId) {
+        let bound = 1.0 / (fin as f32).sqrt();
+        let mut rng = self.rng();
+        let v: Vec<f32> = (0..fout * fin).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect();
+        let w = self.params.add(format!("{name}.weight"), &[fout, fin], ParamKind::Weight, v);
+        let mut rng = self.rng();
+        let b: Vec<f32> = (0..fout).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect();
+        let b = self.params.add(format!("{name}.bias"), &[fout], ParamKind::Bias, b);
+        (w, b)
+    }
+}
+
+fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (size + 2 * pad).saturating_sub(k) / stride + 1
+}
+
+impl Model {
+    /// Builds a model with seeded initialisation.
+    pub fn new(config: &ModelConfig, seed: u64) -> Result<Self> {
+        ensure!(config.width > 0, "model width must be positive");
+        ensure!(config.in_channels > 0, "the input needs at least one channel");
+        ensure!(config.num_classes >= 2, "a classifier needs at least 2 classes, got {}", config.num_classes);
+        let mut b = Builder { params: ParamStore::default(), bn: Vec::new(), seed };
+        let w = config.width;
+        let (body, feat) = match config.arch {
+            Arch::Cnn => {
+                let mut layers = Vec::new();
+                let mut cin = config.in_channels;
+                for (i, cout) in [w, 2 * w, 4 * w].into_iter().enumerate() {
+                    let c = b.conv(&format!("conv{}", i + 1), cin, cout, 4, 2, 1);
+                    let n = b.bn(&format!("bn{}", i + 1), cout);
+                    layers.push((c, n));
+                    cin = cout;
+                }
+                (Body::Cnn(layers), 4 * w)
+            }
+            Arch::Resnet18 => {
+                let stem = (b.conv("conv1", config.in_channels, w, 7, 2, 3), b.bn("bn1", w));
+                let mut blocks = Vec::new();
+                let mut cin = w;
+                for (s, mult) in [1, 2, 4, 8].into_iter().enumerate() {
+                    let cout = w * mult;
+                    for i in 0..2 {
+                        let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                        let name = format!("layer{}.{}", s + 1, i);
+                        let c1 = b.conv(&format!("{name}.conv1"), cin, cout, 3, stride, 1);
+                        let b1 = b.bn(&format!("{name}.bn1"), cout);
+                        let c2 = b.conv(&format!("{name}.conv2"), cout, cout, 3, 1, 1);
+                        let b2 = b.bn(&format!("{name}.bn2"), cout);
+                        let shortcut = (stride != 1 || cin != cout).then(|| {
+                            (b.conv(&format!("{name}.downsample.0"), cin, cout, 1, stride, 0), b.bn(&format!("{name}.downsample.1"), cout))
+                        });
+                        blocks.push(Block { c1, b1, c2, b2, shortcut });
+                        cin = cout;
+                    }
+                }
+                (Body::ResNet { stem, blocks }, 8 * w)
+            }
+        };
+        let fc = b.linear("fc", feat, config.num_classes);
+        Ok(Self { config: config.clone(), params: b.params, bn: b.bn, body, fc })
+    }
+
+    /// Logits [N, K] for images x [C, N, H, W]. `train` selects batch statistics in batch norm.
+    pub fn forward(&mut self, tape: &mut Tape, x: Var, train: bool) -> Result<Var> {
+        let shape = tape.value(x).shape().to_vec();
+        ensure!(
+            shape.len() == 4 && shape[0] == self.config.in_channels,
+            "model expects images [C={}, N, H, W], got {:?}",
+            self.config.in_channels,
+            shape
+        );
+        let Self { params, bn, body, fc, .. } = self;
+        let params = &*params;
+        let mut conv_bn = |tape: &mut Tape, x: Var, c: &ConvLayer, n: &BnLayer, relu: bool| -> Result<Var> {
+            let y = ops::conv2d(tape, params, x, c.w, c.b, c.stride, c.pad)?;
+            let y = ops::batchnorm(tape, params, &mut bn[n.stats], y, n.gamma, n.beta, train)?;
+            Ok(if relu { ops::relu(tape, y) } else { y })
+        };
+        let mut h = x;
+        match body {
+            Body::Cnn(layers) => {
+                for (c, n) in layers.iter() {
+                    h = conv_bn(tape, h, c, n, true)?;
+                }
+            }
+            Body::ResNet { stem, blocks } => {
+                h = conv_bn(tape, h, &stem.0, &stem.1, true)?;
+                h = ops::maxpool(tape, h, 3, 2, 1)?;
+                for blk in blocks.iter() {
+                    let y = conv_bn(tape, h, &blk.c1, &blk.b1, true)?;
+                    let y = conv_bn(tape, y, &blk.c2, &blk.b2, false)?;
+                    let s = match &blk.shortcut {
+                        Some((c, n)) => conv_bn(tape, h, c, n, false)?,
+                        None => h,
+                    };
+                    let sum = ops::add(tape, y, s)?;
+                    h = ops::relu(tape, sum);
+                }
+            }
+        }
+        let feats = ops::global_avgpool(tape, h)?;
+        ops::linear(tape, params, feats, fc.0, Some(fc.1))
+    }
+
+    /// Every masked weight with its output size for an input of `h`×`w` pixels.
+    pub fn weight_geometry(&self, h: usize, w: usize) -> Vec<WeightGeom> {
+        let mut out = Vec::new();
+        let mut push = |c: &ConvLayer, size: (usize, usize), first: bool| -> (usize, usize) {
+            let o = (out_size(size.0, c.k, c.stride, c.pad), out_size(size.1, c.k, c.stride, c.pad));
+            out.push(WeightGeom { param: c.w.0, name: self.params.get(c.w).name.clone(), out_pixels: o.0 * o.1, first });
+            o
+        };
+        let mut size = (h, w);
+        match &self.body {
+            Body::Cnn(layers) => {
+                for (i, (c, _)) in layers.iter().enumerate() {
+                    size = push(c, size, i == 0);
+                }
+            }
+            Body::ResNet { stem, blocks } => {
+                size = push(&stem.0, size, true);
+                size = (out_size(size.0, 3, 2, 1), out_size(size.1, 3, 2, 1));
+                for blk in blocks {
+                    let inner = push(&blk.c1, size, false);
+                    push(&blk.c2, inner, false);
+                    if let Some((c, _)) = &blk.shortcut {
+                        push(c, size, false);
+                    }
+                    size = inner;
+                }
+            }
+        }
+        out.push(WeightGeom { param: self.fc.0 .0, name: self.params.get(self.fc.0).name.clone(), out_pixels: 1, first: false });
+        out
+    }
+}

@@ -1,0 +1,446 @@
+//! The trainer: epochs of reweighted (optionally sparse) training, evaluation per group,
+//! best-validation model selection, metrics as JSON lines, checkpoints and resume.
+
+use crate::autograd::Tape;
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::loader::{batches, Augment, LoaderConfig};
+use crate::data::{Dataset, Splits};
+use crate::dst::{self, SparseConfig, SparseState};
+use crate::flops::FlopsReport;
+use crate::metrics::{argmax_rows, evaluate, GroupMetrics};
+use crate::nn::param::Grads;
+use crate::nn::{ops, Arch, Model, ModelConfig};
+use crate::optim::{Plateau, Sgd};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use anyhow::{bail, ensure, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How bias-conflicting samples are upweighted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum Reweight {
+    /// Plain empirical risk minimisation.
+    Off,
+    /// Upweight samples whose bias attribute differs from the label (needs bias labels).
+    Labels,
+    /// Just Train Twice: a short plain run marks the misclassified training samples, which are
+    /// then upweighted (needs no bias labels).
+    Jtt,
+}
+
+/// Where the weight λ acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum ReweightMode {
+    /// Weighted sampling with replacement (the reference's form).
+    Sampler,
+    /// Per-sample weights inside the loss.
+    Loss,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub dataset: String,
+    /// Percentage of bias-conflicting training samples (datasets that have several).
+    pub ratio: f64,
+    pub model: ModelConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// None: dense training.
+    pub sparse: Option<SparseConfig>,
+    pub reweight: Reweight,
+    pub upweight: f32,
+    pub reweight_mode: ReweightMode,
+    pub jtt_epochs: usize,
+    pub augment: Augment,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.epochs > 0, "--epochs must be at least 1");
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be a positive number, got {}", self.lr);
+        ensure!((0.0..1.0).contains(&self.momentum), "momentum must be in [0, 1)");
+        ensure!(self.weight_decay >= 0.0, "--weight-decay must be ≥ 0");
+        ensure!(self.upweight >= 0.0 && self.upweight.is_finite(), "--upweight (λ) must be ≥ 0, got {}", self.upweight);
+        if self.reweight == Reweight::Jtt {
+            ensure!(self.jtt_epochs > 0, "--jtt-epochs must be at least 1 with --reweight jtt");
+        }
+        if let Some(s) = &self.sparse {
+            s.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The method's name in the paper's comparison.
+    pub fn method(&self) -> &'static str {
+        match (self.sparse.is_some(), self.reweight != Reweight::Off) {
+            (false, false) => "vanilla",
+            (false, true) => "dense-reweight",
+            (true, false) => "sparse",
+            (true, true) => "rest",
+        }
+    }
+}
+
+/// One line of metrics.jsonl.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub step: u64,
+    pub lr: f32,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub images_per_second: f64,
+    pub density: f64,
+    pub fired_fraction: Option<f64>,
+    pub valid: GroupMetrics,
+    /// Test metrics, evaluated when validation improved.
+    pub test: Option<GroupMetrics>,
+    pub best: bool,
+}
+
+/// The outcome of a run (summary.json).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub method: String,
+    pub config: TrainConfig,
+    pub best_epoch: usize,
+    pub valid: GroupMetrics,
+    pub test: GroupMetrics,
+    pub density: f64,
+    pub inference_flops_per_image: f64,
+    pub dense_inference_flops_per_image: f64,
+    pub train_flops_per_image: f64,
+    pub dense_train_flops_per_image: f64,
+    /// Training FLOPs of the whole run (per-image training cost × images seen).
+    pub train_flops_total: f64,
+    pub wall_seconds: f64,
+}
+
+/// Everything that changes during training: what a checkpoint holds besides the weights.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// Next epoch to run.
+    pub epoch: usize,
+    pub step: u64,
+    pub lr: f32,
+    pub plateau: Plateau,
+    pub best_score: f64,
+    pub best_epoch: usize,
+    pub best_valid: Option<GroupMetrics>,
+    pub best_test: Option<GroupMetrics>,
+    pub topology_rng: [u64; 4],
+    pub images_seen: u64,
+    pub wall_seconds: f64,
+    /// Training-sample weights from the JTT phase (None before it, or without JTT).
+    pub jtt_weights: Option<Vec<f32>>,
+}
+
+/// Options of one call that are not part of the run's identity.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub quiet: bool,
+    /// Stop after this many epochs in this call (to test resume); the run stays resumable.
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// The training set-up that `train` runs.
+pub struct Trainer<'a> {
+    pub config: TrainConfig,
+    pub splits: &'a Splits,
+    pub model: Model,
+    pub opt: Sgd,
+    pub sparse: Option<SparseState>,
+    pub progress: Progress,
+}
+
+fn model_for(config: &TrainConfig, splits: &Splits) -> Result<ModelConfig> {
+    let t = &splits.train;
+    let mut m = config.model.clone();
+    m.in_channels = t.channels;
+    m.num_classes = t.num_classes;
+    if m.arch == Arch::Resnet18 {
+        ensure!(t.height >= 8 && t.width >= 8, "ResNet-18 needs images of at least 8x8, got {}x{}", t.height, t.width);
+    }
+    Ok(m)
+}
+
+/// Per-sample training weights for label reweighting (λ for bias-conflicting samples).
+fn label_weights(ds: &Dataset, lambda: f32) -> Vec<f32> {
+    (0..ds.len()).map(|i| if ds.is_aligned(i) { 1.0 } else { lambda }).collect()
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run.
+    pub fn new(config: TrainConfig, splits: &'a Splits) -> Result<Self> {
+        config.validate()?;
+        for ds in [&splits.train, &splits.valid, &splits.test] {
+            ds.validate()?;
+            ensure!(!ds.is_empty(), "{} has no samples", ds.name);
+        }
+        let mcfg = model_for(&config, splits)?;
+        let mut model = Model::new(&mcfg, config.seed)?;
+        let sparse = match &config.sparse {
+            Some(s) if s.density < 1.0 => Some(dst::sparsify(&mut model, s, config.seed)?),
+            _ => None,
+        };
+        let opt = Sgd::new(&model.params, config.lr, config.momentum, config.weight_decay);
+        let progress = Progress {
+            epoch: 0,
+            step: 0,
+            lr: config.lr,
+            plateau: Plateau::default(),
+            best_score: f64::NEG_INFINITY,
+            best_epoch: 0,
+            best_valid: None,
+            best_test: None,
+            topology_rng: Rng::derive(config.seed, 0x7090).state(),
+            images_seen: 0,
+            wall_seconds: 0.0,
+            jtt_weights: None,
+        };
+        Ok(Self { config, splits, model, opt, sparse, progress })
+    }
+
+    /// Continues the run saved in `dir` (its config is taken from the checkpoint).
+    pub fn resume(dir: &Path, splits: &'a Splits) -> Result<Self> {
+        let ck = Checkpoint::load(&dir.join(checkpoint::LAST))?;
+        let mut t = Self::new(ck.config.clone(), splits)?;
+        ck.restore(&mut t)?;
+        Ok(t)
+    }
+
+    fn steps_per_epoch(&self) -> u64 {
+        (self.splits.train.len().div_ceil(self.config.batch_size)) as u64
+    }
+
+    fn sample_weights(&self) -> Option<Vec<f32>> {
+        match self.config.reweight {
+            Reweight::Off => None,
+            Reweight::Labels => Some(label_weights(&self.splits.train, self.config.upweight)),
+            Reweight::Jtt => self.progress.jtt_weights.clone(),
+        }
+    }
+
+    /// JTT's first phase: a plain run of `jtt_epochs` epochs; its training errors get λ.
+    fn jtt_phase(&mut self, opts: &RunOptions) -> Result<Vec<f32>> {
+        let mut cfg = self.config.clone();
+        cfg.reweight = Reweight::Off;
+        cfg.epochs = self.config.jtt_epochs;
+        let mut first = Trainer::new(cfg, self.splits)?;
+        let sub = RunOptions { out: opts.out.join("jtt-phase1"), quiet: opts.quiet, stop_after_epochs: None };
+        first.train(&sub)?;
+        let (_, correct) = evaluate(&mut first.model, &self.splits.train, 512)?;
+        let errors = correct.iter().filter(|c| !**c).count();
+        if !opts.quiet {
+            eprintln!("jtt: {} of {} training samples misclassified after {} epochs; upweighting them by {}", errors, correct.len(), self.config.jtt_epochs, self.config.upweight);
+        }
+        Ok(correct.iter().map(|&c| if c { 1.0 } else { self.config.upweight }).collect())
+    }
+
+    /// Trains to the configured number of epochs (or `stop_after_epochs` more), writing
+    /// metrics.jsonl, checkpoints and, at the end, summary.json under `opts.out`.
+    pub fn train(&mut self, opts: &RunOptions) -> Result<Option<Summary>> {
+        std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create output directory {}", opts.out.display()))?;
+        checkpoint::write_atomic(&opts.out.join("config.json"), serde_json::to_string_pretty(&self.config)?.as_bytes())?;
+        if self.config.reweight == Reweight::Jtt && self.progress.jtt_weights.is_none() {
+            self.progress.jtt_weights = Some(self.jtt_phase(opts)?);
+        }
+        let (h, w) = (self.splits.train.height, self.splits.train.width);
+        let update_every = self.sparse.as_ref().filter(|s| !s.config.fix).map(|s| s.config.update_every);
+        if !opts.quiet && self.progress.epoch == 0 {
+            eprintln!("method {}: {} on {}, {} parameters stored", self.config.method(), arch_name(&self.model.config), self.config.dataset, self.model.params.stored_len());
+            if self.sparse.is_some() {
+                eprint!("{}", dst::describe(&self.model));
+            }
+        }
+        let weighted_loss = self.config.reweight_mode == ReweightMode::Loss;
+        let sample_weights = self.sample_weights();
+        let loader = LoaderConfig {
+            batch_size: self.config.batch_size,
+            shuffle: true,
+            drop_last: false,
+            augment: self.config.augment,
+            sample_weights: if weighted_loss { None } else { sample_weights.clone() },
+            seed: self.config.seed,
+        };
+        let total_steps = self.steps_per_epoch() * self.config.epochs as u64;
+        let mut rng = Rng::from_state(self.progress.topology_rng);
+        let stop_at = opts.stop_after_epochs.map(|n| self.progress.epoch + n).unwrap_or(usize::MAX);
+        let mut metrics_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.out.join("metrics.jsonl"))
+            .with_context(|| format!("cannot open {}", opts.out.join("metrics.jsonl").display()))?;
+        while self.progress.epoch < self.config.epochs && self.progress.epoch < stop_at {
+            let epoch = self.progress.epoch;
+            let t0 = Instant::now();
+            let bar = progress_bar(self.steps_per_epoch(), epoch, self.config.epochs, opts.quiet);
+            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            for batch in batches(&self.splits.train, &loader, epoch as u64) {
+                let n = batch.len();
+                if n < 2 {
+                    continue; // batch norm cannot train on one sample
+                }
+                let weights: Vec<f32> = match (&sample_weights, weighted_loss) {
+                    (Some(w), true) => batch.indices.iter().map(|&i| w[i]).collect(),
+                    _ => vec![1.0; n],
+                };
+                let update = self.sparse.as_ref().is_some_and(|s| s.is_update_step(self.progress.step, total_steps));
+                let mut tape = Tape::new();
+                let x = tape.input(batch.images);
+                let logits = self.model.forward(&mut tape, x, true)?;
+                let (loss, losses) = ops::cross_entropy(&mut tape, logits, &batch.labels, &weights)?;
+                let k = tape.value(logits).shape()[1];
+                let pred = argmax_rows(tape.value(logits).data(), k);
+                correct += pred.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+                loss_sum += losses.iter().map(|&l| l as f64).sum::<f64>();
+                seen += n;
+                let mut grads = Grads::zeros(&self.model.params, update);
+                tape.backward(loss, Tensor::full(&[1], 1.0), &self.model.params, &mut grads);
+                drop(tape);
+                self.opt.step(&mut self.model.params, &grads);
+                if update {
+                    let s = self.sparse.as_mut().expect("update step without sparse state");
+                    let (stats, rate) = s.update(&mut self.model, &mut self.opt, &grads, self.progress.step, total_steps, &mut rng)?;
+                    bar.println(format!("step {}: topology update, death rate {:.4}, {} pruned and regrown", self.progress.step, rate, stats.pruned));
+                }
+                self.progress.step += 1;
+                self.progress.images_seen += n as u64;
+                let loss_v = loss_sum / seen as f64;
+                if !loss_v.is_finite() {
+                    bail!("training diverged at epoch {epoch}, step {} (loss {loss_v}); try a lower --lr", self.progress.step);
+                }
+                bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", loss_v, correct as f64 / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()));
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let train_secs = t0.elapsed().as_secs_f64();
+            let (valid, _) = evaluate(&mut self.model, &self.splits.valid, 512)?;
+            // Selection as the reference: worst-group validation accuracy when reweighting,
+            // overall validation accuracy otherwise.
+            let score = if self.config.reweight == Reweight::Off { valid.accuracy } else { valid.worst_group_accuracy };
+            let best = score > self.progress.best_score;
+            let test = if best { Some(evaluate(&mut self.model, &self.splits.test, 512)?.0) } else { None };
+            if best {
+                self.progress.best_score = score;
+                self.progress.best_epoch = epoch;
+                self.progress.best_valid = Some(valid.clone());
+                self.progress.best_test = test.clone();
+            }
+            let factor = self.progress.plateau.observe(valid.loss);
+            if factor != 1.0 {
+                self.progress.lr *= factor;
+                self.opt.lr = self.progress.lr;
+                if !opts.quiet {
+                    eprintln!("validation loss has not improved for {} epochs: learning rate now {:e}", self.progress.plateau.patience + 1, self.progress.lr);
+                }
+            }
+            let record = EpochRecord {
+                epoch,
+                step: self.progress.step,
+                lr: self.progress.lr,
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_accuracy: correct as f64 / seen.max(1) as f64,
+                images_per_second: seen as f64 / train_secs,
+                density: dst::global_density(&self.model),
+                fired_fraction: self.sparse.as_ref().map(SparseState::fired_fraction),
+                valid,
+                test,
+                best,
+            };
+            writeln!(metrics_file, "{}", serde_json::to_string(&record)?)?;
+            if !opts.quiet {
+                eprintln!(
+                    "epoch {:>3}/{}: loss {:.4} train acc {:.3} | valid acc {:.3} aligned {:.3} conflicting {:.3} worst {:.3}{} | {:.0} img/s",
+                    epoch + 1,
+                    self.config.epochs,
+                    record.train_loss,
+                    record.train_accuracy,
+                    record.valid.accuracy,
+                    record.valid.aligned_accuracy,
+                    record.valid.conflicting_accuracy,
+                    record.valid.worst_group_accuracy,
+                    if best { " (best)" } else { "" },
+                    record.images_per_second
+                );
+            }
+            self.progress.epoch += 1;
+            self.progress.wall_seconds += t0.elapsed().as_secs_f64();
+            self.progress.topology_rng = rng.state();
+            Checkpoint::capture(self).save(&opts.out.join(checkpoint::LAST))?;
+            if best {
+                Checkpoint::capture(self).save(&opts.out.join(checkpoint::BEST))?;
+            }
+        }
+        if self.progress.epoch < self.config.epochs {
+            return Ok(None);
+        }
+        let flops = FlopsReport::new(&self.model, h, w, update_every);
+        let summary = Summary {
+            method: self.config.method().into(),
+            config: self.config.clone(),
+            best_epoch: self.progress.best_epoch,
+            valid: self.progress.best_valid.clone().unwrap_or_default(),
+            test: self.progress.best_test.clone().unwrap_or_default(),
+            density: dst::global_density(&self.model),
+            inference_flops_per_image: flops.sparse_inference,
+            dense_inference_flops_per_image: flops.dense_inference,
+            train_flops_per_image: flops.sparse_train,
+            dense_train_flops_per_image: flops.dense_train,
+            train_flops_total: flops.sparse_train * self.progress.images_seen as f64,
+            wall_seconds: self.progress.wall_seconds,
+        };
+        checkpoint::write_atomic(&opts.out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        if !opts.quiet {
+            eprint!("{}", flops.render());
+        }
+        Ok(Some(summary))
+    }
+}
+
+fn arch_name(m: &ModelConfig) -> String {
+    match m.arch {
+        Arch::Cnn => format!("CNN (width {})", m.width),
+        Arch::Resnet18 => format!("ResNet-18 (width {})", m.width),
+    }
+}
+
+fn progress_bar(len: u64, epoch: usize, epochs: usize, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    bar
+}
+
+/// A markdown table of a summary's per-group test accuracies.
+pub fn render_summary(s: &Summary) -> String {
+    let t = &s.test;
+    format!(
+        "| method | density | aligned | conflicting | unbiased | worst group | inference MFLOPs/img | train FLOPs |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         | {} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3e} |\n",
+        s.method,
+        s.density,
+        100.0 * t.aligned_accuracy,
+        100.0 * t.conflicting_accuracy,
+        100.0 * t.unbiased_accuracy,
+        100.0 * t.worst_group_accuracy,
+        s.inference_flops_per_image / 1e6,
+        s.train_flops_total
+    )
+}
