@@ -28,7 +28,16 @@ impl ConvGeom {
     /// Fails with a message naming the problem for an impossible shape (zero sizes, stride 0,
     /// a kernel larger than the padded input).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(n: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Result<Self> {
+    pub fn new(
+        n: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
         ensure!(n > 0, "convolution: batch size is 0");
         ensure!(cin > 0, "convolution: input channels is 0");
         ensure!(cout > 0, "convolution: output channels is 0");
@@ -39,7 +48,18 @@ impl ConvGeom {
         ensure!(k <= ph && k <= pw, "convolution: kernel {k}x{k} is larger than the padded input {ph}x{pw} ({h}x{w} with padding {pad})");
         let oh = (ph - k) / stride + 1;
         let ow = (pw - k) / stride + 1;
-        Ok(Self { n, cin, h, w, cout, k, stride, pad, oh, ow })
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+            oh,
+            ow,
+        })
     }
     /// Rows of the im2col buffer: cin·k·k.
     pub fn col_rows(&self) -> usize {
@@ -77,7 +97,10 @@ pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
                 if g.stride == 1 {
                     seg[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                 } else {
-                    for (o, v) in seg[lo..hi].iter_mut().zip(src[start..].iter().step_by(g.stride)) {
+                    for (o, v) in seg[lo..hi]
+                        .iter_mut()
+                        .zip(src[start..].iter().step_by(g.stride))
+                    {
                         *o = *v;
                     }
                 }
@@ -85,9 +108,13 @@ pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
         }
     };
     if rows * cols >= PAR_MIN {
-        col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| fill_row(r, row));
+        col.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
     } else {
-        col.chunks_mut(cols).enumerate().for_each(|(r, row)| fill_row(r, row));
+        col.chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
     }
 }
 
@@ -97,7 +124,11 @@ fn valid_range(out: usize, size: usize, stride: usize, kof: usize, pad: usize) -
     let d = kof as isize - pad as isize;
     let (s, size) = (stride as isize, size as isize);
     let lo = if d >= 0 { 0 } else { (-d + s - 1) / s };
-    let hi = if size - d <= 0 { 0 } else { (size - d + s - 1) / s };
+    let hi = if size - d <= 0 {
+        0
+    } else {
+        (size - d + s - 1) / s
+    };
     let hi = (hi as usize).min(out);
     let lo = (lo as usize).min(hi);
     (lo, hi)
@@ -120,8 +151,12 @@ pub fn col2im(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
                 if lo >= hi {
                     continue;
                 }
-                let start = (lo as isize * g.stride as isize + kw as isize - g.pad as isize) as usize;
-                for (img, plane) in row.chunks_exact(g.oh * g.ow).zip(dxc.chunks_exact_mut(g.h * g.w)) {
+                let start =
+                    (lo as isize * g.stride as isize + kw as isize - g.pad as isize) as usize;
+                for (img, plane) in row
+                    .chunks_exact(g.oh * g.ow)
+                    .zip(dxc.chunks_exact_mut(g.h * g.w))
+                {
                     for (oh, seg) in img.chunks_exact(g.ow).enumerate() {
                         let ih = (oh * g.stride + kh) as isize - g.pad as isize;
                         if ih < 0 || ih >= g.h as isize {
@@ -145,15 +180,26 @@ pub fn col2im(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
     };
     let plane = g.n * g.h * g.w;
     if g.col_rows() * cols >= PAR_MIN {
-        dx.par_chunks_mut(plane).enumerate().for_each(|(ci, dxc)| channel(ci, dxc));
+        dx.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, dxc)| channel(ci, dxc));
     } else {
-        dx.chunks_mut(plane).enumerate().for_each(|(ci, dxc)| channel(ci, dxc));
+        dx.chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, dxc)| channel(ci, dxc));
     }
 }
 
 /// y[cout, n, oh, ow] = conv(x, w) + bias. `w` is [cout, cin, k, k]; `col` is scratch of
 /// col_rows·col_cols floats (kept by the caller so backward can reuse it if it wishes).
-pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, col: &mut [f32], y: &mut [f32]) {
+pub fn conv2d_forward(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    col: &mut [f32],
+    y: &mut [f32],
+) {
     let (rows, cols) = (g.col_rows(), g.col_cols());
     assert_eq!(w.len(), g.cout * rows, "conv2d_forward: w length");
     assert_eq!(y.len(), g.cout * cols, "conv2d_forward: y length");
@@ -162,7 +208,9 @@ pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
     if let Some(b) = bias {
         assert_eq!(b.len(), g.cout, "conv2d_forward: bias length");
         if y.len() >= PAR_MIN {
-            y.par_chunks_mut(cols).zip(b.par_iter()).for_each(|(row, &v)| row.fill(v));
+            y.par_chunks_mut(cols)
+                .zip(b.par_iter())
+                .for_each(|(row, &v)| row.fill(v));
         } else {
             y.chunks_mut(cols).zip(b).for_each(|(row, &v)| row.fill(v));
         }
@@ -194,9 +242,13 @@ pub fn conv2d_backward(
     if let Some(db) = db {
         assert_eq!(db.len(), g.cout, "conv2d_backward: db length");
         if dy.len() >= PAR_MIN {
-            db.par_iter_mut().zip(dy.par_chunks(cols)).for_each(|(b, row)| *b = sum_f64(row) as f32);
+            db.par_iter_mut()
+                .zip(dy.par_chunks(cols))
+                .for_each(|(b, row)| *b = sum_f64(row) as f32);
         } else {
-            db.iter_mut().zip(dy.chunks(cols)).for_each(|(b, row)| *b = sum_f64(row) as f32);
+            db.iter_mut()
+                .zip(dy.chunks(cols))
+                .for_each(|(b, row)| *b = sum_f64(row) as f32);
         }
     }
     if let Some(dx) = dx {

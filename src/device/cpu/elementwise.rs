@@ -16,7 +16,9 @@ pub fn relu_forward(x: &[f32], y: &mut [f32]) {
         }
     };
     if y.len() >= PAR_MIN {
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| kernel(x, y));
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| kernel(x, y));
     } else {
         kernel(x, y);
     }
@@ -32,7 +34,10 @@ pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
         }
     };
     if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, y), dy)| kernel(y, dy, dx));
+        dx.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK))
+            .zip(dy.par_chunks(CHUNK))
+            .for_each(|((dx, y), dy)| kernel(y, dy, dx));
     } else {
         kernel(y, dy, dx);
     }
@@ -48,7 +53,10 @@ pub fn add_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
         }
     };
     if y.len() >= PAR_MIN {
-        y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((y, a), b)| kernel(a, b, y));
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .zip(b.par_chunks(CHUNK))
+            .for_each(|((y, a), b)| kernel(a, b, y));
     } else {
         kernel(a, b, y);
     }

@@ -46,7 +46,12 @@ fn dot_centered_f64(a: &[f32], b: &[f32], shift: f32) -> f64 {
                 *s += u * (v - shift);
             }
         }
-        let tail: f32 = ia.remainder().iter().zip(ib.remainder()).map(|(&u, &v)| u * (v - shift)).sum();
+        let tail: f32 = ia
+            .remainder()
+            .iter()
+            .zip(ib.remainder())
+            .map(|(&u, &v)| u * (v - shift))
+            .sum();
         total += acc.iter().map(|&s| s as f64).sum::<f64>() + tail as f64;
     }
     total
@@ -54,16 +59,30 @@ fn dot_centered_f64(a: &[f32], b: &[f32], shift: f32) -> f64 {
 
 /// Runs `f(channel, x_c, y_c)` for each channel, over rayon when the tensor is large, and
 /// collects what each call returns.
-fn per_channel<T: Send>(c: usize, m: usize, x: &[f32], y: &mut [f32], f: impl Fn(usize, &[f32], &mut [f32]) -> T + Sync) -> Vec<T> {
+fn per_channel<T: Send>(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    y: &mut [f32],
+    f: impl Fn(usize, &[f32], &mut [f32]) -> T + Sync,
+) -> Vec<T> {
     assert_eq!(x.len(), c * m, "batchnorm: input length");
     assert_eq!(y.len(), c * m, "batchnorm: output length");
     if m == 0 {
         return (0..c).map(|ci| f(ci, &[], &mut [])).collect();
     }
     if c * m >= PAR_MIN {
-        x.par_chunks(m).zip(y.par_chunks_mut(m)).enumerate().map(|(ci, (xc, yc))| f(ci, xc, yc)).collect()
+        x.par_chunks(m)
+            .zip(y.par_chunks_mut(m))
+            .enumerate()
+            .map(|(ci, (xc, yc))| f(ci, xc, yc))
+            .collect()
     } else {
-        x.chunks(m).zip(y.chunks_mut(m)).enumerate().map(|(ci, (xc, yc))| f(ci, xc, yc)).collect()
+        x.chunks(m)
+            .zip(y.chunks_mut(m))
+            .enumerate()
+            .map(|(ci, (xc, yc))| f(ci, xc, yc))
+            .collect()
     }
 }
 
@@ -93,7 +112,14 @@ pub fn batchnorm_train_forward(
     save_invstd: &mut [f32],
 ) {
     assert!(m > 0, "batchnorm: no values per channel");
-    for (name, v) in [("gamma", gamma), ("beta", beta), ("running_mean", &*running_mean), ("running_var", &*running_var), ("save_mean", &*save_mean), ("save_invstd", &*save_invstd)] {
+    for (name, v) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+        ("save_mean", &*save_mean),
+        ("save_invstd", &*save_invstd),
+    ] {
         assert_eq!(v.len(), c, "batchnorm: {name} length");
     }
     // Two passes per channel (mean, then Σ(x − mean)²) for a stable variance.
@@ -107,7 +133,11 @@ pub fn batchnorm_train_forward(
         (mean, var, invstd)
     });
     // PyTorch puts the unbiased variance into the running estimate (m = 1 has none: keep var).
-    let unbias = if m > 1 { m as f64 / (m - 1) as f64 } else { 1.0 };
+    let unbias = if m > 1 {
+        m as f64 / (m - 1) as f64
+    } else {
+        1.0
+    };
     let mo = momentum as f64;
     for (ci, &(mean, var, invstd)) in stats.iter().enumerate() {
         save_mean[ci] = mean as f32;
@@ -119,8 +149,23 @@ pub fn batchnorm_train_forward(
 
 /// Evaluation-mode forward with the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_eval_forward(c: usize, m: usize, x: &[f32], gamma: &[f32], beta: &[f32], running_mean: &[f32], running_var: &[f32], eps: f32, y: &mut [f32]) {
-    for (name, v) in [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)] {
+pub fn batchnorm_eval_forward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
+    for (name, v) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
         assert_eq!(v.len(), c, "batchnorm: {name} length");
     }
     per_channel(c, m, x, y, |ci, xc, yc| {
@@ -143,7 +188,13 @@ pub fn batchnorm_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    for (name, v) in [("gamma", gamma), ("save_mean", save_mean), ("save_invstd", save_invstd), ("dgamma", &*dgamma), ("dbeta", &*dbeta)] {
+    for (name, v) in [
+        ("gamma", gamma),
+        ("save_mean", save_mean),
+        ("save_invstd", save_invstd),
+        ("dgamma", &*dgamma),
+        ("dbeta", &*dbeta),
+    ] {
         assert_eq!(v.len(), c, "batchnorm: {name} length");
     }
     assert_eq!(dy.len(), c * m, "batchnorm: dy length");

@@ -16,14 +16,37 @@ pub fn pool_out(size: usize, k: usize, stride: usize, pad: usize) -> usize {
 /// Max-pool each of `planes` [h, w] planes (padding counts as −∞). Writes y [planes, oh, ow] and
 /// the flat in-plane index of each maximum (first maximum wins) for backward.
 #[allow(clippy::too_many_arguments)]
-pub fn maxpool_forward(planes: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
-    assert!(k > 0 && stride > 0, "maxpool: kernel and stride must be positive");
-    assert!(h + 2 * pad >= k && w + 2 * pad >= k, "maxpool: kernel {k} larger than the padded {h}x{w} plane");
+pub fn maxpool_forward(
+    planes: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    x: &[f32],
+    y: &mut [f32],
+    argmax: &mut [u32],
+) {
+    assert!(
+        k > 0 && stride > 0,
+        "maxpool: kernel and stride must be positive"
+    );
+    assert!(
+        h + 2 * pad >= k && w + 2 * pad >= k,
+        "maxpool: kernel {k} larger than the padded {h}x{w} plane"
+    );
     let (oh, ow) = (pool_out(h, k, stride, pad), pool_out(w, k, stride, pad));
     assert_eq!(x.len(), planes * h * w, "maxpool_forward: x length");
     assert_eq!(y.len(), planes * oh * ow, "maxpool_forward: y length");
-    assert_eq!(argmax.len(), planes * oh * ow, "maxpool_forward: argmax length");
-    assert!(h * w < NO_INPUT as usize, "maxpool: plane too large for u32 indices");
+    assert_eq!(
+        argmax.len(),
+        planes * oh * ow,
+        "maxpool_forward: argmax length"
+    );
+    assert!(
+        h * w < NO_INPUT as usize,
+        "maxpool: plane too large for u32 indices"
+    );
     if planes == 0 || oh * ow == 0 {
         return;
     }
@@ -31,10 +54,16 @@ pub fn maxpool_forward(planes: usize, h: usize, w: usize, k: usize, stride: usiz
         for oy in 0..oh {
             // Window rows clipped to the plane (padding is −∞ and never wins).
             let y0 = (oy * stride) as isize - pad as isize;
-            let (r0, r1) = (y0.max(0) as usize, ((y0 + k as isize).min(h as isize)).max(0) as usize);
+            let (r0, r1) = (
+                y0.max(0) as usize,
+                ((y0 + k as isize).min(h as isize)).max(0) as usize,
+            );
             for ox in 0..ow {
                 let x0 = (ox * stride) as isize - pad as isize;
-                let (c0, c1) = (x0.max(0) as usize, ((x0 + k as isize).min(w as isize)).max(0) as usize);
+                let (c0, c1) = (
+                    x0.max(0) as usize,
+                    ((x0 + k as isize).min(w as isize)).max(0) as usize,
+                );
                 let mut best = f32::NEG_INFINITY;
                 let mut arg = NO_INPUT;
                 for r in r0..r1 {
@@ -55,16 +84,36 @@ pub fn maxpool_forward(planes: usize, h: usize, w: usize, k: usize, stride: usiz
     };
     let (pin, pout) = (h * w, oh * ow);
     if x.len() >= PAR_MIN {
-        x.par_chunks(pin).zip(y.par_chunks_mut(pout)).zip(argmax.par_chunks_mut(pout)).for_each(|((xp, yp), ap)| plane(xp, yp, ap));
+        x.par_chunks(pin)
+            .zip(y.par_chunks_mut(pout))
+            .zip(argmax.par_chunks_mut(pout))
+            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
     } else {
-        x.chunks(pin).zip(y.chunks_mut(pout)).zip(argmax.chunks_mut(pout)).for_each(|((xp, yp), ap)| plane(xp, yp, ap));
+        x.chunks(pin)
+            .zip(y.chunks_mut(pout))
+            .zip(argmax.chunks_mut(pout))
+            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
     }
 }
 
 /// dx (overwritten, [planes, h, w]) from dy [planes, oh, ow] through the saved argmax.
-pub fn maxpool_backward(planes: usize, h: usize, w: usize, oh: usize, ow: usize, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub fn maxpool_backward(
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    dy: &[f32],
+    argmax: &[u32],
+    dx: &mut [f32],
+) {
     assert_eq!(dy.len(), planes * oh * ow, "maxpool_backward: dy length");
-    assert_eq!(argmax.len(), planes * oh * ow, "maxpool_backward: argmax length");
+    assert_eq!(
+        argmax.len(),
+        planes * oh * ow,
+        "maxpool_backward: argmax length"
+    );
     assert_eq!(dx.len(), planes * h * w, "maxpool_backward: dx length");
     if planes == 0 || h * w == 0 {
         return;
@@ -81,9 +130,15 @@ pub fn maxpool_backward(planes: usize, h: usize, w: usize, oh: usize, ow: usize,
     if pout == 0 {
         dx.fill(0.0);
     } else if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(pin).zip(dy.par_chunks(pout)).zip(argmax.par_chunks(pout)).for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
+        dx.par_chunks_mut(pin)
+            .zip(dy.par_chunks(pout))
+            .zip(argmax.par_chunks(pout))
+            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
     } else {
-        dx.chunks_mut(pin).zip(dy.chunks(pout)).zip(argmax.chunks(pout)).for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
+        dx.chunks_mut(pin)
+            .zip(dy.chunks(pout))
+            .zip(argmax.chunks(pout))
+            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
     }
 }
 
@@ -97,9 +152,13 @@ pub fn global_avgpool_forward(c: usize, n: usize, hw: usize, x: &[f32], y: &mut 
     }
     let inv = 1.0 / hw as f64;
     if x.len() >= PAR_MIN {
-        y.par_iter_mut().zip(x.par_chunks(hw)).for_each(|(o, p)| *o = (p.iter().map(|&v| v as f64).sum::<f64>() * inv) as f32);
+        y.par_iter_mut()
+            .zip(x.par_chunks(hw))
+            .for_each(|(o, p)| *o = (p.iter().map(|&v| v as f64).sum::<f64>() * inv) as f32);
     } else {
-        y.iter_mut().zip(x.chunks(hw)).for_each(|(o, p)| *o = (p.iter().map(|&v| v as f64).sum::<f64>() * inv) as f32);
+        y.iter_mut()
+            .zip(x.chunks(hw))
+            .for_each(|(o, p)| *o = (p.iter().map(|&v| v as f64).sum::<f64>() * inv) as f32);
     }
 }
 
@@ -112,8 +171,12 @@ pub fn global_avgpool_backward(c: usize, n: usize, hw: usize, dy: &[f32], dx: &m
     }
     let inv = 1.0 / hw as f32;
     if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(hw).zip(dy.par_iter()).for_each(|(p, &g)| p.fill(g * inv));
+        dx.par_chunks_mut(hw)
+            .zip(dy.par_iter())
+            .for_each(|(p, &g)| p.fill(g * inv));
     } else {
-        dx.chunks_mut(hw).zip(dy).for_each(|(p, &g)| p.fill(g * inv));
+        dx.chunks_mut(hw)
+            .zip(dy)
+            .for_each(|(p, &g)| p.fill(g * inv));
     }
 }
