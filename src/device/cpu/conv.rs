@@ -1,6 +1,13 @@
 //! 2-D convolution over [C, N, H, W] activations: im2col + GEMM, forward and backward.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
+use rayon::prelude::*;
+
+use super::gemm::matmul;
+use super::norm::sum_f64;
+
+/// Below this many floats in the im2col buffer, im2col / col2im / bias work stays serial.
+const PAR_MIN: usize = 1 << 15;
 
 /// Geometry of one convolution (square kernel, same stride and padding on both axes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,9 +28,38 @@ impl ConvGeom {
     /// Fails with a message naming the problem for an impossible shape (zero sizes, stride 0,
     /// a kernel larger than the padded input).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(n: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Result<Self> {
-        let _ = (n, cin, h, w, cout, k, stride, pad);
-        todo!("ops helper")
+    pub fn new(
+        n: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        ensure!(n > 0, "convolution: batch size is 0");
+        ensure!(cin > 0, "convolution: input channels is 0");
+        ensure!(cout > 0, "convolution: output channels is 0");
+        ensure!(h > 0 && w > 0, "convolution: empty input plane {h}x{w}");
+        ensure!(k > 0, "convolution: kernel size is 0");
+        ensure!(stride > 0, "convolution: stride is 0");
+        let (ph, pw) = (h + 2 * pad, w + 2 * pad);
+        ensure!(k <= ph && k <= pw, "convolution: kernel {k}x{k} is larger than the padded input {ph}x{pw} ({h}x{w} with padding {pad})");
+        let oh = (ph - k) / stride + 1;
+        let ow = (pw - k) / stride + 1;
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+            oh,
+            ow,
+        })
     }
     /// Rows of the im2col buffer: cin·k·k.
     pub fn col_rows(&self) -> usize {
@@ -37,21 +73,149 @@ impl ConvGeom {
 
 /// col[cin·k·k, n·oh·ow] from x[cin, n, h, w]; zero where the window hangs over the padding.
 pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
-    let _ = (g, x, col);
-    todo!("ops helper")
+    let cols = g.col_cols();
+    let rows = g.col_rows();
+    assert_eq!(x.len(), g.cin * g.n * g.h * g.w, "im2col: x length");
+    assert_eq!(col.len(), rows * cols, "im2col: col length");
+    let fill_row = |r: usize, row: &mut [f32]| {
+        let (ci, kh, kw) = (r / (g.k * g.k), (r / g.k) % g.k, r % g.k);
+        let (lo, hi) = valid_range(g.ow, g.w, g.stride, kw, g.pad);
+        let d = kw as isize - g.pad as isize;
+        for (nn, img) in row.chunks_exact_mut(g.oh * g.ow).enumerate() {
+            let plane = &x[(ci * g.n + nn) * g.h * g.w..][..g.h * g.w];
+            for (oh, seg) in img.chunks_exact_mut(g.ow).enumerate() {
+                let ih = (oh * g.stride + kh) as isize - g.pad as isize;
+                if ih < 0 || ih >= g.h as isize || lo >= hi {
+                    seg.fill(0.0);
+                    continue;
+                }
+                let src = &plane[ih as usize * g.w..][..g.w];
+                seg[..lo].fill(0.0);
+                seg[hi..].fill(0.0);
+                // First input column read: lo·stride + d ≥ 0 by construction of `lo`.
+                let start = (lo as isize * g.stride as isize + d) as usize;
+                if g.stride == 1 {
+                    seg[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                } else {
+                    for (o, v) in seg[lo..hi]
+                        .iter_mut()
+                        .zip(src[start..].iter().step_by(g.stride))
+                    {
+                        *o = *v;
+                    }
+                }
+            }
+        }
+    };
+    if rows * cols >= PAR_MIN {
+        col.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
+    } else {
+        col.chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
+    }
+}
+
+/// The output positions o in [lo, hi) (with lo ≤ hi ≤ out) whose input coordinate
+/// o·stride + kof − pad lands inside [0, size); the rest read padding.
+fn valid_range(out: usize, size: usize, stride: usize, kof: usize, pad: usize) -> (usize, usize) {
+    let d = kof as isize - pad as isize;
+    let (s, size) = (stride as isize, size as isize);
+    let lo = if d >= 0 { 0 } else { (-d + s - 1) / s };
+    let hi = if size - d <= 0 {
+        0
+    } else {
+        (size - d + s - 1) / s
+    };
+    let hi = (hi as usize).min(out);
+    let lo = (lo as usize).min(hi);
+    (lo, hi)
 }
 
 /// dx[cin, n, h, w] = the adjoint of im2col applied to dcol (overwrites dx).
 pub fn col2im(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
-    let _ = (g, dcol, dx);
-    todo!("ops helper")
+    let cols = g.col_cols();
+    let kk = g.k * g.k;
+    assert_eq!(dx.len(), g.cin * g.n * g.h * g.w, "col2im: dx length");
+    assert_eq!(dcol.len(), g.col_rows() * cols, "col2im: dcol length");
+    // One input channel's dx[n, h, w] gathers exactly the k·k rows of that channel, so
+    // channels are independent and no two threads ever write the same dx element.
+    let channel = |ci: usize, dxc: &mut [f32]| {
+        dxc.fill(0.0);
+        for kh in 0..g.k {
+            for kw in 0..g.k {
+                let row = &dcol[(ci * kk + kh * g.k + kw) * cols..][..cols];
+                let (lo, hi) = valid_range(g.ow, g.w, g.stride, kw, g.pad);
+                if lo >= hi {
+                    continue;
+                }
+                let start =
+                    (lo as isize * g.stride as isize + kw as isize - g.pad as isize) as usize;
+                for (img, plane) in row
+                    .chunks_exact(g.oh * g.ow)
+                    .zip(dxc.chunks_exact_mut(g.h * g.w))
+                {
+                    for (oh, seg) in img.chunks_exact(g.ow).enumerate() {
+                        let ih = (oh * g.stride + kh) as isize - g.pad as isize;
+                        if ih < 0 || ih >= g.h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[ih as usize * g.w..][..g.w];
+                        let src = &seg[lo..hi];
+                        if g.stride == 1 {
+                            for (o, v) in dst[start..start + src.len()].iter_mut().zip(src) {
+                                *o += *v;
+                            }
+                        } else {
+                            for (o, v) in dst[start..].iter_mut().step_by(g.stride).zip(src) {
+                                *o += *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let plane = g.n * g.h * g.w;
+    if g.col_rows() * cols >= PAR_MIN {
+        dx.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, dxc)| channel(ci, dxc));
+    } else {
+        dx.chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, dxc)| channel(ci, dxc));
+    }
 }
 
 /// y[cout, n, oh, ow] = conv(x, w) + bias. `w` is [cout, cin, k, k]; `col` is scratch of
 /// col_rows·col_cols floats (kept by the caller so backward can reuse it if it wishes).
-pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, col: &mut [f32], y: &mut [f32]) {
-    let _ = (g, x, w, bias, col, y);
-    todo!("ops helper")
+pub fn conv2d_forward(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    col: &mut [f32],
+    y: &mut [f32],
+) {
+    let (rows, cols) = (g.col_rows(), g.col_cols());
+    assert_eq!(w.len(), g.cout * rows, "conv2d_forward: w length");
+    assert_eq!(y.len(), g.cout * cols, "conv2d_forward: y length");
+    im2col(g, x, col);
+    // With a bias, y starts as the broadcast bias and the GEMM accumulates onto it.
+    if let Some(b) = bias {
+        assert_eq!(b.len(), g.cout, "conv2d_forward: bias length");
+        if y.len() >= PAR_MIN {
+            y.par_chunks_mut(cols)
+                .zip(b.par_iter())
+                .for_each(|(row, &v)| row.fill(v));
+        } else {
+            y.chunks_mut(cols).zip(b).for_each(|(row, &v)| row.fill(v));
+        }
+    }
+    matmul(g.cout, rows, cols, w, false, col, false, y, bias.is_some());
 }
 
 /// Gradients of `conv2d_forward`. `col` holds im2col(x) as forward left it. Overwrites `dw`,
@@ -67,6 +231,29 @@ pub fn conv2d_backward(
     dcol: &mut [f32],
     dx: Option<&mut [f32]>,
 ) {
-    let _ = (g, col, w, dy, dw, db, dcol, dx);
-    todo!("ops helper")
+    let (rows, cols) = (g.col_rows(), g.col_cols());
+    assert_eq!(col.len(), rows * cols, "conv2d_backward: col length");
+    assert_eq!(w.len(), g.cout * rows, "conv2d_backward: w length");
+    assert_eq!(dy.len(), g.cout * cols, "conv2d_backward: dy length");
+    if let Some(dw) = dw {
+        // dW[cout, rows] = dY[cout, cols] · col[rows, cols]ᵀ
+        matmul(g.cout, cols, rows, dy, false, col, true, dw, false);
+    }
+    if let Some(db) = db {
+        assert_eq!(db.len(), g.cout, "conv2d_backward: db length");
+        if dy.len() >= PAR_MIN {
+            db.par_iter_mut()
+                .zip(dy.par_chunks(cols))
+                .for_each(|(b, row)| *b = sum_f64(row) as f32);
+        } else {
+            db.iter_mut()
+                .zip(dy.chunks(cols))
+                .for_each(|(b, row)| *b = sum_f64(row) as f32);
+        }
+    }
+    if let Some(dx) = dx {
+        // dcol[rows, cols] = W[cout, rows]ᵀ · dY[cout, cols], then scattered back onto dx.
+        matmul(rows, g.cout, cols, w, true, dy, false, dcol, false);
+        col2im(g, dcol, dx);
+    }
 }

@@ -1,19 +1,63 @@
 //! ReLU and residual addition.
 
+use rayon::prelude::*;
+
+/// Below this many floats elementwise ops stay serial; above it they run over rayon in chunks
+/// of `CHUNK` floats.
+const PAR_MIN: usize = 1 << 16;
+const CHUNK: usize = 1 << 14;
+
 /// y = max(x, 0).
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
-    let _ = (x, y);
-    todo!("ops helper")
+    assert_eq!(x.len(), y.len(), "relu_forward: length mismatch");
+    let kernel = |x: &[f32], y: &mut [f32]| {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v.max(0.0);
+        }
+    };
+    if y.len() >= PAR_MIN {
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| kernel(x, y));
+    } else {
+        kernel(x, y);
+    }
 }
 
 /// dx = dy where y > 0, else 0 (y is the forward output).
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let _ = (y, dy, dx);
-    todo!("ops helper")
+    assert_eq!(y.len(), dx.len(), "relu_backward: y/dx length mismatch");
+    assert_eq!(dy.len(), dx.len(), "relu_backward: dy/dx length mismatch");
+    let kernel = |y: &[f32], dy: &[f32], dx: &mut [f32]| {
+        for ((o, &v), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *o = if v > 0.0 { g } else { 0.0 };
+        }
+    };
+    if dx.len() >= PAR_MIN {
+        dx.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK))
+            .zip(dy.par_chunks(CHUNK))
+            .for_each(|((dx, y), dy)| kernel(y, dy, dx));
+    } else {
+        kernel(y, dy, dx);
+    }
 }
 
 /// y = a + b.
 pub fn add_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
-    let _ = (a, b, y);
-    todo!("ops helper")
+    assert_eq!(a.len(), y.len(), "add_forward: a/y length mismatch");
+    assert_eq!(b.len(), y.len(), "add_forward: b/y length mismatch");
+    let kernel = |a: &[f32], b: &[f32], y: &mut [f32]| {
+        for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
+            *o = u + v;
+        }
+    };
+    if y.len() >= PAR_MIN {
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .zip(b.par_chunks(CHUNK))
+            .for_each(|((y, a), b)| kernel(a, b, y));
+    } else {
+        kernel(a, b, y);
+    }
 }

@@ -1,6 +1,99 @@
 //! Batch normalisation over [C, M] (M = N·H·W contiguous per channel), as PyTorch's BatchNorm2d:
 //! biased variance to normalise, unbiased variance into the running estimate, momentum 0.1.
 
+use rayon::prelude::*;
+
+/// Below this many floats (c·m) batch normalisation stays serial.
+const PAR_MIN: usize = 1 << 15;
+
+/// Floats summed in f32 lanes before the partial sum is moved into f64: short enough that the
+/// f32 partials stay accurate, long enough that the inner loop runs in SIMD registers.
+const BLOCK: usize = 1024;
+const LANES: usize = 16;
+
+/// Σ f(x_i) with f32 lane accumulators inside blocks and f64 across blocks (vectorises, and
+/// accurate for the ~10⁵-element channels of a CNN batch).
+#[inline]
+fn blocked_sum(x: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
+    let mut total = 0f64;
+    for block in x.chunks(BLOCK) {
+        let mut acc = [0f32; LANES];
+        let mut it = block.chunks_exact(LANES);
+        for c in &mut it {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += f(v);
+            }
+        }
+        let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
+        total += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
+    }
+    total
+}
+
+/// Σ x_i, accumulated as `blocked_sum` does. Shared with the convolution's bias gradient.
+pub(crate) fn sum_f64(x: &[f32]) -> f64 {
+    blocked_sum(x, |v| v)
+}
+
+/// Σ a_i·(b_i − shift) with the same blocking as `blocked_sum`.
+fn dot_centered_f64(a: &[f32], b: &[f32], shift: f32) -> f64 {
+    let mut total = 0f64;
+    for (ba, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let mut acc = [0f32; LANES];
+        let (mut ia, mut ib) = (ba.chunks_exact(LANES), bb.chunks_exact(LANES));
+        for (ca, cb) in (&mut ia).zip(&mut ib) {
+            for ((s, &u), &v) in acc.iter_mut().zip(ca).zip(cb) {
+                *s += u * (v - shift);
+            }
+        }
+        let tail: f32 = ia
+            .remainder()
+            .iter()
+            .zip(ib.remainder())
+            .map(|(&u, &v)| u * (v - shift))
+            .sum();
+        total += acc.iter().map(|&s| s as f64).sum::<f64>() + tail as f64;
+    }
+    total
+}
+
+/// Runs `f(channel, x_c, y_c)` for each channel, over rayon when the tensor is large, and
+/// collects what each call returns.
+fn per_channel<T: Send>(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    y: &mut [f32],
+    f: impl Fn(usize, &[f32], &mut [f32]) -> T + Sync,
+) -> Vec<T> {
+    assert_eq!(x.len(), c * m, "batchnorm: input length");
+    assert_eq!(y.len(), c * m, "batchnorm: output length");
+    if m == 0 {
+        return (0..c).map(|ci| f(ci, &[], &mut [])).collect();
+    }
+    if c * m >= PAR_MIN {
+        x.par_chunks(m)
+            .zip(y.par_chunks_mut(m))
+            .enumerate()
+            .map(|(ci, (xc, yc))| f(ci, xc, yc))
+            .collect()
+    } else {
+        x.chunks(m)
+            .zip(y.chunks_mut(m))
+            .enumerate()
+            .map(|(ci, (xc, yc))| f(ci, xc, yc))
+            .collect()
+    }
+}
+
+/// y = (x − center)·scale + shift (centring first keeps precision when |mean| ≫ std).
+#[inline]
+fn affine(x: &[f32], y: &mut [f32], center: f32, scale: f32, shift: f32) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = (v - center) * scale + shift;
+    }
+}
+
 /// Training-mode forward. Writes y, the batch mean and 1/sqrt(var + eps) per channel, and
 /// updates running_mean / running_var in place: r = (1 − momentum)·r + momentum·batch.
 #[allow(clippy::too_many_arguments)]
@@ -18,15 +111,67 @@ pub fn batchnorm_train_forward(
     save_mean: &mut [f32],
     save_invstd: &mut [f32],
 ) {
-    let _ = (c, m, x, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean, save_invstd);
-    todo!("ops helper")
+    assert!(m > 0, "batchnorm: no values per channel");
+    for (name, v) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+        ("save_mean", &*save_mean),
+        ("save_invstd", &*save_invstd),
+    ] {
+        assert_eq!(v.len(), c, "batchnorm: {name} length");
+    }
+    // Two passes per channel (mean, then Σ(x − mean)²) for a stable variance.
+    let stats = per_channel(c, m, x, y, |ci, xc, yc| {
+        let mean = sum_f64(xc) / m as f64;
+        let mean32 = mean as f32;
+        let var = blocked_sum(xc, |v| (v - mean32) * (v - mean32)) / m as f64;
+        let invstd = 1.0 / (var + eps as f64).sqrt();
+        let scale = gamma[ci] as f64 * invstd;
+        affine(xc, yc, mean32, scale as f32, beta[ci]);
+        (mean, var, invstd)
+    });
+    // PyTorch puts the unbiased variance into the running estimate (m = 1 has none: keep var).
+    let unbias = if m > 1 {
+        m as f64 / (m - 1) as f64
+    } else {
+        1.0
+    };
+    let mo = momentum as f64;
+    for (ci, &(mean, var, invstd)) in stats.iter().enumerate() {
+        save_mean[ci] = mean as f32;
+        save_invstd[ci] = invstd as f32;
+        running_mean[ci] = ((1.0 - mo) * running_mean[ci] as f64 + mo * mean) as f32;
+        running_var[ci] = ((1.0 - mo) * running_var[ci] as f64 + mo * var * unbias) as f32;
+    }
 }
 
 /// Evaluation-mode forward with the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_eval_forward(c: usize, m: usize, x: &[f32], gamma: &[f32], beta: &[f32], running_mean: &[f32], running_var: &[f32], eps: f32, y: &mut [f32]) {
-    let _ = (c, m, x, gamma, beta, running_mean, running_var, eps, y);
-    todo!("ops helper")
+pub fn batchnorm_eval_forward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
+    for (name, v) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        assert_eq!(v.len(), c, "batchnorm: {name} length");
+    }
+    per_channel(c, m, x, y, |ci, xc, yc| {
+        let scale = gamma[ci] as f64 / (running_var[ci] as f64 + eps as f64).sqrt();
+        affine(xc, yc, running_mean[ci], scale as f32, beta[ci]);
+    });
 }
 
 /// Backward of the training-mode forward. Overwrites dx, dgamma, dbeta.
@@ -43,6 +188,37 @@ pub fn batchnorm_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    let _ = (c, m, x, gamma, save_mean, save_invstd, dy, dx, dgamma, dbeta);
-    todo!("ops helper")
+    for (name, v) in [
+        ("gamma", gamma),
+        ("save_mean", save_mean),
+        ("save_invstd", save_invstd),
+        ("dgamma", &*dgamma),
+        ("dbeta", &*dbeta),
+    ] {
+        assert_eq!(v.len(), c, "batchnorm: {name} length");
+    }
+    assert_eq!(dy.len(), c * m, "batchnorm: dy length");
+    // With xhat = (x − mean)·invstd and y = gamma·xhat + beta:
+    //   dbeta = Σ dy,  dgamma = Σ dy·xhat,
+    //   dx = gamma·invstd·(dy − dbeta/m − xhat·dgamma/m),
+    // which is dx = a·dy + b·(x − mean) + c0 with the per-channel constants below.
+    let grads = per_channel(c, m, x, dx, |ci, xc, dxc| {
+        let dyc = &dy[ci * m..][..m];
+        let mean = save_mean[ci] as f64;
+        let invstd = save_invstd[ci] as f64;
+        let sum_dy = sum_f64(dyc);
+        let dg = dot_centered_f64(dyc, xc, mean as f32) * invstd;
+        let a = gamma[ci] as f64 * invstd;
+        let b = -a * invstd * dg / m as f64;
+        let c0 = -a * sum_dy / m as f64;
+        let (a, b, c0, mean) = (a as f32, b as f32, c0 as f32, mean as f32);
+        for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
+            *o = a * g + b * (v - mean) + c0;
+        }
+        (dg, sum_dy)
+    });
+    for (ci, &(dg, db)) in grads.iter().enumerate() {
+        dgamma[ci] = dg as f32;
+        dbeta[ci] = db as f32;
+    }
 }

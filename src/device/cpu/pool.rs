@@ -1,5 +1,13 @@
 //! Max-pooling over planes and global average pooling.
 
+use rayon::prelude::*;
+
+/// Below this many floats (input side) pooling stays serial.
+const PAR_MIN: usize = 1 << 15;
+
+/// Marks a max-pool output whose window holds only padding: it has no input and no gradient.
+const NO_INPUT: u32 = u32::MAX;
+
 /// Output side of a pooling window: (size + 2·pad − k) / stride + 1.
 pub fn pool_out(size: usize, k: usize, stride: usize, pad: usize) -> usize {
     (size + 2 * pad - k) / stride + 1
@@ -8,25 +16,167 @@ pub fn pool_out(size: usize, k: usize, stride: usize, pad: usize) -> usize {
 /// Max-pool each of `planes` [h, w] planes (padding counts as −∞). Writes y [planes, oh, ow] and
 /// the flat in-plane index of each maximum (first maximum wins) for backward.
 #[allow(clippy::too_many_arguments)]
-pub fn maxpool_forward(planes: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
-    let _ = (planes, h, w, k, stride, pad, x, y, argmax);
-    todo!("ops helper")
+pub fn maxpool_forward(
+    planes: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    x: &[f32],
+    y: &mut [f32],
+    argmax: &mut [u32],
+) {
+    assert!(
+        k > 0 && stride > 0,
+        "maxpool: kernel and stride must be positive"
+    );
+    assert!(
+        h + 2 * pad >= k && w + 2 * pad >= k,
+        "maxpool: kernel {k} larger than the padded {h}x{w} plane"
+    );
+    let (oh, ow) = (pool_out(h, k, stride, pad), pool_out(w, k, stride, pad));
+    assert_eq!(x.len(), planes * h * w, "maxpool_forward: x length");
+    assert_eq!(y.len(), planes * oh * ow, "maxpool_forward: y length");
+    assert_eq!(
+        argmax.len(),
+        planes * oh * ow,
+        "maxpool_forward: argmax length"
+    );
+    assert!(
+        h * w < NO_INPUT as usize,
+        "maxpool: plane too large for u32 indices"
+    );
+    if planes == 0 || oh * ow == 0 {
+        return;
+    }
+    let plane = |xp: &[f32], yp: &mut [f32], ap: &mut [u32]| {
+        for oy in 0..oh {
+            // Window rows clipped to the plane (padding is −∞ and never wins).
+            let y0 = (oy * stride) as isize - pad as isize;
+            let (r0, r1) = (
+                y0.max(0) as usize,
+                ((y0 + k as isize).min(h as isize)).max(0) as usize,
+            );
+            for ox in 0..ow {
+                let x0 = (ox * stride) as isize - pad as isize;
+                let (c0, c1) = (
+                    x0.max(0) as usize,
+                    ((x0 + k as isize).min(w as isize)).max(0) as usize,
+                );
+                let mut best = f32::NEG_INFINITY;
+                let mut arg = NO_INPUT;
+                for r in r0..r1 {
+                    let row = &xp[r * w..(r + 1) * w];
+                    for (c, &v) in row.iter().enumerate().take(c1).skip(c0) {
+                        // Strict comparison: the first maximum wins. A NaN wins over any number
+                        // (as in PyTorch) and the first NaN is kept.
+                        if arg == NO_INPUT || v > best || (v.is_nan() && !best.is_nan()) {
+                            best = v;
+                            arg = (r * w + c) as u32;
+                        }
+                    }
+                }
+                yp[oy * ow + ox] = best;
+                ap[oy * ow + ox] = arg;
+            }
+        }
+    };
+    let (pin, pout) = (h * w, oh * ow);
+    if x.len() >= PAR_MIN {
+        x.par_chunks(pin)
+            .zip(y.par_chunks_mut(pout))
+            .zip(argmax.par_chunks_mut(pout))
+            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
+    } else {
+        x.chunks(pin)
+            .zip(y.chunks_mut(pout))
+            .zip(argmax.chunks_mut(pout))
+            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
+    }
 }
 
 /// dx (overwritten, [planes, h, w]) from dy [planes, oh, ow] through the saved argmax.
-pub fn maxpool_backward(planes: usize, h: usize, w: usize, oh: usize, ow: usize, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
-    let _ = (planes, h, w, oh, ow, dy, argmax, dx);
-    todo!("ops helper")
+#[allow(clippy::too_many_arguments)]
+pub fn maxpool_backward(
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    dy: &[f32],
+    argmax: &[u32],
+    dx: &mut [f32],
+) {
+    assert_eq!(dy.len(), planes * oh * ow, "maxpool_backward: dy length");
+    assert_eq!(
+        argmax.len(),
+        planes * oh * ow,
+        "maxpool_backward: argmax length"
+    );
+    assert_eq!(dx.len(), planes * h * w, "maxpool_backward: dx length");
+    if planes == 0 || h * w == 0 {
+        return;
+    }
+    let plane = |dyp: &[f32], ap: &[u32], dxp: &mut [f32]| {
+        dxp.fill(0.0);
+        for (&g, &a) in dyp.iter().zip(ap) {
+            if a != NO_INPUT {
+                dxp[a as usize] += g;
+            }
+        }
+    };
+    let (pin, pout) = (h * w, oh * ow);
+    if pout == 0 {
+        dx.fill(0.0);
+    } else if dx.len() >= PAR_MIN {
+        dx.par_chunks_mut(pin)
+            .zip(dy.par_chunks(pout))
+            .zip(argmax.par_chunks(pout))
+            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
+    } else {
+        dx.chunks_mut(pin)
+            .zip(dy.chunks(pout))
+            .zip(argmax.chunks(pout))
+            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
+    }
 }
 
 /// y[c, n] = mean over the hw pixels of x[c, n, :].
 pub fn global_avgpool_forward(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) {
-    let _ = (c, n, hw, x, y);
-    todo!("ops helper")
+    assert_eq!(x.len(), c * n * hw, "global_avgpool_forward: x length");
+    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
+    if hw == 0 {
+        y.fill(f32::NAN);
+        return;
+    }
+    let inv = 1.0 / hw as f64;
+    if x.len() >= PAR_MIN {
+        y.par_iter_mut()
+            .zip(x.par_chunks(hw))
+            .for_each(|(o, p)| *o = (p.iter().map(|&v| v as f64).sum::<f64>() * inv) as f32);
+    } else {
+        y.iter_mut()
+            .zip(x.chunks(hw))
+            .for_each(|(o, p)| *o = (p.iter().map(|&v| v as f64).sum::<f64>() * inv) as f32);
+    }
 }
 
 /// dx[c, n, p] = dy[c, n] / hw.
 pub fn global_avgpool_backward(c: usize, n: usize, hw: usize, dy: &[f32], dx: &mut [f32]) {
-    let _ = (c, n, hw, dy, dx);
-    todo!("ops helper")
+    assert_eq!(dy.len(), c * n, "global_avgpool_backward: dy length");
+    assert_eq!(dx.len(), c * n * hw, "global_avgpool_backward: dx length");
+    if hw == 0 {
+        return;
+    }
+    let inv = 1.0 / hw as f32;
+    if dx.len() >= PAR_MIN {
+        dx.par_chunks_mut(hw)
+            .zip(dy.par_iter())
+            .for_each(|(p, &g)| p.fill(g * inv));
+    } else {
+        dx.chunks_mut(hw)
+            .zip(dy)
+            .for_each(|(p, &g)| p.fill(g * inv));
+    }
 }
