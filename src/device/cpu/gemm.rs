@@ -6,6 +6,78 @@ use gemm::Parallelism;
 /// threading overhead outweighs the gain.
 const PAR_MIN_FLOPS: usize = 64 * 64 * 64;
 
+/// A strided matrix inside a slice: element (i, j) is `data[off + i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    /// Asserts every element of a rows×cols view lies inside `data` (rows, cols > 0).
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        let last = self.off + (rows - 1) * self.rs + (cols - 1) * self.cs;
+        assert!(
+            last < self.data.len(),
+            "matmul: {what} needs index {last}, has {} floats",
+            self.data.len()
+        );
+    }
+}
+
+/// c[m, n] (row-major, contiguous) = (accumulate ? c : 0) + a[m, k]·b[k, n] on strided views.
+#[allow(clippy::too_many_arguments)]
+fn gemm_views(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View<'_>,
+    b: View<'_>,
+    c: &mut [f32],
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    assert!(m > 0 && k > 0 && n > 0);
+    a.check(m, k, "a");
+    b.check(k, n, "b");
+    assert!(
+        c.len() >= m * n,
+        "matmul: c has {} floats, needs {m}·{n}",
+        c.len()
+    );
+    // SAFETY: `check` above proved that the largest index the kernel can form for each
+    // operand, off + (rows−1)·rs + (cols−1)·cs, lies inside its slice, and all strides are
+    // non-negative, so every element read is in bounds; c holds m·n floats and is written at
+    // i·n + j < m·n (row stride n, column stride 1). `c` is a unique borrow, so it does not
+    // alias `a` or `b`. With read_dst = false the kernel never reads c and ignores alpha; with
+    // read_dst = true it computes c = 1·c + 1·a·b. The conj flags mean nothing for f32.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr().add(a.off),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr().add(b.off),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// `c[m, n] = (accumulate ? c : 0) + op(a)[m, k] · op(b)[k, n]`, all row-major and contiguous.
 /// `a_t`: `a` is stored [k, m] and used transposed; `b_t`: `b` is stored [n, k].
 #[allow(clippy::too_many_arguments)]
@@ -38,59 +110,44 @@ pub fn matmul(
     if m == 0 || n == 0 {
         return;
     }
+    let c = &mut c[..m * n];
     if k == 0 {
         // An empty sum: the product is zero.
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c.fill(0.0);
         }
         return;
     }
-    // Strides in elements, as (row stride, column stride) of the logical matrices.
-    // op(a)[i, p]: a[i·k + p] when stored [m, k]; a[p·m + i] when stored [k, m].
-    let (a_rs, a_cs) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
+    // op(a)[i, p] is a[i·k + p] when stored [m, k] and a[p·m + i] when stored [k, m];
+    // op(b)[p, j] is b[p·n + j] when stored [k, n] and b[j·k + p] when stored [n, k].
+    let (a_rs, a_cs) = if a_t { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if b_t { (1, k) } else { (n, 1) };
+    // The sub-views of columns p0.. of op(a) and rows p0.. of op(b).
+    let a_at = |p0: usize| View {
+        data: a,
+        off: p0 * a_cs,
+        rs: a_rs,
+        cs: a_cs,
     };
-    // op(b)[p, j]: b[p·n + j] when stored [k, n]; b[j·k + p] when stored [n, k].
-    let (b_rs, b_cs) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
+    let b_at = |p0: usize| View {
+        data: b,
+        off: p0 * b_rs,
+        rs: b_rs,
+        cs: b_cs,
     };
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) > PAR_MIN_FLOPS {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: the asserts above guarantee a holds m·k, b holds k·n and c holds m·n floats. With
-    // the strides chosen above every index the kernel forms, row·rs + col·cs for row < rows and
-    // col < cols of each logical matrix, is below m·k, k·n and m·n respectively (e.g. for a
-    // stored [k, m]: i + p·m ≤ (m−1) + (k−1)·m < m·k), so all reads and writes stay inside
-    // the slices. `c` is borrowed mutably and does not alias `a` or `b` (Rust borrow rules).
-    // With read_dst = false the kernel ignores alpha and never reads c; with read_dst = true
-    // it computes c = 1·c + 1·op(a)·op(b). The conj flags are meaningless for real f32.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+
+    let flops = m.saturating_mul(n).saturating_mul(k);
+    if flops <= PAR_MIN_FLOPS {
+        return gemm_views(m, k, n, a_at(0), b_at(0), c, accumulate, Parallelism::None);
     }
+    gemm_views(
+        m,
+        k,
+        n,
+        a_at(0),
+        b_at(0),
+        c,
+        accumulate,
+        Parallelism::Rayon(0),
+    )
 }
