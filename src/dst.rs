@@ -192,3 +192,41 @@ pub fn describe(model: &Model) -> String {
     }
     s
 }
+
+/// Picks each sparse layer's compute path by timing it: the sparse kernel against the dense
+/// GEMM on the masked weight, on the layer's real im2col shape for `batch` images of `h`×`w`.
+/// Forward time stands for the step (backward costs scale the same way on both paths).
+pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> Result<()> {
+    use crate::device::cpu::gemm::matmul;
+    use crate::sparse::csr::spmm;
+    use std::time::Instant;
+    for g in model.weight_geometry(h, w) {
+        let p = &mut model.params.params[g.param];
+        let (rows, cols) = p.matrix_dims();
+        let dense = p.to_dense();
+        let Values::Sparse(sw, path) = &mut p.values else { continue };
+        let n = batch * g.out_pixels;
+        let mut rng = Rng::new(g.param as u64);
+        let b: Vec<f32> = (0..cols * n).map(|_| rng.uniform()).collect();
+        let mut c = vec![0.0; rows * n];
+        let best_of = |f: &mut dyn FnMut()| {
+            f();
+            (0..2)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let t_sparse = best_of(&mut || spmm(sw, &b, n, &mut c));
+        let t_dense = best_of(&mut || {
+            let mut d = vec![0.0; rows * cols];
+            sw.to_dense(&mut d);
+            matmul(rows, cols, n, &d, false, &b, false, &mut c, false)
+        });
+        drop(dense);
+        *path = if t_sparse <= t_dense { ComputePath::Sparse } else { ComputePath::DenseMasked };
+    }
+    Ok(())
+}

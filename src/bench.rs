@@ -1,0 +1,300 @@
+//! `rest bench cpu`: dense against sparse training steps and inference of both paper models,
+//! measured in one run and reported as images/s and as ratios to dense; checkpoint sizes; the
+//! cost of a topology update; peak memory of a training run (each in its own process).
+
+use crate::autograd::Tape;
+use crate::checkpoint::Checkpoint;
+use crate::data::loader::Augment;
+use crate::data::synthetic::{generate, SyntheticConfig};
+use crate::dst::{self, SparseConfig};
+use crate::nn::param::Grads;
+use crate::nn::{ops, Arch, Model, ModelConfig};
+use crate::optim::Sgd;
+use crate::rng::Rng;
+use crate::sparse::density::DensityRule;
+use crate::sparse::schedule::DecaySchedule;
+use crate::sparse::topology::{GrowRule, PruneRule};
+use crate::tensor::Tensor;
+use crate::train::{Reweight, ReweightMode, TrainConfig, Trainer};
+use anyhow::{ensure, Context, Result};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Training step and inference, dense vs sparse, for both models on this CPU.
+    Cpu(CpuArgs),
+    /// Peak resident memory of a short training run, dense vs sparse (one process each).
+    Memory(MemoryArgs),
+    #[command(hide = true)]
+    MemoryChild(MemoryChildArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CpuArgs {
+    /// Models to measure.
+    #[arg(long, value_delimiter = ',', default_value = "cnn,resnet18")]
+    pub models: Vec<Arch>,
+    /// Global densities (1 = dense, the baseline of every ratio).
+    #[arg(long, value_delimiter = ',', default_value = "1,0.5,0.2,0.1,0.05,0.01,0.005,0.001")]
+    pub densities: Vec<f64>,
+    /// Timed training steps per setting (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Batch size of the CNN (28 px) runs; ResNet-18 (32 px) uses a quarter of it.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MemoryArgs {
+    #[arg(long, value_enum, default_value_t = Arch::Resnet18)]
+    pub model: Arch,
+    #[arg(long, value_delimiter = ',', default_value = "1,0.05")]
+    pub densities: Vec<f64>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MemoryChildArgs {
+    #[arg(long, value_enum)]
+    pub model: Arch,
+    #[arg(long)]
+    pub density: f64,
+    #[arg(long)]
+    pub batch: usize,
+    #[arg(long)]
+    pub steps: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CpuResult {
+    pub model: String,
+    pub density: f64,
+    pub batch: usize,
+    pub train_images_per_s: f64,
+    pub train_speedup: f64,
+    pub infer_images_per_s: f64,
+    pub infer_speedup: f64,
+    pub checkpoint_bytes: usize,
+    pub checkpoint_ratio: f64,
+    /// Time of one topology update (dense-gradient step + prune/regrow), in ms.
+    pub update_ms: Option<f64>,
+}
+
+fn sparse_config(density: f64) -> SparseConfig {
+    SparseConfig {
+        density,
+        rule: DensityRule::Erk,
+        update_every: 1000,
+        death_rate: 0.5,
+        death_rate_end: 0.005,
+        decay: DecaySchedule::Cosine,
+        prune: PruneRule::Magnitude,
+        grow: GrowRule::Gradient,
+        stop_fraction: 1.0,
+        fix: false,
+    }
+}
+
+/// A model of `arch` at `density` (1 = dense), as training would build it.
+pub fn build(arch: Arch, density: f64, batch: usize, size: usize) -> Result<(Model, Option<dst::SparseState>)> {
+    let cfg = ModelConfig { arch, width: 64, in_channels: 3, num_classes: 10 };
+    let mut model = Model::new(&cfg, 1)?;
+    let state = if density < 1.0 {
+        let s = dst::sparsify(&mut model, &sparse_config(density), 1)?;
+        dst::calibrate_paths(&mut model, batch, size, size)?;
+        Some(s)
+    } else {
+        None
+    };
+    Ok((model, state))
+}
+
+struct Inputs {
+    images: Tensor,
+    labels: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+fn inputs(batch: usize, size: usize) -> Inputs {
+    let mut r = Rng::new(2);
+    Inputs {
+        images: Tensor::from_vec(&[3, batch, size, size], (0..3 * batch * size * size).map(|_| r.uniform()).collect()).expect("shape"),
+        labels: (0..batch).map(|_| r.below(10) as u32).collect(),
+        weights: vec![1.0; batch],
+    }
+}
+
+/// One training step; returns the gradients (dense ones too when `dense_grads`).
+pub fn train_step(model: &mut Model, opt: &mut Sgd, x: &Tensor, labels: &[u32], weights: &[f32], dense_grads: bool) -> Result<Grads> {
+    let mut tape = Tape::new();
+    let xv = tape.input(x.clone());
+    let logits = model.forward(&mut tape, xv, true)?;
+    let (loss, _) = ops::cross_entropy(&mut tape, logits, labels, weights)?;
+    let mut grads = Grads::zeros(&model.params, dense_grads);
+    tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads);
+    opt.step(&mut model.params, &grads);
+    Ok(grads)
+}
+
+fn time_per_call(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let t = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    Ok(t.elapsed().as_secs_f64() / reps as f64)
+}
+
+fn checkpoint_bytes(model: &Model, state: Option<dst::SparseState>) -> Result<usize> {
+    // Size of the safetensors checkpoint that training writes (weights, index, momentum, stats).
+    let splits = generate(&SyntheticConfig { train: 4, valid: 2, test: 2, conflict_ratio: 0.5, seed: 1 })?;
+    let config = TrainConfig {
+        dataset: "synthetic".into(),
+        ratio: 50.0,
+        model: model.config.clone(),
+        epochs: 1,
+        batch_size: 2,
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        sparse: state.as_ref().map(|s| s.config.clone()),
+        reweight: Reweight::Off,
+        upweight: 1.0,
+        reweight_mode: ReweightMode::Sampler,
+        jtt_epochs: 1,
+        augment: Augment::None,
+        seed: 1,
+    };
+    let mut t = Trainer::new(config, &splits)?;
+    t.model = model.clone();
+    t.opt = Sgd::new(&t.model.params, 0.01, 0.9, 0.0);
+    t.sparse = state;
+    let path = std::env::temp_dir().join(format!("rest-bench-{}.safetensors", std::process::id()));
+    Checkpoint::capture(&t).save(&path)?;
+    let n = std::fs::metadata(&path)?.len() as usize;
+    let _ = std::fs::remove_file(&path);
+    Ok(n)
+}
+
+pub fn cpu(args: &CpuArgs) -> Result<()> {
+    ensure!(args.steps > 0 && args.batch > 1, "--steps must be ≥ 1 and --batch ≥ 2");
+    ensure!(args.densities.iter().all(|&d| d > 0.0 && d <= 1.0), "densities must be in (0, 1]");
+    let mut results = Vec::new();
+    println!("rest bench cpu: {} threads; training step = forward + backward + SGD; topology fixed while timing", rayon::current_num_threads());
+    for &arch in &args.models {
+        let (size, batch) = match arch {
+            Arch::Cnn => (28, args.batch),
+            Arch::Resnet18 => (32, (args.batch / 4).max(2)),
+        };
+        let name = format!("{arch:?}").to_lowercase();
+        let inp = inputs(batch, size);
+        println!("\n{name}, {size}x{size} px, batch {batch}");
+        println!("{:>9} {:>12} {:>8} {:>12} {:>8} {:>12} {:>8} {:>11}", "density", "train img/s", "×dense", "infer img/s", "×dense", "ckpt bytes", "×dense", "update ms");
+        let mut base: Option<(f64, f64, usize)> = None;
+        for &d in &args.densities {
+            let (mut model, state) = build(arch, d, batch, size)?;
+            let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
+            let t_train = time_per_call(args.steps, || train_step(&mut model, &mut opt, &inp.images, &inp.labels, &inp.weights, false).map(|_| ()))?;
+            let t_infer = time_per_call(args.steps, || {
+                let mut tape = Tape::no_grad();
+                let x = tape.input(inp.images.clone());
+                model.forward(&mut tape, x, false).map(|_| ())
+            })?;
+            let update_ms = match state.clone() {
+                Some(mut s) => {
+                    let mut rng = Rng::new(5);
+                    let t = Instant::now();
+                    let grads = train_step(&mut model, &mut opt, &inp.images, &inp.labels, &inp.weights, true)?;
+                    s.update(&mut model, &mut opt, &grads, 1000, 100_000, &mut rng)?;
+                    Some(1e3 * (t.elapsed().as_secs_f64() - t_train))
+                }
+                None => None,
+            };
+            let ck = checkpoint_bytes(&model, state)?;
+            let (train_ips, infer_ips) = (batch as f64 / t_train, batch as f64 / t_infer);
+            let b = *base.get_or_insert((train_ips, infer_ips, ck));
+            let r = CpuResult {
+                model: name.clone(),
+                density: d,
+                batch,
+                train_images_per_s: train_ips,
+                train_speedup: train_ips / b.0,
+                infer_images_per_s: infer_ips,
+                infer_speedup: infer_ips / b.1,
+                checkpoint_bytes: ck,
+                checkpoint_ratio: ck as f64 / b.2 as f64,
+                update_ms,
+            };
+            println!(
+                "{:>9} {:>12.0} {:>8.2} {:>12.0} {:>8.2} {:>12} {:>8.3} {:>11}",
+                d,
+                r.train_images_per_s,
+                r.train_speedup,
+                r.infer_images_per_s,
+                r.infer_speedup,
+                r.checkpoint_bytes,
+                r.checkpoint_ratio,
+                r.update_ms.map_or("-".into(), |m| format!("{m:.1}"))
+            );
+            results.push(r);
+        }
+        if args.densities.first() != Some(&1.0) {
+            println!("(ratios are to the first density listed, {}, not to dense)", args.densities[0]);
+        }
+    }
+    if let Some(p) = &args.json {
+        crate::checkpoint::write_atomic(p, serde_json::to_string_pretty(&results)?.as_bytes())?;
+        println!("\nwrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process, from /proc (Linux), in bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
+    let size = if a.model == Arch::Cnn { 28 } else { 32 };
+    let (mut model, _) = build(a.model, a.density, a.batch, size)?;
+    let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
+    let inp = inputs(a.batch, size);
+    for _ in 0..a.steps {
+        train_step(&mut model, &mut opt, &inp.images, &inp.labels, &inp.weights, false)?;
+    }
+    println!("{}", peak_rss().context("peak memory is only read on Linux (/proc/self/status)")?);
+    Ok(())
+}
+
+pub fn memory(a: &MemoryArgs) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    println!("peak resident memory of {} training steps, {:?}, batch {} (one process each)", a.steps, a.model, a.batch);
+    let mut dense = None;
+    for &d in &a.densities {
+        let out = std::process::Command::new(&exe)
+            .args(["bench", "memory-child", "--model", &format!("{:?}", a.model).to_lowercase(), "--density", &d.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()])
+            .output()?;
+        ensure!(out.status.success(), "memory run at density {d} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("memory run printed no number")?;
+        let base = *dense.get_or_insert(bytes);
+        println!("density {d:>7}: peak {:>8.1} MiB ({:.2}× the first)", bytes / 1048576.0, bytes / base);
+    }
+    Ok(())
+}
