@@ -16,15 +16,27 @@ use rest::tensor::Tensor;
 use std::hint::black_box;
 
 fn step_bench(c: &mut Criterion, name: &str, arch: Arch, batch: usize, size: usize) {
-    let cfg = ModelConfig { arch, width: 64, in_channels: 3, num_classes: 10 };
+    let cfg = ModelConfig {
+        arch,
+        width: 64,
+        in_channels: 3,
+        num_classes: 10,
+    };
     let mut model = Model::new(&cfg, 1).unwrap();
     let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
     let mut r = Rng::new(2);
-    let images = Tensor::from_vec(&[3, batch, size, size], (0..3 * batch * size * size).map(|_| r.uniform()).collect()).unwrap();
+    let images = Tensor::from_vec(
+        &[3, batch, size, size],
+        (0..3 * batch * size * size).map(|_| r.uniform()).collect(),
+    )
+    .unwrap();
     let labels: Vec<u32> = (0..batch).map(|_| r.below(10) as u32).collect();
     let weights = vec![1.0; batch];
     let flops = FlopsReport::new(&model, size, size, None);
-    eprintln!("{name}: {:.2} GFLOP per training step (batch {batch})", flops.dense_train * batch as f64 / 1e9);
+    eprintln!(
+        "{name}: {:.2} GFLOP per training step (batch {batch})",
+        flops.dense_train * batch as f64 / 1e9
+    );
     let mut g = c.benchmark_group("train_step");
     g.sample_size(10);
     g.throughput(Throughput::Elements(batch as u64));
@@ -52,7 +64,21 @@ fn gemm_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * m * k * n) as u64));
-    g.bench_function("128x1024x12544 (elements = FLOPs)", |bch| bch.iter(|| matmul(m, k, n, black_box(&a), false, black_box(&b), false, &mut out, false)));
+    g.bench_function("128x1024x12544 (elements = FLOPs)", |bch| {
+        bch.iter(|| {
+            matmul(
+                m,
+                k,
+                n,
+                black_box(&a),
+                false,
+                black_box(&b),
+                false,
+                &mut out,
+                false,
+            )
+        })
+    });
     g.finish();
 }
 

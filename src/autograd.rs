@@ -62,12 +62,18 @@ impl Default for Tape {
 impl Tape {
     /// A tape that records operations for backward.
     pub fn new() -> Self {
-        Self { nodes: Vec::new(), recording: true }
+        Self {
+            nodes: Vec::new(),
+            recording: true,
+        }
     }
 
     /// A tape that records nothing: forward only, intermediate buffers freed early.
     pub fn no_grad() -> Self {
-        Self { nodes: Vec::new(), recording: false }
+        Self {
+            nodes: Vec::new(),
+            recording: false,
+        }
     }
 
     pub fn is_recording(&self) -> bool {
@@ -76,7 +82,11 @@ impl Tape {
 
     /// A constant input (needs no gradient).
     pub fn input(&mut self, t: Tensor) -> Var {
-        self.nodes.push(Node { value: Rc::new(t), requires_grad: false, backward: None });
+        self.nodes.push(Node {
+            value: Rc::new(t),
+            requires_grad: false,
+            backward: None,
+        });
         Var(self.nodes.len() - 1)
     }
 
@@ -95,9 +105,19 @@ impl Tape {
     }
 
     /// Records an op's output. `backward` is dropped when nothing needs a gradient.
-    pub fn push(&mut self, value: Tensor, inputs: &[Var], has_params: bool, backward: BackwardFn) -> Var {
+    pub fn push(
+        &mut self,
+        value: Tensor,
+        inputs: &[Var],
+        has_params: bool,
+        backward: BackwardFn,
+    ) -> Var {
         let record = self.needs_record(inputs, has_params);
-        self.nodes.push(Node { value: Rc::new(value), requires_grad: record, backward: record.then_some(backward) });
+        self.nodes.push(Node {
+            value: Rc::new(value),
+            requires_grad: record,
+            backward: record.then_some(backward),
+        });
         Var(self.nodes.len() - 1)
     }
 
@@ -109,9 +129,18 @@ impl Tape {
         let mut node_grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
         node_grads[root.0] = Some(seed);
         for i in (0..=root.0).rev() {
-            let Some(g) = node_grads[i].take() else { continue };
-            let Some(f) = self.nodes[i].backward.take() else { continue };
-            let mut ctx = BackwardCtx { params, grads, node_grads: &mut node_grads, requires_grad: &requires_grad };
+            let Some(g) = node_grads[i].take() else {
+                continue;
+            };
+            let Some(f) = self.nodes[i].backward.take() else {
+                continue;
+            };
+            let mut ctx = BackwardCtx {
+                params,
+                grads,
+                node_grads: &mut node_grads,
+                requires_grad: &requires_grad,
+            };
             f(&g, &mut ctx);
         }
     }

@@ -42,7 +42,11 @@ pub struct CpuArgs {
     #[arg(long, value_delimiter = ',', default_value = "cnn,resnet18")]
     pub models: Vec<Arch>,
     /// Global densities (1 = dense, the baseline of every ratio).
-    #[arg(long, value_delimiter = ',', default_value = "1,0.5,0.2,0.1,0.05,0.01,0.005,0.001")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,0.5,0.2,0.1,0.05,0.01,0.005,0.001"
+    )]
     pub densities: Vec<f64>,
     /// Timed training steps per setting (after one warm-up step).
     #[arg(long, default_value_t = 3)]
@@ -110,8 +114,18 @@ fn sparse_config(density: f64) -> SparseConfig {
 }
 
 /// A model of `arch` at `density` (1 = dense), as training would build it.
-pub fn build(arch: Arch, density: f64, batch: usize, size: usize) -> Result<(Model, Option<dst::SparseState>)> {
-    let cfg = ModelConfig { arch, width: 64, in_channels: 3, num_classes: 10 };
+pub fn build(
+    arch: Arch,
+    density: f64,
+    batch: usize,
+    size: usize,
+) -> Result<(Model, Option<dst::SparseState>)> {
+    let cfg = ModelConfig {
+        arch,
+        width: 64,
+        in_channels: 3,
+        num_classes: 10,
+    };
     let mut model = Model::new(&cfg, 1)?;
     let state = if density < 1.0 {
         let s = dst::sparsify(&mut model, &sparse_config(density), 1)?;
@@ -132,14 +146,25 @@ struct Inputs {
 fn inputs(batch: usize, size: usize) -> Inputs {
     let mut r = Rng::new(2);
     Inputs {
-        images: Tensor::from_vec(&[3, batch, size, size], (0..3 * batch * size * size).map(|_| r.uniform()).collect()).expect("shape"),
+        images: Tensor::from_vec(
+            &[3, batch, size, size],
+            (0..3 * batch * size * size).map(|_| r.uniform()).collect(),
+        )
+        .expect("shape"),
         labels: (0..batch).map(|_| r.below(10) as u32).collect(),
         weights: vec![1.0; batch],
     }
 }
 
 /// One training step; returns the gradients (dense ones too when `dense_grads`).
-pub fn train_step(model: &mut Model, opt: &mut Sgd, x: &Tensor, labels: &[u32], weights: &[f32], dense_grads: bool) -> Result<Grads> {
+pub fn train_step(
+    model: &mut Model,
+    opt: &mut Sgd,
+    x: &Tensor,
+    labels: &[u32],
+    weights: &[f32],
+    dense_grads: bool,
+) -> Result<Grads> {
     let mut tape = Tape::new();
     let xv = tape.input(x.clone());
     let logits = model.forward(&mut tape, xv, true)?;
@@ -161,7 +186,13 @@ fn time_per_call(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
 
 fn checkpoint_bytes(model: &Model, state: Option<dst::SparseState>) -> Result<usize> {
     // Size of the safetensors checkpoint that training writes (weights, index, momentum, stats).
-    let splits = generate(&SyntheticConfig { train: 4, valid: 2, test: 2, conflict_ratio: 0.5, seed: 1 })?;
+    let splits = generate(&SyntheticConfig {
+        train: 4,
+        valid: 2,
+        test: 2,
+        conflict_ratio: 0.5,
+        seed: 1,
+    })?;
     let config = TrainConfig {
         dataset: "synthetic".into(),
         ratio: 50.0,
@@ -191,8 +222,14 @@ fn checkpoint_bytes(model: &Model, state: Option<dst::SparseState>) -> Result<us
 }
 
 pub fn cpu(args: &CpuArgs) -> Result<()> {
-    ensure!(args.steps > 0 && args.batch > 1, "--steps must be ≥ 1 and --batch ≥ 2");
-    ensure!(args.densities.iter().all(|&d| d > 0.0 && d <= 1.0), "densities must be in (0, 1]");
+    ensure!(
+        args.steps > 0 && args.batch > 1,
+        "--steps must be ≥ 1 and --batch ≥ 2"
+    );
+    ensure!(
+        args.densities.iter().all(|&d| d > 0.0 && d <= 1.0),
+        "densities must be in (0, 1]"
+    );
     let mut results = Vec::new();
     println!("rest bench cpu: {} threads; training step = forward + backward + SGD; topology fixed while timing", rayon::current_num_threads());
     for &arch in &args.models {
@@ -203,12 +240,32 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         let name = format!("{arch:?}").to_lowercase();
         let inp = inputs(batch, size);
         println!("\n{name}, {size}x{size} px, batch {batch}");
-        println!("{:>9} {:>12} {:>8} {:>12} {:>8} {:>12} {:>8} {:>11}", "density", "train img/s", "×dense", "infer img/s", "×dense", "ckpt bytes", "×dense", "update ms");
+        println!(
+            "{:>9} {:>12} {:>8} {:>12} {:>8} {:>12} {:>8} {:>11}",
+            "density",
+            "train img/s",
+            "×dense",
+            "infer img/s",
+            "×dense",
+            "ckpt bytes",
+            "×dense",
+            "update ms"
+        );
         let mut base: Option<(f64, f64, usize)> = None;
         for &d in &args.densities {
             let (mut model, state) = build(arch, d, batch, size)?;
             let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
-            let t_train = time_per_call(args.steps, || train_step(&mut model, &mut opt, &inp.images, &inp.labels, &inp.weights, false).map(|_| ()))?;
+            let t_train = time_per_call(args.steps, || {
+                train_step(
+                    &mut model,
+                    &mut opt,
+                    &inp.images,
+                    &inp.labels,
+                    &inp.weights,
+                    false,
+                )
+                .map(|_| ())
+            })?;
             let t_infer = time_per_call(args.steps, || {
                 let mut tape = Tape::no_grad();
                 let x = tape.input(inp.images.clone());
@@ -218,7 +275,14 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
                 Some(mut s) => {
                     let mut rng = Rng::new(5);
                     let t = Instant::now();
-                    let grads = train_step(&mut model, &mut opt, &inp.images, &inp.labels, &inp.weights, true)?;
+                    let grads = train_step(
+                        &mut model,
+                        &mut opt,
+                        &inp.images,
+                        &inp.labels,
+                        &inp.weights,
+                        true,
+                    )?;
                     s.update(&mut model, &mut opt, &grads, 1000, 100_000, &mut rng)?;
                     Some(1e3 * (t.elapsed().as_secs_f64() - t_train))
                 }
@@ -253,7 +317,10 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             results.push(r);
         }
         if args.densities.first() != Some(&1.0) {
-            println!("(ratios are to the first density listed, {}, not to dense)", args.densities[0]);
+            println!(
+                "(ratios are to the first density listed, {}, not to dense)",
+                args.densities[0]
+            );
         }
     }
     if let Some(p) = &args.json {
@@ -277,24 +344,59 @@ pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
     let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
     let inp = inputs(a.batch, size);
     for _ in 0..a.steps {
-        train_step(&mut model, &mut opt, &inp.images, &inp.labels, &inp.weights, false)?;
+        train_step(
+            &mut model,
+            &mut opt,
+            &inp.images,
+            &inp.labels,
+            &inp.weights,
+            false,
+        )?;
     }
-    println!("{}", peak_rss().context("peak memory is only read on Linux (/proc/self/status)")?);
+    println!(
+        "{}",
+        peak_rss().context("peak memory is only read on Linux (/proc/self/status)")?
+    );
     Ok(())
 }
 
 pub fn memory(a: &MemoryArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
-    println!("peak resident memory of {} training steps, {:?}, batch {} (one process each)", a.steps, a.model, a.batch);
+    println!(
+        "peak resident memory of {} training steps, {:?}, batch {} (one process each)",
+        a.steps, a.model, a.batch
+    );
     let mut dense = None;
     for &d in &a.densities {
         let out = std::process::Command::new(&exe)
-            .args(["bench", "memory-child", "--model", &format!("{:?}", a.model).to_lowercase(), "--density", &d.to_string(), "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()])
+            .args([
+                "bench",
+                "memory-child",
+                "--model",
+                &format!("{:?}", a.model).to_lowercase(),
+                "--density",
+                &d.to_string(),
+                "--batch",
+                &a.batch.to_string(),
+                "--steps",
+                &a.steps.to_string(),
+            ])
             .output()?;
-        ensure!(out.status.success(), "memory run at density {d} failed: {}", String::from_utf8_lossy(&out.stderr));
-        let bytes: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("memory run printed no number")?;
+        ensure!(
+            out.status.success(),
+            "memory run at density {d} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("memory run printed no number")?;
         let base = *dense.get_or_insert(bytes);
-        println!("density {d:>7}: peak {:>8.1} MiB ({:.2}× the first)", bytes / 1048576.0, bytes / base);
+        println!(
+            "density {d:>7}: peak {:>8.1} MiB ({:.2}× the first)",
+            bytes / 1048576.0,
+            bytes / base
+        );
     }
     Ok(())
 }

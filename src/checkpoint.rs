@@ -20,12 +20,18 @@ const FORMAT: u32 = 1;
 
 /// Writes `bytes` to `path` so that a reader sees either the old file or the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -72,17 +78,37 @@ impl Checkpoint {
             let path = match &p.values {
                 Values::Dense(_) => None,
                 Values::Sparse(sw, path) => {
-                    tensors.insert(format!("index.{}", p.name), (vec![sw.nnz()], u32_bytes(&sw.positions())));
+                    tensors.insert(
+                        format!("index.{}", p.name),
+                        (vec![sw.nnz()], u32_bytes(&sw.positions())),
+                    );
                     Some(*path)
                 }
             };
-            tensors.insert(format!("param.{}", p.name), (vec![p.len()], f32_bytes(p.data())));
-            tensors.insert(format!("momentum.{}", p.name), (vec![p.len()], f32_bytes(&t.opt.buffers[i])));
-            params.push(ParamMeta { name: p.name.clone(), shape: p.shape.clone(), kind: p.kind, path });
+            tensors.insert(
+                format!("param.{}", p.name),
+                (vec![p.len()], f32_bytes(p.data())),
+            );
+            tensors.insert(
+                format!("momentum.{}", p.name),
+                (vec![p.len()], f32_bytes(&t.opt.buffers[i])),
+            );
+            params.push(ParamMeta {
+                name: p.name.clone(),
+                shape: p.shape.clone(),
+                kind: p.kind,
+                path,
+            });
         }
         for (i, bn) in t.model.bn.iter().enumerate() {
-            tensors.insert(format!("bn.{i}.running_mean"), (vec![bn.mean.len()], f32_bytes(&bn.mean)));
-            tensors.insert(format!("bn.{i}.running_var"), (vec![bn.var.len()], f32_bytes(&bn.var)));
+            tensors.insert(
+                format!("bn.{i}.running_mean"),
+                (vec![bn.mean.len()], f32_bytes(&bn.mean)),
+            );
+            tensors.insert(
+                format!("bn.{i}.running_var"),
+                (vec![bn.var.len()], f32_bytes(&bn.var)),
+            );
         }
         if let Some(s) = &t.sparse {
             for (li, bits) in s.fired.layers().iter().enumerate() {
@@ -90,11 +116,23 @@ impl Checkpoint {
                 tensors.insert(format!("fired.{li}"), (vec![bytes.len()], bytes));
             }
         }
-        Self { config: t.config.clone(), progress: t.progress.clone(), params, tensors, bn_layers: t.model.bn.len() }
+        Self {
+            config: t.config.clone(),
+            progress: t.progress.clone(),
+            params,
+            tensors,
+            bn_layers: t.model.bn.len(),
+        }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let meta = Meta { format: FORMAT, config: self.config.clone(), progress: self.progress.clone(), params: self.params.clone(), bn_layers: self.bn_layers };
+        let meta = Meta {
+            format: FORMAT,
+            config: self.config.clone(),
+            progress: self.progress.clone(),
+            params: self.params.clone(),
+            bn_layers: self.bn_layers,
+        };
         let mut info = HashMap::new();
         info.insert("rest".to_string(), serde_json::to_string(&meta)?);
         let mut views = Vec::new();
@@ -106,34 +144,72 @@ impl Checkpoint {
             } else {
                 Dtype::F32
             };
-            views.push((name.clone(), TensorView::new(dtype, shape.clone(), bytes).context("checkpoint tensor")?));
+            views.push((
+                name.clone(),
+                TensorView::new(dtype, shape.clone(), bytes).context("checkpoint tensor")?,
+            ));
         }
         let bytes = safetensors::serialize(views, Some(info)).context("serialising checkpoint")?;
         write_atomic(path, &bytes)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {} is truncated or not a safetensors file: {e}", path.display()))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {}: unreadable header: {e}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "checkpoint {} is truncated or not a safetensors file: {e}",
+                path.display()
+            )
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            anyhow::anyhow!("checkpoint {}: unreadable header: {e}", path.display())
+        })?;
         let json = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get("rest"))
-            .ok_or_else(|| anyhow::anyhow!("{} is a safetensors file but not a rest checkpoint (no 'rest' metadata)", path.display()))?;
-        let meta: Meta = serde_json::from_str(json).with_context(|| format!("checkpoint {}: unreadable metadata", path.display()))?;
-        ensure!(meta.format == FORMAT, "checkpoint {} has format {}, this rest reads format {}", path.display(), meta.format, FORMAT);
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is a safetensors file but not a rest checkpoint (no 'rest' metadata)",
+                    path.display()
+                )
+            })?;
+        let meta: Meta = serde_json::from_str(json)
+            .with_context(|| format!("checkpoint {}: unreadable metadata", path.display()))?;
+        ensure!(
+            meta.format == FORMAT,
+            "checkpoint {} has format {}, this rest reads format {}",
+            path.display(),
+            meta.format,
+            FORMAT
+        );
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             tensors.insert(name, (view.shape().to_vec(), view.data().to_vec()));
         }
-        Ok(Self { config: meta.config, progress: meta.progress, params: meta.params, tensors, bn_layers: meta.bn_layers })
+        Ok(Self {
+            config: meta.config,
+            progress: meta.progress,
+            params: meta.params,
+            tensors,
+            bn_layers: meta.bn_layers,
+        })
     }
 
     fn f32s(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let (_, b) = self.tensors.get(name).ok_or_else(|| anyhow::anyhow!("checkpoint lacks tensor {name}"))?;
-        ensure!(b.len() == 4 * len, "checkpoint tensor {name} has {} values, expected {len}", b.len() / 4);
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        let (_, b) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("checkpoint lacks tensor {name}"))?;
+        ensure!(
+            b.len() == 4 * len,
+            "checkpoint tensor {name} has {} values, expected {len}",
+            b.len() / 4
+        );
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Puts the saved weights and statistics into `model` (which must have the same
@@ -146,20 +222,52 @@ impl Checkpoint {
             model.params.params.len()
         );
         for (p, m) in model.params.params.iter_mut().zip(&self.params) {
-            ensure!(p.name == m.name && p.shape == m.shape, "checkpoint is for another model: parameter {} {:?} where this model has {} {:?}", m.name, m.shape, p.name, p.shape);
+            ensure!(
+                p.name == m.name && p.shape == m.shape,
+                "checkpoint is for another model: parameter {} {:?} where this model has {} {:?}",
+                m.name,
+                m.shape,
+                p.name,
+                p.shape
+            );
             p.values = match m.path {
                 None => Values::Dense(self.f32s(&format!("param.{}", m.name), p.numel())?),
                 Some(path) => {
-                    let (shape, b) = self.tensors.get(&format!("index.{}", m.name)).ok_or_else(|| anyhow::anyhow!("checkpoint lacks the index of {}", m.name))?;
+                    let (shape, b) =
+                        self.tensors
+                            .get(&format!("index.{}", m.name))
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("checkpoint lacks the index of {}", m.name)
+                            })?;
                     let nnz = shape.first().copied().unwrap_or(0);
-                    ensure!(b.len() == 4 * nnz, "checkpoint index of {} is damaged", m.name);
-                    let pos: Vec<u32> = b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    ensure!(
+                        b.len() == 4 * nnz,
+                        "checkpoint index of {} is damaged",
+                        m.name
+                    );
+                    let pos: Vec<u32> = b
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
                     let numel = p.numel() as u32;
-                    if pos.windows(2).any(|w| w[0] >= w[1]) || pos.last().is_some_and(|&l| l >= numel) {
-                        bail!("checkpoint index of {} is not sorted or out of range", m.name);
+                    if pos.windows(2).any(|w| w[0] >= w[1])
+                        || pos.last().is_some_and(|&l| l >= numel)
+                    {
+                        bail!(
+                            "checkpoint index of {} is not sorted or out of range",
+                            m.name
+                        );
                     }
                     let (rows, cols) = p.matrix_dims();
-                    Values::Sparse(SparseWeight::from_positions(rows, cols, &pos, self.f32s(&format!("param.{}", m.name), nnz)?), path)
+                    Values::Sparse(
+                        SparseWeight::from_positions(
+                            rows,
+                            cols,
+                            &pos,
+                            self.f32s(&format!("param.{}", m.name), nnz)?,
+                        ),
+                        path,
+                    )
                 }
             };
         }
@@ -179,7 +287,9 @@ impl Checkpoint {
         if let Some(s) = &mut t.sparse {
             let mut layers = Vec::new();
             for li in 0..s.fired.layers().len() {
-                let (_, b) = self.tensors.get(&format!("fired.{li}")).ok_or_else(|| anyhow::anyhow!("checkpoint lacks in-time statistics of layer {li}"))?;
+                let (_, b) = self.tensors.get(&format!("fired.{li}")).ok_or_else(|| {
+                    anyhow::anyhow!("checkpoint lacks in-time statistics of layer {li}")
+                })?;
                 layers.push(b.iter().map(|&x| x != 0).collect());
             }
             s.fired.set_layers(layers)?;

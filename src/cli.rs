@@ -129,12 +129,24 @@ pub struct TrainArgs {
 
 /// Loads the three splits of a dataset.
 pub fn load_splits(source: &DataSource, seed: u64, synthetic_train: usize) -> Result<Splits> {
-    ensure!(source.ratio > 0.0 && source.ratio < 100.0, "--ratio is a percentage in (0, 100), got {}", source.ratio);
+    ensure!(
+        source.ratio > 0.0 && source.ratio < 100.0,
+        "--ratio is a percentage in (0, 100), got {}",
+        source.ratio
+    );
     if source.dataset == "synthetic" {
-        let cfg = SyntheticConfig { train: synthetic_train, conflict_ratio: source.ratio / 100.0, seed, ..SyntheticConfig::default() };
+        let cfg = SyntheticConfig {
+            train: synthetic_train,
+            conflict_ratio: source.ratio / 100.0,
+            seed,
+            ..SyntheticConfig::default()
+        };
         return synthetic::generate(&cfg);
     }
-    bail!("dataset '{}' is not available yet: use --dataset synthetic", source.dataset)
+    bail!(
+        "dataset '{}' is not available yet: use --dataset synthetic",
+        source.dataset
+    )
 }
 
 fn default_arch(dataset: &str) -> Arch {
@@ -152,13 +164,18 @@ impl TrainArgs {
             (true, d) => d.unwrap_or(0.05),
             (false, None) => 1.0,
             (false, Some(d)) if d == 1.0 => 1.0,
-            (false, Some(d)) => bail!("--method {:?} trains dense; --density {d} needs --method rest or sparse", self.method),
+            (false, Some(d)) => bail!(
+                "--method {:?} trains dense; --density {d} needs --method rest or sparse",
+                self.method
+            ),
         };
         let reweight = self.reweight.unwrap_or(match self.method {
             Method::Rest | Method::Reweight => Reweight::Labels,
             Method::Sparse | Method::Vanilla => Reweight::Off,
         });
-        let arch = self.model.unwrap_or_else(|| default_arch(&self.source.dataset));
+        let arch = self
+            .model
+            .unwrap_or_else(|| default_arch(&self.source.dataset));
         let sparse = (density < 1.0).then(|| SparseConfig {
             density,
             rule: self.density_rule,
@@ -177,10 +194,17 @@ impl TrainArgs {
         let config = TrainConfig {
             dataset: self.source.dataset.clone(),
             ratio: self.source.ratio,
-            model: ModelConfig { arch, width: self.width, in_channels: 3, num_classes: 10 },
+            model: ModelConfig {
+                arch,
+                width: self.width,
+                in_channels: 3,
+                num_classes: 10,
+            },
             epochs: if self.paper { 100 } else { self.epochs },
             batch_size: self.batch_size,
-            lr: self.lr.unwrap_or(if arch == Arch::Cnn { 0.01 } else { 0.001 }),
+            lr: self
+                .lr
+                .unwrap_or(if arch == Arch::Cnn { 0.01 } else { 0.001 }),
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             sparse,
@@ -188,7 +212,11 @@ impl TrainArgs {
             upweight: self.upweight,
             reweight_mode: self.reweight_mode,
             jtt_epochs: self.jtt_epochs,
-            augment: if self.source.dataset == "cifar10c" { Augment::CropFlip { pad: 4 } } else { Augment::None },
+            augment: if self.source.dataset == "cifar10c" {
+                Augment::CropFlip { pad: 4 }
+            } else {
+                Augment::None
+            },
             seed: self.seed,
         };
         config.validate()?;
@@ -210,30 +238,62 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let opts_out = |c: &TrainConfig| {
         args.out.clone().unwrap_or_else(|| {
             let d = c.sparse.as_ref().map_or(1.0, |s| s.density);
-            PathBuf::from(format!("runs/{}-{}-r{}-d{}-s{}", c.dataset.replace([':', '/'], "_"), c.method(), c.ratio, d, c.seed))
+            PathBuf::from(format!(
+                "runs/{}-{}-r{}-d{}-s{}",
+                c.dataset.replace([':', '/'], "_"),
+                c.method(),
+                c.ratio,
+                d,
+                c.seed
+            ))
         })
     };
     let summary = if let Some(dir) = &args.resume {
-        let ck = Checkpoint::load(&dir.join(crate::checkpoint::LAST)).with_context(|| format!("cannot resume from {}", dir.display()))?;
-        let source = DataSource { dataset: ck.config.dataset.clone(), ratio: ck.config.ratio, data_dir: args.source.data_dir.clone() };
+        let ck = Checkpoint::load(&dir.join(crate::checkpoint::LAST))
+            .with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let source = DataSource {
+            dataset: ck.config.dataset.clone(),
+            ratio: ck.config.ratio,
+            data_dir: args.source.data_dir.clone(),
+        };
         let splits = load_splits(&source, ck.config.seed, args.synthetic_train)?;
         let mut t = Trainer::resume(dir, &splits)?;
         if !args.quiet {
-            eprintln!("resuming {} at epoch {} of {}", dir.display(), t.progress.epoch + 1, t.config.epochs);
+            eprintln!(
+                "resuming {} at epoch {} of {}",
+                dir.display(),
+                t.progress.epoch + 1,
+                t.config.epochs
+            );
         }
-        t.train(&RunOptions { out: dir.clone(), quiet: args.quiet, stop_after_epochs: None })?
+        t.train(&RunOptions {
+            out: dir.clone(),
+            quiet: args.quiet,
+            stop_after_epochs: None,
+        })?
     } else {
         let config = args.config()?;
         let splits = load_splits(&args.source, config.seed, args.synthetic_train)?;
         let out = opts_out(&config);
         if out.join(crate::checkpoint::LAST).exists() {
-            bail!("{} already holds a run: continue it with --resume {0}, or choose another --out", out.display());
+            bail!(
+                "{} already holds a run: continue it with --resume {0}, or choose another --out",
+                out.display()
+            );
         }
         let mut t = Trainer::new(config, &splits)?;
-        t.train(&RunOptions { out: out.clone(), quiet: args.quiet, stop_after_epochs: None })?
+        t.train(&RunOptions {
+            out: out.clone(),
+            quiet: args.quiet,
+            stop_after_epochs: None,
+        })?
     };
     if let Some(s) = summary {
-        println!("test accuracy at the best validation epoch ({}):\n{}", s.best_epoch + 1, render_summary(&s));
+        println!(
+            "test accuracy at the best validation epoch ({}):\n{}",
+            s.best_epoch + 1,
+            render_summary(&s)
+        );
     }
     Ok(())
 }
@@ -273,7 +333,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let ck = Checkpoint::load(&args.checkpoint)?;
     let source = DataSource {
-        dataset: args.dataset.clone().unwrap_or_else(|| ck.config.dataset.clone()),
+        dataset: args
+            .dataset
+            .clone()
+            .unwrap_or_else(|| ck.config.dataset.clone()),
         ratio: args.ratio.unwrap_or(ck.config.ratio),
         data_dir: args.data_dir.clone(),
     };
@@ -282,8 +345,20 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     mc.in_channels = splits.test.channels;
     mc.num_classes = splits.test.num_classes;
     let mut model = Model::new(&mc, ck.config.seed)?;
-    ck.restore_model(&mut model).with_context(|| format!("{} does not fit a model for {}", args.checkpoint.display(), source.dataset))?;
-    println!("{} ({}, trained {} epochs, density {:.4})", args.checkpoint.display(), ck.config.method(), ck.progress.epoch, crate::dst::global_density(&model));
+    ck.restore_model(&mut model).with_context(|| {
+        format!(
+            "{} does not fit a model for {}",
+            args.checkpoint.display(),
+            source.dataset
+        )
+    })?;
+    println!(
+        "{} ({}, trained {} epochs, density {:.4})",
+        args.checkpoint.display(),
+        ck.config.method(),
+        ck.progress.epoch,
+        crate::dst::global_density(&model)
+    );
     let mut table = String::from("| split | samples | accuracy | aligned | conflicting | unbiased | worst group |\n|---|---|---|---|---|---|---|\n");
     for (name, ds) in [("valid", &splits.valid), ("test", &splits.test)] {
         table += &metrics_row(name, &evaluate(&mut model, ds, args.batch_size)?.0);
@@ -300,7 +375,14 @@ pub struct DeviceArgs {
 }
 
 pub fn device(args: &DeviceArgs) -> Result<()> {
-    println!("CUDA driver library: {}", if device::cuda_driver_present() { "found" } else { "not found" });
+    println!(
+        "CUDA driver library: {}",
+        if device::cuda_driver_present() {
+            "found"
+        } else {
+            "not found"
+        }
+    );
     let (dev, why) = device::resolve(args.device.parse()?)?;
     println!("backend: {dev} ({why})");
     println!("CPU threads: {}", rayon::current_num_threads());

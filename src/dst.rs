@@ -6,9 +6,9 @@ use crate::nn::param::{ComputePath, Grads, ParamKind, Values};
 use crate::nn::Model;
 use crate::optim::Sgd;
 use crate::rng::Rng;
+use crate::sparse::csr::SparseWeight;
 use crate::sparse::density::{layer_nnz, DensityRule};
 use crate::sparse::schedule::{death_rate, DecaySchedule};
-use crate::sparse::csr::SparseWeight;
 use crate::sparse::topology::{random_layer, update_layer, GrowRule, PruneRule, UpdateStats};
 use anyhow::{ensure, Result};
 
@@ -36,11 +36,30 @@ pub struct SparseConfig {
 
 impl SparseConfig {
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.density > 0.0 && self.density <= 1.0, "density must be in (0, 1], got {}", self.density);
-        ensure!(self.update_every > 0, "the update interval (ΔT, --update-every) must be at least 1 step");
-        ensure!((0.0..=1.0).contains(&self.death_rate), "death rate must be in [0, 1], got {}", self.death_rate);
-        ensure!((0.0..=1.0).contains(&self.death_rate_end), "final death rate must be in [0, 1], got {}", self.death_rate_end);
-        ensure!((0.0..=1.0).contains(&self.stop_fraction), "stop fraction must be in [0, 1], got {}", self.stop_fraction);
+        ensure!(
+            self.density > 0.0 && self.density <= 1.0,
+            "density must be in (0, 1], got {}",
+            self.density
+        );
+        ensure!(
+            self.update_every > 0,
+            "the update interval (ΔT, --update-every) must be at least 1 step"
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.death_rate),
+            "death rate must be in [0, 1], got {}",
+            self.death_rate
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.death_rate_end),
+            "final death rate must be in [0, 1], got {}",
+            self.death_rate_end
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.stop_fraction),
+            "stop fraction must be in [0, 1], got {}",
+            self.stop_fraction
+        );
         Ok(())
     }
 }
@@ -53,7 +72,9 @@ pub struct Fired {
 
 impl Fired {
     pub fn new(sizes: &[usize]) -> Self {
-        Self { layers: sizes.iter().map(|&n| vec![false; n]).collect() }
+        Self {
+            layers: sizes.iter().map(|&n| vec![false; n]).collect(),
+        }
     }
     pub fn record(&mut self, layer: usize, w: &SparseWeight) {
         for p in w.positions() {
@@ -65,7 +86,11 @@ impl Fired {
     }
     /// Ever-active weights over all weights.
     pub fn fraction(&self) -> f64 {
-        let on: usize = self.layers.iter().map(|l| l.iter().filter(|&&b| b).count()).sum();
+        let on: usize = self
+            .layers
+            .iter()
+            .map(|l| l.iter().filter(|&&b| b).count())
+            .sum();
         let all: usize = self.layers.iter().map(Vec::len).sum();
         on as f64 / all.max(1) as f64
     }
@@ -74,7 +99,11 @@ impl Fired {
     }
     pub fn set_layers(&mut self, layers: Vec<Vec<bool>>) -> Result<()> {
         ensure!(
-            layers.len() == self.layers.len() && layers.iter().zip(&self.layers).all(|(a, b)| a.len() == b.len()),
+            layers.len() == self.layers.len()
+                && layers
+                    .iter()
+                    .zip(&self.layers)
+                    .all(|(a, b)| a.len() == b.len()),
             "in-time statistics do not match the model's layers"
         );
         self.layers = layers;
@@ -96,7 +125,10 @@ pub struct SparseState {
 pub fn sparsify(model: &mut Model, config: &SparseConfig, seed: u64) -> Result<SparseState> {
     config.validate()?;
     let ids = model.params.weight_ids();
-    let shapes: Vec<Vec<usize>> = ids.iter().map(|&id| model.params.get(id).shape.clone()).collect();
+    let shapes: Vec<Vec<usize>> = ids
+        .iter()
+        .map(|&id| model.params.get(id).shape.clone())
+        .collect();
     let counts = layer_nnz(&shapes, config.density, config.rule)?;
     for (li, (&id, &nnz)) in ids.iter().zip(&counts).enumerate() {
         let p = model.params.get_mut(id);
@@ -106,16 +138,29 @@ pub fn sparsify(model: &mut Model, config: &SparseConfig, seed: u64) -> Result<S
         let (rows, cols) = p.matrix_dims();
         let mut rng = Rng::derive(seed, 0x3a5c_0000 + li as u64);
         let sw = random_layer(rows, cols, nnz, p.data(), &mut rng);
-        let path = if nnz as f64 / p.numel() as f64 <= SPARSE_PATH_MAX_DENSITY { ComputePath::Sparse } else { ComputePath::DenseMasked };
+        let path = if nnz as f64 / p.numel() as f64 <= SPARSE_PATH_MAX_DENSITY {
+            ComputePath::Sparse
+        } else {
+            ComputePath::DenseMasked
+        };
         p.values = Values::Sparse(sw, path);
     }
     let mut fired = Fired::new(&model_layers(model));
     record_fired(model, &mut fired);
-    Ok(SparseState { config: config.clone(), fired, grad_momentum: vec![None; model.params.params.len()] })
+    Ok(SparseState {
+        config: config.clone(),
+        fired,
+        grad_momentum: vec![None; model.params.params.len()],
+    })
 }
 
 fn model_layers(model: &Model) -> Vec<usize> {
-    model.params.weight_ids().iter().map(|&id| model.params.get(id).numel()).collect()
+    model
+        .params
+        .weight_ids()
+        .iter()
+        .map(|&id| model.params.get(id).numel())
+        .collect()
 }
 
 fn record_fired(model: &Model, fired: &mut Fired) {
@@ -139,14 +184,26 @@ impl SparseState {
 
     /// Prunes and regrows every sparse layer using this step's dense gradients, and remaps the
     /// optimiser's momentum. Returns the totals and the death rate used.
-    pub fn update(&mut self, model: &mut Model, opt: &mut Sgd, grads: &Grads, step: u64, total: u64, rng: &mut Rng) -> Result<(UpdateStats, f64)> {
+    pub fn update(
+        &mut self,
+        model: &mut Model,
+        opt: &mut Sgd,
+        grads: &Grads,
+        step: u64,
+        total: u64,
+        rng: &mut Rng,
+    ) -> Result<(UpdateStats, f64)> {
         let c = &self.config;
         let rate = death_rate(c.death_rate, c.death_rate_end, step, total, c.decay);
         let mut sum = UpdateStats::default();
         for (li, id) in model.params.weight_ids().into_iter().enumerate() {
             let p = model.params.get_mut(id);
-            let Values::Sparse(sw, _) = &mut p.values else { continue };
-            let dense = grads.dense[id.0].as_ref().ok_or_else(|| anyhow::anyhow!("{}: no dense gradient on an update step", p.name))?;
+            let Values::Sparse(sw, _) = &mut p.values else {
+                continue;
+            };
+            let dense = grads.dense[id.0].as_ref().ok_or_else(|| {
+                anyhow::anyhow!("{}: no dense gradient on an update step", p.name)
+            })?;
             let score: &[f32] = if c.grow == GrowRule::Momentum {
                 let m = self.grad_momentum[id.0].get_or_insert_with(|| vec![0.0; dense.len()]);
                 for (m, g) in m.iter_mut().zip(dense) {
@@ -182,13 +239,25 @@ pub fn global_density(model: &Model) -> f64 {
 /// One line per masked layer: density and compute path.
 pub fn describe(model: &Model) -> String {
     let mut s = String::new();
-    for p in model.params.params.iter().filter(|p| p.kind == ParamKind::Weight) {
+    for p in model
+        .params
+        .params
+        .iter()
+        .filter(|p| p.kind == ParamKind::Weight)
+    {
         let path = match &p.values {
             Values::Dense(_) => "dense",
             Values::Sparse(_, ComputePath::Sparse) => "sparse kernels",
             Values::Sparse(_, ComputePath::DenseMasked) => "dense-masked GEMM",
         };
-        s += &format!("  {:<28} {:>9} of {:>9} active ({:>6.2}%)  {}\n", p.name, p.len(), p.numel(), 100.0 * p.len() as f64 / p.numel() as f64, path);
+        s += &format!(
+            "  {:<28} {:>9} of {:>9} active ({:>6.2}%)  {}\n",
+            p.name,
+            p.len(),
+            p.numel(),
+            100.0 * p.len() as f64 / p.numel() as f64,
+            path
+        );
     }
     s
 }
@@ -204,7 +273,9 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
         let p = &mut model.params.params[g.param];
         let (rows, cols) = p.matrix_dims();
         let dense = p.to_dense();
-        let Values::Sparse(sw, path) = &mut p.values else { continue };
+        let Values::Sparse(sw, path) = &mut p.values else {
+            continue;
+        };
         let n = batch * g.out_pixels;
         let mut rng = Rng::new(g.param as u64);
         let b: Vec<f32> = (0..cols * n).map(|_| rng.uniform()).collect();
@@ -226,7 +297,11 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
             matmul(rows, cols, n, &d, false, &b, false, &mut c, false)
         });
         drop(dense);
-        *path = if t_sparse <= t_dense { ComputePath::Sparse } else { ComputePath::DenseMasked };
+        *path = if t_sparse <= t_dense {
+            ComputePath::Sparse
+        } else {
+            ComputePath::DenseMasked
+        };
     }
     Ok(())
 }

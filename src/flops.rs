@@ -47,14 +47,29 @@ impl FlopsReport {
             if let (Some(every), true) = (update_every, active < numel) {
                 st += dense_fwd / every.max(1) as f64;
             }
-            layers.push(LayerFlops { name: g.name, weights: numel, active, dense_forward: dense_fwd, sparse_forward: sparse_fwd });
+            layers.push(LayerFlops {
+                name: g.name,
+                weights: numel,
+                active,
+                dense_forward: dense_fwd,
+                sparse_forward: sparse_fwd,
+            });
         }
-        Self { layers, dense_inference: di, sparse_inference: si, dense_train: dt, sparse_train: st }
+        Self {
+            layers,
+            dense_inference: di,
+            sparse_inference: si,
+            dense_train: dt,
+            sparse_train: st,
+        }
     }
 
     /// A short table for people.
     pub fn render(&self) -> String {
-        let mut s = format!("{:<28} {:>10} {:>10} {:>9} {:>12}\n", "layer", "weights", "active", "density", "MFLOPs/img");
+        let mut s = format!(
+            "{:<28} {:>10} {:>10} {:>9} {:>12}\n",
+            "layer", "weights", "active", "density", "MFLOPs/img"
+        );
         for l in &self.layers {
             s += &format!(
                 "{:<28} {:>10} {:>10} {:>9.4} {:>12.3}\n",
@@ -86,12 +101,38 @@ mod tests {
     #[test]
     fn dense_model_counts_match_the_reference_figures() {
         // The reference CNN: 11.75 M multiply-adds per 28×28 image; ResNet-18 at 32 px: 37.0 M.
-        let cnn = Model::new(&ModelConfig { arch: Arch::Cnn, width: 64, in_channels: 3, num_classes: 10 }, 0).unwrap();
+        let cnn = Model::new(
+            &ModelConfig {
+                arch: Arch::Cnn,
+                width: 64,
+                in_channels: 3,
+                num_classes: 10,
+            },
+            0,
+        )
+        .unwrap();
         let f = FlopsReport::new(&cnn, 28, 28, None);
-        assert!((f.dense_inference / 2.0 / 1e6 - 11.75).abs() < 0.05, "{}", f.dense_inference);
+        assert!(
+            (f.dense_inference / 2.0 / 1e6 - 11.75).abs() < 0.05,
+            "{}",
+            f.dense_inference
+        );
         assert_eq!(f.dense_inference, f.sparse_inference);
-        let r = Model::new(&ModelConfig { arch: Arch::Resnet18, width: 64, in_channels: 3, num_classes: 10 }, 0).unwrap();
+        let r = Model::new(
+            &ModelConfig {
+                arch: Arch::Resnet18,
+                width: 64,
+                in_channels: 3,
+                num_classes: 10,
+            },
+            0,
+        )
+        .unwrap();
         let f = FlopsReport::new(&r, 32, 32, None);
-        assert!((f.dense_inference / 2.0 / 1e6 - 37.0).abs() < 0.5, "{}", f.dense_inference / 2e6);
+        assert!(
+            (f.dense_inference / 2.0 / 1e6 - 37.0).abs() < 0.5,
+            "{}",
+            f.dense_inference / 2e6
+        );
     }
 }

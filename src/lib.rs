@@ -6,6 +6,7 @@
 //! (datasets and loader) beside them. `cli` is the command line's surface.
 
 pub mod autograd;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -29,6 +29,8 @@ enum Command {
     Data(rest::data::cli::DataArgs),
     /// Which compute backend would run, and why.
     Device(cli::DeviceArgs),
+    /// Measure speed and memory: dense vs sparse, in one run.
+    Bench(rest::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,11 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval(a),
         Command::Data(a) => rest::data::cli::run(a),
         Command::Device(a) => cli::device(a),
+        Command::Bench(a) => match &a.what {
+            rest::bench::BenchWhat::Cpu(c) => rest::bench::cpu(c),
+            rest::bench::BenchWhat::Memory(m) => rest::bench::memory(m),
+            rest::bench::BenchWhat::MemoryChild(m) => rest::bench::memory_child(m),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,7 +42,11 @@ impl GroupCounter {
         self.loss_sum += loss as f64;
         self.total.0 += c;
         self.total.1 += 1;
-        let g = if label == bias { &mut self.aligned } else { &mut self.conflicting };
+        let g = if label == bias {
+            &mut self.aligned
+        } else {
+            &mut self.conflicting
+        };
         g.0 += c;
         g.1 += 1;
         let e = self.groups.entry((label, bias)).or_default();
@@ -60,12 +64,21 @@ impl GroupCounter {
         };
         GroupMetrics {
             samples: self.total.1,
-            loss: if self.total.1 > 0 { self.loss_sum / self.total.1 as f64 } else { 0.0 },
+            loss: if self.total.1 > 0 {
+                self.loss_sum / self.total.1 as f64
+            } else {
+                0.0
+            },
             accuracy: ratio(self.total).unwrap_or(0.0),
             aligned_accuracy: a.unwrap_or(0.0),
             conflicting_accuracy: c.unwrap_or(0.0),
             unbiased_accuracy: unbiased,
-            worst_group_accuracy: self.groups.values().filter_map(|&g| ratio(g)).fold(f64::INFINITY, f64::min).min(1.0),
+            worst_group_accuracy: self
+                .groups
+                .values()
+                .filter_map(|&g| ratio(g))
+                .fold(f64::INFINITY, f64::min)
+                .min(1.0),
         }
     }
 }
@@ -74,14 +87,33 @@ impl GroupCounter {
 pub fn argmax_rows(logits: &[f32], k: usize) -> Vec<u32> {
     logits
         .chunks(k)
-        .map(|r| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0 as u32
+        })
         .collect()
 }
 
 /// Evaluates the model (batch norm in evaluation mode) on a whole dataset. Also returns each
 /// sample's correctness, in dataset order (used by JTT to find the error set).
-pub fn evaluate(model: &mut Model, ds: &Dataset, batch_size: usize) -> Result<(GroupMetrics, Vec<bool>)> {
-    let cfg = LoaderConfig { batch_size, shuffle: false, drop_last: false, augment: Augment::None, sample_weights: None, seed: 0 };
+pub fn evaluate(
+    model: &mut Model,
+    ds: &Dataset,
+    batch_size: usize,
+) -> Result<(GroupMetrics, Vec<bool>)> {
+    let cfg = LoaderConfig {
+        batch_size,
+        shuffle: false,
+        drop_last: false,
+        augment: Augment::None,
+        sample_weights: None,
+        seed: 0,
+    };
     let mut counter = GroupCounter::default();
     let mut correct = vec![false; ds.len()];
     for batch in batches(ds, &cfg, 0) {

@@ -16,7 +16,12 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(store: &ParamStore, lr: f32, momentum: f32, weight_decay: f32) -> Self {
-        Self { lr, momentum, weight_decay, buffers: store.params.iter().map(|p| vec![0.0; p.len()]).collect() }
+        Self {
+            lr,
+            momentum,
+            weight_decay,
+            buffers: store.params.iter().map(|p| vec![0.0; p.len()]).collect(),
+        }
     }
 
     /// g ← grad + wd·w; buf ← μ·buf + g; w ← w − lr·buf.
@@ -46,7 +51,12 @@ pub struct Plateau {
 
 impl Default for Plateau {
     fn default() -> Self {
-        Self { factor: 0.1, patience: 5, best: f64::INFINITY, bad_epochs: 0 }
+        Self {
+            factor: 0.1,
+            patience: 5,
+            best: f64::INFINITY,
+            bad_epochs: 0,
+        }
     }
 }
 
@@ -82,7 +92,10 @@ mod tests {
         opt.step(&mut store, &grads);
         // g = 0.5 + 0.01·1 = 0.51 → w = 1 − 0.051; g = 0.25 − 0.02 = 0.23 → w = −2 − 0.023
         let w = store.params[0].data();
-        assert!((w[0] - 0.949).abs() < 1e-6 && (w[1] + 2.023).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - 0.949).abs() < 1e-6 && (w[1] + 2.023).abs() < 1e-6,
+            "{w:?}"
+        );
         opt.step(&mut store, &grads);
         // buf = 0.9·0.51 + (0.5 + 0.01·0.949) = 0.96849
         assert!((store.params[0].data()[0] - (0.949 - 0.096849)).abs() < 1e-6);

@@ -18,12 +18,20 @@ pub struct Tensor {
 impl Tensor {
     pub fn zeros(shape: &[usize]) -> Self {
         let n = shape.iter().product();
-        Self { shape: shape.to_vec(), data: vec![0.0; n], device: Device::Cpu }
+        Self {
+            shape: shape.to_vec(),
+            data: vec![0.0; n],
+            device: Device::Cpu,
+        }
     }
 
     pub fn full(shape: &[usize], value: f32) -> Self {
         let n = shape.iter().product();
-        Self { shape: shape.to_vec(), data: vec![value; n], device: Device::Cpu }
+        Self {
+            shape: shape.to_vec(),
+            data: vec![value; n],
+            device: Device::Cpu,
+        }
     }
 
     /// Wraps `data`; fails if its length does not match the shape.
@@ -32,7 +40,11 @@ impl Tensor {
         if n != data.len() {
             bail!("shape {:?} needs {} values, got {}", shape, n, data.len());
         }
-        Ok(Self { shape: shape.to_vec(), data, device: Device::Cpu })
+        Ok(Self {
+            shape: shape.to_vec(),
+            data,
+            device: Device::Cpu,
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -58,7 +70,12 @@ impl Tensor {
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != self.data.len() {
-            bail!("cannot reshape {:?} ({} values) to {:?}", self.shape, self.data.len(), shape);
+            bail!(
+                "cannot reshape {:?} ({} values) to {:?}",
+                self.shape,
+                self.data.len(),
+                shape
+            );
         }
         self.shape = shape.to_vec();
         Ok(self)

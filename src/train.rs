@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// How bias-conflicting samples are upweighted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum Reweight {
     /// Plain empirical risk minimisation.
     Off,
@@ -31,7 +33,9 @@ pub enum Reweight {
 }
 
 /// Where the weight λ acts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum ReweightMode {
     /// Weighted sampling with replacement (the reference's form).
     Sampler,
@@ -64,12 +68,26 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.epochs > 0, "--epochs must be at least 1");
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
-        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be a positive number, got {}", self.lr);
-        ensure!((0.0..1.0).contains(&self.momentum), "momentum must be in [0, 1)");
+        ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "--lr must be a positive number, got {}",
+            self.lr
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.momentum),
+            "momentum must be in [0, 1)"
+        );
         ensure!(self.weight_decay >= 0.0, "--weight-decay must be ≥ 0");
-        ensure!(self.upweight >= 0.0 && self.upweight.is_finite(), "--upweight (λ) must be ≥ 0, got {}", self.upweight);
+        ensure!(
+            self.upweight >= 0.0 && self.upweight.is_finite(),
+            "--upweight (λ) must be ≥ 0, got {}",
+            self.upweight
+        );
         if self.reweight == Reweight::Jtt {
-            ensure!(self.jtt_epochs > 0, "--jtt-epochs must be at least 1 with --reweight jtt");
+            ensure!(
+                self.jtt_epochs > 0,
+                "--jtt-epochs must be at least 1 with --reweight jtt"
+            );
         }
         if let Some(s) = &self.sparse {
             s.validate()?;
@@ -167,14 +185,21 @@ fn model_for(config: &TrainConfig, splits: &Splits) -> Result<ModelConfig> {
     m.in_channels = t.channels;
     m.num_classes = t.num_classes;
     if m.arch == Arch::Resnet18 {
-        ensure!(t.height >= 8 && t.width >= 8, "ResNet-18 needs images of at least 8x8, got {}x{}", t.height, t.width);
+        ensure!(
+            t.height >= 8 && t.width >= 8,
+            "ResNet-18 needs images of at least 8x8, got {}x{}",
+            t.height,
+            t.width
+        );
     }
     Ok(m)
 }
 
 /// Per-sample training weights for label reweighting (λ for bias-conflicting samples).
 fn label_weights(ds: &Dataset, lambda: f32) -> Vec<f32> {
-    (0..ds.len()).map(|i| if ds.is_aligned(i) { 1.0 } else { lambda }).collect()
+    (0..ds.len())
+        .map(|i| if ds.is_aligned(i) { 1.0 } else { lambda })
+        .collect()
 }
 
 impl<'a> Trainer<'a> {
@@ -191,7 +216,12 @@ impl<'a> Trainer<'a> {
             Some(s) if s.density < 1.0 => Some(dst::sparsify(&mut model, s, config.seed)?),
             _ => None,
         };
-        let opt = Sgd::new(&model.params, config.lr, config.momentum, config.weight_decay);
+        let opt = Sgd::new(
+            &model.params,
+            config.lr,
+            config.momentum,
+            config.weight_decay,
+        );
         let progress = Progress {
             epoch: 0,
             step: 0,
@@ -206,7 +236,14 @@ impl<'a> Trainer<'a> {
             wall_seconds: 0.0,
             jtt_weights: None,
         };
-        Ok(Self { config, splits, model, opt, sparse, progress })
+        Ok(Self {
+            config,
+            splits,
+            model,
+            opt,
+            sparse,
+            progress,
+        })
     }
 
     /// Continues the run saved in `dir` (its config is taken from the checkpoint).
@@ -235,28 +272,49 @@ impl<'a> Trainer<'a> {
         cfg.reweight = Reweight::Off;
         cfg.epochs = self.config.jtt_epochs;
         let mut first = Trainer::new(cfg, self.splits)?;
-        let sub = RunOptions { out: opts.out.join("jtt-phase1"), quiet: opts.quiet, stop_after_epochs: None };
+        let sub = RunOptions {
+            out: opts.out.join("jtt-phase1"),
+            quiet: opts.quiet,
+            stop_after_epochs: None,
+        };
         first.train(&sub)?;
         let (_, correct) = evaluate(&mut first.model, &self.splits.train, 512)?;
         let errors = correct.iter().filter(|c| !**c).count();
         if !opts.quiet {
             eprintln!("jtt: {} of {} training samples misclassified after {} epochs; upweighting them by {}", errors, correct.len(), self.config.jtt_epochs, self.config.upweight);
         }
-        Ok(correct.iter().map(|&c| if c { 1.0 } else { self.config.upweight }).collect())
+        Ok(correct
+            .iter()
+            .map(|&c| if c { 1.0 } else { self.config.upweight })
+            .collect())
     }
 
     /// Trains to the configured number of epochs (or `stop_after_epochs` more), writing
     /// metrics.jsonl, checkpoints and, at the end, summary.json under `opts.out`.
     pub fn train(&mut self, opts: &RunOptions) -> Result<Option<Summary>> {
-        std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create output directory {}", opts.out.display()))?;
-        checkpoint::write_atomic(&opts.out.join("config.json"), serde_json::to_string_pretty(&self.config)?.as_bytes())?;
+        std::fs::create_dir_all(&opts.out)
+            .with_context(|| format!("cannot create output directory {}", opts.out.display()))?;
+        checkpoint::write_atomic(
+            &opts.out.join("config.json"),
+            serde_json::to_string_pretty(&self.config)?.as_bytes(),
+        )?;
         if self.config.reweight == Reweight::Jtt && self.progress.jtt_weights.is_none() {
             self.progress.jtt_weights = Some(self.jtt_phase(opts)?);
         }
         let (h, w) = (self.splits.train.height, self.splits.train.width);
-        let update_every = self.sparse.as_ref().filter(|s| !s.config.fix).map(|s| s.config.update_every);
+        let update_every = self
+            .sparse
+            .as_ref()
+            .filter(|s| !s.config.fix)
+            .map(|s| s.config.update_every);
         if !opts.quiet && self.progress.epoch == 0 {
-            eprintln!("method {}: {} on {}, {} parameters stored", self.config.method(), arch_name(&self.model.config), self.config.dataset, self.model.params.stored_len());
+            eprintln!(
+                "method {}: {} on {}, {} parameters stored",
+                self.config.method(),
+                arch_name(&self.model.config),
+                self.config.dataset,
+                self.model.params.stored_len()
+            );
             if self.sparse.is_some() {
                 eprint!("{}", dst::describe(&self.model));
             }
@@ -268,12 +326,19 @@ impl<'a> Trainer<'a> {
             shuffle: true,
             drop_last: false,
             augment: self.config.augment,
-            sample_weights: if weighted_loss { None } else { sample_weights.clone() },
+            sample_weights: if weighted_loss {
+                None
+            } else {
+                sample_weights.clone()
+            },
             seed: self.config.seed,
         };
         let total_steps = self.steps_per_epoch() * self.config.epochs as u64;
         let mut rng = Rng::from_state(self.progress.topology_rng);
-        let stop_at = opts.stop_after_epochs.map(|n| self.progress.epoch + n).unwrap_or(usize::MAX);
+        let stop_at = opts
+            .stop_after_epochs
+            .map(|n| self.progress.epoch + n)
+            .unwrap_or(usize::MAX);
         let mut metrics_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -282,7 +347,12 @@ impl<'a> Trainer<'a> {
         while self.progress.epoch < self.config.epochs && self.progress.epoch < stop_at {
             let epoch = self.progress.epoch;
             let t0 = Instant::now();
-            let bar = progress_bar(self.steps_per_epoch(), epoch, self.config.epochs, opts.quiet);
+            let bar = progress_bar(
+                self.steps_per_epoch(),
+                epoch,
+                self.config.epochs,
+                opts.quiet,
+            );
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
             for batch in batches(&self.splits.train, &loader, epoch as u64) {
                 let n = batch.len();
@@ -293,24 +363,49 @@ impl<'a> Trainer<'a> {
                     (Some(w), true) => batch.indices.iter().map(|&i| w[i]).collect(),
                     _ => vec![1.0; n],
                 };
-                let update = self.sparse.as_ref().is_some_and(|s| s.is_update_step(self.progress.step, total_steps));
+                let update = self
+                    .sparse
+                    .as_ref()
+                    .is_some_and(|s| s.is_update_step(self.progress.step, total_steps));
                 let mut tape = Tape::new();
                 let x = tape.input(batch.images);
                 let logits = self.model.forward(&mut tape, x, true)?;
-                let (loss, losses) = ops::cross_entropy(&mut tape, logits, &batch.labels, &weights)?;
+                let (loss, losses) =
+                    ops::cross_entropy(&mut tape, logits, &batch.labels, &weights)?;
                 let k = tape.value(logits).shape()[1];
                 let pred = argmax_rows(tape.value(logits).data(), k);
-                correct += pred.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+                correct += pred
+                    .iter()
+                    .zip(&batch.labels)
+                    .filter(|(p, l)| p == l)
+                    .count();
                 loss_sum += losses.iter().map(|&l| l as f64).sum::<f64>();
                 seen += n;
                 let mut grads = Grads::zeros(&self.model.params, update);
-                tape.backward(loss, Tensor::full(&[1], 1.0), &self.model.params, &mut grads);
+                tape.backward(
+                    loss,
+                    Tensor::full(&[1], 1.0),
+                    &self.model.params,
+                    &mut grads,
+                );
                 drop(tape);
                 self.opt.step(&mut self.model.params, &grads);
                 if update {
-                    let s = self.sparse.as_mut().expect("update step without sparse state");
-                    let (stats, rate) = s.update(&mut self.model, &mut self.opt, &grads, self.progress.step, total_steps, &mut rng)?;
-                    bar.println(format!("step {}: topology update, death rate {:.4}, {} pruned and regrown", self.progress.step, rate, stats.pruned));
+                    let s = self
+                        .sparse
+                        .as_mut()
+                        .expect("update step without sparse state");
+                    let (stats, rate) = s.update(
+                        &mut self.model,
+                        &mut self.opt,
+                        &grads,
+                        self.progress.step,
+                        total_steps,
+                        &mut rng,
+                    )?;
+                    if !opts.quiet {
+                        bar.suspend(|| eprintln!("step {}: topology update, death rate {:.4}, {} weights pruned and regrown", self.progress.step, rate, stats.pruned));
+                    }
                 }
                 self.progress.step += 1;
                 self.progress.images_seen += n as u64;
@@ -318,17 +413,31 @@ impl<'a> Trainer<'a> {
                 if !loss_v.is_finite() {
                     bail!("training diverged at epoch {epoch}, step {} (loss {loss_v}); try a lower --lr", self.progress.step);
                 }
-                bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", loss_v, correct as f64 / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()));
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3} {:.0} img/s",
+                    loss_v,
+                    correct as f64 / seen as f64,
+                    seen as f64 / t0.elapsed().as_secs_f64()
+                ));
                 bar.inc(1);
             }
             bar.finish_and_clear();
             let train_secs = t0.elapsed().as_secs_f64();
             let (valid, _) = evaluate(&mut self.model, &self.splits.valid, 512)?;
             // Selection as the reference: worst-group validation accuracy when reweighting,
-            // overall validation accuracy otherwise.
-            let score = if self.config.reweight == Reweight::Off { valid.accuracy } else { valid.worst_group_accuracy };
+            // overall validation accuracy otherwise. Worst-group accuracy is often tied (at 0 on
+            // small validation sets), so ties go to the higher unbiased accuracy; the 1e-6 weight
+            // keeps that a tie-break only.
+            let score = match self.config.reweight {
+                Reweight::Off => valid.accuracy,
+                _ => valid.worst_group_accuracy + 1e-6 * valid.unbiased_accuracy,
+            };
             let best = score > self.progress.best_score;
-            let test = if best { Some(evaluate(&mut self.model, &self.splits.test, 512)?.0) } else { None };
+            let test = if best {
+                Some(evaluate(&mut self.model, &self.splits.test, 512)?.0)
+            } else {
+                None
+            };
             if best {
                 self.progress.best_score = score;
                 self.progress.best_epoch = epoch;
@@ -340,7 +449,11 @@ impl<'a> Trainer<'a> {
                 self.progress.lr *= factor;
                 self.opt.lr = self.progress.lr;
                 if !opts.quiet {
-                    eprintln!("validation loss has not improved for {} epochs: learning rate now {:e}", self.progress.plateau.patience + 1, self.progress.lr);
+                    eprintln!(
+                        "validation loss has not improved for {} epochs: learning rate now {:e}",
+                        self.progress.plateau.patience + 1,
+                        self.progress.lr
+                    );
                 }
             }
             let record = EpochRecord {
@@ -398,7 +511,10 @@ impl<'a> Trainer<'a> {
             train_flops_total: flops.sparse_train * self.progress.images_seen as f64,
             wall_seconds: self.progress.wall_seconds,
         };
-        checkpoint::write_atomic(&opts.out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        checkpoint::write_atomic(
+            &opts.out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
         if !opts.quiet {
             eprint!("{}", flops.render());
         }
@@ -419,9 +535,11 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize, quiet: bool) -> indicatif
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-            .expect("static template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     bar

@@ -3,8 +3,13 @@
 use std::process::Command;
 
 fn rest(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rest")).args(args).env_remove("REST_DEVICE").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
+        .args(args)
+        .env_remove("REST_DEVICE")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
     (out.status.success(), text)
 }
@@ -12,7 +17,10 @@ fn rest(args: &[&str]) -> (bool, String) {
 fn fails_with(args: &[&str], needle: &str) {
     let (ok, text) = rest(args);
     assert!(!ok, "{args:?} should fail: {text}");
-    assert!(text.contains(needle), "{args:?}: expected '{needle}' in: {text}");
+    assert!(
+        text.contains(needle),
+        "{args:?}: expected '{needle}' in: {text}"
+    );
 }
 
 #[test]
@@ -22,28 +30,122 @@ fn unknown_flag_is_an_error() {
 
 #[test]
 fn zero_batch_size_is_an_error() {
-    fails_with(&["train", "--dataset", "synthetic", "--batch-size", "0", "--quiet"], "batch-size");
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--batch-size",
+            "0",
+            "--quiet",
+        ],
+        "batch-size",
+    );
 }
 
 #[test]
 fn bad_density_upweight_and_interval_are_errors() {
-    fails_with(&["train", "--dataset", "synthetic", "--density", "0", "--quiet"], "density");
-    fails_with(&["train", "--dataset", "synthetic", "--density", "1.5", "--quiet"], "density");
-    fails_with(&["train", "--dataset", "synthetic", "--upweight=-1", "--quiet"], "upweight");
-    fails_with(&["train", "--dataset", "synthetic", "--update-every", "0", "--quiet"], "update-every");
-    fails_with(&["train", "--method", "vanilla", "--dataset", "synthetic", "--density", "0.1", "--quiet"], "--density");
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--density",
+            "0",
+            "--quiet",
+        ],
+        "density",
+    );
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--density",
+            "1.5",
+            "--quiet",
+        ],
+        "density",
+    );
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--upweight=-1",
+            "--quiet",
+        ],
+        "upweight",
+    );
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--update-every",
+            "0",
+            "--quiet",
+        ],
+        "update-every",
+    );
+    fails_with(
+        &[
+            "train",
+            "--method",
+            "vanilla",
+            "--dataset",
+            "synthetic",
+            "--density",
+            "0.1",
+            "--quiet",
+        ],
+        "--density",
+    );
 }
 
 #[test]
 fn impossible_model_shape_is_an_error() {
-    fails_with(&["train", "--dataset", "synthetic", "--width", "0", "--quiet"], "width");
-    fails_with(&["train", "--dataset", "synthetic", "--ratio", "150", "--quiet"], "ratio");
+    fails_with(
+        &["train", "--dataset", "synthetic", "--width", "0", "--quiet"],
+        "width",
+    );
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--ratio",
+            "150",
+            "--quiet",
+        ],
+        "ratio",
+    );
 }
 
 #[test]
 fn cuda_without_a_backend_is_an_error_not_a_fallback() {
-    fails_with(&["train", "--dataset", "synthetic", "--device", "cuda", "--quiet"], "cuda");
-    fails_with(&["train", "--dataset", "synthetic", "--device", "tpu", "--quiet"], "unknown device");
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--device",
+            "cuda",
+            "--quiet",
+        ],
+        "cuda",
+    );
+    fails_with(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--device",
+            "tpu",
+            "--quiet",
+        ],
+        "unknown device",
+    );
 }
 
 #[test]
@@ -53,7 +155,14 @@ fn help_teaches_every_subcommand() {
         assert!(ok && text.contains("Usage"), "{sub} --help: {text}");
     }
     let (_, text) = rest(&["train", "--help"]);
-    for flag in ["--method", "--density", "--upweight", "--update-every", "--resume", "--device"] {
+    for flag in [
+        "--method",
+        "--density",
+        "--upweight",
+        "--update-every",
+        "--resume",
+        "--device",
+    ] {
         assert!(text.contains(flag), "train --help lacks {flag}");
     }
 }

@@ -23,7 +23,11 @@ struct Problem {
 
 fn problem(c: usize, n: usize, size: usize, classes: usize, seed: u64) -> Problem {
     let mut r = Rng::new(seed);
-    let images = Tensor::from_vec(&[c, n, size, size], (0..c * n * size * size).map(|_| r.normal()).collect()).unwrap();
+    let images = Tensor::from_vec(
+        &[c, n, size, size],
+        (0..c * n * size * size).map(|_| r.normal()).collect(),
+    )
+    .unwrap();
     Problem {
         images,
         labels: (0..n).map(|_| r.below(classes) as u32).collect(),
@@ -47,15 +51,29 @@ fn check(model: &mut Model, p: &Problem, seed: u64) {
     let mut grads = Grads::zeros(&model.params, false);
     tape.backward(l, Tensor::full(&[1], 1.0), &model.params, &mut grads);
     let mut r = Rng::new(seed);
-    let eps: f32 = std::env::var("FD_EPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1e-4);
+    let eps: f32 = std::env::var("FD_EPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1e-4);
     for i in 0..model.params.params.len() {
-        let dir: Vec<f32> = (0..model.params.params[i].len()).map(|_| r.normal()).collect();
+        let dir: Vec<f32> = (0..model.params.params[i].len())
+            .map(|_| r.normal())
+            .collect();
         let norm = dir.iter().map(|v| v * v).sum::<f32>().sqrt();
         let dir: Vec<f32> = dir.iter().map(|v| v / norm).collect();
-        let analytic: f64 = grads.g[i].iter().zip(&dir).map(|(g, d)| (*g as f64) * (*d as f64)).sum();
+        let analytic: f64 = grads.g[i]
+            .iter()
+            .zip(&dir)
+            .map(|(g, d)| (*g as f64) * (*d as f64))
+            .sum();
         let orig = model.params.params[i].data().to_vec();
         let set = |m: &mut Model, s: f32| {
-            for ((w, o), d) in m.params.params[i].data_mut().iter_mut().zip(&orig).zip(&dir) {
+            for ((w, o), d) in m.params.params[i]
+                .data_mut()
+                .iter_mut()
+                .zip(&orig)
+                .zip(&dir)
+            {
                 *w = o + s * d;
             }
         };
@@ -71,20 +89,33 @@ fn check(model: &mut Model, p: &Problem, seed: u64) {
             eprintln!("{name}: analytic {analytic:.6} vs numeric {numeric:.6}");
             continue;
         }
-        assert!((analytic - numeric).abs() <= 3e-2 * scale + 2e-3, "{name}: analytic {analytic:.6} vs numeric {numeric:.6}");
+        assert!(
+            (analytic - numeric).abs() <= 3e-2 * scale + 2e-3,
+            "{name}: analytic {analytic:.6} vs numeric {numeric:.6}"
+        );
     }
 }
 
 #[test]
 fn cnn_gradients_match_finite_differences() {
-    let cfg = ModelConfig { arch: Arch::Cnn, width: 4, in_channels: 3, num_classes: 5 };
+    let cfg = ModelConfig {
+        arch: Arch::Cnn,
+        width: 4,
+        in_channels: 3,
+        num_classes: 5,
+    };
     let mut model = Model::new(&cfg, 1).unwrap();
     check(&mut model, &problem(3, 8, 16, 5, 2), 3);
 }
 
 #[test]
 fn resnet_gradients_match_finite_differences() {
-    let cfg = ModelConfig { arch: Arch::Resnet18, width: 2, in_channels: 3, num_classes: 4 };
+    let cfg = ModelConfig {
+        arch: Arch::Resnet18,
+        width: 2,
+        in_channels: 3,
+        num_classes: 4,
+    };
     let mut model = Model::new(&cfg, 4).unwrap();
     check(&mut model, &problem(3, 8, 64, 4, 5), 6);
 }

@@ -8,7 +8,12 @@ pub fn dense_config(epochs: usize) -> TrainConfig {
     TrainConfig {
         dataset: "synthetic".into(),
         ratio: 1.0,
-        model: ModelConfig { arch: Arch::Cnn, width: 16, in_channels: 3, num_classes: 10 },
+        model: ModelConfig {
+            arch: Arch::Cnn,
+            width: 16,
+            in_channels: 3,
+            num_classes: 10,
+        },
         epochs,
         batch_size: 64,
         lr: 0.05,
@@ -32,11 +37,29 @@ fn tmp(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn dense_cnn_learns_the_aligned_group() {
-    let splits = generate(&SyntheticConfig { train: 2000, valid: 500, test: 500, conflict_ratio: 0.01, seed: 7 }).unwrap();
+    let splits = generate(&SyntheticConfig {
+        train: 2000,
+        valid: 500,
+        test: 500,
+        conflict_ratio: 0.01,
+        seed: 7,
+    })
+    .unwrap();
     let mut t = Trainer::new(dense_config(3), &splits).unwrap();
     let out = tmp("learns");
-    let s = t.train(&RunOptions { out: out.clone(), quiet: true, stop_after_epochs: None }).unwrap().unwrap();
-    assert!(s.test.aligned_accuracy > 0.9, "aligned test accuracy {}", s.test.aligned_accuracy);
+    let s = t
+        .train(&RunOptions {
+            out: out.clone(),
+            quiet: true,
+            stop_after_epochs: None,
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.test.aligned_accuracy > 0.9,
+        "aligned test accuracy {}",
+        s.test.aligned_accuracy
+    );
     // The metrics file has one JSON line per epoch.
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);

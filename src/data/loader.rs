@@ -10,7 +10,9 @@ use crate::tensor::Tensor;
 pub enum Augment {
     None,
     /// Random crop after zero padding by `pad` pixels, and a random horizontal flip.
-    CropFlip { pad: usize },
+    CropFlip {
+        pad: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -74,14 +76,24 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, rng: &mut R
     let n = indices.len();
     let mut images = vec![0f32; c * n * h * w];
     let scale: Vec<f32> = ds.normalize.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let shift: Vec<f32> = ds.normalize.mean.iter().zip(&ds.normalize.std).map(|(m, s)| m / s).collect();
+    let shift: Vec<f32> = ds
+        .normalize
+        .mean
+        .iter()
+        .zip(&ds.normalize.std)
+        .map(|(m, s)| m / s)
+        .collect();
     for (b, &i) in indices.iter().enumerate() {
         let src = ds.image(i);
         let (dy, dx, flip) = match augment {
             Augment::None => (0isize, 0isize, false),
             Augment::CropFlip { pad } => {
                 let p = pad as isize;
-                (rng.below(2 * pad + 1) as isize - p, rng.below(2 * pad + 1) as isize - p, rng.below(2) == 1)
+                (
+                    rng.below(2 * pad + 1) as isize - p,
+                    rng.below(2 * pad + 1) as isize - p,
+                    rng.below(2) == 1,
+                )
             }
         };
         for ch in 0..c {
@@ -89,7 +101,11 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, rng: &mut R
             for y in 0..h {
                 for x in 0..w {
                     let sy = y as isize + dy;
-                    let sx0 = if flip { (w - 1 - x) as isize } else { x as isize };
+                    let sx0 = if flip {
+                        (w - 1 - x) as isize
+                    } else {
+                        x as isize
+                    };
                     let sx = sx0 + dx;
                     let p = if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
                         0.0
@@ -110,10 +126,18 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, rng: &mut R
 }
 
 /// The batches of one epoch, made lazily.
-pub fn batches<'a>(ds: &'a Dataset, cfg: &'a LoaderConfig, epoch: u64) -> impl Iterator<Item = Batch> + 'a {
+pub fn batches<'a>(
+    ds: &'a Dataset,
+    cfg: &'a LoaderConfig,
+    epoch: u64,
+) -> impl Iterator<Item = Batch> + 'a {
     let order = epoch_order(ds.len(), cfg, epoch);
     let bs = cfg.batch_size.max(1);
-    let n_batches = if cfg.drop_last && order.len() >= bs { order.len() / bs } else { order.len().div_ceil(bs) };
+    let n_batches = if cfg.drop_last && order.len() >= bs {
+        order.len() / bs
+    } else {
+        order.len().div_ceil(bs)
+    };
     let mut rng = Rng::derive(cfg.seed, 0xa06_0000 + epoch);
     (0..n_batches).map(move |b| {
         let idx = &order[b * bs..((b + 1) * bs).min(order.len())];

@@ -64,7 +64,9 @@ pub fn resolve(req: DeviceRequest) -> Result<(Device, String)> {
     const NO_CUDA_BACKEND: &str = "this version of rest has no CUDA backend yet (the kernels \
         land with the CUDA engine); use --device cpu";
     match req {
-        DeviceRequest::Exact(Device::Cpu) => Ok((Device::Cpu, "requested with --device cpu".into())),
+        DeviceRequest::Exact(Device::Cpu) => {
+            Ok((Device::Cpu, "requested with --device cpu".into()))
+        }
         DeviceRequest::Exact(Device::Cuda(i)) => {
             if !cuda_driver_present() {
                 bail!("--device cuda:{i}: no CUDA driver library (libcuda) found on this machine; use --device cpu");
@@ -91,16 +93,27 @@ mod tests {
 
     #[test]
     fn parses_device_names() {
-        assert_eq!("cpu".parse::<DeviceRequest>().unwrap(), DeviceRequest::Exact(Device::Cpu));
-        assert_eq!("cuda:1".parse::<DeviceRequest>().unwrap(), DeviceRequest::Exact(Device::Cuda(1)));
-        assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
+        assert_eq!(
+            "cpu".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Exact(Device::Cpu)
+        );
+        assert_eq!(
+            "cuda:1".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Exact(Device::Cuda(1))
+        );
+        assert_eq!(
+            "auto".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Auto
+        );
         assert!("tpu".parse::<DeviceRequest>().is_err());
         assert!("cuda:x".parse::<DeviceRequest>().is_err());
     }
 
     #[test]
     fn cuda_request_is_an_error_not_a_fallback() {
-        let err = resolve(DeviceRequest::Exact(Device::Cuda(0))).unwrap_err().to_string();
+        let err = resolve(DeviceRequest::Exact(Device::Cuda(0)))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cuda"), "{err}");
     }
 }

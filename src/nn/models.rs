@@ -7,7 +7,9 @@ use crate::nn::param::{ParamId, ParamKind, ParamStore};
 use crate::rng::Rng;
 use anyhow::{ensure, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum Arch {
     /// Conv 3→w (k4 s2 p1) + BN + ReLU, w→2w, 2w→4w the same, global average pool, linear.
     Cnn,
@@ -52,7 +54,10 @@ struct Block {
 #[derive(Clone, Debug)]
 enum Body {
     Cnn(Vec<(ConvLayer, BnLayer)>),
-    ResNet { stem: (ConvLayer, BnLayer), blocks: Vec<Block> },
+    ResNet {
+        stem: (ConvLayer, BnLayer),
+        blocks: Vec<Block>,
+    },
 }
 
 /// Geometry of one masked weight at a given input size, for FLOPs accounting.
@@ -87,30 +92,73 @@ impl Builder {
     }
 
     /// Kaiming-normal (fan-out, ReLU gain) weights, as the reference ResNet initialises convs.
-    fn conv(&mut self, name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> ConvLayer {
+    fn conv(
+        &mut self,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> ConvLayer {
         let std = (2.0 / (cout * k * k) as f32).sqrt();
         let mut rng = self.rng();
-        let v: Vec<f32> = (0..cout * cin * k * k).map(|_| rng.normal() * std).collect();
-        let w = self.params.add(format!("{name}.weight"), &[cout, cin, k, k], ParamKind::Weight, v);
-        ConvLayer { w, b: None, k, stride, pad }
+        let v: Vec<f32> = (0..cout * cin * k * k)
+            .map(|_| rng.normal() * std)
+            .collect();
+        let w = self.params.add(
+            format!("{name}.weight"),
+            &[cout, cin, k, k],
+            ParamKind::Weight,
+            v,
+        );
+        ConvLayer {
+            w,
+            b: None,
+            k,
+            stride,
+            pad,
+        }
     }
 
     fn bn(&mut self, name: &str, c: usize) -> BnLayer {
-        let gamma = self.params.add(format!("{name}.weight"), &[c], ParamKind::BnGamma, vec![1.0; c]);
-        let beta = self.params.add(format!("{name}.bias"), &[c], ParamKind::BnBeta, vec![0.0; c]);
+        let gamma = self.params.add(
+            format!("{name}.weight"),
+            &[c],
+            ParamKind::BnGamma,
+            vec![1.0; c],
+        );
+        let beta = self.params.add(
+            format!("{name}.bias"),
+            &[c],
+            ParamKind::BnBeta,
+            vec![0.0; c],
+        );
         self.bn.push(BnStats::new(c));
-        BnLayer { gamma, beta, stats: self.bn.len() - 1 }
+        BnLayer {
+            gamma,
+            beta,
+            stats: self.bn.len() - 1,
+        }
     }
 
     /// PyTorch's default linear initialisation: U(±1/√fan_in) for weight and bias.
     fn linear(&mut self, name: &str, fin: usize, fout: usize) -> (ParamId, ParamId) {
         let bound = 1.0 / (fin as f32).sqrt();
         let mut rng = self.rng();
-        let v: Vec<f32> = (0..fout * fin).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect();
-        let w = self.params.add(format!("{name}.weight"), &[fout, fin], ParamKind::Weight, v);
+        let v: Vec<f32> = (0..fout * fin)
+            .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
+            .collect();
+        let w = self
+            .params
+            .add(format!("{name}.weight"), &[fout, fin], ParamKind::Weight, v);
         let mut rng = self.rng();
-        let b: Vec<f32> = (0..fout).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect();
-        let b = self.params.add(format!("{name}.bias"), &[fout], ParamKind::Bias, b);
+        let b: Vec<f32> = (0..fout)
+            .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
+            .collect();
+        let b = self
+            .params
+            .add(format!("{name}.bias"), &[fout], ParamKind::Bias, b);
         (w, b)
     }
 }
@@ -123,9 +171,20 @@ impl Model {
     /// Builds a model with seeded initialisation.
     pub fn new(config: &ModelConfig, seed: u64) -> Result<Self> {
         ensure!(config.width > 0, "model width must be positive");
-        ensure!(config.in_channels > 0, "the input needs at least one channel");
-        ensure!(config.num_classes >= 2, "a classifier needs at least 2 classes, got {}", config.num_classes);
-        let mut b = Builder { params: ParamStore::default(), bn: Vec::new(), seed };
+        ensure!(
+            config.in_channels > 0,
+            "the input needs at least one channel"
+        );
+        ensure!(
+            config.num_classes >= 2,
+            "a classifier needs at least 2 classes, got {}",
+            config.num_classes
+        );
+        let mut b = Builder {
+            params: ParamStore::default(),
+            bn: Vec::new(),
+            seed,
+        };
         let w = config.width;
         let (body, feat) = match config.arch {
             Arch::Cnn => {
@@ -140,7 +199,10 @@ impl Model {
                 (Body::Cnn(layers), 4 * w)
             }
             Arch::Resnet18 => {
-                let stem = (b.conv("conv1", config.in_channels, w, 7, 2, 3), b.bn("bn1", w));
+                let stem = (
+                    b.conv("conv1", config.in_channels, w, 7, 2, 3),
+                    b.bn("bn1", w),
+                );
                 let mut blocks = Vec::new();
                 let mut cin = w;
                 for (s, mult) in [1, 2, 4, 8].into_iter().enumerate() {
@@ -153,9 +215,18 @@ impl Model {
                         let c2 = b.conv(&format!("{name}.conv2"), cout, cout, 3, 1, 1);
                         let b2 = b.bn(&format!("{name}.bn2"), cout);
                         let shortcut = (stride != 1 || cin != cout).then(|| {
-                            (b.conv(&format!("{name}.downsample.0"), cin, cout, 1, stride, 0), b.bn(&format!("{name}.downsample.1"), cout))
+                            (
+                                b.conv(&format!("{name}.downsample.0"), cin, cout, 1, stride, 0),
+                                b.bn(&format!("{name}.downsample.1"), cout),
+                            )
                         });
-                        blocks.push(Block { c1, b1, c2, b2, shortcut });
+                        blocks.push(Block {
+                            c1,
+                            b1,
+                            c2,
+                            b2,
+                            shortcut,
+                        });
                         cin = cout;
                     }
                 }
@@ -163,7 +234,13 @@ impl Model {
             }
         };
         let fc = b.linear("fc", feat, config.num_classes);
-        Ok(Self { config: config.clone(), params: b.params, bn: b.bn, body, fc })
+        Ok(Self {
+            config: config.clone(),
+            params: b.params,
+            bn: b.bn,
+            body,
+            fc,
+        })
     }
 
     /// Logits [N, K] for images x [C, N, H, W]. `train` selects batch statistics in batch norm.
@@ -175,13 +252,20 @@ impl Model {
             self.config.in_channels,
             shape
         );
-        let Self { params, bn, body, fc, .. } = self;
+        let Self {
+            params,
+            bn,
+            body,
+            fc,
+            ..
+        } = self;
         let params = &*params;
-        let mut conv_bn = |tape: &mut Tape, x: Var, c: &ConvLayer, n: &BnLayer, relu: bool| -> Result<Var> {
-            let y = ops::conv2d(tape, params, x, c.w, c.b, c.stride, c.pad)?;
-            let y = ops::batchnorm(tape, params, &mut bn[n.stats], y, n.gamma, n.beta, train)?;
-            Ok(if relu { ops::relu(tape, y) } else { y })
-        };
+        let mut conv_bn =
+            |tape: &mut Tape, x: Var, c: &ConvLayer, n: &BnLayer, relu: bool| -> Result<Var> {
+                let y = ops::conv2d(tape, params, x, c.w, c.b, c.stride, c.pad)?;
+                let y = ops::batchnorm(tape, params, &mut bn[n.stats], y, n.gamma, n.beta, train)?;
+                Ok(if relu { ops::relu(tape, y) } else { y })
+            };
         let mut h = x;
         match body {
             Body::Cnn(layers) => {
@@ -212,8 +296,16 @@ impl Model {
     pub fn weight_geometry(&self, h: usize, w: usize) -> Vec<WeightGeom> {
         let mut out = Vec::new();
         let mut push = |c: &ConvLayer, size: (usize, usize), first: bool| -> (usize, usize) {
-            let o = (out_size(size.0, c.k, c.stride, c.pad), out_size(size.1, c.k, c.stride, c.pad));
-            out.push(WeightGeom { param: c.w.0, name: self.params.get(c.w).name.clone(), out_pixels: o.0 * o.1, first });
+            let o = (
+                out_size(size.0, c.k, c.stride, c.pad),
+                out_size(size.1, c.k, c.stride, c.pad),
+            );
+            out.push(WeightGeom {
+                param: c.w.0,
+                name: self.params.get(c.w).name.clone(),
+                out_pixels: o.0 * o.1,
+                first,
+            });
             o
         };
         let mut size = (h, w);
@@ -236,7 +328,12 @@ impl Model {
                 }
             }
         }
-        out.push(WeightGeom { param: self.fc.0 .0, name: self.params.get(self.fc.0).name.clone(), out_pixels: 1, first: false });
+        out.push(WeightGeom {
+            param: self.fc.0 .0,
+            name: self.params.get(self.fc.0).name.clone(),
+            out_pixels: 1,
+            first: false,
+        });
         out
     }
 }

@@ -17,7 +17,10 @@ pub struct BnStats {
 
 impl BnStats {
     pub fn new(c: usize) -> Self {
-        Self { mean: vec![0.0; c], var: vec![1.0; c] }
+        Self {
+            mean: vec![0.0; c],
+            var: vec![1.0; c],
+        }
     }
 }
 
@@ -37,22 +40,44 @@ fn row_sums(x: &[f32], cols: usize) -> Vec<f32> {
 /// Convolution of x [Cin, N, H, W] with weight `w` ([Cout, Cin, k, k], or [Cout, Cin] for k = 1)
 /// and an optional bias; output [Cout, N, OH, OW]. Sparse weights are computed over their active
 /// entries or dense-masked, as the parameter's `ComputePath` says.
-pub fn conv2d(tape: &mut Tape, store: &ParamStore, x: Var, w: ParamId, b: Option<ParamId>, stride: usize, pad: usize) -> Result<Var> {
+pub fn conv2d(
+    tape: &mut Tape,
+    store: &ParamStore,
+    x: Var,
+    w: ParamId,
+    b: Option<ParamId>,
+    stride: usize,
+    pad: usize,
+) -> Result<Var> {
     let xv = tape.value_rc(x);
     let p = store.get(w);
     let s = xv.shape();
-    ensure!(s.len() == 4, "{}: input must be [C, N, H, W], got {:?}", p.name, s);
+    ensure!(
+        s.len() == 4,
+        "{}: input must be [C, N, H, W], got {:?}",
+        p.name,
+        s
+    );
     let k = if p.shape.len() == 4 { p.shape[2] } else { 1 };
     let (cout, cols) = p.matrix_dims();
-    ensure!(cols == s[0] * k * k, "{}: weight {:?} does not fit an input with {} channels", p.name, p.shape, s[0]);
-    let g = ConvGeom::new(s[1], s[0], s[2], s[3], cout, k, stride, pad).map_err(|e| e.context(p.name.clone()))?;
+    ensure!(
+        cols == s[0] * k * k,
+        "{}: weight {:?} does not fit an input with {} channels",
+        p.name,
+        p.shape,
+        s[0]
+    );
+    let g = ConvGeom::new(s[1], s[0], s[2], s[3], cout, k, stride, pad)
+        .map_err(|e| e.context(p.name.clone()))?;
     let n = g.col_cols();
     let mut col = vec![0.0; g.col_rows() * n];
     let mut y = vec![0.0; cout * n];
     let bias = b.map(|id| store.get(id).data());
     match &p.values {
         Values::Dense(wv) => conv::conv2d_forward(&g, xv.data(), wv, bias, &mut col, &mut y),
-        Values::Sparse(_, ComputePath::DenseMasked) => conv::conv2d_forward(&g, xv.data(), &p.to_dense(), bias, &mut col, &mut y),
+        Values::Sparse(_, ComputePath::DenseMasked) => {
+            conv::conv2d_forward(&g, xv.data(), &p.to_dense(), bias, &mut col, &mut y)
+        }
         Values::Sparse(sw, ComputePath::Sparse) => {
             conv::im2col(&g, xv.data(), &mut col);
             csr::spmm(sw, &col, n, &mut y);
@@ -67,12 +92,24 @@ pub fn conv2d(tape: &mut Tape, store: &ParamStore, x: Var, w: ParamId, b: Option
         let p = ctx.params.get(w);
         let wants_x = ctx.wants(x);
         let dx_len = g.cin * g.n * g.h * g.w;
-        let mut dcol = if wants_x { vec![0.0; g.col_rows() * n] } else { Vec::new() };
-        let mut dx = if wants_x { vec![0.0; dx_len] } else { Vec::new() };
+        let mut dcol = if wants_x {
+            vec![0.0; g.col_rows() * n]
+        } else {
+            Vec::new()
+        };
+        let mut dx = if wants_x {
+            vec![0.0; dx_len]
+        } else {
+            Vec::new()
+        };
         match &p.values {
             Values::Dense(wv) => {
                 let mut dw = vec![0.0; wv.len()];
-                let dx_out = if wants_x { Some(dx.as_mut_slice()) } else { None };
+                let dx_out = if wants_x {
+                    Some(dx.as_mut_slice())
+                } else {
+                    None
+                };
                 conv::conv2d_backward(&g, &col, wv, dy, Some(&mut dw), None, &mut dcol, dx_out);
                 ctx.grads.add(w, &dw);
             }
@@ -93,9 +130,17 @@ pub fn conv2d(tape: &mut Tape, store: &ParamStore, x: Var, w: ParamId, b: Option
                 if wants_x {
                     match path {
                         ComputePath::Sparse => csr::spmm_t(sw, dy, n, &mut dcol),
-                        ComputePath::DenseMasked => {
-                            matmul(g.col_rows(), cout, n, &p.to_dense(), true, dy, false, &mut dcol, false)
-                        }
+                        ComputePath::DenseMasked => matmul(
+                            g.col_rows(),
+                            cout,
+                            n,
+                            &p.to_dense(),
+                            true,
+                            dy,
+                            false,
+                            &mut dcol,
+                            false,
+                        ),
                     }
                     conv::col2im(&g, &dcol, &mut dx);
                 }
@@ -105,7 +150,10 @@ pub fn conv2d(tape: &mut Tape, store: &ParamStore, x: Var, w: ParamId, b: Option
             ctx.grads.add(bid, &row_sums(dy, n));
         }
         if wants_x {
-            ctx.accumulate(x, Tensor::from_vec(&[g.cin, g.n, g.h, g.w], dx).expect("dx shape"));
+            ctx.accumulate(
+                x,
+                Tensor::from_vec(&[g.cin, g.n, g.h, g.w], dx).expect("dx shape"),
+            );
         }
     });
     Ok(tape.push(out, &[x], true, backward))
@@ -114,30 +162,85 @@ pub fn conv2d(tape: &mut Tape, store: &ParamStore, x: Var, w: ParamId, b: Option
 /// Batch normalisation of x [C, N, H, W] (or [C, N]). In training mode it normalises with the
 /// batch statistics and updates `stats`; in evaluation mode it uses `stats` and cannot be
 /// differentiated.
-pub fn batchnorm(tape: &mut Tape, store: &ParamStore, stats: &mut BnStats, x: Var, gamma: ParamId, beta: ParamId, train: bool) -> Result<Var> {
+pub fn batchnorm(
+    tape: &mut Tape,
+    store: &ParamStore,
+    stats: &mut BnStats,
+    x: Var,
+    gamma: ParamId,
+    beta: ParamId,
+    train: bool,
+) -> Result<Var> {
     let xv = tape.value_rc(x);
     let s = xv.shape().to_vec();
     let c = s[0];
     let gv = store.get(gamma).data();
-    ensure!(gv.len() == c, "{}: {} channels, input has {}", store.get(gamma).name, gv.len(), c);
+    ensure!(
+        gv.len() == c,
+        "{}: {} channels, input has {}",
+        store.get(gamma).name,
+        gv.len(),
+        c
+    );
     let m = xv.numel() / c;
     let bv = store.get(beta).data();
     let mut y = vec![0.0; xv.numel()];
     if !train {
-        ensure!(!tape.is_recording(), "batch norm in evaluation mode cannot be differentiated: use a no_grad tape");
-        norm::batchnorm_eval_forward(c, m, xv.data(), gv, bv, &stats.mean, &stats.var, BN_EPS, &mut y);
+        ensure!(
+            !tape.is_recording(),
+            "batch norm in evaluation mode cannot be differentiated: use a no_grad tape"
+        );
+        norm::batchnorm_eval_forward(
+            c,
+            m,
+            xv.data(),
+            gv,
+            bv,
+            &stats.mean,
+            &stats.var,
+            BN_EPS,
+            &mut y,
+        );
         return Ok(tape.input(Tensor::from_vec(&s, y)?));
     }
-    ensure!(m > 1, "batch norm needs more than one value per channel in training (got a batch of shape {:?})", s);
+    ensure!(
+        m > 1,
+        "batch norm needs more than one value per channel in training (got a batch of shape {:?})",
+        s
+    );
     let mut mean = vec![0.0; c];
     let mut invstd = vec![0.0; c];
-    norm::batchnorm_train_forward(c, m, xv.data(), gv, bv, BN_EPS, BN_MOMENTUM, &mut stats.mean, &mut stats.var, &mut y, &mut mean, &mut invstd);
+    norm::batchnorm_train_forward(
+        c,
+        m,
+        xv.data(),
+        gv,
+        bv,
+        BN_EPS,
+        BN_MOMENTUM,
+        &mut stats.mean,
+        &mut stats.var,
+        &mut y,
+        &mut mean,
+        &mut invstd,
+    );
     let out = Tensor::from_vec(&s, y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let gv = ctx.params.get(gamma).data();
         let mut dx = vec![0.0; xv.numel()];
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
-        norm::batchnorm_backward(c, m, xv.data(), gv, &mean, &invstd, dy.data(), &mut dx, &mut dg, &mut db);
+        norm::batchnorm_backward(
+            c,
+            m,
+            xv.data(),
+            gv,
+            &mean,
+            &invstd,
+            dy.data(),
+            &mut dx,
+            &mut dg,
+            &mut db,
+        );
         ctx.grads.add(gamma, &dg);
         ctx.grads.add(beta, &db);
         ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
@@ -161,7 +264,12 @@ pub fn relu(tape: &mut Tape, x: Var) -> Var {
 
 pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     let (av, bv) = (tape.value_rc(a), tape.value_rc(b));
-    ensure!(av.shape() == bv.shape(), "residual add: shapes {:?} and {:?} differ", av.shape(), bv.shape());
+    ensure!(
+        av.shape() == bv.shape(),
+        "residual add: shapes {:?} and {:?} differ",
+        av.shape(),
+        bv.shape()
+    );
     let mut y = vec![0.0; av.numel()];
     elementwise::add_forward(av.data(), bv.data(), &mut y);
     let out = Tensor::from_vec(av.shape(), y)?;
@@ -176,10 +284,21 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
 pub fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usize) -> Result<Var> {
     let xv = tape.value_rc(x);
     let s = xv.shape().to_vec();
-    ensure!(s.len() == 4, "max-pool input must be [C, N, H, W], got {:?}", s);
-    ensure!(stride > 0 && k > 0 && 2 * pad < k + 1 && s[2] + 2 * pad >= k && s[3] + 2 * pad >= k, "max-pool {k}x{k}/{stride} pad {pad} does not fit input {:?}", s);
+    ensure!(
+        s.len() == 4,
+        "max-pool input must be [C, N, H, W], got {:?}",
+        s
+    );
+    ensure!(
+        stride > 0 && k > 0 && 2 * pad < k + 1 && s[2] + 2 * pad >= k && s[3] + 2 * pad >= k,
+        "max-pool {k}x{k}/{stride} pad {pad} does not fit input {:?}",
+        s
+    );
     let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
-    let (oh, ow) = (pool::pool_out(h, k, stride, pad), pool::pool_out(w, k, stride, pad));
+    let (oh, ow) = (
+        pool::pool_out(h, k, stride, pad),
+        pool::pool_out(w, k, stride, pad),
+    );
     let mut y = vec![0.0; planes * oh * ow];
     let mut argmax = vec![0u32; planes * oh * ow];
     pool::maxpool_forward(planes, h, w, k, stride, pad, xv.data(), &mut y, &mut argmax);
@@ -196,7 +315,11 @@ pub fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usize) -> 
 pub fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = tape.value_rc(x);
     let s = xv.shape().to_vec();
-    ensure!(s.len() == 4, "global pooling input must be [C, N, H, W], got {:?}", s);
+    ensure!(
+        s.len() == 4,
+        "global pooling input must be [C, N, H, W], got {:?}",
+        s
+    );
     let (c, n, hw) = (s[0], s[1], s[2] * s[3]);
     let mut y = vec![0.0; c * n];
     pool::global_avgpool_forward(c, n, hw, xv.data(), &mut y);
@@ -211,7 +334,13 @@ pub fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
 
 /// Linear layer on features x [F, N] with weight [K, F] (dense or sparse) → logits [N, K].
 /// Computed as a 1×1 convolution, then transposed.
-pub fn linear(tape: &mut Tape, store: &ParamStore, x: Var, w: ParamId, b: Option<ParamId>) -> Result<Var> {
+pub fn linear(
+    tape: &mut Tape,
+    store: &ParamStore,
+    x: Var,
+    w: ParamId,
+    b: Option<ParamId>,
+) -> Result<Var> {
     let s = tape.value(x).shape().to_vec();
     ensure!(s.len() == 2, "linear input must be [F, N], got {:?}", s);
     let x4 = reshape(tape, x, &[s[0], s[1], 1, 1])?;
@@ -249,16 +378,30 @@ pub fn transpose01(tape: &mut Tape, x: Var) -> Var {
 
 /// Reweighted cross-entropy of logits [N, K]: returns the scalar loss Σ wᵢlᵢ / Σ wᵢ (a Var of
 /// shape [1]) and the per-sample losses lᵢ.
-pub fn cross_entropy(tape: &mut Tape, logits: Var, labels: &[u32], weights: &[f32]) -> Result<(Var, Vec<f32>)> {
+pub fn cross_entropy(
+    tape: &mut Tape,
+    logits: Var,
+    labels: &[u32],
+    weights: &[f32],
+) -> Result<(Var, Vec<f32>)> {
     let lv = tape.value(logits);
     let s = lv.shape().to_vec();
     ensure!(s.len() == 2, "logits must be [N, K], got {:?}", s);
     let (n, k) = (s[0], s[1]);
-    ensure!(labels.len() == n && weights.len() == n, "cross-entropy: {} logits rows, {} labels, {} weights", n, labels.len(), weights.len());
+    ensure!(
+        labels.len() == n && weights.len() == n,
+        "cross-entropy: {} logits rows, {} labels, {} weights",
+        n,
+        labels.len(),
+        weights.len()
+    );
     if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
         bail!("cross-entropy: label {l} out of range for {k} classes");
     }
-    ensure!(weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f32>() > 0.0, "cross-entropy: sample weights must be finite, ≥ 0 and not all zero");
+    ensure!(
+        weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f32>() > 0.0,
+        "cross-entropy: sample weights must be finite, ≥ 0 and not all zero"
+    );
     let mut losses = vec![0.0; n];
     let mut dlogits = vec![0.0; n * k];
     let loss = xent::cross_entropy(n, k, lv.data(), labels, weights, &mut losses, &mut dlogits);

@@ -92,9 +92,20 @@ pub struct ParamStore {
 }
 
 impl ParamStore {
-    pub fn add(&mut self, name: impl Into<String>, shape: &[usize], kind: ParamKind, values: Vec<f32>) -> ParamId {
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        kind: ParamKind,
+        values: Vec<f32>,
+    ) -> ParamId {
         debug_assert_eq!(values.len(), shape.iter().product::<usize>());
-        self.params.push(Param { name: name.into(), shape: shape.to_vec(), kind, values: Values::Dense(values) });
+        self.params.push(Param {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind,
+            values: Values::Dense(values),
+        });
         ParamId(self.params.len() - 1)
     }
     pub fn get(&self, id: ParamId) -> &Param {
@@ -105,7 +116,10 @@ impl ParamStore {
     }
     /// Ids of the weights sparse training masks (every conv and linear weight).
     pub fn weight_ids(&self) -> Vec<ParamId> {
-        (0..self.params.len()).filter(|&i| self.params[i].kind == ParamKind::Weight).map(ParamId).collect()
+        (0..self.params.len())
+            .filter(|&i| self.params[i].kind == ParamKind::Weight)
+            .map(ParamId)
+            .collect()
     }
     /// Total trainable numbers stored (dense count for dense params, nnz for sparse ones).
     pub fn stored_len(&self) -> usize {
