@@ -5,9 +5,20 @@
 //! Colored MNIST, corruption index = class in Corrupted CIFAR-10, gender = age group in BFFHQ),
 //! bias-conflicting otherwise.
 
+pub mod cache;
+pub mod cifar;
 pub mod cli;
+pub mod cmnist;
+pub mod corrupt;
+pub mod fetch;
+pub mod folder;
+pub mod gen;
+pub mod idx;
 pub mod loader;
+pub mod registry;
 pub mod synthetic;
+
+pub use registry::{open, open_with, OpenOptions};
 
 use anyhow::{bail, Result};
 
@@ -21,7 +32,10 @@ pub struct Normalize {
 impl Normalize {
     /// p/255, no shift or scale (the reference's Colored MNIST).
     pub fn identity(channels: usize) -> Self {
-        Self { mean: vec![0.0; channels], std: vec![1.0; channels] }
+        Self {
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+        }
     }
 }
 
@@ -66,16 +80,41 @@ impl Dataset {
     pub fn validate(&self) -> Result<()> {
         let n = self.labels.len();
         if self.bias.len() != n {
-            bail!("{}: {} labels but {} bias attributes", self.name, n, self.bias.len());
+            bail!(
+                "{}: {} labels but {} bias attributes",
+                self.name,
+                n,
+                self.bias.len()
+            );
         }
         if self.pixels.len() != n * self.image_len() {
-            bail!("{}: {} pixels for {} images of {}x{}x{}", self.name, self.pixels.len(), n, self.channels, self.height, self.width);
+            bail!(
+                "{}: {} pixels for {} images of {}x{}x{}",
+                self.name,
+                self.pixels.len(),
+                n,
+                self.channels,
+                self.height,
+                self.width
+            );
         }
-        if let Some(&l) = self.labels.iter().find(|&&l| l as usize >= self.num_classes) {
-            bail!("{}: label {} out of range for {} classes", self.name, l, self.num_classes);
+        if let Some(&l) = self
+            .labels
+            .iter()
+            .find(|&&l| l as usize >= self.num_classes)
+        {
+            bail!(
+                "{}: label {} out of range for {} classes",
+                self.name,
+                l,
+                self.num_classes
+            );
         }
         if self.normalize.mean.len() != self.channels || self.normalize.std.len() != self.channels {
-            bail!("{}: normalisation has the wrong number of channels", self.name);
+            bail!(
+                "{}: normalisation has the wrong number of channels",
+                self.name
+            );
         }
         Ok(())
     }

@@ -41,7 +41,13 @@ pub struct SyntheticConfig {
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self { train: 6000, valid: 1000, test: 2000, conflict_ratio: 0.01, seed: 1 }
+        Self {
+            train: 6000,
+            valid: 1000,
+            test: 2000,
+            conflict_ratio: 0.01,
+            seed: 1,
+        }
     }
 }
 
@@ -55,7 +61,9 @@ fn glyphs(seed: u64) -> Vec<[bool; 25]> {
         }
         let on = g.iter().filter(|&&b| b).count();
         // Distinct glyphs with enough ink to be recognisable.
-        let far_enough = out.iter().all(|o| o.iter().zip(&g).filter(|(a, b)| a != b).count() >= 6);
+        let far_enough = out
+            .iter()
+            .all(|o| o.iter().zip(&g).filter(|(a, b)| a != b).count() >= 6);
         if (9..=16).contains(&on) && far_enough {
             out.push(g);
         }
@@ -63,7 +71,13 @@ fn glyphs(seed: u64) -> Vec<[bool; 25]> {
     out
 }
 
-fn make_split(name: &str, n: usize, conflict: Option<f64>, glyphs: &[[bool; 25]], rng: &mut Rng) -> Dataset {
+fn make_split(
+    name: &str,
+    n: usize,
+    conflict: Option<f64>,
+    glyphs: &[[bool; 25]],
+    rng: &mut Rng,
+) -> Dataset {
     let img = 3 * SIZE * SIZE;
     let mut pixels = vec![0u8; n * img];
     let mut labels = Vec::with_capacity(n);
@@ -117,7 +131,10 @@ fn make_split(name: &str, n: usize, conflict: Option<f64>, glyphs: &[[bool; 25]]
 /// Builds the three splits; the same config gives the same bytes.
 pub fn generate(cfg: &SyntheticConfig) -> Result<Splits> {
     if !(0.0..=1.0).contains(&cfg.conflict_ratio) {
-        bail!("synthetic: conflict ratio {} is outside [0, 1]", cfg.conflict_ratio);
+        bail!(
+            "synthetic: conflict ratio {} is outside [0, 1]",
+            cfg.conflict_ratio
+        );
     }
     if cfg.train == 0 || cfg.valid == 0 || cfg.test == 0 {
         bail!("synthetic: every split needs at least one sample");
@@ -137,7 +154,13 @@ mod tests {
 
     #[test]
     fn ratio_and_determinism() {
-        let cfg = SyntheticConfig { train: 1000, valid: 50, test: 50, conflict_ratio: 0.05, seed: 3 };
+        let cfg = SyntheticConfig {
+            train: 1000,
+            valid: 50,
+            test: 50,
+            conflict_ratio: 0.05,
+            seed: 3,
+        };
         let a = generate(&cfg).unwrap();
         let b = generate(&cfg).unwrap();
         assert_eq!(a.train, b.train);
