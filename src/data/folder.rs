@@ -154,7 +154,9 @@ pub fn read_images(
         }
         meta.push((l, b));
     }
-    let first = decode(&files[0].0, None)?;
+    // A given normalisation fixes the channel count (grey promoted to RGB); otherwise the
+    // first image decides.
+    let first = decode(&files[0].0, normalize.as_ref().map(|n| n.mean.len()))?;
     let (c, h, w) = (first.channels, first.height, first.width);
     let decoded: Vec<Result<Vec<u8>>> = files
         .par_iter()
