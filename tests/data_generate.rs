@@ -85,8 +85,7 @@ fn cmnist_ratio_colours_and_splits() {
                 assert_eq!(img[0], 0);
                 let stroke = (0..hw)
                     .find(|&p| img[p] as u32 + img[hw + p] as u32 + img[2 * hw + p] as u32 > 0)
-                    .or(Some(0))
-                    .unwrap();
+                    .expect("a coloured stroke pixel");
                 let col = cmnist::class_colour(ds.bias[i] as usize);
                 for c in 0..3 {
                     let got = img[c * hw + stroke] as f32 / 255.0;

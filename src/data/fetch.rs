@@ -30,6 +30,7 @@ pub fn data_dir(flag: Option<&Path>) -> PathBuf {
 }
 
 /// One regular file of a tar archive.
+#[derive(Clone, Debug)]
 pub struct TarEntry {
     pub path: String,
     pub data: Vec<u8>,
@@ -102,6 +103,12 @@ pub fn read_tar(bytes: &[u8], what: &str) -> Result<Vec<TarEntry>> {
             _ => long_name = None,
         }
         at = start + size.div_ceil(512) * 512;
+    }
+    if at + 512 > bytes.len() && at < bytes.len() && bytes[at..].iter().any(|&b| b != 0) {
+        bail!(
+            "{what}: truncated tar archive ({} stray bytes at the end)",
+            bytes.len() - at
+        );
     }
     Ok(out)
 }
