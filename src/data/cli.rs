@@ -39,8 +39,11 @@ pub enum DataCommand {
     /// byte-identical caches, under DATA_DIR/<dataset>/cache/<ratio>pct-sev<S>-seed<seed>/.
     /// Example: `rest data make cmnist --ratio 1 --ratio 5 --export-folder out/cmnist`.
     Make(MakeArgs),
-    /// Write a PNG grid of samples, one row per class: bias-aligned samples on the left,
-    /// bias-conflicting on the right. Builds the dataset's cache first when missing.
+    /// Write a PNG grid of samples per class, aligned beside conflicting, to look at.
+    ///
+    /// One row per class: bias-aligned samples on the left, bias-conflicting on the right; the
+    /// split's counts per class and group are printed. Builds the dataset's cache first when
+    /// missing.
     ///
     /// Example: `rest data show --dataset cmnist --ratio 1 --out grid.png`.
     Show(ShowArgs),
