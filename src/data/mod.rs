@@ -5,9 +5,20 @@
 //! Colored MNIST, corruption index = class in Corrupted CIFAR-10, gender = age group in BFFHQ),
 //! bias-conflicting otherwise.
 
+pub mod cache;
+pub mod cifar;
 pub mod cli;
+pub mod cmnist;
+pub mod corrupt;
+pub mod fetch;
+pub mod folder;
+pub mod gen;
+pub mod idx;
 pub mod loader;
+pub mod registry;
 pub mod synthetic;
+
+pub use registry::{open, open_with, OpenOptions};
 
 use anyhow::{bail, Result};
 
