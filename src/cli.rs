@@ -143,10 +143,7 @@ pub fn load_splits(source: &DataSource, seed: u64, synthetic_train: usize) -> Re
         };
         return synthetic::generate(&cfg);
     }
-    bail!(
-        "dataset '{}' is not available yet: use --dataset synthetic",
-        source.dataset
-    )
+    crate::data::open(&source.dataset, source.ratio, &source.data_dir)
 }
 
 fn default_arch(dataset: &str) -> Arch {
