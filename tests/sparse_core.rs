@@ -307,9 +307,9 @@ fn csr_roundtrip_and_transpose_index() {
         let mut dense = vec![f32::NAN; rows * cols];
         w.to_dense(&mut dense);
         let set: BTreeSet<u32> = pos.iter().copied().collect();
-        for p in 0..rows * cols {
+        for (p, &x) in dense.iter().enumerate() {
             if !set.contains(&(p as u32)) {
-                assert_eq!(dense[p], 0.0);
+                assert_eq!(x, 0.0);
             }
         }
         let mask: Vec<bool> = (0..rows * cols)
@@ -321,8 +321,9 @@ fn csr_roundtrip_and_transpose_index() {
         assert_eq!(g, vals);
         // CSR rows/columns and CSC entries agree.
         for r in 0..rows {
-            for e in w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize {
-                assert_eq!(pos[e] as usize, r * cols + w.col_idx[e] as usize);
+            let range = w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize;
+            for (&p, &c) in pos[range.clone()].iter().zip(&w.col_idx[range]) {
+                assert_eq!(p as usize, r * cols + c as usize);
             }
         }
         for c in 0..cols {
@@ -386,6 +387,7 @@ fn kernel_cases() -> Vec<(usize, usize, usize, f64, Vec<usize>)> {
         (128, 1024, 600, 0.05, vec![7]),
         (300, 40, 2000, 0.02, vec![]),
         (9, 9, 17, 0.0, vec![]),
+        (2000, 3000, 1, 0.02, vec![5, 1999]),
     ]
 }
 
@@ -461,24 +463,25 @@ fn check_kernels(k: Kernels) {
 
 #[test]
 fn kernels_match_dense_reference() {
-    // The default entry points use the detected variant.
+    // The default entry points use the preferred variant.
     let mut rng = Rng::new(3);
     let w = random_weight(20, 30, 0.2, &[4], &mut rng);
     let b: Vec<f32> = (0..30 * 50).map(|_| rng.normal()).collect();
     let dc: Vec<f32> = (0..20 * 50).map(|_| rng.normal()).collect();
     let (mut c1, mut c2) = (vec![0.0; 20 * 50], vec![0.0; 20 * 50]);
     spmm(&w, &b, 50, &mut c1);
-    spmm_with(Kernels::detect(), &w, &b, 50, &mut c2);
+    spmm_with(Kernels::preferred(), &w, &b, 50, &mut c2);
     assert_eq!(c1, c2);
     let (mut d1, mut d2) = (vec![0.0; 30 * 50], vec![0.0; 30 * 50]);
     spmm_t(&w, &dc, 50, &mut d1);
-    spmm_t_with(Kernels::detect(), &w, &dc, 50, &mut d2);
+    spmm_t_with(Kernels::preferred(), &w, &dc, 50, &mut d2);
     assert_eq!(d1, d2);
     let (mut v1, mut v2) = (vec![0.0; w.nnz()], vec![0.0; w.nnz()]);
     sddmm(&w, &dc, &b, 50, &mut v1);
-    sddmm_with(Kernels::detect(), &w, &dc, &b, 50, &mut v2);
+    sddmm_with(Kernels::preferred(), &w, &dc, &b, 50, &mut v2);
     assert_eq!(v1, v2);
-    check_kernels(Kernels::detect());
+    check_kernels(Kernels::preferred());
+    check_kernels(Kernels::Avx512);
 }
 
 #[test]

@@ -2,12 +2,12 @@
 //! index into the same values (backward-data), and the CPU kernels over it.
 //!
 //! Kernels: `spmm` and `spmm_t` compute each output row as a sum of scaled rows of the dense
-//! operand (an axpy per active weight, four weights at a time so each output load/store feeds four
-//! FMAs), with the n dimension blocked so the output chunk stays in L1 while the entries stream.
-//! `sddmm` computes four dot products at a time against one row of the output gradient. Work is
-//! split over blocks of output rows with rayon; small problems run serially. The inner loops are
-//! plain slice code that LLVM vectorises; they are compiled three times (portable, AVX2+FMA,
-//! AVX-512) and the best one the CPU supports is chosen at run time.
+//! operand (an axpy per active weight, eight weights at a time so each output load/store feeds
+//! eight FMAs), over tiles of (output rows) × (a block of n) so the output piece stays in L1 while
+//! the entries stream. `sddmm` computes eight dot products at a time against one row of the output
+//! gradient, block by block of n. Tiles run in parallel with rayon; small problems run serially.
+//! The inner loops are plain slice code that LLVM vectorises; they are compiled three times
+//! (portable, AVX2+FMA, AVX-512) and chosen at run time (`Kernels::preferred`).
 
 use rayon::prelude::*;
 
@@ -255,6 +255,17 @@ impl Kernels {
         Kernels::Portable
     }
 
+    /// The variant the plain `spmm`/`spmm_t`/`sddmm` use: AVX2+FMA where available. These kernels
+    /// are load/store bound, and on the 2-core AVX-512 EPYC we measured, the AVX2 build was as
+    /// fast or faster than the AVX-512 one on every shape (up to 1.5×); use the `_with` forms to
+    /// pick AVX-512 explicitly.
+    pub fn preferred() -> Kernels {
+        match Kernels::detect() {
+            Kernels::Avx512 => Kernels::Avx2,
+            k => k,
+        }
+    }
+
     /// `self`, lowered to what the CPU supports (so any value is safe to request).
     fn resolve(self) -> Kernels {
         match (self, Kernels::detect()) {
@@ -267,8 +278,16 @@ impl Kernels {
 
 /// Below this many multiply-adds a kernel runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 16;
-/// Width of one block of the n dimension in `spmm`/`spmm_t` (floats): 2 KiB of output per row.
-const N_BLOCK: usize = 512;
+/// Tiles per thread, for load balance.
+const TILES_PER_THREAD: usize = 4;
+/// Width of one block of the n dimension (floats): 4 KiB of output per row stays in L1 while the
+/// entries stream. Measured on a 2-core AVX-512 EPYC (1 MiB L2, 32 MiB L3), full-width blocks beat
+/// narrower ones sized to keep the dense operand's panel in L2 (up to 2× on a [512, 4608] layer).
+const BLOCK: usize = 1024;
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
 
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -288,100 +307,140 @@ struct Gather<'a> {
     n: usize,
 }
 
-/// Computes the output rows `row0..row0 + out.len()/n` of a `Gather` into `out`.
+/// One output tile: rows `row0..row0 + outs.len()`, columns `j0..j0 + width` (`outs[i]` is that
+/// piece of output row `row0 + i`).
+struct Tile<'a> {
+    row0: usize,
+    j0: usize,
+    outs: Vec<&'a mut [f32]>,
+}
+
+/// Computes one tile of a `Gather`: for each output row, its entries eight (then four, then one)
+/// at a time, each group one pass over the row's output piece, which stays in L1.
 #[inline(always)]
-fn gather_block<const FMA: bool>(g: &Gather, row0: usize, out: &mut [f32]) {
-    let n = g.n;
-    let nrows = out.len() / n;
-    let mut j0 = 0;
-    while j0 < n {
-        let w = N_BLOCK.min(n - j0);
-        for i in 0..nrows {
-            let o = &mut out[i * n + j0..i * n + j0 + w];
-            o.fill(0.0);
-            let (s, e) = (g.ptr[row0 + i] as usize, g.ptr[row0 + i + 1] as usize);
-            let idx = &g.idx[s..e];
-            let val = &g.val[s..e];
-            let src = |q: usize| &g.src[idx[q] as usize * n + j0..][..w];
-            let mut q = 0;
-            while q + 4 <= idx.len() {
-                let (b0, b1, b2, b3) = (src(q), src(q + 1), src(q + 2), src(q + 3));
-                let (v0, v1, v2, v3) = (val[q], val[q + 1], val[q + 2], val[q + 3]);
-                for ((((o, &x0), &x1), &x2), &x3) in o.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3) {
-                    *o = fmadd::<FMA>(
-                        v3,
-                        x3,
-                        fmadd::<FMA>(v2, x2, fmadd::<FMA>(v1, x1, fmadd::<FMA>(v0, x0, *o))),
-                    );
-                }
-                q += 4;
+fn gather_tile<const FMA: bool>(g: &Gather, tile: &mut Tile) {
+    let (n, j0) = (g.n, tile.j0);
+    for (i, o) in tile.outs.iter_mut().enumerate() {
+        let o: &mut [f32] = o;
+        let w = o.len();
+        o.fill(0.0);
+        let r = tile.row0 + i;
+        let (s, e) = (g.ptr[r] as usize, g.ptr[r + 1] as usize);
+        let idx = &g.idx[s..e];
+        let val = &g.val[s..e];
+        let src = |q: usize| &g.src[idx[q] as usize * n + j0..][..w];
+        let mut q = 0;
+        while q + 8 <= idx.len() {
+            let (b0, b1, b2, b3) = (src(q), src(q + 1), src(q + 2), src(q + 3));
+            let (b4, b5, b6, b7) = (src(q + 4), src(q + 5), src(q + 6), src(q + 7));
+            let v = &val[q..q + 8];
+            let it = o
+                .iter_mut()
+                .zip(b0)
+                .zip(b1)
+                .zip(b2)
+                .zip(b3)
+                .zip(b4)
+                .zip(b5)
+                .zip(b6)
+                .zip(b7);
+            for ((((((((o, &x0), &x1), &x2), &x3), &x4), &x5), &x6), &x7) in it {
+                let mut acc = fmadd::<FMA>(v[0], x0, *o);
+                acc = fmadd::<FMA>(v[1], x1, acc);
+                acc = fmadd::<FMA>(v[2], x2, acc);
+                acc = fmadd::<FMA>(v[3], x3, acc);
+                acc = fmadd::<FMA>(v[4], x4, acc);
+                acc = fmadd::<FMA>(v[5], x5, acc);
+                acc = fmadd::<FMA>(v[6], x6, acc);
+                *o = fmadd::<FMA>(v[7], x7, acc);
             }
-            while q < idx.len() {
-                let (b0, v0) = (src(q), val[q]);
-                for (o, &x0) in o.iter_mut().zip(b0) {
-                    *o = fmadd::<FMA>(v0, x0, *o);
-                }
-                q += 1;
-            }
+            q += 8;
         }
-        j0 += w;
+        if q + 4 <= idx.len() {
+            let (b0, b1, b2, b3) = (src(q), src(q + 1), src(q + 2), src(q + 3));
+            let v = &val[q..q + 4];
+            for ((((o, &x0), &x1), &x2), &x3) in o.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3) {
+                let acc = fmadd::<FMA>(v[1], x1, fmadd::<FMA>(v[0], x0, *o));
+                *o = fmadd::<FMA>(v[3], x3, fmadd::<FMA>(v[2], x2, acc));
+            }
+            q += 4;
+        }
+        while q < idx.len() {
+            let (b0, v0) = (src(q), val[q]);
+            for (o, &x0) in o.iter_mut().zip(b0) {
+                *o = fmadd::<FMA>(v0, x0, *o);
+            }
+            q += 1;
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn gather_block_avx2(g: &Gather, row0: usize, out: &mut [f32]) {
-    gather_block::<true>(g, row0, out)
+fn gather_tile_avx2(g: &Gather, tile: &mut Tile) {
+    gather_tile::<true>(g, tile)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn gather_block_avx512(g: &Gather, row0: usize, out: &mut [f32]) {
-    gather_block::<true>(g, row0, out)
+fn gather_tile_avx512(g: &Gather, tile: &mut Tile) {
+    gather_tile::<true>(g, tile)
 }
 
 /// `k` must come from `Kernels::resolve`.
-fn run_gather_block(k: Kernels, g: &Gather, row0: usize, out: &mut [f32]) {
+fn run_gather_tile(k: Kernels, g: &Gather, tile: &mut Tile) {
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `k` was resolved against `Kernels::detect`, so the CPU has AVX-512F, AVX2 and FMA.
-        Kernels::Avx512 => unsafe { gather_block_avx512(g, row0, out) },
+        Kernels::Avx512 => unsafe { gather_tile_avx512(g, tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `k` was resolved against `Kernels::detect`, so the CPU has AVX2 and FMA.
-        Kernels::Avx2 => unsafe { gather_block_avx2(g, row0, out) },
-        _ => gather_block::<false>(g, row0, out),
+        Kernels::Avx2 => unsafe { gather_tile_avx2(g, tile) },
+        _ => gather_tile::<false>(g, tile),
     }
 }
 
-/// Rows per parallel block: about four blocks per thread, at least `SERIAL_WORK` work each.
-fn rows_per_block(rows: usize, nnz: usize, n: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let per_row = (nnz * n / rows.max(1)).max(1);
-    let by_balance = rows.div_ceil(4 * threads);
-    let by_work = (SERIAL_WORK / 4).div_ceil(per_row);
-    by_balance.max(by_work).max(1)
-}
-
+/// Runs a `Gather` into `out` [out_rows, n], tiled over (groups of rows) × (blocks of n); rows
+/// are grouped only when there are too few blocks of n to keep every thread busy.
 fn run_gather(k: Kernels, g: &Gather, out_rows: usize, out: &mut [f32]) {
     let n = g.n;
     assert_eq!(out.len(), out_rows * n);
     if n == 0 || out_rows == 0 {
         return;
     }
-    let nnz = g.val.len();
-    if nnz * n < SERIAL_WORK || rayon::current_num_threads() <= 1 {
-        run_gather_block(k, g, 0, out);
-        return;
+    let serial = g.val.len() * n < SERIAL_WORK || threads() <= 1;
+    let w = BLOCK.min(n);
+    let nblocks = n.div_ceil(w);
+    let want = if serial {
+        1
+    } else {
+        TILES_PER_THREAD * threads()
+    };
+    let groups = want.div_ceil(nblocks).min(out_rows);
+    let rb = out_rows.div_ceil(groups);
+    let groups = out_rows.div_ceil(rb);
+    let mut tiles: Vec<Tile> = (0..groups * nblocks)
+        .map(|t| Tile {
+            row0: (t / nblocks) * rb,
+            j0: (t % nblocks) * w,
+            outs: Vec::with_capacity(rb),
+        })
+        .collect();
+    for (r, row) in out.chunks_mut(n).enumerate() {
+        for (j, piece) in row.chunks_mut(w).enumerate() {
+            tiles[(r / rb) * nblocks + j].outs.push(piece);
+        }
     }
-    let rb = rows_per_block(out_rows, nnz, n);
-    out.par_chunks_mut(rb * n)
-        .enumerate()
-        .for_each(|(b, chunk)| run_gather_block(k, g, b * rb, chunk));
+    if serial {
+        tiles.iter_mut().for_each(|t| run_gather_tile(k, g, t));
+    } else {
+        tiles.par_iter_mut().for_each(|t| run_gather_tile(k, g, t));
+    }
 }
 
 /// c[rows, n] = W · b[cols, n] (overwrites c).
 pub fn spmm(w: &SparseWeight, b: &[f32], n: usize, c: &mut [f32]) {
-    spmm_with(Kernels::detect(), w, b, n, c)
+    spmm_with(Kernels::preferred(), w, b, n, c)
 }
 
 /// `spmm` with a chosen kernel variant (lowered to what the CPU supports).
@@ -400,7 +459,7 @@ pub fn spmm_with(k: Kernels, w: &SparseWeight, b: &[f32], n: usize, c: &mut [f32
 
 /// db[cols, n] = Wᵀ · dc[rows, n] (overwrites db).
 pub fn spmm_t(w: &SparseWeight, dc: &[f32], n: usize, db: &mut [f32]) {
-    spmm_t_with(Kernels::detect(), w, dc, n, db)
+    spmm_t_with(Kernels::preferred(), w, dc, n, db)
 }
 
 /// `spmm_t` with a chosen kernel variant (lowered to what the CPU supports).
@@ -419,148 +478,162 @@ pub fn spmm_t_with(k: Kernels, w: &SparseWeight, dc: &[f32], n: usize, db: &mut 
 }
 
 /// Lanes per accumulator in the dot products.
-const DOT_LANES: usize = 16;
+const LANES: usize = 16;
 
-/// Four dot products of `a` against `b0..b3` (all the same length).
+/// Pairwise sum of 16 lanes (vectorises, unlike a sequential sum).
 #[inline(always)]
-fn dot4<const FMA: bool>(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-    let mut acc = [[0f32; DOT_LANES]; 4];
-    let ca = a.chunks_exact(DOT_LANES);
-    let tail = ca.remainder().len();
-    let it = ca
-        .zip(b[0].chunks_exact(DOT_LANES))
-        .zip(b[1].chunks_exact(DOT_LANES));
-    let it = it
-        .zip(b[2].chunks_exact(DOT_LANES))
-        .zip(b[3].chunks_exact(DOT_LANES));
-    for ((((x, y0), y1), y2), y3) in it {
-        let x: &[f32; DOT_LANES] = x.try_into().unwrap();
-        let ys: [&[f32; DOT_LANES]; 4] = [
-            y0.try_into().unwrap(),
-            y1.try_into().unwrap(),
-            y2.try_into().unwrap(),
-            y3.try_into().unwrap(),
-        ];
-        for (acc, y) in acc.iter_mut().zip(ys) {
-            for t in 0..DOT_LANES {
-                acc[t] = fmadd::<FMA>(x[t], y[t], acc[t]);
+fn hsum(mut a: [f32; LANES]) -> f32 {
+    let mut h = LANES / 2;
+    while h > 0 {
+        for i in 0..h {
+            a[i] += a[i + h];
+        }
+        h /= 2;
+    }
+    a[0]
+}
+
+/// `M` dot products of `a` against `b[0..M]` (all the same length), added to `out`.
+#[inline(always)]
+fn dot_many<const FMA: bool, const M: usize>(a: &[f32], b: [&[f32]; M], out: &mut [f32]) {
+    let mut acc = [[0f32; LANES]; M];
+    let len = a.len() / LANES * LANES;
+    let mut t = 0;
+    while t < len {
+        let x: &[f32; LANES] = a[t..t + LANES].try_into().unwrap();
+        for (acc, y) in acc.iter_mut().zip(&b) {
+            let y: &[f32; LANES] = y[t..t + LANES].try_into().unwrap();
+            for l in 0..LANES {
+                acc[l] = fmadd::<FMA>(x[l], y[l], acc[l]);
             }
         }
+        t += LANES;
     }
-    let start = a.len() - tail;
-    let mut out = [0f32; 4];
-    for (j, o) in out.iter_mut().enumerate() {
-        let mut s: f32 = acc[j].iter().sum();
-        for (&x, &y) in a[start..].iter().zip(&b[j][start..]) {
+    for ((o, acc), y) in out.iter_mut().zip(acc).zip(&b) {
+        let mut s = hsum(acc);
+        for (&x, &y) in a[len..].iter().zip(&y[len..]) {
             s = fmadd::<FMA>(x, y, s);
         }
-        *o = s;
+        *o += s;
     }
-    out
 }
 
+/// Adds to `dv` (the entries of rows `task.rows`) the partial dot products over columns
+/// `task.cols` of n, walking those columns in blocks of `task.width` so each block of `b` stays in cache across rows.
 #[inline(always)]
-fn dot1<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 2 * DOT_LANES];
-    let ca = a.chunks_exact(2 * DOT_LANES);
-    let start = a.len() - ca.remainder().len();
-    for (x, y) in ca.zip(b.chunks_exact(2 * DOT_LANES)) {
-        let x: &[f32; 2 * DOT_LANES] = x.try_into().unwrap();
-        let y: &[f32; 2 * DOT_LANES] = y.try_into().unwrap();
-        for t in 0..2 * DOT_LANES {
-            acc[t] = fmadd::<FMA>(x[t], y[t], acc[t]);
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (&x, &y) in a[start..].iter().zip(&b[start..]) {
-        s = fmadd::<FMA>(x, y, s);
-    }
-    s
-}
-
-/// `sddmm` over rows `row0..` of W; `dv` holds exactly those rows' entries.
-#[inline(always)]
-fn sddmm_block<const FMA: bool>(
+fn sddmm_tile<const FMA: bool>(
     w: &SparseWeight,
     dc: &[f32],
     b: &[f32],
     n: usize,
-    row0: usize,
+    task: SddmmTask,
     dv: &mut [f32],
 ) {
-    let base = w.row_ptr[row0] as usize;
-    let mut r = row0;
-    let mut e = base;
-    while e < base + dv.len() {
-        let end = w.row_ptr[r + 1] as usize;
-        let a = &dc[r * n..(r + 1) * n];
-        let brow = |e: usize| &b[w.col_idx[e] as usize * n..][..n];
-        while e + 4 <= end {
-            let d = dot4::<FMA>(a, [brow(e), brow(e + 1), brow(e + 2), brow(e + 3)]);
-            dv[e - base..e - base + 4].copy_from_slice(&d);
-            e += 4;
+    let (rows, cols, width) = (task.rows, task.cols, task.width);
+    let base = w.row_ptr[rows.0] as usize;
+    let mut j0 = cols.0;
+    while j0 < cols.1 {
+        let wd = width.min(cols.1 - j0);
+        for r in rows.0..rows.1 {
+            let a = &dc[r * n + j0..][..wd];
+            let (s, end) = (w.row_ptr[r] as usize, w.row_ptr[r + 1] as usize);
+            let brow = |e: usize| &b[w.col_idx[e] as usize * n + j0..][..wd];
+            let mut e = s;
+            while e + 8 <= end {
+                let bs = [
+                    brow(e),
+                    brow(e + 1),
+                    brow(e + 2),
+                    brow(e + 3),
+                    brow(e + 4),
+                    brow(e + 5),
+                    brow(e + 6),
+                    brow(e + 7),
+                ];
+                dot_many::<FMA, 8>(a, bs, &mut dv[e - base..e - base + 8]);
+                e += 8;
+            }
+            if e + 4 <= end {
+                dot_many::<FMA, 4>(
+                    a,
+                    [brow(e), brow(e + 1), brow(e + 2), brow(e + 3)],
+                    &mut dv[e - base..e - base + 4],
+                );
+                e += 4;
+            }
+            while e < end {
+                dot_many::<FMA, 1>(a, [brow(e)], &mut dv[e - base..e - base + 1]);
+                e += 1;
+            }
         }
-        while e < end {
-            dv[e - base] = dot1::<FMA>(a, brow(e));
-            e += 1;
-        }
-        r += 1;
+        j0 += wd;
     }
+}
+
+/// The rows, columns and entries one `sddmm` task covers.
+#[derive(Clone, Copy)]
+struct SddmmTask {
+    rows: (usize, usize),
+    cols: (usize, usize),
+    width: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn sddmm_block_avx2(
+fn sddmm_tile_avx2(
     w: &SparseWeight,
     dc: &[f32],
     b: &[f32],
     n: usize,
-    row0: usize,
+    t: SddmmTask,
     dv: &mut [f32],
 ) {
-    sddmm_block::<true>(w, dc, b, n, row0, dv)
+    sddmm_tile::<true>(w, dc, b, n, t, dv)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn sddmm_block_avx512(
+fn sddmm_tile_avx512(
     w: &SparseWeight,
     dc: &[f32],
     b: &[f32],
     n: usize,
-    row0: usize,
+    t: SddmmTask,
     dv: &mut [f32],
 ) {
-    sddmm_block::<true>(w, dc, b, n, row0, dv)
+    sddmm_tile::<true>(w, dc, b, n, t, dv)
 }
 
-/// `k` must come from `Kernels::resolve`.
-fn run_sddmm_block(
+/// `k` must come from `Kernels::resolve`. Adds into `dv`.
+fn run_sddmm_tile(
     k: Kernels,
     w: &SparseWeight,
     dc: &[f32],
     b: &[f32],
     n: usize,
-    row0: usize,
+    t: SddmmTask,
     dv: &mut [f32],
 ) {
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `k` was resolved against `Kernels::detect`, so the CPU has AVX-512F, AVX2 and FMA.
-        Kernels::Avx512 => unsafe { sddmm_block_avx512(w, dc, b, n, row0, dv) },
+        Kernels::Avx512 => unsafe { sddmm_tile_avx512(w, dc, b, n, t, dv) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `k` was resolved against `Kernels::detect`, so the CPU has AVX2 and FMA.
-        Kernels::Avx2 => unsafe { sddmm_block_avx2(w, dc, b, n, row0, dv) },
-        _ => sddmm_block::<false>(w, dc, b, n, row0, dv),
+        Kernels::Avx2 => unsafe { sddmm_tile_avx2(w, dc, b, n, t, dv) },
+        _ => sddmm_tile::<false>(w, dc, b, n, t, dv),
     }
 }
 
 /// dvalues[e] = Σ_j dc[r_e, j] · b[c_e, j]: the weight gradient at active positions only.
 pub fn sddmm(w: &SparseWeight, dc: &[f32], b: &[f32], n: usize, dvalues: &mut [f32]) {
-    sddmm_with(Kernels::detect(), w, dc, b, n, dvalues)
+    sddmm_with(Kernels::preferred(), w, dc, b, n, dvalues)
 }
 
 /// `sddmm` with a chosen kernel variant (lowered to what the CPU supports).
+///
+/// Parallel over ranges of n (each task sums into its own buffer, reduced at the end) and, when
+/// n has too few blocks for the threads, over groups of rows of roughly equal entry counts.
 pub fn sddmm_with(
     k: Kernels,
     w: &SparseWeight,
@@ -578,17 +651,28 @@ pub fn sddmm_with(
     );
     let k = k.resolve();
     let nnz = w.nnz();
-    if nnz * n < SERIAL_WORK || rayon::current_num_threads() <= 1 || w.rows <= 1 {
-        run_sddmm_block(k, w, dc, b, n, 0, dvalues);
+    dvalues.fill(0.0);
+    if nnz == 0 || n == 0 {
         return;
     }
-    // Split the entries at row boundaries into blocks of roughly equal entry counts.
-    let threads = rayon::current_num_threads();
-    let target = nnz
-        .div_ceil(4 * threads)
-        .max(SERIAL_WORK.div_ceil(n.max(1)));
-    let mut blocks: Vec<(usize, &mut [f32])> = Vec::new();
-    let mut rest = dvalues;
+    let width = BLOCK.min(n);
+    if nnz * n < SERIAL_WORK || threads() <= 1 {
+        let t = SddmmTask {
+            rows: (0, w.rows),
+            cols: (0, n),
+            width,
+        };
+        run_sddmm_tile(k, w, dc, b, n, t, dvalues);
+        return;
+    }
+    let want = TILES_PER_THREAD * threads();
+    let nblocks = n.div_ceil(width);
+    // Ranges of n: as many as useful, up to `want`; each costs a buffer of nnz partial sums.
+    let nranges = nblocks.min(want);
+    let ngroups = want.div_ceil(nranges).min(w.rows);
+    // Row groups at row boundaries, roughly equal entry counts.
+    let target = nnz.div_ceil(ngroups);
+    let mut groups: Vec<(usize, usize)> = Vec::new();
     let mut row0 = 0;
     while row0 < w.rows {
         let start = w.row_ptr[row0] as usize;
@@ -596,13 +680,55 @@ pub fn sddmm_with(
         while r < w.rows && (w.row_ptr[r] as usize - start) < target {
             r += 1;
         }
-        let len = w.row_ptr[r] as usize - start;
-        let (head, tail) = rest.split_at_mut(len);
-        blocks.push((row0, head));
-        rest = tail;
+        groups.push((row0, r));
         row0 = r;
     }
-    blocks
-        .into_par_iter()
-        .for_each(|(row0, dv)| run_sddmm_block(k, w, dc, b, n, row0, dv));
+    let col_range = |t: usize| {
+        let (c0, c1) = (t * nblocks / nranges, (t + 1) * nblocks / nranges);
+        (c0 * width, (c1 * width).min(n))
+    };
+    if nranges == 1 {
+        let mut blocks: Vec<(SddmmTask, &mut [f32])> = Vec::new();
+        let mut rest = dvalues;
+        for &(r0, r1) in &groups {
+            let len = (w.row_ptr[r1] - w.row_ptr[r0]) as usize;
+            let (head, tail) = rest.split_at_mut(len);
+            blocks.push((
+                SddmmTask {
+                    rows: (r0, r1),
+                    cols: (0, n),
+                    width,
+                },
+                head,
+            ));
+            rest = tail;
+        }
+        blocks
+            .into_par_iter()
+            .for_each(|(t, dv)| run_sddmm_tile(k, w, dc, b, n, t, dv));
+        return;
+    }
+    let tasks: Vec<SddmmTask> = groups
+        .iter()
+        .flat_map(|&rows| (0..nranges).map(move |t| (rows, t)))
+        .map(|(rows, t)| SddmmTask {
+            rows,
+            cols: col_range(t),
+            width,
+        })
+        .collect();
+    let partial: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&t| {
+            let mut buf = vec![0f32; (w.row_ptr[t.rows.1] - w.row_ptr[t.rows.0]) as usize];
+            run_sddmm_tile(k, w, dc, b, n, t, &mut buf);
+            buf
+        })
+        .collect();
+    for (t, buf) in tasks.iter().zip(&partial) {
+        let e0 = w.row_ptr[t.rows.0] as usize;
+        for (d, &p) in dvalues[e0..e0 + buf.len()].iter_mut().zip(buf) {
+            *d += p;
+        }
+    }
 }
