@@ -6,6 +6,7 @@
 use crate::nn::param::{ComputePath, ParamKind, Values};
 use crate::nn::Model;
 use crate::sparse::csr::SparseWeight;
+use crate::sparse::topology::Fired;
 use crate::train::{Progress, TrainConfig, Trainer};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::TensorView;
@@ -111,9 +112,11 @@ impl Checkpoint {
             );
         }
         if let Some(s) = &t.sparse {
-            for (li, bits) in s.fired.layers().iter().enumerate() {
-                let bytes: Vec<u8> = bits.iter().map(|&b| b as u8).collect();
-                tensors.insert(format!("fired.{li}"), (vec![bytes.len()], bytes));
+            for (li, f) in s.fired.iter().enumerate() {
+                if let Some(f) = f {
+                    let bytes: Vec<u8> = f.words().iter().flat_map(|w| w.to_le_bytes()).collect();
+                    tensors.insert(format!("fired.{li}"), (vec![f.words().len()], bytes));
+                }
             }
         }
         Self {
@@ -140,7 +143,7 @@ impl Checkpoint {
             let dtype = if name.starts_with("index.") {
                 Dtype::U32
             } else if name.starts_with("fired.") {
-                Dtype::U8
+                Dtype::U64
             } else {
                 Dtype::F32
             };
@@ -285,14 +288,22 @@ impl Checkpoint {
             t.opt.buffers[i] = self.f32s(&format!("momentum.{}", p.name), p.len())?;
         }
         if let Some(s) = &mut t.sparse {
-            let mut layers = Vec::new();
-            for li in 0..s.fired.layers().len() {
-                let (_, b) = self.tensors.get(&format!("fired.{li}")).ok_or_else(|| {
-                    anyhow::anyhow!("checkpoint lacks in-time statistics of layer {li}")
-                })?;
-                layers.push(b.iter().map(|&x| x != 0).collect());
+            for (li, id) in t.model.params.weight_ids().into_iter().enumerate() {
+                let p = t.model.params.get(id);
+                s.fired[li] = match p.sparse() {
+                    None => None,
+                    Some(sw) => {
+                        let (_, b) = self.tensors.get(&format!("fired.{li}")).ok_or_else(|| {
+                            anyhow::anyhow!("checkpoint lacks in-time statistics of {}", p.name)
+                        })?;
+                        let words = b
+                            .chunks_exact(8)
+                            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                            .collect();
+                        Some(Fired::from_words(sw.rows, sw.cols, words)?)
+                    }
+                };
             }
-            s.fired.set_layers(layers)?;
         }
         t.opt.lr = self.progress.lr;
         t.progress = self.progress.clone();

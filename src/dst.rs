@@ -6,10 +6,12 @@ use crate::nn::param::{ComputePath, Grads, ParamKind, Values};
 use crate::nn::Model;
 use crate::optim::Sgd;
 use crate::rng::Rng;
-use crate::sparse::csr::SparseWeight;
+
 use crate::sparse::density::{layer_nnz, DensityRule};
 use crate::sparse::schedule::{death_rate, DecaySchedule};
-use crate::sparse::topology::{random_layer, update_layer, GrowRule, PruneRule, UpdateStats};
+use crate::sparse::topology::{
+    random_layer, update_layer, Fired, GrowRule, PruneRule, UpdateStats,
+};
 use anyhow::{ensure, Result};
 
 /// Above this density a layer is computed dense-masked: the sparse kernels' per-entry cost
@@ -64,58 +66,12 @@ impl SparseConfig {
     }
 }
 
-/// In-time over-parameterisation: which positions of each masked layer have ever been active.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Fired {
-    layers: Vec<Vec<bool>>,
-}
-
-impl Fired {
-    pub fn new(sizes: &[usize]) -> Self {
-        Self {
-            layers: sizes.iter().map(|&n| vec![false; n]).collect(),
-        }
-    }
-    pub fn record(&mut self, layer: usize, w: &SparseWeight) {
-        for p in w.positions() {
-            self.layers[layer][p as usize] = true;
-        }
-    }
-    pub fn record_dense(&mut self, layer: usize) {
-        self.layers[layer].iter_mut().for_each(|b| *b = true);
-    }
-    /// Ever-active weights over all weights.
-    pub fn fraction(&self) -> f64 {
-        let on: usize = self
-            .layers
-            .iter()
-            .map(|l| l.iter().filter(|&&b| b).count())
-            .sum();
-        let all: usize = self.layers.iter().map(Vec::len).sum();
-        on as f64 / all.max(1) as f64
-    }
-    pub fn layers(&self) -> &[Vec<bool>] {
-        &self.layers
-    }
-    pub fn set_layers(&mut self, layers: Vec<Vec<bool>>) -> Result<()> {
-        ensure!(
-            layers.len() == self.layers.len()
-                && layers
-                    .iter()
-                    .zip(&self.layers)
-                    .all(|(a, b)| a.len() == b.len()),
-            "in-time statistics do not match the model's layers"
-        );
-        self.layers = layers;
-        Ok(())
-    }
-}
-
 /// State that lives beside the model during sparse training.
 #[derive(Clone, Debug)]
 pub struct SparseState {
     pub config: SparseConfig,
-    pub fired: Fired,
+    /// Ever-active positions per masked weight, in `weight_ids` order (None: a dense layer).
+    pub fired: Vec<Option<Fired>>,
     /// Momentum of the dense gradient at update steps (only for `GrowRule::Momentum`).
     grad_momentum: Vec<Option<Vec<f32>>>,
 }
@@ -145,32 +101,17 @@ pub fn sparsify(model: &mut Model, config: &SparseConfig, seed: u64) -> Result<S
         };
         p.values = Values::Sparse(sw, path);
     }
-    let mut fired = Fired::new(&model_layers(model));
-    record_fired(model, &mut fired);
+    let fired = model
+        .params
+        .weight_ids()
+        .iter()
+        .map(|&id| model.params.get(id).sparse().map(Fired::from_layer))
+        .collect();
     Ok(SparseState {
         config: config.clone(),
         fired,
         grad_momentum: vec![None; model.params.params.len()],
     })
-}
-
-fn model_layers(model: &Model) -> Vec<usize> {
-    model
-        .params
-        .weight_ids()
-        .iter()
-        .map(|&id| model.params.get(id).numel())
-        .collect()
-}
-
-fn record_fired(model: &Model, fired: &mut Fired) {
-    for (li, id) in model.params.weight_ids().into_iter().enumerate() {
-        if let Some(sw) = model.params.get(id).sparse() {
-            fired.record(li, sw);
-        } else {
-            fired.record_dense(li);
-        }
-    }
 }
 
 impl SparseState {
@@ -215,16 +156,25 @@ impl SparseState {
             };
             let mut state: Vec<&mut Vec<f32>> = vec![&mut opt.buffers[id.0]];
             let s = update_layer(sw, rate, c.prune, c.grow, score, &mut state, rng);
-            self.fired.record(li, sw);
+            if let Some(f) = &mut self.fired[li] {
+                f.record(sw);
+            }
             sum.pruned += s.pruned;
             sum.grown += s.grown;
         }
         Ok((sum, rate))
     }
 
-    /// Fraction of weights that have ever been active (in-time over-parameterisation).
-    pub fn fired_fraction(&self) -> f64 {
-        self.fired.fraction()
+    /// Fraction of weights that have ever been active (in-time over-parameterisation); dense
+    /// layers count as wholly active.
+    pub fn fired_fraction(&self, model: &Model) -> f64 {
+        let (mut on, mut all) = (0usize, 0usize);
+        for (f, id) in self.fired.iter().zip(model.params.weight_ids()) {
+            let n = model.params.get(id).numel();
+            on += f.as_ref().map_or(n, Fired::ever_active);
+            all += n;
+        }
+        on as f64 / all.max(1) as f64
     }
 }
 

@@ -464,7 +464,7 @@ impl<'a> Trainer<'a> {
                 train_accuracy: correct as f64 / seen.max(1) as f64,
                 images_per_second: seen as f64 / train_secs,
                 density: dst::global_density(&self.model),
-                fired_fraction: self.sparse.as_ref().map(SparseState::fired_fraction),
+                fired_fraction: self.sparse.as_ref().map(|s| s.fired_fraction(&self.model)),
                 valid,
                 test,
                 best,

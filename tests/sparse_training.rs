@@ -158,7 +158,7 @@ fn layer_counts_stay_exact_through_updates() {
         }
     }
     assert!(
-        state.fired_fraction() > dst::global_density(&model),
+        state.fired_fraction(&model) > dst::global_density(&model),
         "regrowth activated new weights"
     );
 }

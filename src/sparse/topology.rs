@@ -349,6 +349,28 @@ impl Fired {
         self.rows * self.cols
     }
 
+    /// The ever-active bits, 64 positions per word (position p is bit p % 64 of word p / 64).
+    pub fn words(&self) -> &[u64] {
+        &self.bits
+    }
+
+    /// A tracker from saved words; errors if their number does not fit rows·cols.
+    pub fn from_words(rows: usize, cols: usize, words: Vec<u64>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            words.len() == bit_words(rows * cols).len(),
+            "in-time statistics of a {rows}x{cols} layer need {} words, got {}",
+            bit_words(rows * cols).len(),
+            words.len()
+        );
+        let count = (0..rows * cols).filter(|&p| bit_get(&words, p)).count();
+        Ok(Fired {
+            rows,
+            cols,
+            bits: words,
+            count,
+        })
+    }
+
     /// ever-active / total (0 for an empty layer).
     pub fn fraction(&self) -> f64 {
         if self.total() == 0 {
