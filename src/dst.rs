@@ -119,7 +119,7 @@ impl SparseState {
     pub fn is_update_step(&self, step: u64, total: u64) -> bool {
         !self.config.fix
             && step > 0
-            && step % self.config.update_every == 0
+            && step.is_multiple_of(self.config.update_every)
             && (step as f64) < self.config.stop_fraction * total as f64
     }
 
