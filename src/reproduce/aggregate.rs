@@ -31,7 +31,10 @@ pub struct RunResult {
 
 /// The paper's method name of a run's configuration.
 pub fn method_of(s: &Summary) -> &'static str {
-    match (s.config.sparse.is_some(), s.config.reweight != Reweight::Off) {
+    match (
+        s.config.sparse.is_some(),
+        s.config.reweight != Reweight::Off,
+    ) {
         (false, false) => "vanilla",
         (false, true) => "reweight",
         (true, false) => "sparse",
@@ -141,7 +144,10 @@ pub struct Row {
 }
 
 fn method_rank(m: &str) -> usize {
-    METHODS.iter().position(|x| *x == m).unwrap_or(METHODS.len())
+    METHODS
+        .iter()
+        .position(|x| *x == m)
+        .unwrap_or(METHODS.len())
 }
 
 /// Groups runs over seeds; rows sorted by dataset, ratio, method (table order), density.
@@ -249,7 +255,7 @@ pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> 
             current = Some(head);
         }
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3e} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3e} | {:.1} |\n",
             r.method,
             r.density,
             r.seeds.len(),
@@ -277,7 +283,13 @@ pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> 
             failures.len()
         );
         for f in failures {
-            let last = f.stderr_tail.trim().lines().last().unwrap_or("").to_string();
+            let last = f
+                .stderr_tail
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
             s += &format!("- `{}`: {}\n", f.key, last.replace('|', "\\|"));
         }
     }

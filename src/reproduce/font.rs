@@ -2,7 +2,8 @@
 //! through a TTF stack (font-kit, fontconfig) or a loaded font file; this keeps plots
 //! self-contained and the build small.
 
-/// Glyph rows, top to bottom; bit 4 is the leftmost pixel.
+/// Glyph rows, top to bottom; bit 4 is the leftmost pixel. g, p, q, y are drawn two rows lower
+/// (their last two rows are the descender).
 fn glyph(c: char) -> [u8; 7] {
     match c {
         ' ' => [0; 7],
@@ -62,7 +63,7 @@ fn glyph(c: char) -> [u8; 7] {
         'd' => [0x01, 0x01, 0x0d, 0x13, 0x11, 0x11, 0x0f],
         'e' => [0, 0, 0x0e, 0x11, 0x1f, 0x10, 0x0e],
         'f' => [0x06, 0x09, 0x08, 0x1c, 0x08, 0x08, 0x08],
-        'g' => [0, 0x0f, 0x11, 0x11, 0x0f, 0x01, 0x0e],
+        'g' => [0x0f, 0x11, 0x11, 0x11, 0x0f, 0x01, 0x0e],
         'h' => [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11],
         'i' => [0x04, 0, 0x0c, 0x04, 0x04, 0x04, 0x0e],
         'j' => [0x02, 0, 0x06, 0x02, 0x02, 0x12, 0x0c],
@@ -71,8 +72,8 @@ fn glyph(c: char) -> [u8; 7] {
         'm' => [0, 0, 0x1a, 0x15, 0x15, 0x11, 0x11],
         'n' => [0, 0, 0x16, 0x19, 0x11, 0x11, 0x11],
         'o' => [0, 0, 0x0e, 0x11, 0x11, 0x11, 0x0e],
-        'p' => [0, 0, 0x1e, 0x11, 0x1e, 0x10, 0x10],
-        'q' => [0, 0, 0x0d, 0x13, 0x0f, 0x01, 0x01],
+        'p' => [0x1e, 0x11, 0x11, 0x11, 0x1e, 0x10, 0x10],
+        'q' => [0x0f, 0x11, 0x11, 0x11, 0x0f, 0x01, 0x01],
         'r' => [0, 0, 0x16, 0x19, 0x10, 0x10, 0x10],
         's' => [0, 0, 0x0e, 0x10, 0x0e, 0x01, 0x1e],
         't' => [0x08, 0x08, 0x1c, 0x08, 0x08, 0x09, 0x06],
@@ -80,7 +81,7 @@ fn glyph(c: char) -> [u8; 7] {
         'v' => [0, 0, 0x11, 0x11, 0x11, 0x0a, 0x04],
         'w' => [0, 0, 0x11, 0x11, 0x15, 0x15, 0x0a],
         'x' => [0, 0, 0x11, 0x0a, 0x04, 0x0a, 0x11],
-        'y' => [0, 0, 0x11, 0x11, 0x0f, 0x01, 0x0e],
+        'y' => [0x11, 0x11, 0x11, 0x11, 0x0f, 0x01, 0x0e],
         'z' => [0, 0, 0x1f, 0x02, 0x04, 0x08, 0x1f],
         // Anything else: a question mark.
         _ => [0x0e, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
@@ -99,11 +100,6 @@ pub fn text_width(text: &str, scale: u32) -> u32 {
     (text.chars().count() as u32 * 6).saturating_sub(1) * scale
 }
 
-/// Height of a line of text at `scale`.
-pub fn text_height(scale: u32) -> u32 {
-    7 * scale
-}
-
 impl Canvas<'_> {
     fn put(&mut self, x: i64, y: i64, color: [u8; 3]) {
         if x < 0 || y < 0 || x >= self.width as i64 || y >= self.height as i64 {
@@ -119,12 +115,13 @@ impl Canvas<'_> {
         let s = scale as i64;
         for (n, c) in text.chars().enumerate() {
             let g = glyph(c);
+            let drop = if "gpqy".contains(c) { 2 } else { 0 };
             for (row, bits) in g.iter().enumerate() {
                 for col in 0..5 {
                     if bits & (0x10 >> col) == 0 {
                         continue;
                     }
-                    let (gx, gy) = ((n as i64 * 6 + col) * s, row as i64 * s);
+                    let (gx, gy) = ((n as i64 * 6 + col) * s, (row as i64 + drop) * s);
                     for dy in 0..s {
                         for dx in 0..s {
                             if vertical {

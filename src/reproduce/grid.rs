@@ -220,7 +220,10 @@ impl GridConfig {
             );
         }
         for &r in &self.ratios {
-            ensure!(r > 0.0 && r < 100.0, "a ratio is a percentage in (0, 100), got {r}");
+            ensure!(
+                r > 0.0 && r < 100.0,
+                "a ratio is a percentage in (0, 100), got {r}"
+            );
             if self.upweight.is_none() {
                 ensure!(
                     paired_upweight(r).is_some(),
@@ -279,7 +282,10 @@ impl GridConfig {
         let mut keys: Vec<String> = out.iter().map(RunSpec::key).collect();
         keys.sort();
         keys.dedup();
-        ensure!(keys.len() == out.len(), "the grid lists a run twice (repeated values in a list?)");
+        ensure!(
+            keys.len() == out.len(),
+            "the grid lists a run twice (repeated values in a list?)"
+        );
         Ok(out)
     }
 }

@@ -17,7 +17,9 @@ use runner::{Exec, Outcome};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  rest reproduce cmnist --quick                 (about 15 minutes on a laptop CPU)\n  rest reproduce cmnist --ratios 1 --densities 0.01,0.05 --seeds 41,42,43 --workers 2\n  rest reproduce cifar10c --emit-slurm cifar.sbatch   (then: sbatch cifar.sbatch)\n  rest reproduce cifar10c --collect results/cifar10c other-machine/results/cifar10c")]
+#[command(
+    after_help = "Examples:\n  rest reproduce cmnist --quick                 (about 15 minutes on a laptop CPU)\n  rest reproduce cmnist --ratios 1 --densities 0.01,0.05 --seeds 41,42,43 --workers 2\n  rest reproduce cifar10c --emit-slurm cifar.sbatch   (then: sbatch cifar.sbatch)\n  rest reproduce cifar10c --collect results/cifar10c other-machine/results/cifar10c"
+)]
 pub struct ReproduceArgs {
     /// cmnist | cifar10c | bffhq (synthetic: the built-in set, to try the pipeline without data).
     pub dataset: String,
@@ -210,10 +212,8 @@ pub fn write_reports(sources: &[PathBuf], out: &Path) -> Result<(usize, usize)> 
     let rows = aggregate::aggregate(&runs);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut plots = Vec::new();
-    let mut panels: Vec<(String, f64)> = rows
-        .iter()
-        .map(|r| (r.dataset.clone(), r.ratio))
-        .collect();
+    let mut panels: Vec<(String, f64)> =
+        rows.iter().map(|r| (r.dataset.clone(), r.ratio)).collect();
     panels.dedup();
     for (dataset, ratio) in &panels {
         let r = grid::num(*ratio);

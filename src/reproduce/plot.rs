@@ -72,9 +72,11 @@ pub fn render(fig: &Figure) -> Result<Vec<u8>> {
         .filter(|x| x.is_finite() && (!fig.x_log || *x > 0.0))
         .map(tx)
         .collect();
-    let (mut x0, mut x1) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-        (a.min(x), b.max(x))
-    });
+    let (mut x0, mut x1) = xs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     if !x0.is_finite() {
         (x0, x1) = if fig.x_log { (-4.0, 0.0) } else { (0.0, 1.0) };
     }
@@ -157,7 +159,10 @@ pub fn render(fig: &Figure) -> Result<Vec<u8>> {
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
                 .map_err(err)?;
         }
-        let (tl, br) = (chart.backend_coord(&(x0, y1)), chart.backend_coord(&(x1, y0)));
+        let (tl, br) = (
+            chart.backend_coord(&(x0, y1)),
+            chart.backend_coord(&(x1, y0)),
+        );
         (plot_l, plot_t, plot_r, plot_b) = (tl.0, tl.1, br.0, br.1);
         root.draw(&Rectangle::new(
             [(plot_l, plot_t), (plot_r, plot_b)],
@@ -192,10 +197,24 @@ pub fn render(fig: &Figure) -> Result<Vec<u8>> {
         false,
     );
     for ((x, y), (_, label)) in x_tick_px.iter().zip(&x_ticks) {
-        canvas.text(*x as i64 - tw(label, 1) / 2, *y as i64 + 8, label, 1, black, false);
+        canvas.text(
+            *x as i64 - tw(label, 1) / 2,
+            *y as i64 + 8,
+            label,
+            1,
+            black,
+            false,
+        );
     }
     for ((x, y), (_, label)) in y_tick_px.iter().zip(&y_ticks) {
-        canvas.text(*x as i64 - tw(label, 1) - 8, *y as i64 - 3, label, 1, black, false);
+        canvas.text(
+            *x as i64 - tw(label, 1) - 8,
+            *y as i64 - 3,
+            label,
+            1,
+            black,
+            false,
+        );
     }
     let mid_x = (plot_l + plot_r) as i64 / 2;
     canvas.text(

@@ -28,10 +28,7 @@ pub fn script(
     let mut s = String::from("#!/bin/bash\n");
     s += &format!("#SBATCH --job-name={job_name}\n");
     s += &format!("#SBATCH --array=0-{}\n", runs.saturating_sub(1));
-    s += &format!(
-        "#SBATCH --output={}/slurm/%A_%a.out\n",
-        results.display()
-    );
+    s += &format!("#SBATCH --output={}/slurm/%A_%a.out\n", results.display());
     for o in sbatch {
         s += &format!("#SBATCH {o}\n");
     }
