@@ -32,7 +32,7 @@ enum Command {
     /// Measure speed and memory: dense vs sparse, in one run.
     Bench(rest::bench::BenchArgs),
     /// Run the paper's experiment grids (or emit them as a Slurm array), then tables and plots.
-    Reproduce(rest::reproduce::ReproduceArgs),
+    Reproduce(Box<rest::reproduce::ReproduceArgs>),
 }
 
 fn main() -> ExitCode {

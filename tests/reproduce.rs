@@ -420,7 +420,7 @@ fn plots_render_without_sparse_runs_or_with_many_densities() {
     };
     // Only a dense baseline: still a valid plot.
     let png = plot::render(&plot::conflicting_vs_density(
-        &[base.clone()],
+        std::slice::from_ref(&base),
         "cmnist",
         1.0,
     ))

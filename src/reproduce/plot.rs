@@ -42,7 +42,7 @@ pub struct Figure {
 /// A decade as a tick label: 0.001, 0.01 … 1000, else 1e-5, 1e12.
 fn decade_label(k: i32) -> String {
     match k {
-        k if k < 0 && k >= -4 => format!("0.{}1", "0".repeat((-k - 1) as usize)),
+        k if (-4..0).contains(&k) => format!("0.{}1", "0".repeat((-k - 1) as usize)),
         k if (0..=3).contains(&k) => format!("{}", 10i64.pow(k as u32)),
         k => format!("1e{k}"),
     }
