@@ -16,6 +16,7 @@ pub mod flops;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
+pub mod reproduce;
 pub mod rng;
 pub mod sparse;
 pub mod tensor;

@@ -31,6 +31,8 @@ enum Command {
     Device(cli::DeviceArgs),
     /// Measure speed and memory: dense vs sparse, in one run.
     Bench(rest::bench::BenchArgs),
+    /// Run the paper's experiment grids (or emit them as a Slurm array), then tables and plots.
+    Reproduce(Box<rest::reproduce::ReproduceArgs>),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             rest::bench::BenchWhat::Memory(m) => rest::bench::memory(m),
             rest::bench::BenchWhat::MemoryChild(m) => rest::bench::memory_child(m),
         },
+        Command::Reproduce(a) => rest::reproduce::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

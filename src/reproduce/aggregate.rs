@@ -1,0 +1,297 @@
+//! Results of finished runs → mean ± std over seeds per (method, ratio, density): results.md and
+//! results.csv.
+
+use super::grid::METHODS;
+use super::runner::{Failure, FAILED, SUMMARY};
+use crate::train::{Reweight, Summary};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One finished run, reduced to what the tables need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunResult {
+    pub key: String,
+    pub dataset: String,
+    pub method: String,
+    pub ratio: f64,
+    /// The asked-for density (1 for dense runs).
+    pub density: f64,
+    pub epochs: usize,
+    pub seed: u64,
+    /// Test accuracies in percent.
+    pub aligned: f64,
+    pub conflicting: f64,
+    pub unbiased: f64,
+    pub worst_group: f64,
+    pub inference_flops: f64,
+    pub train_flops: f64,
+    pub wall_seconds: f64,
+}
+
+/// The paper's method name of a run's configuration.
+pub fn method_of(s: &Summary) -> &'static str {
+    match (
+        s.config.sparse.is_some(),
+        s.config.reweight != Reweight::Off,
+    ) {
+        (false, false) => "vanilla",
+        (false, true) => "reweight",
+        (true, false) => "sparse",
+        (true, true) => "rest",
+    }
+}
+
+impl RunResult {
+    pub fn from_summary(key: &str, s: &Summary) -> Self {
+        Self {
+            key: key.into(),
+            dataset: s.config.dataset.clone(),
+            method: method_of(s).into(),
+            ratio: s.config.ratio,
+            density: s.config.sparse.as_ref().map_or(1.0, |c| c.density),
+            epochs: s.config.epochs,
+            seed: s.config.seed,
+            aligned: 100.0 * s.test.aligned_accuracy,
+            conflicting: 100.0 * s.test.conflicting_accuracy,
+            unbiased: 100.0 * s.test.unbiased_accuracy,
+            worst_group: 100.0 * s.test.worst_group_accuracy,
+            inference_flops: s.inference_flops_per_image,
+            train_flops: s.train_flops_total,
+            wall_seconds: s.wall_seconds,
+        }
+    }
+}
+
+/// The runs folders of a results directory: `DIR/runs` when it exists, else DIR itself.
+fn runs_folder(dir: &Path) -> PathBuf {
+    let r = dir.join("runs");
+    if r.is_dir() {
+        r
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Every finished run and every recorded failure under the given results folders (their union;
+/// a key found twice is taken from the first folder). Sorted by key.
+pub fn load(dirs: &[PathBuf]) -> Result<(Vec<RunResult>, Vec<Failure>)> {
+    let mut done: BTreeMap<String, RunResult> = BTreeMap::new();
+    let mut failed: BTreeMap<String, Failure> = BTreeMap::new();
+    for dir in dirs {
+        let folder = runs_folder(dir);
+        let entries = std::fs::read_dir(&folder)
+            .with_context(|| format!("cannot read results folder {}", folder.display()))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        paths.sort();
+        for p in paths {
+            let key = p.file_name().unwrap().to_string_lossy().to_string();
+            let summary = p.join(SUMMARY);
+            if summary.is_file() {
+                if done.contains_key(&key) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&summary)
+                    .with_context(|| format!("cannot read {}", summary.display()))?;
+                let s: Summary = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a run summary", summary.display()))?;
+                failed.remove(&key);
+                done.insert(key.clone(), RunResult::from_summary(&key, &s));
+            } else if p.join(FAILED).is_file() && !done.contains_key(&key) {
+                let text = std::fs::read_to_string(p.join(FAILED))?;
+                if let Ok(f) = serde_json::from_str::<Failure>(&text) {
+                    failed.entry(key).or_insert(f);
+                }
+            }
+        }
+    }
+    Ok((done.into_values().collect(), failed.into_values().collect()))
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for a single value).
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    if n == 1 {
+        return (mean, 0.0);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (mean, var.sqrt())
+}
+
+/// One row of the tables: the runs of one (dataset, ratio, method, density, epochs) over seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub dataset: String,
+    pub method: String,
+    pub ratio: f64,
+    pub density: f64,
+    pub epochs: usize,
+    pub seeds: Vec<u64>,
+    pub aligned: (f64, f64),
+    pub conflicting: (f64, f64),
+    pub unbiased: (f64, f64),
+    pub worst_group: (f64, f64),
+    pub inference_flops: f64,
+    pub train_flops: f64,
+    pub wall_seconds: f64,
+}
+
+fn method_rank(m: &str) -> usize {
+    METHODS
+        .iter()
+        .position(|x| *x == m)
+        .unwrap_or(METHODS.len())
+}
+
+/// Groups runs over seeds; rows sorted by dataset, ratio, method (table order), density.
+pub fn aggregate(runs: &[RunResult]) -> Vec<Row> {
+    let mut groups: Vec<Vec<&RunResult>> = Vec::new();
+    for r in runs {
+        match groups.iter_mut().find(|g| {
+            let h = g[0];
+            h.dataset == r.dataset
+                && h.method == r.method
+                && h.ratio == r.ratio
+                && h.density == r.density
+                && h.epochs == r.epochs
+        }) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    let mut rows: Vec<Row> = groups
+        .into_iter()
+        .map(|g| {
+            let col = |f: fn(&RunResult) -> f64| g.iter().map(|r| f(r)).collect::<Vec<f64>>();
+            let mut seeds: Vec<u64> = g.iter().map(|r| r.seed).collect();
+            seeds.sort_unstable();
+            Row {
+                dataset: g[0].dataset.clone(),
+                method: g[0].method.clone(),
+                ratio: g[0].ratio,
+                density: g[0].density,
+                epochs: g[0].epochs,
+                seeds,
+                aligned: mean_std(&col(|r| r.aligned)),
+                conflicting: mean_std(&col(|r| r.conflicting)),
+                unbiased: mean_std(&col(|r| r.unbiased)),
+                worst_group: mean_std(&col(|r| r.worst_group)),
+                inference_flops: mean_std(&col(|r| r.inference_flops)).0,
+                train_flops: mean_std(&col(|r| r.train_flops)).0,
+                wall_seconds: mean_std(&col(|r| r.wall_seconds)).0,
+            }
+        })
+        .collect();
+    // Ratio first, then method, then density (descending, dense first).
+    rows.sort_by(|a, b| {
+        a.dataset
+            .cmp(&b.dataset)
+            .then(a.ratio.total_cmp(&b.ratio))
+            .then(a.epochs.cmp(&b.epochs))
+            .then(method_rank(&a.method).cmp(&method_rank(&b.method)))
+            .then(b.density.total_cmp(&a.density))
+    });
+    rows
+}
+
+fn pm((m, s): (f64, f64)) -> String {
+    format!("{m:.2} ± {s:.2}")
+}
+
+pub const CSV_HEADER: &str = "dataset,method,ratio,density,epochs,seeds,aligned_mean,aligned_std,conflicting_mean,conflicting_std,unbiased_mean,unbiased_std,worst_group_mean,worst_group_std,inference_flops_per_image,train_flops,wall_seconds";
+
+pub fn render_csv(rows: &[Row]) -> String {
+    let mut s = String::from(CSV_HEADER);
+    s.push('\n');
+    for r in rows {
+        let seeds: Vec<String> = r.seeds.iter().map(|x| x.to_string()).collect();
+        s += &format!(
+            "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.6e},{:.6e},{:.2}\n",
+            r.dataset,
+            r.method,
+            r.ratio,
+            r.density,
+            r.epochs,
+            seeds.join(" "),
+            r.aligned.0,
+            r.aligned.1,
+            r.conflicting.0,
+            r.conflicting.1,
+            r.unbiased.0,
+            r.unbiased.1,
+            r.worst_group.0,
+            r.worst_group.1,
+            r.inference_flops,
+            r.train_flops,
+            r.wall_seconds
+        );
+    }
+    s
+}
+
+pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> String {
+    let mut s = String::from(
+        "# Results\n\nTest accuracy (%) at the best validation epoch, mean ± sample std over seeds \
+         (± 0.00 for a single seed). Inference FLOPs per image at the final topology; training \
+         FLOPs and wall time are means per run.\n",
+    );
+    let mut current: Option<(String, f64, usize)> = None;
+    for r in rows {
+        let head = (r.dataset.clone(), r.ratio, r.epochs);
+        if current.as_ref() != Some(&head) {
+            s += &format!(
+                "\n## {}, {} % bias-conflicting, {} epochs\n\n\
+                 | method | density | seeds | aligned | conflicting | unbiased | worst group | inference MFLOPs/img | train FLOPs | wall s |\n\
+                 |---|---|---|---|---|---|---|---|---|---|\n",
+                r.dataset, r.ratio, r.epochs
+            );
+            current = Some(head);
+        }
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3e} | {:.1} |\n",
+            r.method,
+            r.density,
+            r.seeds.len(),
+            pm(r.aligned),
+            pm(r.conflicting),
+            pm(r.unbiased),
+            pm(r.worst_group),
+            r.inference_flops / 1e6,
+            r.train_flops,
+            r.wall_seconds
+        );
+    }
+    if rows.is_empty() {
+        s += "\nNo finished runs yet.\n";
+    }
+    if !plots.is_empty() {
+        s += "\n## Plots\n\n";
+        for p in plots {
+            s += &format!("![{p}]({p})\n");
+        }
+    }
+    if !failures.is_empty() {
+        s += &format!(
+            "\n## Failed runs ({})\n\nEach run's folder has failed.json (exit code, command, end of its standard error) and stderr.log; run the grid again to retry.\n\n",
+            failures.len()
+        );
+        for f in failures {
+            let last = f
+                .stderr_tail
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
+            s += &format!("- `{}`: {}\n", f.key, last.replace('|', "\\|"));
+        }
+    }
+    s
+}

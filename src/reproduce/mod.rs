@@ -1,0 +1,363 @@
+//! `rest reproduce`: the paper's experiment grids. Expands methods × conflict ratios × densities ×
+//! seeds with the reference hyper-parameters, runs each as a child `rest train` (resuming and
+//! skipping what is there, recording failures), or emits a Slurm array job for them, then writes
+//! results.md, results.csv and PNG plots from whatever runs have finished.
+
+pub mod aggregate;
+pub mod font;
+pub mod grid;
+pub mod plot;
+pub mod runner;
+pub mod slurm;
+
+use crate::checkpoint::write_atomic;
+use anyhow::{bail, ensure, Context, Result};
+use grid::{GridConfig, RunSpec};
+use runner::{Exec, Outcome};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  rest reproduce cmnist --quick                 (about 15 minutes on a laptop CPU)\n  rest reproduce cmnist --ratios 1 --densities 0.01,0.05 --seeds 41,42,43 --workers 2\n  rest reproduce cifar10c --emit-slurm cifar.sbatch   (then: sbatch cifar.sbatch)\n  rest reproduce cifar10c --collect results/cifar10c other-machine/results/cifar10c"
+)]
+pub struct ReproduceArgs {
+    /// cmnist | cifar10c | bffhq (synthetic: the built-in set, to try the pipeline without data).
+    pub dataset: String,
+    /// The reduced CMNIST grid: all four methods, ratio 1 %, densities 0.05 and 0.01, seed 41,
+    /// 2 epochs (about 15 minutes on a 2-core CPU). Explicit flags override its choices.
+    #[arg(long)]
+    pub quick: bool,
+    /// Methods, comma-separated: vanilla,reweight (dense) and sparse,rest (over the densities).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<String>>,
+    /// Bias-conflicting percentages; default: the dataset's (0.5,1,2,5; BFFHQ 0.5).
+    #[arg(long, value_delimiter = ',')]
+    pub ratios: Option<Vec<f64>>,
+    /// Densities of the sparse methods; default: the paper's 14 (0.0005 … 0.9).
+    #[arg(long, value_delimiter = ',')]
+    pub densities: Option<Vec<f64>>,
+    /// Seeds; default 41,42,43.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Epochs per run; default 100 (the paper's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// λ for every ratio, instead of the reference's pairing 0.5→10, 1→30, 2→50, 5→80.
+    #[arg(long)]
+    pub upweight: Option<f32>,
+    /// Model width; default 64.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Learning rate; default 0.01 (CMNIST CNN) or 0.001 (ResNet-18).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Steps between topology updates (ΔT).
+    #[arg(long, default_value_t = 1000)]
+    pub update_every: u64,
+    /// Samples in the synthetic training split (synthetic dataset only).
+    #[arg(long)]
+    pub synthetic_train: Option<usize>,
+    /// Runs at once (each a child process).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Results folder; default results/<dataset> (results/cmnist-quick with --quick).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Where the children find datasets (passed on as `rest train --data-dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Write a Slurm array-job script for the grid (one task per run) instead of running it.
+    #[arg(long, value_name = "FILE")]
+    pub emit_slurm: Option<PathBuf>,
+    /// Extra `#SBATCH` option for --emit-slurm, e.g. --sbatch=--time=24:00:00 (repeatable).
+    #[arg(long, value_name = "OPTION", allow_hyphen_values = true)]
+    pub sbatch: Vec<String>,
+    /// Build results.md, results.csv and plots from these results folders (their runs/ united)
+    /// instead of running anything; written to --results (default: the first folder).
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    pub collect: Vec<PathBuf>,
+    /// Run only the grid's run number N (0-based; what a Slurm array task does).
+    #[arg(long, value_name = "N")]
+    pub task_index: Option<usize>,
+    /// List the runs and their commands, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ReproduceArgs {
+    /// The grid with defaults and `--quick` applied.
+    pub fn grid(&self) -> Result<GridConfig> {
+        let p = grid::preset(&self.dataset)?;
+        if self.quick {
+            ensure!(
+                self.dataset == "cmnist",
+                "--quick is the reduced Colored MNIST grid: use it with cmnist"
+            );
+        }
+        let (methods, ratios, densities, seeds, epochs) = if self.quick {
+            (
+                grid::METHODS.map(String::from).to_vec(),
+                vec![1.0],
+                vec![0.05, 0.01],
+                vec![41],
+                2,
+            )
+        } else {
+            (
+                grid::METHODS.map(String::from).to_vec(),
+                p.ratios.clone(),
+                grid::PAPER_DENSITIES.to_vec(),
+                vec![41, 42, 43],
+                p.epochs,
+            )
+        };
+        let g = GridConfig {
+            dataset: self.dataset.clone(),
+            methods: self.methods.clone().unwrap_or(methods),
+            ratios: self.ratios.clone().unwrap_or(ratios),
+            densities: self.densities.clone().unwrap_or(densities),
+            seeds: self.seeds.clone().unwrap_or(seeds),
+            epochs: self.epochs.unwrap_or(epochs),
+            upweight: self.upweight,
+            width: self.width.unwrap_or(p.width),
+            lr: self.lr.unwrap_or(p.lr),
+            model: p.model.into(),
+            batch_size: self.batch_size,
+            update_every: self.update_every,
+            synthetic_train: self.synthetic_train,
+        };
+        ensure!(
+            g.synthetic_train.is_none() || g.dataset == "synthetic",
+            "--synthetic-train is for the synthetic dataset"
+        );
+        g.validate()?;
+        Ok(g)
+    }
+
+    pub fn results_dir(&self) -> PathBuf {
+        if let Some(r) = &self.results {
+            return r.clone();
+        }
+        if let Some(first) = self.collect.first() {
+            return first.clone();
+        }
+        PathBuf::from(if self.quick {
+            format!("results/{}-quick", self.dataset)
+        } else {
+            format!("results/{}", self.dataset)
+        })
+    }
+}
+
+/// `rest reproduce` arguments that rebuild exactly this grid into `results`.
+pub fn grid_args(g: &GridConfig, results: &Path, data_dir: Option<&Path>) -> Vec<String> {
+    let join = |v: Vec<String>| v.join(",");
+    let mut a = vec![
+        g.dataset.clone(),
+        "--methods".into(),
+        join(g.methods.clone()),
+        "--ratios".into(),
+        join(g.ratios.iter().map(|&x| grid::num(x)).collect()),
+    ];
+    if !g.densities.is_empty() {
+        a.extend([
+            "--densities".into(),
+            join(g.densities.iter().map(|&x| grid::num(x)).collect()),
+        ]);
+    }
+    a.extend([
+        "--seeds".into(),
+        join(g.seeds.iter().map(|x| x.to_string()).collect()),
+        "--epochs".into(),
+        g.epochs.to_string(),
+        "--width".into(),
+        g.width.to_string(),
+        "--lr".into(),
+        grid::num(g.lr),
+        "--batch-size".into(),
+        g.batch_size.to_string(),
+        "--update-every".into(),
+        g.update_every.to_string(),
+    ]);
+    if let Some(u) = g.upweight {
+        a.extend(["--upweight".into(), format!("{u}")]);
+    }
+    if let Some(n) = g.synthetic_train {
+        a.extend(["--synthetic-train".into(), n.to_string()]);
+    }
+    if let Some(d) = data_dir {
+        a.extend(["--data-dir".into(), d.display().to_string()]);
+    }
+    a.extend(["--results".into(), results.display().to_string()]);
+    a
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+/// Writes results.md, results.csv and the plots for the runs under `sources`, into `out`.
+/// Returns the number of finished runs and of failed ones.
+pub fn write_reports(sources: &[PathBuf], out: &Path) -> Result<(usize, usize)> {
+    let (runs, failures) = aggregate::load(sources)?;
+    let rows = aggregate::aggregate(&runs);
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut plots = Vec::new();
+    let mut panels: Vec<(String, f64)> =
+        rows.iter().map(|r| (r.dataset.clone(), r.ratio)).collect();
+    panels.dedup();
+    for (dataset, ratio) in &panels {
+        let r = grid::num(*ratio);
+        for (name, fig) in [
+            (
+                format!("conflicting-vs-density-{dataset}-r{r}.png"),
+                plot::conflicting_vs_density(&rows, dataset, *ratio),
+            ),
+            (
+                format!("accuracy-vs-train-flops-{dataset}-r{r}.png"),
+                plot::accuracy_vs_flops(&rows, dataset, *ratio),
+            ),
+        ] {
+            write_atomic(&out.join(&name), &plot::render(&fig)?)?;
+            plots.push(name);
+        }
+    }
+    write_atomic(
+        &out.join("results.csv"),
+        aggregate::render_csv(&rows).as_bytes(),
+    )?;
+    write_atomic(
+        &out.join("results.md"),
+        aggregate::render_markdown(&rows, &failures, &plots).as_bytes(),
+    )?;
+    Ok((runs.len(), failures.len()))
+}
+
+/// What `rest reproduce` does.
+pub fn run(args: &ReproduceArgs) -> Result<()> {
+    let results = args.results_dir();
+    if !args.collect.is_empty() {
+        ensure!(
+            args.emit_slurm.is_none() && args.task_index.is_none(),
+            "--collect builds tables from finished runs: it does not go with --emit-slurm or --task-index"
+        );
+        let (done, failed) = write_reports(&args.collect, &results)?;
+        println!(
+            "{done} finished runs ({failed} failed) from {} folder(s): {}",
+            args.collect.len(),
+            results.join("results.md").display()
+        );
+        return Ok(());
+    }
+    let g = args.grid()?;
+    let specs = g.expand()?;
+    let exe = std::env::current_exe().context("cannot find the rest executable")?;
+    let exec = Exec {
+        exe: exe.clone(),
+        data_dir: args.data_dir.clone(),
+        workers: args.workers.max(1),
+        progress: !args.quiet,
+    };
+    if args.dry_run {
+        for (i, s) in specs.iter().enumerate() {
+            let dir = runner::run_dir(&results, &s.key());
+            let cmd = runner::command_for(s, &dir, runner::state(&dir), &exec);
+            println!("{i}\t{:?}\t{}", runner::state(&dir), cmd.join(" "));
+        }
+        println!("{} runs", specs.len());
+        return Ok(());
+    }
+    if let Some(file) = &args.emit_slurm {
+        let results = absolute(&results)?;
+        let data_dir = args.data_dir.as_deref().map(absolute).transpose()?;
+        std::fs::create_dir_all(results.join("slurm"))
+            .with_context(|| format!("cannot create {}", results.display()))?;
+        write_grid_listing(&specs, &results)?;
+        let text = slurm::script(
+            &exe,
+            &grid_args(&g, &results, data_dir.as_deref()),
+            specs.len(),
+            &results,
+            &format!("rest-{}", g.dataset),
+            &args.sbatch,
+        );
+        write_atomic(file, text.as_bytes())?;
+        println!(
+            "{}: a Slurm array of {} runs into {}\nsubmit: sbatch {0}\nthen:   {} reproduce {} --collect {2}",
+            file.display(),
+            specs.len(),
+            results.display(),
+            exe.display(),
+            g.dataset
+        );
+        return Ok(());
+    }
+    if let Some(i) = args.task_index {
+        ensure!(
+            i < specs.len(),
+            "--task-index {i} is outside the grid of {} runs",
+            specs.len()
+        );
+        let spec = &specs[i];
+        let key = spec.key();
+        let outcome = runner::run_one(spec, &results, &exec)?;
+        println!("run {i} ({key}): {outcome:?}");
+        if outcome == Outcome::Failed {
+            bail!(
+                "run {key} failed: see {}",
+                runner::run_dir(&results, &key)
+                    .join(runner::FAILED)
+                    .display()
+            );
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "{} runs into {} ({} at once)",
+        specs.len(),
+        results.display(),
+        exec.workers
+    );
+    let outcomes = runner::run_grid(&specs, &results, &exec)?;
+    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
+    let (done, failed_total) = write_reports(std::slice::from_ref(&results), &results)?;
+    println!(
+        "{} trained, {} resumed, {} skipped (already done), {} failed; {} finished runs in {}",
+        count(Outcome::Trained),
+        count(Outcome::Resumed),
+        count(Outcome::Skipped),
+        count(Outcome::Failed),
+        done,
+        results.join("results.md").display()
+    );
+    let failed = count(Outcome::Failed);
+    if failed > 0 {
+        bail!(
+            "{failed} of {} runs failed ({failed_total} failures recorded in the results folder): their failed.json says why; run the same command again to retry them",
+            specs.len()
+        );
+    }
+    Ok(())
+}
+
+/// `<results>/grid.json`: the runs of an emitted array, task index → key and configuration.
+fn write_grid_listing(specs: &[RunSpec], results: &Path) -> Result<()> {
+    let list: Vec<serde_json::Value> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| serde_json::json!({"task": i, "key": s.key(), "spec": s}))
+        .collect();
+    write_atomic(
+        &results.join("grid.json"),
+        serde_json::to_string_pretty(&list)?.as_bytes(),
+    )
+}
