@@ -213,7 +213,14 @@ impl<'a> Trainer<'a> {
         let mcfg = model_for(&config, splits)?;
         let mut model = Model::new(&mcfg, config.seed)?;
         let sparse = match &config.sparse {
-            Some(s) if s.density < 1.0 => Some(dst::sparsify(&mut model, s, config.seed)?),
+            Some(s) if s.density < 1.0 => {
+                let state = dst::sparsify(&mut model, s, config.seed)?;
+                // Sparse kernels or dense-masked GEMM per layer, whichever is faster here at this
+                // batch size; a resumed run keeps the paths its checkpoint recorded.
+                let t = &splits.train;
+                dst::calibrate_paths(&mut model, config.batch_size.min(t.len()), t.height, t.width)?;
+                Some(state)
+            }
             _ => None,
         };
         let opt = Sgd::new(
@@ -316,6 +323,7 @@ impl<'a> Trainer<'a> {
                 self.model.params.stored_len()
             );
             if self.sparse.is_some() {
+                eprintln!("masked layers (compute path picked by timing both on this machine):");
                 eprint!("{}", dst::describe(&self.model));
             }
         }
