@@ -110,6 +110,7 @@ fn sparse_config(density: f64) -> SparseConfig {
         grow: GrowRule::Gradient,
         stop_fraction: 1.0,
         fix: false,
+        compute: dst::PathChoice::Auto,
     }
 }
 

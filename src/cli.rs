@@ -5,7 +5,7 @@ use crate::data::loader::Augment;
 use crate::data::synthetic::{self, SyntheticConfig};
 use crate::data::Splits;
 use crate::device::{self, DeviceRequest};
-use crate::dst::SparseConfig;
+use crate::dst::{PathChoice, SparseConfig};
 use crate::metrics::{evaluate, GroupMetrics};
 use crate::nn::{Arch, Model, ModelConfig};
 use crate::sparse::density::DensityRule;
@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// Static sparse training: keep the initial mask.
     #[arg(long)]
     pub fix: bool,
+    /// Sparse layers on sparse kernels, on the dense GEMM over the masked weight, or per layer
+    /// whichever is faster here (auto; the choice is printed and saved with the run).
+    #[arg(long, value_enum, default_value_t = PathChoice::Auto)]
+    pub sparse_compute: PathChoice,
     /// Override the method's reweighting: off, labels (bias labels), jtt (no bias labels).
     #[arg(long, value_enum)]
     pub reweight: Option<Reweight>,
@@ -184,6 +188,7 @@ impl TrainArgs {
             grow: self.grow,
             stop_fraction: self.stop_fraction,
             fix: self.fix,
+            compute: self.sparse_compute,
         });
         if !(density > 0.0 && density <= 1.0) {
             bail!("--density must be in (0, 1], got {density}");

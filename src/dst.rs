@@ -19,6 +19,28 @@ use anyhow::{ensure, Result};
 /// CPUs (`rest bench cpu` measures it per layer).
 pub const SPARSE_PATH_MAX_DENSITY: f64 = 0.3;
 
+/// How sparse layers are computed.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum PathChoice {
+    /// Per layer, whichever of the two is faster when timed on this machine.
+    #[default]
+    Auto,
+    /// Sparse kernels over the active weights in every sparse layer.
+    Sparse,
+    /// The dense GEMM over the masked weight in every sparse layer.
+    DenseMasked,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparseConfig {
     pub density: f64,
@@ -34,6 +56,9 @@ pub struct SparseConfig {
     pub stop_fraction: f64,
     /// Static sparse training: the initial mask is kept.
     pub fix: bool,
+    /// Compute path of the sparse layers.
+    #[serde(default)]
+    pub compute: PathChoice,
 }
 
 impl SparseConfig {
@@ -210,6 +235,27 @@ pub fn describe(model: &Model) -> String {
         );
     }
     s
+}
+
+/// Sets every sparse layer's compute path: timed per layer (`Auto`) or as asked.
+pub fn choose_paths(
+    model: &mut Model,
+    choice: PathChoice,
+    batch: usize,
+    h: usize,
+    w: usize,
+) -> Result<()> {
+    let fixed = match choice {
+        PathChoice::Auto => return calibrate_paths(model, batch, h, w),
+        PathChoice::Sparse => ComputePath::Sparse,
+        PathChoice::DenseMasked => ComputePath::DenseMasked,
+    };
+    for p in &mut model.params.params {
+        if let Values::Sparse(_, path) = &mut p.values {
+            *path = fixed;
+        }
+    }
+    Ok(())
 }
 
 /// Picks each sparse layer's compute path by timing it: the sparse kernel against the dense

@@ -218,7 +218,13 @@ impl<'a> Trainer<'a> {
                 // Sparse kernels or dense-masked GEMM per layer, whichever is faster here at this
                 // batch size; a resumed run keeps the paths its checkpoint recorded.
                 let t = &splits.train;
-                dst::calibrate_paths(&mut model, config.batch_size.min(t.len()), t.height, t.width)?;
+                dst::choose_paths(
+                    &mut model,
+                    s.compute,
+                    config.batch_size.min(t.len()),
+                    t.height,
+                    t.width,
+                )?;
                 Some(state)
             }
             _ => None,

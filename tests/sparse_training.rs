@@ -27,6 +27,7 @@ fn sparse_cfg(density: f64, update_every: u64) -> SparseConfig {
         grow: GrowRule::Gradient,
         stop_fraction: 1.0,
         fix: false,
+        compute: rest::dst::PathChoice::Sparse,
     }
 }
 
@@ -304,25 +305,63 @@ fn resumed_run_continues_exactly() {
 
 #[test]
 fn checkpoint_of_another_model_or_truncated_is_an_error() {
-    let splits = generate(&SyntheticConfig { train: 200, valid: 50, test: 50, conflict_ratio: 0.05, seed: 2 }).unwrap();
+    let splits = generate(&SyntheticConfig {
+        train: 200,
+        valid: 50,
+        test: 50,
+        conflict_ratio: 0.05,
+        seed: 2,
+    })
+    .unwrap();
     let mut cfg = run_config("rest", 1);
     cfg.model.width = 4;
     let out = tmp("ckpt-mismatch");
-    Trainer::new(cfg, &splits).unwrap().train(&RunOptions { out: out.clone(), quiet: true, stop_after_epochs: None }).unwrap();
+    Trainer::new(cfg, &splits)
+        .unwrap()
+        .train(&RunOptions {
+            out: out.clone(),
+            quiet: true,
+            stop_after_epochs: None,
+        })
+        .unwrap();
     let path = out.join(rest::checkpoint::LAST);
     let ck = rest::checkpoint::Checkpoint::load(&path).unwrap();
     // Same architecture, other width: the parameter shapes differ.
-    let mut wider = Model::new(&ModelConfig { arch: Arch::Cnn, width: 8, in_channels: 3, num_classes: 10 }, 1).unwrap();
+    let mut wider = Model::new(
+        &ModelConfig {
+            arch: Arch::Cnn,
+            width: 8,
+            in_channels: 3,
+            num_classes: 10,
+        },
+        1,
+    )
+    .unwrap();
     let err = ck.restore_model(&mut wider).unwrap_err().to_string();
     assert!(err.contains("another model"), "{err}");
-    let mut resnet = Model::new(&ModelConfig { arch: Arch::Resnet18, width: 4, in_channels: 3, num_classes: 10 }, 1).unwrap();
+    let mut resnet = Model::new(
+        &ModelConfig {
+            arch: Arch::Resnet18,
+            width: 4,
+            in_channels: 3,
+            num_classes: 10,
+        },
+        1,
+    )
+    .unwrap();
     let err = ck.restore_model(&mut resnet).unwrap_err().to_string();
     assert!(err.contains("another model"), "{err}");
     // A checkpoint cut short names the file and the problem.
     let bytes = std::fs::read(&path).unwrap();
     let cut = out.join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let err = rest::checkpoint::Checkpoint::load(&cut).err().unwrap().to_string();
-    assert!(err.contains("cut.safetensors") && err.contains("truncated"), "{err}");
+    let err = rest::checkpoint::Checkpoint::load(&cut)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cut.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(out);
 }
