@@ -160,7 +160,7 @@ impl TrainArgs {
         let density = match (sparse_method, self.density) {
             (true, d) => d.unwrap_or(0.05),
             (false, None) => 1.0,
-            (false, Some(d)) if d == 1.0 => 1.0,
+            (false, Some(1.0)) => 1.0,
             (false, Some(d)) => bail!(
                 "--method {:?} trains dense; --density {d} needs --method rest or sparse",
                 self.method
@@ -173,7 +173,7 @@ impl TrainArgs {
         let arch = self
             .model
             .unwrap_or_else(|| default_arch(&self.source.dataset));
-        let sparse = (density < 1.0).then(|| SparseConfig {
+        let sparse = (density < 1.0).then_some(SparseConfig {
             density,
             rule: self.density_rule,
             update_every: self.update_every,
