@@ -78,45 +78,33 @@ impl DirectGeom {
         let g = &self.g;
         assert_eq!(x.len(), g.cin * g.n * g.h * g.w, "direct conv: x length");
         let (s, xrow) = (g.stride, self.xrow());
-        let mut xp = vec![0.0; g.cin * s * s * xrow];
-        let fill = |r: usize, row: &mut [f32]| {
+        // Built by appending, one pass over memory: zeroing a fresh buffer first would cost a
+        // second pass as large as the copy itself.
+        let mut xp = Vec::with_capacity(g.cin * s * s * xrow);
+        for r in 0..g.cin * s * s {
             let (ci, a, b) = (r / (s * s), (r / s) % s, r % s);
-            for img in 0..g.n {
-                let src = &x[(ci * g.n + img) * g.h * g.w..][..g.h * g.w];
-                let dst = &mut row[img * self.ph * self.pw..][..self.ph * self.pw];
-                for i in 0..self.ph {
-                    // Input row of phase row i: s·i + a − pad.
-                    let ih = (s * i + a) as isize - g.pad as isize;
-                    if ih < 0 || ih >= g.h as isize {
-                        continue;
+            // Phase rows i in [ilo, ihi) read input row s·i + a − pad; phase columns j in
+            // [lo, hi) read input column s·j + b − pad; the rest is padding (0).
+            let (ilo, ihi) = valid(self.ph, g.h, s, a, g.pad);
+            let (lo, hi) = valid(self.pw, g.w, s, b, g.pad);
+            let row_end = xp.len() + xrow;
+            if lo < hi {
+                let start = s * lo + b - g.pad;
+                let cnt = hi - lo;
+                for img in 0..g.n {
+                    let src = &x[(ci * g.n + img) * g.h * g.w..][..g.h * g.w];
+                    xp.resize(xp.len() + ilo * self.pw, 0.0);
+                    for i in ilo..ihi {
+                        let ih = s * i + a - g.pad;
+                        let srow = &src[ih * g.w + start..][..s * (cnt - 1) + 1];
+                        xp.resize(xp.len() + lo, 0.0);
+                        extend_strided(&mut xp, srow, s, cnt);
+                        xp.resize(xp.len() + self.pw - hi, 0.0);
                     }
-                    let srow = &src[ih as usize * g.w..][..g.w];
-                    let drow = &mut dst[i * self.pw..][..self.pw];
-                    // Phase column j reads input column s·j + b − pad.
-                    let (lo, hi) = valid(self.pw, g.w, s, b, g.pad);
-                    if lo < hi {
-                        let start = s * lo + b - g.pad;
-                        if s == 1 {
-                            drow[lo..hi].copy_from_slice(&srow[start..start + hi - lo]);
-                        } else {
-                            for (o, v) in
-                                drow[lo..hi].iter_mut().zip(srow[start..].iter().step_by(s))
-                            {
-                                *o = *v;
-                            }
-                        }
-                    }
+                    xp.resize(xp.len() + (self.ph - ihi) * self.pw, 0.0);
                 }
             }
-        };
-        if xp.len() >= PAR_MIN {
-            xp.par_chunks_mut(xrow)
-                .enumerate()
-                .for_each(|(r, row)| fill(r, row));
-        } else {
-            xp.chunks_mut(xrow)
-                .enumerate()
-                .for_each(|(r, row)| fill(r, row));
+            xp.resize(row_end, 0.0);
         }
         xp
     }
@@ -139,27 +127,15 @@ impl DirectGeom {
         gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, &mut yp);
         // Drop the junk rows and columns of every plane, adding the bias.
         let plane = g.n * g.oh * g.ow;
-        let mut y = vec![0.0; g.cout * plane];
-        let crop = |co: usize, yrow: &mut [f32]| {
+        let mut y = Vec::with_capacity(g.cout * plane);
+        for co in 0..g.cout {
             let bv = bias.map_or(0.0, |b| b[co]);
             let src = &yp[co * self.len..][..self.len];
-            for (img, dimg) in yrow.chunks_exact_mut(g.oh * g.ow).enumerate() {
-                let simg = &src[img * self.ph * self.pw..];
-                for (i, drow) in dimg.chunks_exact_mut(g.ow).enumerate() {
-                    for (o, &v) in drow.iter_mut().zip(&simg[i * self.pw..][..g.ow]) {
-                        *o = v + bv;
-                    }
+            for simg in src.chunks_exact(self.ph * self.pw) {
+                for srow in simg.chunks_exact(self.pw).take(g.oh) {
+                    y.extend(srow[..g.ow].iter().map(|&v| v + bv));
                 }
             }
-        };
-        if y.len() >= PAR_MIN {
-            y.par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(co, r)| crop(co, r));
-        } else {
-            y.chunks_mut(plane)
-                .enumerate()
-                .for_each(|(co, r)| crop(co, r));
         }
         y
     }
@@ -170,26 +146,18 @@ impl DirectGeom {
         let plane = g.n * g.oh * g.ow;
         assert_eq!(dy.len(), g.cout * plane, "direct conv: dy length");
         let dyrow = self.dyrow();
-        let mut out = vec![0.0; g.cout * dyrow];
-        let fill = |co: usize, orow: &mut [f32]| {
-            let src = &dy[co * plane..][..plane];
-            let dst = &mut orow[self.shift..];
-            for (img, simg) in src.chunks_exact(g.oh * g.ow).enumerate() {
-                let dimg = &mut dst[img * self.ph * self.pw..];
-                for (i, srow) in simg.chunks_exact(g.ow).enumerate() {
-                    dimg[i * self.pw..][..g.ow].copy_from_slice(srow);
+        let mut out = Vec::with_capacity(g.cout * dyrow);
+        for src in dy.chunks_exact(plane) {
+            out.resize(out.len() + self.shift, 0.0);
+            for simg in src.chunks_exact(g.oh * g.ow) {
+                for srow in simg.chunks_exact(g.ow) {
+                    out.extend_from_slice(srow);
+                    out.resize(out.len() + self.pw - g.ow, 0.0);
                 }
+                out.resize(out.len() + (self.ph - g.oh) * self.pw, 0.0);
             }
-        };
-        if out.len() >= PAR_MIN {
-            out.par_chunks_mut(dyrow)
-                .enumerate()
-                .for_each(|(co, r)| fill(co, r));
-        } else {
-            out.chunks_mut(dyrow)
-                .enumerate()
-                .for_each(|(co, r)| fill(co, r));
         }
+        debug_assert_eq!(out.len(), g.cout * dyrow);
         out
     }
 
@@ -254,6 +222,8 @@ impl DirectGeom {
         // ((r+pad) div s, (c+pad) div s); pixels no output reads stay 0.
         let mut dx = vec![0.0; g.cin * g.n * g.h * g.w];
         let plane = g.n * g.h * g.w;
+        let ranges: Vec<(usize, usize)> =
+            (0..s).map(|b| valid(self.pw, g.w, s, b, g.pad)).collect();
         let gather = |ci: usize, dxc: &mut [f32]| {
             for (img, dimg) in dxc.chunks_exact_mut(g.h * g.w).enumerate() {
                 for (r, drow) in dimg.chunks_exact_mut(g.w).enumerate() {
@@ -261,17 +231,16 @@ impl DirectGeom {
                     if i >= self.ph {
                         continue;
                     }
-                    for b in 0..s {
-                        let src = &dxp[(ci * s * s + pr * s + b) * self.len
-                            + img * self.ph * self.pw
-                            + i * self.pw..][..self.pw];
-                        // Columns c with (c + pad) mod s = b: c = s·j + b − pad.
-                        let (lo, hi) = valid(self.pw, g.w, s, b, g.pad);
+                    for (b, &(lo, hi)) in ranges.iter().enumerate() {
                         if lo >= hi {
                             continue;
                         }
+                        let src = &dxp[(ci * s * s + pr * s + b) * self.len
+                            + img * self.ph * self.pw
+                            + i * self.pw..][lo..hi];
+                        // Columns c with (c + pad) mod s = b: c = s·j + b − pad.
                         let start = s * lo + b - g.pad;
-                        for (o, v) in drow[start..].iter_mut().step_by(s).zip(&src[lo..hi]) {
+                        for (o, v) in drow[start..].iter_mut().step_by(s).zip(src) {
                             *o = *v;
                         }
                     }
@@ -288,6 +257,18 @@ impl DirectGeom {
                 .for_each(|(ci, d)| gather(ci, d));
         }
         dx
+    }
+}
+
+/// Appends src[s·t] for t < cnt.
+#[inline(always)]
+fn extend_strided(v: &mut Vec<f32>, src: &[f32], s: usize, cnt: usize) {
+    if s == 1 {
+        v.extend_from_slice(&src[..cnt]);
+    } else if s == 2 {
+        v.extend(src.chunks(2).take(cnt).map(|p| p[0]));
+    } else {
+        v.extend(src.iter().step_by(s).take(cnt));
     }
 }
 
