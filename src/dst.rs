@@ -262,20 +262,31 @@ pub fn choose_paths(
 /// GEMM on the masked weight, on the layer's real im2col shape for `batch` images of `h`×`w`.
 /// Forward time stands for the step (backward costs scale the same way on both paths).
 pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> Result<()> {
+    use crate::device::cpu::conv::{im2col, ConvGeom};
     use crate::device::cpu::gemm::matmul;
-    use crate::sparse::csr::spmm;
     use std::time::Instant;
-    for g in model.weight_geometry(h, w) {
-        let p = &mut model.params.params[g.param];
+    for wg in model.weight_geometry(h, w) {
+        let p = &mut model.params.params[wg.param];
         let (rows, cols) = p.matrix_dims();
-        let dense = p.to_dense();
         let Values::Sparse(sw, path) = &mut p.values else {
             continue;
         };
-        let n = batch * g.out_pixels;
-        let mut rng = Rng::new(g.param as u64);
-        let b: Vec<f32> = (0..cols * n).map(|_| rng.uniform()).collect();
-        let mut c = vec![0.0; rows * n];
+        let cin = cols / (wg.k * wg.k);
+        let g = ConvGeom::new(
+            batch,
+            cin,
+            wg.in_size.0,
+            wg.in_size.1,
+            rows,
+            wg.k,
+            wg.stride,
+            wg.pad,
+        )?;
+        let n = g.col_cols();
+        let mut rng = Rng::new(wg.param as u64);
+        let x: Vec<f32> = (0..cin * batch * wg.in_size.0 * wg.in_size.1)
+            .map(|_| rng.uniform())
+            .collect();
         let best_of = |f: &mut dyn FnMut()| {
             f();
             (0..2)
@@ -286,13 +297,19 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
                 })
                 .fold(f64::INFINITY, f64::min)
         };
-        let t_sparse = best_of(&mut || spmm(sw, &b, n, &mut c));
+        // Both sides time the forward exactly as `ops::conv2d` runs it, input layout included.
+        let t_sparse = best_of(&mut || {
+            std::hint::black_box(crate::nn::ops::sparse_conv_forward(&g, sw, &x, None));
+        });
         let t_dense = best_of(&mut || {
+            let mut col = vec![0.0; g.col_rows() * n];
+            im2col(&g, &x, &mut col);
             let mut d = vec![0.0; rows * cols];
             sw.to_dense(&mut d);
-            matmul(rows, cols, n, &d, false, &b, false, &mut c, false)
+            let mut c = vec![0.0; rows * n];
+            matmul(rows, cols, n, &d, false, &col, false, &mut c, false);
+            std::hint::black_box(c);
         });
-        drop(dense);
         *path = if t_sparse <= t_dense {
             ComputePath::Sparse
         } else {

@@ -69,6 +69,12 @@ pub struct WeightGeom {
     pub out_pixels: usize,
     /// Whether the layer's input is the image itself (no input gradient is needed).
     pub first: bool,
+    /// Input plane (H, W), kernel size, stride and padding (1×1 input and kernel for the linear
+    /// layer).
+    pub in_size: (usize, usize),
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -305,6 +311,10 @@ impl Model {
                 name: self.params.get(c.w).name.clone(),
                 out_pixels: o.0 * o.1,
                 first,
+                in_size: size,
+                k: c.k,
+                stride: c.stride,
+                pad: c.pad,
             });
             o
         };
@@ -333,6 +343,10 @@ impl Model {
             name: self.params.get(self.fc.0).name.clone(),
             out_pixels: 1,
             first: false,
+            in_size: (1, 1),
+            k: 1,
+            stride: 1,
+            pad: 0,
         });
         out
     }

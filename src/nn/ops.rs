@@ -4,6 +4,7 @@
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::{conv, elementwise, gemm::matmul, norm, pool, xent, ConvGeom};
 use crate::nn::param::{ComputePath, ParamId, ParamStore, Values};
+use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
 use crate::tensor::{swap01, Tensor};
 use anyhow::{bail, ensure, Result};
@@ -70,9 +71,14 @@ pub fn conv2d(
     let g = ConvGeom::new(s[1], s[0], s[2], s[3], cout, k, stride, pad)
         .map_err(|e| e.context(p.name.clone()))?;
     let n = g.col_cols();
+    let bias = b.map(|id| store.get(id).data());
+    if let Values::Sparse(sw, ComputePath::Sparse) = &p.values {
+        if DirectGeom::worthwhile(&g) {
+            return conv2d_direct(tape, sw, x, w, b, bias, &g);
+        }
+    }
     let mut col = vec![0.0; g.col_rows() * n];
     let mut y = vec![0.0; cout * n];
-    let bias = b.map(|id| store.get(id).data());
     match &p.values {
         Values::Dense(wv) => conv::conv2d_forward(&g, xv.data(), wv, bias, &mut col, &mut y),
         Values::Sparse(_, ComputePath::DenseMasked) => {
@@ -150,6 +156,92 @@ pub fn conv2d(
             ctx.grads.add(bid, &row_sums(dy, n));
         }
         if wants_x {
+            ctx.accumulate(
+                x,
+                Tensor::from_vec(&[g.cin, g.n, g.h, g.w], dx).expect("dx shape"),
+            );
+        }
+    });
+    Ok(tape.push(out, &[x], true, backward))
+}
+
+/// The forward of `conv2d`'s sparse path without the tape (what `dst::calibrate_paths` times):
+/// direct where `DirectGeom::worthwhile`, else im2col + spmm.
+pub fn sparse_conv_forward(
+    g: &ConvGeom,
+    sw: &csr::SparseWeight,
+    x: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    if DirectGeom::worthwhile(g) {
+        let d = DirectGeom::new(g);
+        return d.forward(sw, &d.split(x), bias);
+    }
+    let n = g.col_cols();
+    let mut col = vec![0.0; g.col_rows() * n];
+    conv::im2col(g, x, &mut col);
+    let mut y = vec![0.0; g.cout * n];
+    csr::spmm(sw, &col, n, &mut y);
+    if let Some(bv) = bias {
+        add_bias_rows(&mut y, bv, n);
+    }
+    y
+}
+
+/// The sparse path of `conv2d` as a direct convolution (`sparse::conv`): the forward keeps the
+/// phase buffer of x instead of an im2col buffer.
+fn conv2d_direct(
+    tape: &mut Tape,
+    sw: &csr::SparseWeight,
+    x: Var,
+    w: ParamId,
+    b: Option<ParamId>,
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+) -> Result<Var> {
+    let xv = tape.value_rc(x);
+    let d = DirectGeom::new(g);
+    let xp = d.split(xv.data());
+    let y = d.forward(sw, &xp, bias);
+    let out = Tensor::from_vec(&[g.cout, g.n, g.oh, g.ow], y)?;
+    let g = *g;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
+        let dy = dy.data();
+        let p = ctx.params.get(w);
+        let Values::Sparse(sw, _) = &p.values else {
+            unreachable!("conv2d_direct: {} is no longer sparse", p.name)
+        };
+        let n = g.col_cols();
+        let dyp = d.pad_dy(dy);
+        let gv = if ctx.grads.dense_for_sparse {
+            // Topology-update step: the dense weight gradient needs the im2col buffer.
+            let mut col = vec![0.0; g.col_rows() * n];
+            conv::im2col(&g, xv.data(), &mut col);
+            let mut dw = vec![0.0; g.cout * g.col_rows()];
+            matmul(
+                g.cout,
+                n,
+                g.col_rows(),
+                dy,
+                false,
+                &col,
+                true,
+                &mut dw,
+                false,
+            );
+            let mut gv = vec![0.0; sw.nnz()];
+            sw.gather_from_dense(&dw, &mut gv);
+            ctx.grads.dense[w.0] = Some(dw);
+            gv
+        } else {
+            d.weight_grad(sw, &dyp, &xp)
+        };
+        let dx = ctx.wants(x).then(|| d.input_grad(sw, &dyp));
+        ctx.grads.add(w, &gv);
+        if let Some(bid) = b {
+            ctx.grads.add(bid, &row_sums(dy, n));
+        }
+        if let Some(dx) = dx {
             ctx.accumulate(
                 x,
                 Tensor::from_vec(&[g.cin, g.n, g.h, g.w], dx).expect("dx shape"),

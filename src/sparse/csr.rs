@@ -298,10 +298,11 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// A compressed row structure: output row i is Σ_{e ∈ ptr[i]..ptr[i+1]} val[e] · src[idx[e], :].
+/// A compressed row structure: output row i is Σ_{e ∈ ptr[i]..ptr[i+1]} val[e] · src[off[e]..][..n]
+/// (for a matrix operand, off[e] = column index · n; the direct convolution shifts the rows).
 struct Gather<'a> {
     ptr: &'a [u32],
-    idx: &'a [u32],
+    off: &'a [usize],
     val: &'a [f32],
     src: &'a [f32],
     n: usize,
@@ -319,16 +320,16 @@ struct Tile<'a> {
 /// at a time, each group one pass over the row's output piece, which stays in L1.
 #[inline(always)]
 fn gather_tile<const FMA: bool>(g: &Gather, tile: &mut Tile) {
-    let (n, j0) = (g.n, tile.j0);
+    let j0 = tile.j0;
     for (i, o) in tile.outs.iter_mut().enumerate() {
         let o: &mut [f32] = o;
         let w = o.len();
         o.fill(0.0);
         let r = tile.row0 + i;
         let (s, e) = (g.ptr[r] as usize, g.ptr[r + 1] as usize);
-        let idx = &g.idx[s..e];
+        let idx = &g.off[s..e];
         let val = &g.val[s..e];
-        let src = |q: usize| &g.src[idx[q] as usize * n + j0..][..w];
+        let src = |q: usize| &g.src[idx[q] + j0..][..w];
         let mut q = 0;
         while q + 8 <= idx.len() {
             let (b0, b1, b2, b3) = (src(q), src(q + 1), src(q + 2), src(q + 3));
@@ -447,9 +448,10 @@ pub fn spmm(w: &SparseWeight, b: &[f32], n: usize, c: &mut [f32]) {
 pub fn spmm_with(k: Kernels, w: &SparseWeight, b: &[f32], n: usize, c: &mut [f32]) {
     assert_eq!(b.len(), w.cols * n, "spmm: b must be [cols, n]");
     assert_eq!(c.len(), w.rows * n, "spmm: c must be [rows, n]");
+    let off: Vec<usize> = w.col_idx.iter().map(|&c| c as usize * n).collect();
     let g = Gather {
         ptr: &w.row_ptr,
-        idx: &w.col_idx,
+        off: &off,
         val: &w.values,
         src: b,
         n,
@@ -467,14 +469,60 @@ pub fn spmm_t_with(k: Kernels, w: &SparseWeight, dc: &[f32], n: usize, db: &mut 
     assert_eq!(dc.len(), w.rows * n, "spmm_t: dc must be [rows, n]");
     assert_eq!(db.len(), w.cols * n, "spmm_t: db must be [cols, n]");
     let val_t: Vec<f32> = w.csc_pos.iter().map(|&e| w.values[e as usize]).collect();
+    let off: Vec<usize> = w.csc_row.iter().map(|&r| r as usize * n).collect();
     let g = Gather {
         ptr: &w.col_ptr,
-        idx: &w.csc_row,
+        off: &off,
         val: &val_t,
         src: dc,
         n,
     };
     run_gather(k.resolve(), &g, w.cols, db);
+}
+
+/// out[i, 0..n] = Σ_{e ∈ ptr[i]..ptr[i+1]} val[e] · src[off[e]..off[e] + n] for the
+/// `ptr.len() − 1` rows of `out` (overwritten): `spmm` with each entry reading an arbitrary
+/// window of `src`. The direct sparse convolution uses it with shifted windows of one plane.
+///
+/// Panics if a window leaves `src` or the lengths disagree.
+pub fn gather_windows(
+    ptr: &[u32],
+    off: &[usize],
+    val: &[f32],
+    src: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    check_windows(ptr, off, val.len(), src.len(), n, "gather_windows");
+    let rows = ptr.len() - 1;
+    assert_eq!(out.len(), rows * n, "gather_windows: out must be [rows, n]");
+    let g = Gather {
+        ptr,
+        off,
+        val,
+        src,
+        n,
+    };
+    run_gather(Kernels::preferred().resolve(), &g, rows, out);
+}
+
+/// Asserts that `ptr` is a valid row pointer over `off` and `val` and that every window
+/// `off[e]..off[e] + n` lies inside a source of `src_len` floats.
+fn check_windows(ptr: &[u32], off: &[usize], nval: usize, src_len: usize, n: usize, what: &str) {
+    assert!(!ptr.is_empty() && ptr[0] == 0, "{what}: malformed ptr");
+    assert!(
+        ptr.windows(2).all(|p| p[0] <= p[1]),
+        "{what}: ptr decreases"
+    );
+    let nnz = *ptr.last().unwrap() as usize;
+    assert!(
+        off.len() == nnz && nval == nnz,
+        "{what}: ptr, off and values disagree"
+    );
+    assert!(
+        off.iter().all(|&o| o + n <= src_len),
+        "{what}: a window leaves the source"
+    );
 }
 
 /// Lanes per accumulator in the dot products.
@@ -518,26 +566,31 @@ fn dot_many<const FMA: bool, const M: usize>(a: &[f32], b: [&[f32]; M], out: &mu
     }
 }
 
+/// The operands of one sddmm: entry e of row r is the dot product of
+/// `a[a_base + r·a_stride..][..n]` with `b[off[e]..][..n]`.
+struct Sddmm<'a> {
+    row_ptr: &'a [u32],
+    off: &'a [usize],
+    a: &'a [f32],
+    a_base: usize,
+    a_stride: usize,
+    b: &'a [f32],
+    n: usize,
+}
+
 /// Adds to `dv` (the entries of rows `task.rows`) the partial dot products over columns
 /// `task.cols` of n, walking those columns in blocks of `task.width` so each block of `b` stays in cache across rows.
 #[inline(always)]
-fn sddmm_tile<const FMA: bool>(
-    w: &SparseWeight,
-    dc: &[f32],
-    b: &[f32],
-    n: usize,
-    task: SddmmTask,
-    dv: &mut [f32],
-) {
+fn sddmm_tile<const FMA: bool>(m: &Sddmm, task: SddmmTask, dv: &mut [f32]) {
     let (rows, cols, width) = (task.rows, task.cols, task.width);
-    let base = w.row_ptr[rows.0] as usize;
+    let base = m.row_ptr[rows.0] as usize;
     let mut j0 = cols.0;
     while j0 < cols.1 {
         let wd = width.min(cols.1 - j0);
         for r in rows.0..rows.1 {
-            let a = &dc[r * n + j0..][..wd];
-            let (s, end) = (w.row_ptr[r] as usize, w.row_ptr[r + 1] as usize);
-            let brow = |e: usize| &b[w.col_idx[e] as usize * n + j0..][..wd];
+            let a = &m.a[m.a_base + r * m.a_stride + j0..][..wd];
+            let (s, end) = (m.row_ptr[r] as usize, m.row_ptr[r + 1] as usize);
+            let brow = |e: usize| &m.b[m.off[e] + j0..][..wd];
             let mut e = s;
             while e + 8 <= end {
                 let bs = [
@@ -580,48 +633,26 @@ struct SddmmTask {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn sddmm_tile_avx2(
-    w: &SparseWeight,
-    dc: &[f32],
-    b: &[f32],
-    n: usize,
-    t: SddmmTask,
-    dv: &mut [f32],
-) {
-    sddmm_tile::<true>(w, dc, b, n, t, dv)
+fn sddmm_tile_avx2(m: &Sddmm, t: SddmmTask, dv: &mut [f32]) {
+    sddmm_tile::<true>(m, t, dv)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn sddmm_tile_avx512(
-    w: &SparseWeight,
-    dc: &[f32],
-    b: &[f32],
-    n: usize,
-    t: SddmmTask,
-    dv: &mut [f32],
-) {
-    sddmm_tile::<true>(w, dc, b, n, t, dv)
+fn sddmm_tile_avx512(m: &Sddmm, t: SddmmTask, dv: &mut [f32]) {
+    sddmm_tile::<true>(m, t, dv)
 }
 
 /// `k` must come from `Kernels::resolve`. Adds into `dv`.
-fn run_sddmm_tile(
-    k: Kernels,
-    w: &SparseWeight,
-    dc: &[f32],
-    b: &[f32],
-    n: usize,
-    t: SddmmTask,
-    dv: &mut [f32],
-) {
+fn run_sddmm_tile(k: Kernels, m: &Sddmm, t: SddmmTask, dv: &mut [f32]) {
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `k` was resolved against `Kernels::detect`, so the CPU has AVX-512F, AVX2 and FMA.
-        Kernels::Avx512 => unsafe { sddmm_tile_avx512(w, dc, b, n, t, dv) },
+        Kernels::Avx512 => unsafe { sddmm_tile_avx512(m, t, dv) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `k` was resolved against `Kernels::detect`, so the CPU has AVX2 and FMA.
-        Kernels::Avx2 => unsafe { sddmm_tile_avx2(w, dc, b, n, t, dv) },
-        _ => sddmm_tile::<false>(w, dc, b, n, t, dv),
+        Kernels::Avx2 => unsafe { sddmm_tile_avx2(m, t, dv) },
+        _ => sddmm_tile::<false>(m, t, dv),
     }
 }
 
@@ -649,8 +680,56 @@ pub fn sddmm_with(
         w.nnz(),
         "sddmm: dvalues must have nnz entries"
     );
-    let k = k.resolve();
-    let nnz = w.nnz();
+    let off: Vec<usize> = w.col_idx.iter().map(|&c| c as usize * n).collect();
+    let m = Sddmm {
+        row_ptr: &w.row_ptr,
+        off: &off,
+        a: dc,
+        a_base: 0,
+        a_stride: n,
+        b,
+        n,
+    };
+    run_sddmm(k.resolve(), &m, dvalues)
+}
+
+/// dvalues[e] = a[a_base + r·a_stride..][..n] · b[off[e]..][..n] for each entry e of row r
+/// (`row_ptr` over `off`): `sddmm` with each entry reading an arbitrary window of `b`.
+///
+/// Panics if a window leaves `a` or `b` or the lengths disagree.
+#[allow(clippy::too_many_arguments)]
+pub fn sddmm_windows(
+    row_ptr: &[u32],
+    off: &[usize],
+    a: &[f32],
+    a_base: usize,
+    a_stride: usize,
+    b: &[f32],
+    n: usize,
+    dvalues: &mut [f32],
+) {
+    check_windows(row_ptr, off, dvalues.len(), b.len(), n, "sddmm_windows");
+    let rows = row_ptr.len() - 1;
+    assert!(
+        rows == 0 || a_base + (rows - 1) * a_stride + n <= a.len(),
+        "sddmm_windows: a row leaves a"
+    );
+    let m = Sddmm {
+        row_ptr,
+        off,
+        a,
+        a_base,
+        a_stride,
+        b,
+        n,
+    };
+    run_sddmm(Kernels::preferred().resolve(), &m, dvalues)
+}
+
+/// `k` must come from `Kernels::resolve`; overwrites `dvalues`.
+fn run_sddmm(k: Kernels, m: &Sddmm, dvalues: &mut [f32]) {
+    let (n, nrows) = (m.n, m.row_ptr.len() - 1);
+    let nnz = dvalues.len();
     dvalues.fill(0.0);
     if nnz == 0 || n == 0 {
         return;
@@ -658,26 +737,26 @@ pub fn sddmm_with(
     let width = BLOCK.min(n);
     if nnz * n < SERIAL_WORK || threads() <= 1 {
         let t = SddmmTask {
-            rows: (0, w.rows),
+            rows: (0, nrows),
             cols: (0, n),
             width,
         };
-        run_sddmm_tile(k, w, dc, b, n, t, dvalues);
+        run_sddmm_tile(k, m, t, dvalues);
         return;
     }
     let want = TILES_PER_THREAD * threads();
     let nblocks = n.div_ceil(width);
     // Ranges of n: as many as useful, up to `want`; each costs a buffer of nnz partial sums.
     let nranges = nblocks.min(want);
-    let ngroups = want.div_ceil(nranges).min(w.rows);
+    let ngroups = want.div_ceil(nranges).min(nrows);
     // Row groups at row boundaries, roughly equal entry counts.
     let target = nnz.div_ceil(ngroups);
     let mut groups: Vec<(usize, usize)> = Vec::new();
     let mut row0 = 0;
-    while row0 < w.rows {
-        let start = w.row_ptr[row0] as usize;
+    while row0 < nrows {
+        let start = m.row_ptr[row0] as usize;
         let mut r = row0 + 1;
-        while r < w.rows && (w.row_ptr[r] as usize - start) < target {
+        while r < nrows && (m.row_ptr[r] as usize - start) < target {
             r += 1;
         }
         groups.push((row0, r));
@@ -691,7 +770,7 @@ pub fn sddmm_with(
         let mut blocks: Vec<(SddmmTask, &mut [f32])> = Vec::new();
         let mut rest = dvalues;
         for &(r0, r1) in &groups {
-            let len = (w.row_ptr[r1] - w.row_ptr[r0]) as usize;
+            let len = (m.row_ptr[r1] - m.row_ptr[r0]) as usize;
             let (head, tail) = rest.split_at_mut(len);
             blocks.push((
                 SddmmTask {
@@ -705,7 +784,7 @@ pub fn sddmm_with(
         }
         blocks
             .into_par_iter()
-            .for_each(|(t, dv)| run_sddmm_tile(k, w, dc, b, n, t, dv));
+            .for_each(|(t, dv)| run_sddmm_tile(k, m, t, dv));
         return;
     }
     let tasks: Vec<SddmmTask> = groups
@@ -720,13 +799,13 @@ pub fn sddmm_with(
     let partial: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&t| {
-            let mut buf = vec![0f32; (w.row_ptr[t.rows.1] - w.row_ptr[t.rows.0]) as usize];
-            run_sddmm_tile(k, w, dc, b, n, t, &mut buf);
+            let mut buf = vec![0f32; (m.row_ptr[t.rows.1] - m.row_ptr[t.rows.0]) as usize];
+            run_sddmm_tile(k, m, t, &mut buf);
             buf
         })
         .collect();
     for (t, buf) in tasks.iter().zip(&partial) {
-        let e0 = w.row_ptr[t.rows.0] as usize;
+        let e0 = m.row_ptr[t.rows.0] as usize;
         for (d, &p) in dvalues[e0..e0 + buf.len()].iter_mut().zip(buf) {
             *d += p;
         }

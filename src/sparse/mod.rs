@@ -6,6 +6,7 @@
 //! stored as `csr::SparseWeight` (CSR over rows, plus the transpose index for backward-data);
 //! optimiser state for the layer is kept per active weight, in the same order as `values`.
 
+pub mod conv;
 pub mod csr;
 pub mod density;
 pub mod schedule;

@@ -1,0 +1,143 @@
+//! The direct sparse convolution (`sparse::conv`) against a naive f64 convolution of the same
+//! masked weight, over many geometries: forward, weight gradient at active positions, input
+//! gradient.
+
+use rest::device::cpu::ConvGeom;
+use rest::rng::Rng;
+use rest::sparse::conv::DirectGeom;
+use rest::sparse::csr::SparseWeight;
+
+fn random_weight(rows: usize, cols: usize, d: f64, empty: &[usize], rng: &mut Rng) -> SparseWeight {
+    let mut pos = Vec::new();
+    for r in 0..rows {
+        for c in 0..cols {
+            if !empty.contains(&r) && (rng.uniform() as f64) < d {
+                pos.push((r * cols + c) as u32);
+            }
+        }
+    }
+    let vals = pos.iter().map(|_| rng.normal()).collect();
+    SparseWeight::from_positions(rows, cols, &pos, vals)
+}
+
+fn close(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for i in 0..got.len() {
+        let tol = 1e-5 * scale[i] + 1e-6;
+        assert!(
+            (got[i] as f64 - want[i]).abs() <= tol,
+            "{what}[{i}]: {} vs {} (tol {tol})",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// (n, cin, h, w, cout, k, stride, pad, density, empty output rows)
+type Case = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    f64,
+    &'static [usize],
+);
+
+#[test]
+fn direct_conv_matches_naive_convolution() {
+    let mut rng = Rng::new(7);
+    let cases: &[Case] = &[
+        (2, 3, 14, 14, 8, 4, 2, 1, 0.3, &[1]),
+        (3, 5, 7, 7, 6, 4, 2, 1, 0.2, &[]),
+        (2, 4, 9, 11, 5, 3, 1, 1, 0.4, &[0, 4]),
+        (1, 2, 8, 8, 3, 1, 1, 0, 1.0, &[]),
+        (2, 3, 8, 6, 4, 1, 2, 0, 0.7, &[]),
+        (2, 2, 16, 13, 4, 7, 2, 3, 0.1, &[2]),
+        (1, 3, 5, 5, 2, 3, 1, 2, 0.5, &[]),
+        (2, 2, 6, 9, 3, 3, 3, 0, 0.6, &[]),
+        (1, 1, 4, 4, 1, 4, 1, 0, 1.0, &[]),
+        (2, 3, 10, 10, 4, 5, 2, 0, 0.0, &[]),
+        (1, 2, 3, 3, 2, 3, 2, 1, 0.8, &[]),
+        (3, 16, 12, 12, 32, 3, 1, 1, 0.05, &[5, 31]),
+        (2, 3, 11, 7, 4, 2, 2, 2, 0.5, &[]),
+        (4, 6, 32, 32, 5, 3, 2, 1, 0.1, &[]),
+        // Large enough for the parallel layout passes and kernels.
+        (8, 8, 28, 28, 16, 4, 2, 1, 0.15, &[3]),
+        (4, 16, 8, 8, 24, 3, 1, 1, 0.2, &[]),
+    ];
+    for &(n, cin, h, w, cout, k, s, pad, d, empty) in cases {
+        let g = ConvGeom::new(n, cin, h, w, cout, k, s, pad).unwrap();
+        let what = format!("{g:?}");
+        let sw = random_weight(cout, cin * k * k, d, empty, &mut rng);
+        let mut wd = vec![0.0; cout * cin * k * k];
+        sw.to_dense(&mut wd);
+        let x: Vec<f32> = (0..cin * n * h * w).map(|_| rng.normal()).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rng.normal()).collect();
+        let dy: Vec<f32> = (0..cout * n * g.oh * g.ow).map(|_| rng.normal()).collect();
+        // Naive f64 reference.
+        let xi = |ci: usize, img: usize, r: isize, c: isize| -> f64 {
+            if r < 0 || c < 0 || r >= h as isize || c >= w as isize {
+                0.0
+            } else {
+                x[((ci * n + img) * h + r as usize) * w + c as usize] as f64
+            }
+        };
+        let (mut y, mut ys) = (vec![0f64; dy.len()], vec![0f64; dy.len()]);
+        let mut dwd = vec![0f64; wd.len()];
+        let mut dws = vec![0f64; wd.len()];
+        let (mut dx, mut dxs) = (vec![0f64; x.len()], vec![0f64; x.len()]);
+        for (co, &bc) in bias.iter().enumerate() {
+            for img in 0..n {
+                for i in 0..g.oh {
+                    for j in 0..g.ow {
+                        let o = ((co * n + img) * g.oh + i) * g.ow + j;
+                        y[o] = bc as f64;
+                        ys[o] = (bc as f64).abs();
+                        for ci in 0..cin {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    let wi = ((co * cin + ci) * k + kh) * k + kw;
+                                    let r = (i * s + kh) as isize - pad as isize;
+                                    let c = (j * s + kw) as isize - pad as isize;
+                                    let v = xi(ci, img, r, c);
+                                    y[o] += wd[wi] as f64 * v;
+                                    ys[o] += (wd[wi] as f64 * v).abs();
+                                    dwd[wi] += dy[o] as f64 * v;
+                                    dws[wi] += (dy[o] as f64 * v).abs();
+                                    if r >= 0 && c >= 0 && r < h as isize && c < w as isize {
+                                        let xo = ((ci * n + img) * h + r as usize) * w + c as usize;
+                                        dx[xo] += wd[wi] as f64 * dy[o] as f64;
+                                        dxs[xo] += (wd[wi] as f64 * dy[o] as f64).abs();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let dg = DirectGeom::new(&g);
+        let xp = dg.split(&x);
+        close(
+            &dg.forward(&sw, &xp, Some(&bias)),
+            &y,
+            &ys,
+            &format!("y {what}"),
+        );
+        let dyp = dg.pad_dy(&dy);
+        let pos = sw.positions();
+        let want: Vec<f64> = pos.iter().map(|&p| dwd[p as usize]).collect();
+        let scale: Vec<f64> = pos.iter().map(|&p| dws[p as usize]).collect();
+        close(
+            &dg.weight_grad(&sw, &dyp, &xp),
+            &want,
+            &scale,
+            &format!("dw {what}"),
+        );
+        close(&dg.input_grad(&sw, &dyp), &dx, &dxs, &format!("dx {what}"));
+    }
+}
