@@ -189,7 +189,7 @@ fn keys_are_stable_readable_and_unique() {
     // Pinned: changing a key silently would orphan every finished run.
     assert_eq!(
         rest.canonical_json(),
-        r#"{"dataset":"cmnist","method":"rest","ratio":1.0,"density":0.05,"upweight":30.0,"seed":41,"epochs":2,"model":"cnn","width":64,"lr":0.01,"batch_size":256,"momentum":0.9,"weight_decay":0.0,"update_every":1000,"death_rate":0.5}"#
+        r#"{"dataset":"cmnist","method":"rest","ratio":1.0,"density":0.05,"upweight":30.0,"seed":41,"epochs":2,"model":"cnn","width":64,"lr":0.01,"batch_size":256,"momentum":0.9,"weight_decay":0.0,"update_every":100,"death_rate":0.5}"#
     );
     // Any change of configuration is another key.
     let mut other = rest.clone();
@@ -216,7 +216,7 @@ fn train_commands_carry_the_reference_settings() {
     let a = sparse.train_args().join(" ");
     for want in [
         "train --method sparse --dataset cmnist --ratio 1 --density 0.01 --upweight 30 --seed 41 --epochs 2",
-        "--model cnn --width 64 --lr 0.01 --batch-size 256 --momentum 0.9 --weight-decay 0 --update-every 1000 --death-rate 0.5",
+        "--model cnn --width 64 --lr 0.01 --batch-size 256 --momentum 0.9 --weight-decay 0 --update-every 100 --death-rate 0.5",
     ] {
         assert!(a.contains(want), "{a}");
     }
