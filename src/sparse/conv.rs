@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::csr::{gather_windows, sddmm_windows, SparseWeight};
 use crate::device::cpu::conv::ConvGeom;
+use crate::tensor::overwritten;
 
 /// Below this many floats, layout passes stay serial.
 const PAR_MIN: usize = 1 << 15;
@@ -123,8 +124,10 @@ impl DirectGeom {
                 row * xrow + sh
             })
             .collect();
-        let mut yp = vec![0.0; g.cout * self.len];
-        gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, &mut yp);
+        // gather_windows overwrites its output.
+        let yp = overwritten(g.cout * self.len, |yp| {
+            gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, yp)
+        });
         // Drop the junk rows and columns of every plane, adding the bias.
         let plane = g.n * g.oh * g.ow;
         let mut y = Vec::with_capacity(g.cout * plane);
@@ -216,8 +219,9 @@ impl DirectGeom {
                 }
             }
         }
-        let mut dxp = vec![0.0; nrows * self.len];
-        gather_windows(&ptr, &off, &val, dyp, self.len, &mut dxp);
+        let dxp = overwritten(nrows * self.len, |dxp| {
+            gather_windows(&ptr, &off, &val, dyp, self.len, dxp)
+        });
         // Reassemble: dx pixel (r, c) is phase ((r+pad) mod s, (c+pad) mod s) at
         // ((r+pad) div s, (c+pad) div s); pixels no output reads stay 0.
         let mut dx = vec![0.0; g.cin * g.n * g.h * g.w];
