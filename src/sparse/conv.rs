@@ -176,19 +176,34 @@ impl DirectGeom {
         let plane = g.n * g.oh * g.ow;
         assert_eq!(dy.len(), g.cout * plane, "direct conv: dy length");
         let dyrow = self.dyrow();
-        let mut out = Vec::with_capacity(g.cout * dyrow);
-        for src in dy.chunks_exact(plane) {
-            out.resize(out.len() + self.shift, 0.0);
-            for simg in src.chunks_exact(g.oh * g.ow) {
-                for srow in simg.chunks_exact(g.ow) {
-                    out.extend_from_slice(srow);
-                    out.resize(out.len() + self.pw - g.ow, 0.0);
+        // Every element of each row (margin, planes, junk positions) is written once.
+        let fill = |co: usize, dst: &mut [f32]| {
+            let (margin, planes) = dst.split_at_mut(self.shift);
+            margin.fill(0.0);
+            let src = &dy[co * plane..][..plane];
+            for (simg, dimg) in src
+                .chunks_exact(g.oh * g.ow)
+                .zip(planes.chunks_exact_mut(self.ph * self.pw))
+            {
+                let (rows, junk) = dimg.split_at_mut(g.oh * self.pw);
+                for (srow, drow) in simg.chunks_exact(g.ow).zip(rows.chunks_exact_mut(self.pw)) {
+                    drow[..g.ow].copy_from_slice(srow);
+                    drow[g.ow..].fill(0.0);
                 }
-                out.resize(out.len() + (self.ph - g.oh) * self.pw, 0.0);
+                junk.fill(0.0);
             }
-        }
-        debug_assert_eq!(out.len(), g.cout * dyrow);
-        out
+        };
+        overwritten(g.cout * dyrow, |out| {
+            if out.len() >= PAR_MIN {
+                out.par_chunks_mut(dyrow)
+                    .enumerate()
+                    .for_each(|(co, d)| fill(co, d));
+            } else {
+                out.chunks_mut(dyrow)
+                    .enumerate()
+                    .for_each(|(co, d)| fill(co, d));
+            }
+        })
     }
 
     /// Gradient at the active weights, from `pad_dy`'s buffer and the phase buffer.
