@@ -12,7 +12,8 @@ use rest::device::cpu::conv::{col2im, conv2d_backward, conv2d_forward, im2col, C
 use rest::device::cpu::elementwise::{add_forward, relu_backward, relu_forward};
 use rest::device::cpu::gemm::matmul;
 use rest::device::cpu::norm::{
-    batchnorm_backward, batchnorm_eval_forward, batchnorm_train_forward,
+    batchnorm_backward, batchnorm_eval_forward, batchnorm_relu_backward,
+    batchnorm_relu_train_forward, batchnorm_train_forward,
 };
 use rest::device::cpu::pool::{
     global_avgpool_backward, global_avgpool_forward, maxpool_backward, maxpool_forward, pool_out,
@@ -929,4 +930,73 @@ fn cross_entropy_gradcheck() {
     // L is a scalar: differentiate it directly (ε = 1e-2; truncation O(ε²) ≪ GRAD_TOL).
     let num = numeric_grad(&logits, 1e-2, |z| xent(n, k, z, &labels, &weights).0 as f64);
     assert_grad_close("cross-entropy dlogits", &dl, &num, GRAD_TOL);
+}
+
+/// The fused batch norm + ReLU (forward and backward) against batch norm followed by ReLU, on a
+/// small (serial) and a large (parallel) tensor with about half the outputs clipped.
+#[test]
+fn batchnorm_relu_matches_unfused() {
+    let mut rng = Rng::new(29);
+    for (c, m) in [(3, 10), (4, 12_345)] {
+        let x: Vec<f32> = (0..c * m)
+            .map(|i| rng.normal() * (1.0 + (i / m) as f32) + (i / m) as f32)
+            .collect();
+        let gamma: Vec<f32> = (0..c).map(|_| 0.5 + rng.uniform()).collect();
+        let beta: Vec<f32> = (0..c).map(|_| 0.3 * rng.normal()).collect();
+        let dy = randn(&mut rng, c * m);
+
+        // Unfused: batch norm, ReLU; backward ReLU then batch norm.
+        let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
+        let (mut ybn, mut mean, mut invstd) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
+        batchnorm_train_forward(
+            c,
+            m,
+            &x,
+            &gamma,
+            &beta,
+            1e-5,
+            0.1,
+            &mut rm,
+            &mut rv,
+            &mut ybn,
+            &mut mean,
+            &mut invstd,
+        );
+        let mut y = vec![0f32; c * m];
+        relu_forward(&ybn, &mut y);
+        let mut dybn = vec![0f32; c * m];
+        relu_backward(&ybn, &dy, &mut dybn);
+        let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
+        batchnorm_backward(
+            c, m, &x, &gamma, &mean, &invstd, &dybn, &mut dx, &mut dg, &mut db,
+        );
+
+        // Fused.
+        let (mut frm, mut frv) = (vec![0f32; c], vec![1f32; c]);
+        let (mut fy, mut fmean, mut finv) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
+        batchnorm_relu_train_forward(
+            c, m, &x, &gamma, &beta, 1e-5, 0.1, &mut frm, &mut frv, &mut fy, &mut fmean, &mut finv,
+        );
+        let (mut fdx, mut fdg, mut fdb) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
+        batchnorm_relu_backward(
+            c, m, &x, &gamma, &beta, &fmean, &finv, &dy, &mut fdx, &mut fdg, &mut fdb,
+        );
+
+        assert_eq!((&frm, &frv, &fmean, &finv), (&rm, &rv, &mean, &invstd));
+        let clipped = fy.iter().filter(|&&v| v == 0.0).count();
+        assert!(
+            clipped > c * m / 5 && clipped < 4 * c * m / 5,
+            "clipped {clipped}"
+        );
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let scale = b.iter().fold(0f32, |s, v| s.max(v.abs())).max(1.0);
+            for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                assert!((u - v).abs() <= 1e-5 * scale, "{what}[{i}]: {u} vs {v}");
+            }
+        };
+        close(&fy, &y, "y");
+        close(&fdx, &dx, "dx");
+        close(&fdg, &dg, "dgamma");
+        close(&fdb, &db, "dbeta");
+    }
 }

@@ -269,8 +269,12 @@ impl Model {
         let mut conv_bn =
             |tape: &mut Tape, x: Var, c: &ConvLayer, n: &BnLayer, relu: bool| -> Result<Var> {
                 let y = ops::conv2d(tape, params, x, c.w, c.b, c.stride, c.pad)?;
-                let y = ops::batchnorm(tape, params, &mut bn[n.stats], y, n.gamma, n.beta, train)?;
-                Ok(if relu { ops::relu(tape, y) } else { y })
+                let stats = &mut bn[n.stats];
+                if relu {
+                    ops::batchnorm_relu(tape, params, stats, y, n.gamma, n.beta, train)
+                } else {
+                    ops::batchnorm(tape, params, stats, y, n.gamma, n.beta, train)
+                }
             };
         let mut h = x;
         match body {

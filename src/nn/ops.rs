@@ -6,7 +6,7 @@ use crate::device::cpu::{conv, elementwise, gemm::matmul, norm, pool, xent, Conv
 use crate::nn::param::{ComputePath, ParamId, ParamStore, Values};
 use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
-use crate::tensor::{swap01, Tensor};
+use crate::tensor::{overwritten, swap01, Tensor};
 use anyhow::{bail, ensure, Result};
 
 /// Running statistics of one batch-norm layer.
@@ -77,54 +77,71 @@ pub fn conv2d(
             return conv2d_direct(tape, sw, x, w, b, bias, &g);
         }
     }
-    let mut col = vec![0.0; g.col_rows() * n];
-    let mut y = vec![0.0; cout * n];
-    match &p.values {
-        Values::Dense(wv) => conv::conv2d_forward(&g, xv.data(), wv, bias, &mut col, &mut y),
+    // im2col, the GEMM and spmm overwrite their outputs (conv2d_forward's y included: it is
+    // set to the bias, or the GEMM does not read it).
+    let col_len = g.col_rows() * n;
+    let mut col = Vec::new();
+    let y = overwritten(cout * n, |y| match &p.values {
+        Values::Dense(wv) => {
+            col = overwritten(col_len, |col| {
+                conv::conv2d_forward(&g, xv.data(), wv, bias, col, y)
+            })
+        }
         Values::Sparse(_, ComputePath::DenseMasked) => {
-            conv::conv2d_forward(&g, xv.data(), &p.to_dense(), bias, &mut col, &mut y)
+            let wd = p.to_dense();
+            col = overwritten(col_len, |col| {
+                conv::conv2d_forward(&g, xv.data(), &wd, bias, col, y)
+            })
         }
         Values::Sparse(sw, ComputePath::Sparse) => {
-            conv::im2col(&g, xv.data(), &mut col);
-            csr::spmm(sw, &col, n, &mut y);
+            col = overwritten(col_len, |col| conv::im2col(&g, xv.data(), col));
+            csr::spmm(sw, &col, n, y);
             if let Some(bv) = bias {
-                add_bias_rows(&mut y, bv, n);
+                add_bias_rows(y, bv, n);
             }
         }
-    }
+    });
     let out = Tensor::from_vec(&[cout, g.n, g.oh, g.ow], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let dy = dy.data();
         let p = ctx.params.get(w);
         let wants_x = ctx.wants(x);
         let dx_len = g.cin * g.n * g.h * g.w;
-        let mut dcol = if wants_x {
-            vec![0.0; g.col_rows() * n]
-        } else {
-            Vec::new()
-        };
-        let mut dx = if wants_x {
-            vec![0.0; dx_len]
-        } else {
-            Vec::new()
-        };
+        let col_len = g.col_rows() * n;
+        let mut dx = Vec::new();
+        // conv2d_backward overwrites dw and dx and writes dcol (scratch) before reading it;
+        // matmul, spmm_t and col2im overwrite theirs.
         match &p.values {
             Values::Dense(wv) => {
-                let mut dw = vec![0.0; wv.len()];
-                let dx_out = if wants_x {
-                    Some(dx.as_mut_slice())
-                } else {
-                    None
-                };
-                conv::conv2d_backward(&g, &col, wv, dy, Some(&mut dw), None, &mut dcol, dx_out);
+                let dw = overwritten(wv.len(), |dw| {
+                    if wants_x {
+                        dx = overwritten(dx_len, |dx| {
+                            overwritten(col_len, |dcol| {
+                                conv::conv2d_backward(
+                                    &g,
+                                    &col,
+                                    wv,
+                                    dy,
+                                    Some(dw),
+                                    None,
+                                    dcol,
+                                    Some(dx),
+                                )
+                            });
+                        })
+                    } else {
+                        conv::conv2d_backward(&g, &col, wv, dy, Some(dw), None, &mut [], None)
+                    }
+                });
                 ctx.grads.add(w, &dw);
             }
             Values::Sparse(sw, path) => {
                 let need_dense = ctx.grads.dense_for_sparse || *path == ComputePath::DenseMasked;
                 let mut gv = vec![0.0; sw.nnz()];
                 if need_dense {
-                    let mut dw = vec![0.0; cout * g.col_rows()];
-                    matmul(cout, n, g.col_rows(), dy, false, &col, true, &mut dw, false);
+                    let dw = overwritten(cout * g.col_rows(), |dw| {
+                        matmul(cout, n, g.col_rows(), dy, false, &col, true, dw, false)
+                    });
                     sw.gather_from_dense(&dw, &mut gv);
                     if ctx.grads.dense_for_sparse {
                         ctx.grads.dense[w.0] = Some(dw);
@@ -134,8 +151,8 @@ pub fn conv2d(
                 }
                 ctx.grads.add(w, &gv);
                 if wants_x {
-                    match path {
-                        ComputePath::Sparse => csr::spmm_t(sw, dy, n, &mut dcol),
+                    let dcol = overwritten(col_len, |dcol| match path {
+                        ComputePath::Sparse => csr::spmm_t(sw, dy, n, dcol),
                         ComputePath::DenseMasked => matmul(
                             g.col_rows(),
                             cout,
@@ -144,11 +161,11 @@ pub fn conv2d(
                             true,
                             dy,
                             false,
-                            &mut dcol,
+                            dcol,
                             false,
                         ),
-                    }
-                    conv::col2im(&g, &dcol, &mut dx);
+                    });
+                    dx = overwritten(dx_len, |dx| conv::col2im(&g, &dcol, dx));
                 }
             }
         }
@@ -178,10 +195,8 @@ pub fn sparse_conv_forward(
         return d.forward(sw, &d.split(x), bias);
     }
     let n = g.col_cols();
-    let mut col = vec![0.0; g.col_rows() * n];
-    conv::im2col(g, x, &mut col);
-    let mut y = vec![0.0; g.cout * n];
-    csr::spmm(sw, &col, n, &mut y);
+    let col = overwritten(g.col_rows() * n, |col| conv::im2col(g, x, col));
+    let mut y = overwritten(g.cout * n, |y| csr::spmm(sw, &col, n, y));
     if let Some(bv) = bias {
         add_bias_rows(&mut y, bv, n);
     }
@@ -215,20 +230,10 @@ fn conv2d_direct(
         let dyp = d.pad_dy(dy);
         let gv = if ctx.grads.dense_for_sparse {
             // Topology-update step: the dense weight gradient needs the im2col buffer.
-            let mut col = vec![0.0; g.col_rows() * n];
-            conv::im2col(&g, xv.data(), &mut col);
-            let mut dw = vec![0.0; g.cout * g.col_rows()];
-            matmul(
-                g.cout,
-                n,
-                g.col_rows(),
-                dy,
-                false,
-                &col,
-                true,
-                &mut dw,
-                false,
-            );
+            let col = overwritten(g.col_rows() * n, |col| conv::im2col(&g, xv.data(), col));
+            let dw = overwritten(g.cout * g.col_rows(), |dw| {
+                matmul(g.cout, n, g.col_rows(), dy, false, &col, true, dw, false)
+            });
             let mut gv = vec![0.0; sw.nnz()];
             sw.gather_from_dense(&dw, &mut gv);
             ctx.grads.dense[w.0] = Some(dw);
@@ -276,23 +281,24 @@ pub fn batchnorm(
     );
     let m = xv.numel() / c;
     let bv = store.get(beta).data();
-    let mut y = vec![0.0; xv.numel()];
     if !train {
         ensure!(
             !tape.is_recording(),
             "batch norm in evaluation mode cannot be differentiated: use a no_grad tape"
         );
-        norm::batchnorm_eval_forward(
-            c,
-            m,
-            xv.data(),
-            gv,
-            bv,
-            &stats.mean,
-            &stats.var,
-            BN_EPS,
-            &mut y,
-        );
+        let y = overwritten(xv.numel(), |y| {
+            norm::batchnorm_eval_forward(
+                c,
+                m,
+                xv.data(),
+                gv,
+                bv,
+                &stats.mean,
+                &stats.var,
+                BN_EPS,
+                y,
+            )
+        });
         return Ok(tape.input(Tensor::from_vec(&s, y)?));
     }
     ensure!(
@@ -302,37 +308,119 @@ pub fn batchnorm(
     );
     let mut mean = vec![0.0; c];
     let mut invstd = vec![0.0; c];
-    norm::batchnorm_train_forward(
-        c,
-        m,
-        xv.data(),
-        gv,
-        bv,
-        BN_EPS,
-        BN_MOMENTUM,
-        &mut stats.mean,
-        &mut stats.var,
-        &mut y,
-        &mut mean,
-        &mut invstd,
-    );
-    let out = Tensor::from_vec(&s, y)?;
-    let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
-        let gv = ctx.params.get(gamma).data();
-        let mut dx = vec![0.0; xv.numel()];
-        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
-        norm::batchnorm_backward(
+    let y = overwritten(xv.numel(), |y| {
+        norm::batchnorm_train_forward(
             c,
             m,
             xv.data(),
             gv,
-            &mean,
-            &invstd,
-            dy.data(),
-            &mut dx,
-            &mut dg,
-            &mut db,
-        );
+            bv,
+            BN_EPS,
+            BN_MOMENTUM,
+            &mut stats.mean,
+            &mut stats.var,
+            y,
+            &mut mean,
+            &mut invstd,
+        )
+    });
+    let out = Tensor::from_vec(&s, y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
+        let gv = ctx.params.get(gamma).data();
+        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+        let dx = overwritten(xv.numel(), |dx| {
+            norm::batchnorm_backward(
+                c,
+                m,
+                xv.data(),
+                gv,
+                &mean,
+                &invstd,
+                dy.data(),
+                dx,
+                &mut dg,
+                &mut db,
+            )
+        });
+        ctx.grads.add(gamma, &dg);
+        ctx.grads.add(beta, &db);
+        ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
+    });
+    Ok(tape.push(out, &[x], true, backward))
+}
+
+/// `relu(batchnorm(x))` in training mode as one op: one pass over the activations forward and
+/// two backward (the ReLU mask is recomputed from x), instead of a batch-norm output, a ReLU
+/// output and a masked gradient each written and read again. Evaluation mode runs the two ops.
+pub fn batchnorm_relu(
+    tape: &mut Tape,
+    store: &ParamStore,
+    stats: &mut BnStats,
+    x: Var,
+    gamma: ParamId,
+    beta: ParamId,
+    train: bool,
+) -> Result<Var> {
+    if !train {
+        let y = batchnorm(tape, store, stats, x, gamma, beta, false)?;
+        return Ok(relu(tape, y));
+    }
+    let xv = tape.value_rc(x);
+    let s = xv.shape().to_vec();
+    let c = s[0];
+    let gv = store.get(gamma).data();
+    let bv = store.get(beta).data();
+    ensure!(
+        gv.len() == c,
+        "{}: {} channels, input has {}",
+        store.get(gamma).name,
+        gv.len(),
+        c
+    );
+    let m = xv.numel() / c;
+    ensure!(
+        m > 1,
+        "batch norm needs more than one value per channel in training (got a batch of shape {:?})",
+        s
+    );
+    let mut mean = vec![0.0; c];
+    let mut invstd = vec![0.0; c];
+    let y = overwritten(xv.numel(), |y| {
+        norm::batchnorm_relu_train_forward(
+            c,
+            m,
+            xv.data(),
+            gv,
+            bv,
+            BN_EPS,
+            BN_MOMENTUM,
+            &mut stats.mean,
+            &mut stats.var,
+            y,
+            &mut mean,
+            &mut invstd,
+        )
+    });
+    let out = Tensor::from_vec(&s, y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
+        let gv = ctx.params.get(gamma).data();
+        let bv = ctx.params.get(beta).data();
+        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+        let dx = overwritten(xv.numel(), |dx| {
+            norm::batchnorm_relu_backward(
+                c,
+                m,
+                xv.data(),
+                gv,
+                bv,
+                &mean,
+                &invstd,
+                dy.data(),
+                dx,
+                &mut dg,
+                &mut db,
+            )
+        });
         ctx.grads.add(gamma, &dg);
         ctx.grads.add(beta, &db);
         ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
@@ -342,13 +430,13 @@ pub fn batchnorm(
 
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
     let xv = tape.value_rc(x);
-    let mut y = vec![0.0; xv.numel()];
-    elementwise::relu_forward(xv.data(), &mut y);
+    let y = overwritten(xv.numel(), |y| elementwise::relu_forward(xv.data(), y));
     let out = Tensor::from_vec(xv.shape(), y).expect("relu shape");
     // x > 0 exactly where the output is positive, so the input serves as the mask.
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
-        let mut dx = vec![0.0; dy.numel()];
-        elementwise::relu_backward(xv.data(), dy.data(), &mut dx);
+        let dx = overwritten(dy.numel(), |dx| {
+            elementwise::relu_backward(xv.data(), dy.data(), dx)
+        });
         ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
     });
     tape.push(out, &[x], false, backward)
@@ -362,8 +450,9 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
         av.shape(),
         bv.shape()
     );
-    let mut y = vec![0.0; av.numel()];
-    elementwise::add_forward(av.data(), bv.data(), &mut y);
+    let y = overwritten(av.numel(), |y| {
+        elementwise::add_forward(av.data(), bv.data(), y)
+    });
     let out = Tensor::from_vec(av.shape(), y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         ctx.accumulate(a, dy.clone());

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::csr::{gather_windows, sddmm_windows, SparseWeight};
 use crate::device::cpu::conv::ConvGeom;
+use crate::tensor::overwritten;
 
 /// Below this many floats, layout passes stay serial.
 const PAR_MIN: usize = 1 << 15;
@@ -77,36 +78,48 @@ impl DirectGeom {
     pub fn split(&self, x: &[f32]) -> Vec<f32> {
         let g = &self.g;
         assert_eq!(x.len(), g.cin * g.n * g.h * g.w, "direct conv: x length");
-        let (s, xrow) = (g.stride, self.xrow());
-        // Built by appending, one pass over memory: zeroing a fresh buffer first would cost a
-        // second pass as large as the copy itself.
-        let mut xp = Vec::with_capacity(g.cin * s * s * xrow);
-        for r in 0..g.cin * s * s {
+        let (s, xrow, ph, pw) = (g.stride, self.xrow(), self.ph, self.pw);
+        // Each row (ci, phase) is written exactly once, padding included: no zero-fill pass.
+        let fill = |r: usize, dst: &mut [f32]| {
             let (ci, a, b) = (r / (s * s), (r / s) % s, r % s);
             // Phase rows i in [ilo, ihi) read input row s·i + a − pad; phase columns j in
             // [lo, hi) read input column s·j + b − pad; the rest is padding (0).
-            let (ilo, ihi) = valid(self.ph, g.h, s, a, g.pad);
-            let (lo, hi) = valid(self.pw, g.w, s, b, g.pad);
-            let row_end = xp.len() + xrow;
-            if lo < hi {
-                let start = s * lo + b - g.pad;
-                let cnt = hi - lo;
-                for img in 0..g.n {
-                    let src = &x[(ci * g.n + img) * g.h * g.w..][..g.h * g.w];
-                    xp.resize(xp.len() + ilo * self.pw, 0.0);
-                    for i in ilo..ihi {
-                        let ih = s * i + a - g.pad;
-                        let srow = &src[ih * g.w + start..][..s * (cnt - 1) + 1];
-                        xp.resize(xp.len() + lo, 0.0);
-                        extend_strided(&mut xp, srow, s, cnt);
-                        xp.resize(xp.len() + self.pw - hi, 0.0);
+            let (ilo, ihi) = valid(ph, g.h, s, a, g.pad);
+            let (lo, hi) = valid(pw, g.w, s, b, g.pad);
+            let (planes, tail) = dst.split_at_mut(g.n * ph * pw);
+            tail.fill(0.0);
+            if lo >= hi {
+                planes.fill(0.0);
+                return;
+            }
+            let start = s * lo + b - g.pad;
+            let cnt = hi - lo;
+            for (img, dimg) in planes.chunks_exact_mut(ph * pw).enumerate() {
+                let src = &x[(ci * g.n + img) * g.h * g.w..][..g.h * g.w];
+                for (i, drow) in dimg.chunks_exact_mut(pw).enumerate() {
+                    if i < ilo || i >= ihi {
+                        drow.fill(0.0);
+                        continue;
                     }
-                    xp.resize(xp.len() + (self.ph - ihi) * self.pw, 0.0);
+                    let ih = s * i + a - g.pad;
+                    let srow = &src[ih * g.w + start..][..s * (cnt - 1) + 1];
+                    drow[..lo].fill(0.0);
+                    drow[hi..].fill(0.0);
+                    copy_strided(&mut drow[lo..hi], srow, s);
                 }
             }
-            xp.resize(row_end, 0.0);
-        }
-        xp
+        };
+        overwritten(g.cin * s * s * xrow, |xp| {
+            if xp.len() >= PAR_MIN {
+                xp.par_chunks_mut(xrow)
+                    .enumerate()
+                    .for_each(|(r, d)| fill(r, d));
+            } else {
+                xp.chunks_mut(xrow)
+                    .enumerate()
+                    .for_each(|(r, d)| fill(r, d));
+            }
+        })
     }
 
     /// y[cout, n·oh·ow] = W · x (+ bias), from the phase buffer.
@@ -123,21 +136,38 @@ impl DirectGeom {
                 row * xrow + sh
             })
             .collect();
-        let mut yp = vec![0.0; g.cout * self.len];
-        gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, &mut yp);
-        // Drop the junk rows and columns of every plane, adding the bias.
+        // gather_windows overwrites its output.
+        let yp = overwritten(g.cout * self.len, |yp| {
+            gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, yp)
+        });
+        // Drop the junk rows and columns of every plane, adding the bias: every output row of
+        // every image is written once.
         let plane = g.n * g.oh * g.ow;
-        let mut y = Vec::with_capacity(g.cout * plane);
-        for co in 0..g.cout {
+        let crop = |co: usize, dst: &mut [f32]| {
             let bv = bias.map_or(0.0, |b| b[co]);
             let src = &yp[co * self.len..][..self.len];
-            for simg in src.chunks_exact(self.ph * self.pw) {
-                for srow in simg.chunks_exact(self.pw).take(g.oh) {
-                    y.extend(srow[..g.ow].iter().map(|&v| v + bv));
+            for (simg, dimg) in src
+                .chunks_exact(self.ph * self.pw)
+                .zip(dst.chunks_exact_mut(g.oh * g.ow))
+            {
+                for (srow, drow) in simg.chunks_exact(self.pw).zip(dimg.chunks_exact_mut(g.ow)) {
+                    for (o, &v) in drow.iter_mut().zip(&srow[..g.ow]) {
+                        *o = v + bv;
+                    }
                 }
             }
-        }
-        y
+        };
+        overwritten(g.cout * plane, |y| {
+            if y.len() >= PAR_MIN {
+                y.par_chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(co, d)| crop(co, d));
+            } else {
+                y.chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(co, d)| crop(co, d));
+            }
+        })
     }
 
     /// dy [cout, n·oh·ow] on padded planes behind a leading margin, zero in the junk positions.
@@ -146,19 +176,34 @@ impl DirectGeom {
         let plane = g.n * g.oh * g.ow;
         assert_eq!(dy.len(), g.cout * plane, "direct conv: dy length");
         let dyrow = self.dyrow();
-        let mut out = Vec::with_capacity(g.cout * dyrow);
-        for src in dy.chunks_exact(plane) {
-            out.resize(out.len() + self.shift, 0.0);
-            for simg in src.chunks_exact(g.oh * g.ow) {
-                for srow in simg.chunks_exact(g.ow) {
-                    out.extend_from_slice(srow);
-                    out.resize(out.len() + self.pw - g.ow, 0.0);
+        // Every element of each row (margin, planes, junk positions) is written once.
+        let fill = |co: usize, dst: &mut [f32]| {
+            let (margin, planes) = dst.split_at_mut(self.shift);
+            margin.fill(0.0);
+            let src = &dy[co * plane..][..plane];
+            for (simg, dimg) in src
+                .chunks_exact(g.oh * g.ow)
+                .zip(planes.chunks_exact_mut(self.ph * self.pw))
+            {
+                let (rows, junk) = dimg.split_at_mut(g.oh * self.pw);
+                for (srow, drow) in simg.chunks_exact(g.ow).zip(rows.chunks_exact_mut(self.pw)) {
+                    drow[..g.ow].copy_from_slice(srow);
+                    drow[g.ow..].fill(0.0);
                 }
-                out.resize(out.len() + (self.ph - g.oh) * self.pw, 0.0);
+                junk.fill(0.0);
             }
-        }
-        debug_assert_eq!(out.len(), g.cout * dyrow);
-        out
+        };
+        overwritten(g.cout * dyrow, |out| {
+            if out.len() >= PAR_MIN {
+                out.par_chunks_mut(dyrow)
+                    .enumerate()
+                    .for_each(|(co, d)| fill(co, d));
+            } else {
+                out.chunks_mut(dyrow)
+                    .enumerate()
+                    .for_each(|(co, d)| fill(co, d));
+            }
+        })
     }
 
     /// Gradient at the active weights, from `pad_dy`'s buffer and the phase buffer.
@@ -216,8 +261,9 @@ impl DirectGeom {
                 }
             }
         }
-        let mut dxp = vec![0.0; nrows * self.len];
-        gather_windows(&ptr, &off, &val, dyp, self.len, &mut dxp);
+        let dxp = overwritten(nrows * self.len, |dxp| {
+            gather_windows(&ptr, &off, &val, dyp, self.len, dxp)
+        });
         // Reassemble: dx pixel (r, c) is phase ((r+pad) mod s, (c+pad) mod s) at
         // ((r+pad) div s, (c+pad) div s); pixels no output reads stay 0.
         let mut dx = vec![0.0; g.cin * g.n * g.h * g.w];
@@ -260,15 +306,19 @@ impl DirectGeom {
     }
 }
 
-/// Appends src[s·t] for t < cnt.
+/// dst[t] = src[s·t] for every t < dst.len().
 #[inline(always)]
-fn extend_strided(v: &mut Vec<f32>, src: &[f32], s: usize, cnt: usize) {
+fn copy_strided(dst: &mut [f32], src: &[f32], s: usize) {
     if s == 1 {
-        v.extend_from_slice(&src[..cnt]);
+        dst.copy_from_slice(&src[..dst.len()]);
     } else if s == 2 {
-        v.extend(src.chunks(2).take(cnt).map(|p| p[0]));
+        for (o, p) in dst.iter_mut().zip(src.chunks(2)) {
+            *o = p[0];
+        }
     } else {
-        v.extend(src.iter().step_by(s).take(cnt));
+        for (o, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+            *o = v;
+        }
     }
 }
 

@@ -57,6 +57,31 @@ fn dot_centered_f64(a: &[f32], b: &[f32], shift: f32) -> f64 {
     total
 }
 
+/// (Σ dy', Σ dy'·(x − shift)) with dy' = dy where `keep(x)`, else 0, blocked as `blocked_sum`.
+fn masked_sums(dy: &[f32], x: &[f32], keep: impl Fn(f32) -> bool, shift: f32) -> (f64, f64) {
+    let (mut s_total, mut d_total) = (0f64, 0f64);
+    for (bd, bx) in dy.chunks(BLOCK).zip(x.chunks(BLOCK)) {
+        let (mut sa, mut da) = ([0f32; LANES], [0f32; LANES]);
+        let (mut id, mut ix) = (bd.chunks_exact(LANES), bx.chunks_exact(LANES));
+        for (cd, cx) in (&mut id).zip(&mut ix) {
+            for (((s, d), &g), &v) in sa.iter_mut().zip(da.iter_mut()).zip(cd).zip(cx) {
+                let g = if keep(v) { g } else { 0.0 };
+                *s += g;
+                *d += g * (v - shift);
+            }
+        }
+        let (mut st, mut dt) = (0f32, 0f32);
+        for (&g, &v) in id.remainder().iter().zip(ix.remainder()) {
+            let g = if keep(v) { g } else { 0.0 };
+            st += g;
+            dt += g * (v - shift);
+        }
+        s_total += sa.iter().map(|&a| a as f64).sum::<f64>() + st as f64;
+        d_total += da.iter().map(|&a| a as f64).sum::<f64>() + dt as f64;
+    }
+    (s_total, d_total)
+}
+
 /// Runs `f(channel, x_c, y_c)` for each channel, over rayon when the tensor is large, and
 /// collects what each call returns.
 fn per_channel<T: Send>(
@@ -94,10 +119,88 @@ fn affine(x: &[f32], y: &mut [f32], center: f32, scale: f32, shift: f32) {
     }
 }
 
+/// y = max((x − center)·scale + shift, 0): `affine` and ReLU in one pass.
+#[inline]
+fn affine_relu(x: &[f32], y: &mut [f32], center: f32, scale: f32, shift: f32) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = ((v - center) * scale + shift).max(0.0);
+    }
+}
+
 /// Training-mode forward. Writes y, the batch mean and 1/sqrt(var + eps) per channel, and
 /// updates running_mean / running_var in place: r = (1 − momentum)·r + momentum·batch.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_train_forward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) {
+    train_forward::<false>(
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        eps,
+        momentum,
+        running_mean,
+        running_var,
+        y,
+        save_mean,
+        save_invstd,
+    )
+}
+
+/// `batchnorm_train_forward` followed by ReLU, in the same pass over the output.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_train_forward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) {
+    train_forward::<true>(
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        eps,
+        momentum,
+        running_mean,
+        running_var,
+        y,
+        save_mean,
+        save_invstd,
+    )
+}
+
+/// The per-channel scale of the normalised output, as the forward computes it (the fused
+/// backward recomputes the ReLU mask from x with exactly these f32 operations).
+#[inline]
+fn bn_scale(gamma: f32, invstd: f64) -> f32 {
+    (gamma as f64 * invstd) as f32
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_forward<const RELU: bool>(
     c: usize,
     m: usize,
     x: &[f32],
@@ -128,8 +231,14 @@ pub fn batchnorm_train_forward(
         let mean32 = mean as f32;
         let var = blocked_sum(xc, |v| (v - mean32) * (v - mean32)) / m as f64;
         let invstd = 1.0 / (var + eps as f64).sqrt();
-        let scale = gamma[ci] as f64 * invstd;
-        affine(xc, yc, mean32, scale as f32, beta[ci]);
+        // The fused backward knows invstd only as the saved f32: build the scale from that
+        // value so its recomputed ReLU mask matches this output bit for bit.
+        let scale = bn_scale(gamma[ci], if RELU { invstd as f32 as f64 } else { invstd });
+        if RELU {
+            affine_relu(xc, yc, mean32, scale, beta[ci]);
+        } else {
+            affine(xc, yc, mean32, scale, beta[ci]);
+        }
         (mean, var, invstd)
     });
     // PyTorch puts the unbiased variance into the running estimate (m = 1 has none: keep var).
@@ -188,6 +297,68 @@ pub fn batchnorm_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
+    backward::<false>(
+        c,
+        m,
+        x,
+        gamma,
+        &[],
+        save_mean,
+        save_invstd,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+    )
+}
+
+/// Backward of `batchnorm_relu_train_forward` (dy is the gradient of the ReLU's output). The
+/// ReLU mask is recomputed from x, gamma, beta and the saved statistics with the forward's
+/// arithmetic, and the masked dy is never stored: one pass for the sums, one for dx.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_backward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    assert_eq!(beta.len(), c, "batchnorm: beta length");
+    backward::<true>(
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        save_mean,
+        save_invstd,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward<const RELU: bool>(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
     for (name, v) in [
         ("gamma", gamma),
         ("save_mean", save_mean),
@@ -206,14 +377,32 @@ pub fn batchnorm_backward(
         let dyc = &dy[ci * m..][..m];
         let mean = save_mean[ci] as f64;
         let invstd = save_invstd[ci] as f64;
-        let sum_dy = sum_f64(dyc);
-        let dg = dot_centered_f64(dyc, xc, mean as f32) * invstd;
+        let (sum_dy, dot) = if RELU {
+            // The forward's output was positive where (x − mean)·scale + beta > 0.
+            let (scale, shift, mean32) = (bn_scale(gamma[ci], invstd), beta[ci], mean as f32);
+            masked_sums(dyc, xc, |v| (v - mean32) * scale + shift > 0.0, mean32)
+        } else {
+            (sum_f64(dyc), dot_centered_f64(dyc, xc, mean as f32))
+        };
+        let dg = dot * invstd;
         let a = gamma[ci] as f64 * invstd;
         let b = -a * invstd * dg / m as f64;
         let c0 = -a * sum_dy / m as f64;
         let (a, b, c0, mean) = (a as f32, b as f32, c0 as f32, mean as f32);
-        for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
-            *o = a * g + b * (v - mean) + c0;
+        if RELU {
+            let (scale, shift) = (bn_scale(gamma[ci], invstd), beta[ci]);
+            for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
+                let g = if (v - mean) * scale + shift > 0.0 {
+                    g
+                } else {
+                    0.0
+                };
+                *o = a * g + b * (v - mean) + c0;
+            }
+        } else {
+            for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
+                *o = a * g + b * (v - mean) + c0;
+            }
         }
         (dg, sum_dy)
     });
