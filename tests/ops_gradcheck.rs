@@ -8,7 +8,9 @@
 //! every op; linear ops (conv, pooling, add) get `LINEAR_TOL` = 2e-3 since central differences
 //! are exact for them up to f32 rounding.
 
-use rest::device::cpu::conv::{col2im, conv2d_backward, conv2d_forward, im2col, ConvGeom};
+use rest::device::cpu::conv::{
+    col2im, conv2d_backward, conv2d_forward, im2col, transpose, ConvGeom,
+};
 use rest::device::cpu::elementwise::{add_forward, relu_backward, relu_forward};
 use rest::device::cpu::gemm::matmul;
 use rest::device::cpu::norm::{
@@ -297,6 +299,22 @@ fn conv_forward_and_backward_match_direct_loops() {
         let mut dw2 = vec![f32::NAN; wt.len()];
         conv2d_backward(&g, &col, &wt, &dy, Some(&mut dw2), None, &mut dcol, None);
         assert_eq!(dw, dw2, "dw alone {tag}");
+    }
+}
+
+#[test]
+fn transpose_matches_index_swap() {
+    // Ragged sizes around the 32-wide tiles, and one large enough for the parallel path.
+    let mut rng = Rng::new(5);
+    for &(r, c) in &[(1, 1), (1, 7), (9, 1), (31, 33), (70, 45), (300, 130)] {
+        let src = randn(&mut rng, r * c);
+        let mut dst = vec![f32::NAN; r * c];
+        transpose(&src, r, c, &mut dst);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(dst[j * r + i], src[i * c + j], "{r}x{c} at ({i}, {j})");
+            }
+        }
     }
 }
 
