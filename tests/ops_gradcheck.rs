@@ -169,8 +169,8 @@ fn conv(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
 }
 
 /// (n, cin, h, w, cout, k, stride, pad, bias): ragged sizes, strides 1–3, pads 0/1/3,
-/// kernels 1/3/4/7, and one large enough to take the rayon paths (col ≥ 2¹⁵ floats, GEMM
-/// > 64³ multiply-adds).
+/// kernels 1/3/4/7, and ones large enough to take the rayon paths (col ≥ 2¹⁵ floats, GEMM
+/// > 64³ multiply-adds) and both weight-gradient orientations.
 type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
 /// The eight arguments of `ConvGeom::new`.
 type ConvArgs = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -188,6 +188,8 @@ const GEOMS: &[ConvCase] = &[
     (2, 2, 5, 6, 3, 3, 3, 0, true),
     (3, 3, 9, 11, 4, 1, 2, 0, false),
     (4, 8, 16, 15, 16, 3, 1, 1, true),
+    // cols ≥ 512 and rows ≥ 128: the weight gradient's transposed GEMM + tiled transpose.
+    (2, 16, 16, 16, 40, 3, 1, 1, false),
 ];
 
 // ---------------------------------------------------------------------------------------------
