@@ -62,8 +62,8 @@ impl Tensor {
     pub fn data_mut(&mut self) -> &mut [f32] {
         &mut self.data
     }
-    pub fn into_vec(self) -> Vec<f32> {
-        self.data
+    pub fn into_vec(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.data)
     }
 
     /// Same data, new shape of equal size.
@@ -104,14 +104,137 @@ pub fn swap01(x: &[f32], a: usize, b: usize, inner: usize, out: &mut [f32]) {
     }
 }
 
+impl Drop for Tensor {
+    /// Large storage goes back to this thread's pool, so the next step's buffers of the same
+    /// sizes (`overwritten`, `pooled`) are reused memory instead of zero-filled fresh pages.
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.data));
+    }
+}
+
 /// A vector of `n` floats that `write` fills completely (every element written, none read
 /// first); the kernels that produce whole outputs take their buffers from here.
 ///
-/// The buffer is zeroed first. Handing `write` uninitialised memory instead saved 3–5 % of a
-/// sparse CNN step, but a `&mut [f32]` over uninitialised memory is undefined behaviour in Rust;
-/// doing it soundly needs kernels that write through `&mut [MaybeUninit<f32>]` (not done yet).
+/// The buffer is initialised memory: a pooled one (of a dropped `Tensor` or `Pooled`, holding
+/// stale values) for large sizes when one fits, else zeroed. (Uninitialised memory would be
+/// undefined behaviour behind a `&mut [f32]`.) So `write` must not read it before writing.
 pub fn overwritten(n: usize, write: impl FnOnce(&mut [f32])) -> Vec<f32> {
-    let mut v = vec![0.0; n];
+    let mut v = take_pooled(n);
     write(&mut v);
     v
+}
+
+/// At most this many buffers wait in a thread's pool for reuse (the smallest are dropped).
+const POOL_MAX: usize = 64;
+/// Buffers smaller than this are not pooled (the allocator serves them well).
+const POOL_MIN: usize = 1 << 14;
+
+std::thread_local! {
+    /// Buffers given back on this thread (dropped `Tensor`s and `Pooled`s): initialised memory,
+    /// so reusing one needs neither a zero-fill nor fresh pages.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Puts `v` in this thread's pool if it is large enough to be worth keeping.
+fn give_back(v: Vec<f32>) {
+    if v.len() < POOL_MIN {
+        return;
+    }
+    // try_with: during thread teardown the pool may already be gone; then v is freed.
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        p.push(v);
+        if p.len() > POOL_MAX {
+            let i = (0..p.len()).min_by_key(|&i| p[i].len()).expect("non-empty");
+            p.swap_remove(i);
+        }
+    });
+}
+
+/// `n` floats of initialised memory: the smallest pooled buffer of length n..=2n (truncated to
+/// n; its contents are stale values), else a fresh zeroed one.
+fn take_pooled(n: usize) -> Vec<f32> {
+    if n >= POOL_MIN {
+        let reused = POOL
+            .try_with(|p| {
+                let mut p = p.borrow_mut();
+                let fit = (0..p.len())
+                    .filter(|&i| p[i].len() >= n && p[i].len() <= 2 * n)
+                    .min_by_key(|&i| p[i].len());
+                fit.map(|i| p.swap_remove(i))
+            })
+            .ok()
+            .flatten();
+        if let Some(mut v) = reused {
+            v.truncate(n);
+            return v;
+        }
+    }
+    vec![0.0; n]
+}
+
+/// A float buffer that goes back to its thread's pool when dropped, for the large scratch and
+/// saved buffers of a training step (im2col and its gradient) that live outside `Tensor`s.
+#[derive(Default)]
+pub struct Pooled(Vec<f32>);
+
+impl std::ops::Deref for Pooled {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.0));
+    }
+}
+
+/// Like `overwritten`, but the buffer returns to the pool when the `Pooled` is dropped.
+pub fn pooled(n: usize, write: impl FnOnce(&mut [f32])) -> Pooled {
+    Pooled(overwritten(n, write))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_buffers_are_reused_at_the_requested_length() {
+        let n = POOL_MIN * 2;
+        let a = pooled(n, |v| v.fill(1.0));
+        assert_eq!(a.len(), n);
+        let ptr = a.as_ptr();
+        drop(a);
+        // Best fit within 2x: the buffer comes back, truncated, holding what write put there.
+        let b = pooled(n - 100, |v| {
+            assert_eq!(v.len(), n - 100);
+            v.fill(2.0)
+        });
+        assert_eq!(b.as_ptr(), ptr);
+        assert!(b.iter().all(|&x| x == 2.0));
+        drop(b);
+        // A dropped tensor's storage is reused by overwritten().
+        let t = Tensor::from_vec(&[n], vec![3.0; n]).unwrap();
+        let tp = t.data().as_ptr();
+        drop(t);
+        let c = overwritten(n, |v| v.fill(4.0));
+        assert!(c.as_ptr() == tp || c.as_ptr() == ptr);
+        assert_eq!(c.len(), n);
+        // Much smaller or larger requests get fresh buffers of the right length.
+        let d = pooled(10 * n, |v| {
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32)
+        });
+        assert_eq!(d.len(), 10 * n);
+        assert_eq!(d[10 * n - 1], (10 * n - 1) as f32);
+        let e = pooled(0, |v| assert!(v.is_empty()));
+        assert!(e.is_empty());
+    }
 }

@@ -8,7 +8,9 @@
 //! every op; linear ops (conv, pooling, add) get `LINEAR_TOL` = 2e-3 since central differences
 //! are exact for them up to f32 rounding.
 
-use rest::device::cpu::conv::{col2im, conv2d_backward, conv2d_forward, im2col, ConvGeom};
+use rest::device::cpu::conv::{
+    col2im, conv2d_backward, conv2d_forward, im2col, transpose, ConvGeom,
+};
 use rest::device::cpu::elementwise::{add_forward, relu_backward, relu_forward};
 use rest::device::cpu::gemm::matmul;
 use rest::device::cpu::norm::{
@@ -167,8 +169,8 @@ fn conv(g: &ConvGeom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
 }
 
 /// (n, cin, h, w, cout, k, stride, pad, bias): ragged sizes, strides 1–3, pads 0/1/3,
-/// kernels 1/3/4/7, and one large enough to take the rayon paths (col ≥ 2¹⁵ floats, GEMM
-/// > 64³ multiply-adds).
+/// kernels 1/3/4/7, and ones large enough to take the rayon paths (col ≥ 2¹⁵ floats, GEMM
+/// > 64³ multiply-adds) and both weight-gradient orientations.
 type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
 /// The eight arguments of `ConvGeom::new`.
 type ConvArgs = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -186,6 +188,8 @@ const GEOMS: &[ConvCase] = &[
     (2, 2, 5, 6, 3, 3, 3, 0, true),
     (3, 3, 9, 11, 4, 1, 2, 0, false),
     (4, 8, 16, 15, 16, 3, 1, 1, true),
+    // cols ≥ 512 and rows ≥ 128: the weight gradient's transposed GEMM + tiled transpose.
+    (2, 16, 16, 16, 40, 3, 1, 1, false),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -297,6 +301,22 @@ fn conv_forward_and_backward_match_direct_loops() {
         let mut dw2 = vec![f32::NAN; wt.len()];
         conv2d_backward(&g, &col, &wt, &dy, Some(&mut dw2), None, &mut dcol, None);
         assert_eq!(dw, dw2, "dw alone {tag}");
+    }
+}
+
+#[test]
+fn transpose_matches_index_swap() {
+    // Ragged sizes around the 32-wide tiles, and one large enough for the parallel path.
+    let mut rng = Rng::new(5);
+    for &(r, c) in &[(1, 1), (1, 7), (9, 1), (31, 33), (70, 45), (300, 130)] {
+        let src = randn(&mut rng, r * c);
+        let mut dst = vec![f32::NAN; r * c];
+        transpose(&src, r, c, &mut dst);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(dst[j * r + i], src[i * c + j], "{r}x{c} at ({i}, {j})");
+            }
+        }
     }
 }
 

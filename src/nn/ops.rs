@@ -6,7 +6,7 @@ use crate::device::cpu::{conv, elementwise, gemm::matmul, norm, pool, xent, Conv
 use crate::nn::param::{ComputePath, ParamId, ParamStore, Values};
 use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
-use crate::tensor::{overwritten, swap01, Tensor};
+use crate::tensor::{overwritten, pooled, swap01, Pooled, Tensor};
 use anyhow::{bail, ensure, Result};
 
 /// Running statistics of one batch-norm layer.
@@ -80,21 +80,21 @@ pub fn conv2d(
     // im2col, the GEMM and spmm overwrite their outputs (conv2d_forward's y included: it is
     // set to the bias, or the GEMM does not read it).
     let col_len = g.col_rows() * n;
-    let mut col = Vec::new();
+    let mut col = Pooled::default();
     let y = overwritten(cout * n, |y| match &p.values {
         Values::Dense(wv) => {
-            col = overwritten(col_len, |col| {
+            col = pooled(col_len, |col| {
                 conv::conv2d_forward(&g, xv.data(), wv, bias, col, y)
             })
         }
         Values::Sparse(_, ComputePath::DenseMasked) => {
             let wd = p.to_dense();
-            col = overwritten(col_len, |col| {
+            col = pooled(col_len, |col| {
                 conv::conv2d_forward(&g, xv.data(), &wd, bias, col, y)
             })
         }
         Values::Sparse(sw, ComputePath::Sparse) => {
-            col = overwritten(col_len, |col| conv::im2col(&g, xv.data(), col));
+            col = pooled(col_len, |col| conv::im2col(&g, xv.data(), col));
             csr::spmm(sw, &col, n, y);
             if let Some(bv) = bias {
                 add_bias_rows(y, bv, n);
@@ -116,7 +116,7 @@ pub fn conv2d(
                 let dw = overwritten(wv.len(), |dw| {
                     if wants_x {
                         dx = overwritten(dx_len, |dx| {
-                            overwritten(col_len, |dcol| {
+                            pooled(col_len, |dcol| {
                                 conv::conv2d_backward(
                                     &g,
                                     &col,
@@ -151,7 +151,7 @@ pub fn conv2d(
                 }
                 ctx.grads.add(w, &gv);
                 if wants_x {
-                    let dcol = overwritten(col_len, |dcol| match path {
+                    let dcol = pooled(col_len, |dcol| match path {
                         ComputePath::Sparse => csr::spmm_t(sw, dy, n, dcol),
                         ComputePath::DenseMasked => matmul(
                             g.col_rows(),
@@ -195,7 +195,7 @@ pub fn sparse_conv_forward(
         return d.forward(sw, &d.split(x), bias);
     }
     let n = g.col_cols();
-    let col = overwritten(g.col_rows() * n, |col| conv::im2col(g, x, col));
+    let col = pooled(g.col_rows() * n, |col| conv::im2col(g, x, col));
     let mut y = overwritten(g.cout * n, |y| csr::spmm(sw, &col, n, y));
     if let Some(bv) = bias {
         add_bias_rows(&mut y, bv, n);
