@@ -8,6 +8,7 @@ use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
 use crate::tensor::{overwritten, pooled, swap01, Pooled, Tensor};
 use anyhow::{bail, ensure, Result};
+use std::rc::Rc;
 
 /// Running statistics of one batch-norm layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -268,90 +269,24 @@ pub fn batchnorm(
     beta: ParamId,
     train: bool,
 ) -> Result<Var> {
-    let xv = tape.value_rc(x);
-    let s = xv.shape().to_vec();
-    let c = s[0];
-    let gv = store.get(gamma).data();
-    ensure!(
-        gv.len() == c,
-        "{}: {} channels, input has {}",
-        store.get(gamma).name,
-        gv.len(),
-        c
-    );
-    let m = xv.numel() / c;
-    let bv = store.get(beta).data();
-    if !train {
-        ensure!(
-            !tape.is_recording(),
-            "batch norm in evaluation mode cannot be differentiated: use a no_grad tape"
-        );
-        let y = overwritten(xv.numel(), |y| {
-            norm::batchnorm_eval_forward(
-                c,
-                m,
-                xv.data(),
-                gv,
-                bv,
-                &stats.mean,
-                &stats.var,
-                BN_EPS,
-                y,
-            )
-        });
-        return Ok(tape.input(Tensor::from_vec(&s, y)?));
+    if train {
+        return batchnorm_train(tape, store, stats, x, gamma, beta, false);
     }
     ensure!(
-        m > 1,
-        "batch norm needs more than one value per channel in training (got a batch of shape {:?})",
-        s
+        !tape.is_recording(),
+        "batch norm in evaluation mode cannot be differentiated: use a no_grad tape"
     );
-    let mut mean = vec![0.0; c];
-    let mut invstd = vec![0.0; c];
+    let (xv, c, m) = bn_input(tape, store, x, gamma)?;
+    let (gv, bv) = (store.get(gamma).data(), store.get(beta).data());
     let y = overwritten(xv.numel(), |y| {
-        norm::batchnorm_train_forward(
-            c,
-            m,
-            xv.data(),
-            gv,
-            bv,
-            BN_EPS,
-            BN_MOMENTUM,
-            &mut stats.mean,
-            &mut stats.var,
-            y,
-            &mut mean,
-            &mut invstd,
-        )
+        norm::batchnorm_eval_forward(c, m, xv.data(), gv, bv, &stats.mean, &stats.var, BN_EPS, y)
     });
-    let out = Tensor::from_vec(&s, y)?;
-    let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
-        let gv = ctx.params.get(gamma).data();
-        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
-        let dx = overwritten(xv.numel(), |dx| {
-            norm::batchnorm_backward(
-                c,
-                m,
-                xv.data(),
-                gv,
-                &mean,
-                &invstd,
-                dy.data(),
-                dx,
-                &mut dg,
-                &mut db,
-            )
-        });
-        ctx.grads.add(gamma, &dg);
-        ctx.grads.add(beta, &db);
-        ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
-    });
-    Ok(tape.push(out, &[x], true, backward))
+    Ok(tape.input(Tensor::from_vec(xv.shape(), y)?))
 }
 
-/// `relu(batchnorm(x))` in training mode as one op: one pass over the activations forward and
-/// two backward (the ReLU mask is recomputed from x), instead of a batch-norm output, a ReLU
-/// output and a masked gradient each written and read again. Evaluation mode runs the two ops.
+/// `relu(batchnorm(x))`. In training mode one op: one pass over the activations forward and two
+/// backward (the ReLU mask is recomputed from x), instead of a batch-norm output, a ReLU output
+/// and a masked gradient each written and read again. Evaluation mode runs the two ops.
 pub fn batchnorm_relu(
     tape: &mut Tape,
     store: &ParamStore,
@@ -361,32 +296,61 @@ pub fn batchnorm_relu(
     beta: ParamId,
     train: bool,
 ) -> Result<Var> {
-    if !train {
-        let y = batchnorm(tape, store, stats, x, gamma, beta, false)?;
-        return Ok(relu(tape, y));
+    if train {
+        return batchnorm_train(tape, store, stats, x, gamma, beta, true);
     }
+    let y = batchnorm(tape, store, stats, x, gamma, beta, false)?;
+    Ok(relu(tape, y))
+}
+
+/// The input of a batch norm with its channel count c and values per channel m, checked
+/// against the layer.
+fn bn_input(
+    tape: &Tape,
+    store: &ParamStore,
+    x: Var,
+    gamma: ParamId,
+) -> Result<(Rc<Tensor>, usize, usize)> {
     let xv = tape.value_rc(x);
-    let s = xv.shape().to_vec();
-    let c = s[0];
-    let gv = store.get(gamma).data();
-    let bv = store.get(beta).data();
+    let c = xv.shape()[0];
+    let p = store.get(gamma);
     ensure!(
-        gv.len() == c,
+        p.len() == c,
         "{}: {} channels, input has {}",
-        store.get(gamma).name,
-        gv.len(),
+        p.name,
+        p.len(),
         c
     );
     let m = xv.numel() / c;
+    Ok((xv, c, m))
+}
+
+/// Training-mode batch norm, followed by ReLU in the same passes when `fused_relu`.
+fn batchnorm_train(
+    tape: &mut Tape,
+    store: &ParamStore,
+    stats: &mut BnStats,
+    x: Var,
+    gamma: ParamId,
+    beta: ParamId,
+    fused_relu: bool,
+) -> Result<Var> {
+    let (xv, c, m) = bn_input(tape, store, x, gamma)?;
     ensure!(
         m > 1,
         "batch norm needs more than one value per channel in training (got a batch of shape {:?})",
-        s
+        xv.shape()
     );
+    let (gv, bv) = (store.get(gamma).data(), store.get(beta).data());
     let mut mean = vec![0.0; c];
     let mut invstd = vec![0.0; c];
+    let forward = if fused_relu {
+        norm::batchnorm_relu_train_forward
+    } else {
+        norm::batchnorm_train_forward
+    };
     let y = overwritten(xv.numel(), |y| {
-        norm::batchnorm_relu_train_forward(
+        forward(
             c,
             m,
             xv.data(),
@@ -401,25 +365,40 @@ pub fn batchnorm_relu(
             &mut invstd,
         )
     });
-    let out = Tensor::from_vec(&s, y)?;
+    let out = Tensor::from_vec(xv.shape(), y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let gv = ctx.params.get(gamma).data();
         let bv = ctx.params.get(beta).data();
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
         let dx = overwritten(xv.numel(), |dx| {
-            norm::batchnorm_relu_backward(
-                c,
-                m,
-                xv.data(),
-                gv,
-                bv,
-                &mean,
-                &invstd,
-                dy.data(),
-                dx,
-                &mut dg,
-                &mut db,
-            )
+            if fused_relu {
+                norm::batchnorm_relu_backward(
+                    c,
+                    m,
+                    xv.data(),
+                    gv,
+                    bv,
+                    &mean,
+                    &invstd,
+                    dy.data(),
+                    dx,
+                    &mut dg,
+                    &mut db,
+                )
+            } else {
+                norm::batchnorm_backward(
+                    c,
+                    m,
+                    xv.data(),
+                    gv,
+                    &mean,
+                    &invstd,
+                    dy.data(),
+                    dx,
+                    &mut dg,
+                    &mut db,
+                )
+            }
         });
         ctx.grads.add(gamma, &dg);
         ctx.grads.add(beta, &db);
