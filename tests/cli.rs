@@ -150,7 +150,7 @@ fn cuda_without_a_backend_is_an_error_not_a_fallback() {
 
 #[test]
 fn help_teaches_every_subcommand() {
-    for sub in ["train", "eval", "data", "device"] {
+    for sub in ["train", "eval", "data", "device", "bench", "reproduce"] {
         let (ok, text) = rest(&[sub, "--help"]);
         assert!(ok && text.contains("Usage"), "{sub} --help: {text}");
     }
