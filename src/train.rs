@@ -353,6 +353,8 @@ impl<'a> Trainer<'a> {
             .stop_after_epochs
             .map(|n| self.progress.epoch + n)
             .unwrap_or(usize::MAX);
+        let metrics_path = opts.out.join("metrics.jsonl");
+        keep_epochs_before(&metrics_path, self.progress.epoch)?;
         let mut metrics_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -534,6 +536,23 @@ impl<'a> Trainer<'a> {
         }
         Ok(Some(summary))
     }
+}
+
+/// Drops the metrics lines of epochs ≥ `epoch` (written by a run killed after its metrics line but
+/// before its checkpoint), so a resumed run neither duplicates nor skips an epoch's line.
+fn keep_epochs_before(path: &Path, epoch: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<EpochRecord>(l).is_ok_and(|r| r.epoch < epoch))
+        .collect();
+    if kept.len() != text.lines().count() {
+        let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        checkpoint::write_atomic(path, body.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn arch_name(m: &ModelConfig) -> String {

@@ -270,6 +270,12 @@ fn resumed_run_continues_exactly() {
         })
         .unwrap();
     assert!(first.is_none(), "a stopped run has no summary yet");
+    // A run killed after writing epoch 1's metrics line but before its checkpoint: the resumed
+    // run must not keep that stray line.
+    let metrics = split.join("metrics.jsonl");
+    let line0 = std::fs::read_to_string(&metrics).unwrap();
+    let stray = line0.trim_end().replacen("\"epoch\":0", "\"epoch\":1", 1);
+    std::fs::write(&metrics, format!("{line0}{stray}\n")).unwrap();
     let s2 = Trainer::resume(&split, &splits)
         .unwrap()
         .train(&RunOptions {
