@@ -265,14 +265,16 @@ impl DirectGeom {
             gather_windows(&ptr, &off, &val, dyp, self.len, dxp)
         });
         // Reassemble: dx pixel (r, c) is phase ((r+pad) mod s, (c+pad) mod s) at
-        // ((r+pad) div s, (c+pad) div s); pixels no output reads stay 0.
-        let mut dx = vec![0.0; g.cin * g.n * g.h * g.w];
+        // ((r+pad) div s, (c+pad) div s); pixels no output reads are 0. Each row is zeroed
+        // just before its scatter (while in cache) so dx comes from the buffer pool instead of
+        // a fresh zero-filled allocation every step.
         let plane = g.n * g.h * g.w;
         let ranges: Vec<(usize, usize)> =
             (0..s).map(|b| valid(self.pw, g.w, s, b, g.pad)).collect();
         let gather = |ci: usize, dxc: &mut [f32]| {
             for (img, dimg) in dxc.chunks_exact_mut(g.h * g.w).enumerate() {
                 for (r, drow) in dimg.chunks_exact_mut(g.w).enumerate() {
+                    drow.fill(0.0);
                     let (pr, i) = ((r + g.pad) % s, (r + g.pad) / s);
                     if i >= self.ph {
                         continue;
@@ -293,16 +295,17 @@ impl DirectGeom {
                 }
             }
         };
-        if dx.len() >= PAR_MIN {
-            dx.par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(ci, d)| gather(ci, d));
-        } else {
-            dx.chunks_mut(plane)
-                .enumerate()
-                .for_each(|(ci, d)| gather(ci, d));
-        }
-        dx
+        overwritten(g.cin * plane, |dx| {
+            if dx.len() >= PAR_MIN {
+                dx.par_chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(ci, d)| gather(ci, d));
+            } else {
+                dx.chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(ci, d)| gather(ci, d));
+            }
+        })
     }
 }
 
