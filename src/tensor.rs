@@ -137,7 +137,7 @@ std::thread_local! {
 
 /// Puts `v` in this thread's pool if it is large enough to be worth keeping.
 fn give_back(v: Vec<f32>) {
-    if v.len() < POOL_MIN {
+    if v.capacity() < POOL_MIN {
         return;
     }
     // try_with: during thread teardown the pool may already be gone; then v is freed.
@@ -145,28 +145,33 @@ fn give_back(v: Vec<f32>) {
         let mut p = p.borrow_mut();
         p.push(v);
         if p.len() > POOL_MAX {
-            let i = (0..p.len()).min_by_key(|&i| p[i].len()).expect("non-empty");
+            let i = (0..p.len())
+                .min_by_key(|&i| p[i].capacity())
+                .expect("non-empty");
             p.swap_remove(i);
         }
     });
 }
 
-/// `n` floats of initialised memory: the smallest pooled buffer of length n..=2n (truncated to
+/// `n` floats of initialised memory: the smallest pooled buffer of capacity n..=2n (resized to
 /// n; its contents are stale values), else a fresh zeroed one.
 fn take_pooled(n: usize) -> Vec<f32> {
     if n >= POOL_MIN {
         let reused = POOL
             .try_with(|p| {
                 let mut p = p.borrow_mut();
+                // By capacity, not length: a buffer once truncated for a smaller request keeps
+                // its allocation and can serve its original size again.
                 let fit = (0..p.len())
-                    .filter(|&i| p[i].len() >= n && p[i].len() <= 2 * n)
-                    .min_by_key(|&i| p[i].len());
+                    .filter(|&i| p[i].capacity() >= n && p[i].capacity() <= 2 * n)
+                    .min_by_key(|&i| p[i].capacity());
                 fit.map(|i| p.swap_remove(i))
             })
             .ok()
             .flatten();
         if let Some(mut v) = reused {
-            v.truncate(n);
+            // Growing back within the capacity zero-fills only the extension.
+            v.resize(n, 0.0);
             return v;
         }
     }

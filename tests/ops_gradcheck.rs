@@ -414,7 +414,8 @@ fn naive_matmul(
 #[test]
 fn matmul_matches_triple_loop() {
     let mut rng = Rng::new(3);
-    // (m, k, n): ragged, degenerate, and two above 64³ multiply-adds (the rayon path).
+    // (m, k, n): ragged, degenerate, two above 64³ multiply-adds (the rayon path), and two
+    // long reductions.
     let sizes = [
         (1, 1, 1),
         (3, 5, 7),
@@ -424,6 +425,10 @@ fn matmul_matches_triple_loop() {
         (8, 0, 5),
         (130, 77, 129),
         (96, 300, 33),
+        // Long reductions into small outputs: the split-k path (k ≥ 4096 per thread), with a
+        // ragged last slice.
+        (6, 9001, 5),
+        (4, 70001, 3),
     ];
     for &(m, k, n) in &sizes {
         for a_t in [false, true] {

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::csr::{gather_windows, sddmm_windows, SparseWeight};
 use crate::device::cpu::conv::ConvGeom;
-use crate::tensor::overwritten;
+use crate::tensor::{overwritten, pooled, Pooled};
 
 /// Below this many floats, layout passes stay serial.
 const PAR_MIN: usize = 1 << 15;
@@ -75,7 +75,7 @@ impl DirectGeom {
     }
 
     /// The phase buffer [cin·s², n·PH·PW + shift] of x [cin, n, h, w].
-    pub fn split(&self, x: &[f32]) -> Vec<f32> {
+    pub fn split(&self, x: &[f32]) -> Pooled {
         let g = &self.g;
         assert_eq!(x.len(), g.cin * g.n * g.h * g.w, "direct conv: x length");
         let (s, xrow, ph, pw) = (g.stride, self.xrow(), self.ph, self.pw);
@@ -109,7 +109,7 @@ impl DirectGeom {
                 }
             }
         };
-        overwritten(g.cin * s * s * xrow, |xp| {
+        pooled(g.cin * s * s * xrow, |xp| {
             if xp.len() >= PAR_MIN {
                 xp.par_chunks_mut(xrow)
                     .enumerate()
@@ -137,7 +137,7 @@ impl DirectGeom {
             })
             .collect();
         // gather_windows overwrites its output.
-        let yp = overwritten(g.cout * self.len, |yp| {
+        let yp = pooled(g.cout * self.len, |yp| {
             gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, yp)
         });
         // Drop the junk rows and columns of every plane, adding the bias: every output row of
@@ -171,7 +171,7 @@ impl DirectGeom {
     }
 
     /// dy [cout, n·oh·ow] on padded planes behind a leading margin, zero in the junk positions.
-    pub fn pad_dy(&self, dy: &[f32]) -> Vec<f32> {
+    pub fn pad_dy(&self, dy: &[f32]) -> Pooled {
         let g = &self.g;
         let plane = g.n * g.oh * g.ow;
         assert_eq!(dy.len(), g.cout * plane, "direct conv: dy length");
@@ -193,7 +193,7 @@ impl DirectGeom {
                 junk.fill(0.0);
             }
         };
-        overwritten(g.cout * dyrow, |out| {
+        pooled(g.cout * dyrow, |out| {
             if out.len() >= PAR_MIN {
                 out.par_chunks_mut(dyrow)
                     .enumerate()
@@ -261,18 +261,20 @@ impl DirectGeom {
                 }
             }
         }
-        let dxp = overwritten(nrows * self.len, |dxp| {
+        let dxp = pooled(nrows * self.len, |dxp| {
             gather_windows(&ptr, &off, &val, dyp, self.len, dxp)
         });
         // Reassemble: dx pixel (r, c) is phase ((r+pad) mod s, (c+pad) mod s) at
-        // ((r+pad) div s, (c+pad) div s); pixels no output reads stay 0.
-        let mut dx = vec![0.0; g.cin * g.n * g.h * g.w];
+        // ((r+pad) div s, (c+pad) div s); pixels no output reads are 0. Each row is zeroed
+        // just before its scatter (while in cache) so dx comes from the buffer pool instead of
+        // a fresh zero-filled allocation every step.
         let plane = g.n * g.h * g.w;
         let ranges: Vec<(usize, usize)> =
             (0..s).map(|b| valid(self.pw, g.w, s, b, g.pad)).collect();
         let gather = |ci: usize, dxc: &mut [f32]| {
             for (img, dimg) in dxc.chunks_exact_mut(g.h * g.w).enumerate() {
                 for (r, drow) in dimg.chunks_exact_mut(g.w).enumerate() {
+                    drow.fill(0.0);
                     let (pr, i) = ((r + g.pad) % s, (r + g.pad) / s);
                     if i >= self.ph {
                         continue;
@@ -293,16 +295,17 @@ impl DirectGeom {
                 }
             }
         };
-        if dx.len() >= PAR_MIN {
-            dx.par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(ci, d)| gather(ci, d));
-        } else {
-            dx.chunks_mut(plane)
-                .enumerate()
-                .for_each(|(ci, d)| gather(ci, d));
-        }
-        dx
+        overwritten(g.cin * plane, |dx| {
+            if dx.len() >= PAR_MIN {
+                dx.par_chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(ci, d)| gather(ci, d));
+            } else {
+                dx.chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(ci, d)| gather(ci, d));
+            }
+        })
     }
 }
 

@@ -1,10 +1,15 @@
 //! Row-major f32 GEMM on top of the `gemm` crate (AVX-512 kernels, rayon over both cores).
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// Above this many multiply-adds (m·n·k) the GEMM is split over rayon's threads; below it the
 /// threading overhead outweighs the gain.
 const PAR_MIN_FLOPS: usize = 64 * 64 * 64;
+/// Reductions of at least this many terms per thread, into outputs of at most
+/// `SPLIT_K_MAX_OUT` floats, are split over the threads along k (see `matmul`).
+const SPLIT_K_MIN: usize = 4096;
+const SPLIT_K_MAX_OUT: usize = 1 << 14;
 
 /// A strided matrix inside a slice: element (i, j) is `data[off + i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -136,6 +141,38 @@ pub fn matmul(
         cs: b_cs,
     };
 
+    // A long reduction into a small output (the first conv layer's weight gradient:
+    // 64×48 from k = n·oh·ow = 50 K) parallelises poorly inside the GEMM (it packs the
+    // long operands on one thread), so split k over the threads instead: each computes a
+    // serial partial product of its slice, and the partials are summed.
+    let t = rayon::current_num_threads();
+    if t > 1 && k >= SPLIT_K_MIN * t && m * n <= SPLIT_K_MAX_OUT {
+        let chunk = k.div_ceil(t);
+        let parts: Vec<Vec<f32>> = (0..k.div_ceil(chunk))
+            .into_par_iter()
+            .map(|i| {
+                let p0 = i * chunk;
+                let mut part = vec![0f32; m * n];
+                let kk = chunk.min(k - p0);
+                gemm_views(
+                    m,
+                    kk,
+                    n,
+                    a_at(p0),
+                    b_at(p0),
+                    &mut part,
+                    false,
+                    Parallelism::None,
+                );
+                part
+            })
+            .collect();
+        for (j, cv) in c.iter_mut().enumerate() {
+            let s: f32 = parts.iter().map(|p| p[j]).sum();
+            *cv = if accumulate { *cv + s } else { s };
+        }
+        return;
+    }
     let flops = m.saturating_mul(n).saturating_mul(k);
     if flops <= PAR_MIN_FLOPS {
         return gemm_views(m, k, n, a_at(0), b_at(0), c, accumulate, Parallelism::None);
