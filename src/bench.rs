@@ -11,9 +11,6 @@ use crate::nn::param::Grads;
 use crate::nn::{ops, Arch, Model, ModelConfig};
 use crate::optim::Sgd;
 use crate::rng::Rng;
-use crate::sparse::density::DensityRule;
-use crate::sparse::schedule::DecaySchedule;
-use crate::sparse::topology::{GrowRule, PruneRule};
 use crate::tensor::Tensor;
 use crate::train::{Reweight, ReweightMode, TrainConfig, Trainer};
 use anyhow::{ensure, Context, Result};
@@ -98,22 +95,6 @@ pub struct CpuResult {
     pub update_ms: Option<f64>,
 }
 
-fn sparse_config(density: f64) -> SparseConfig {
-    SparseConfig {
-        density,
-        rule: DensityRule::Erk,
-        update_every: 1000,
-        death_rate: 0.5,
-        death_rate_end: 0.005,
-        decay: DecaySchedule::Cosine,
-        prune: PruneRule::Magnitude,
-        grow: GrowRule::Gradient,
-        stop_fraction: 1.0,
-        fix: false,
-        compute: dst::PathChoice::Auto,
-    }
-}
-
 /// A model of `arch` at `density` (1 = dense), as training would build it.
 pub fn build(
     arch: Arch,
@@ -129,7 +110,7 @@ pub fn build(
     };
     let mut model = Model::new(&cfg, 1)?;
     let state = if density < 1.0 {
-        let s = dst::sparsify(&mut model, &sparse_config(density), 1)?;
+        let s = dst::sparsify(&mut model, &SparseConfig::reference(density), 1)?;
         dst::calibrate_paths(&mut model, batch, size, size)?;
         Some(s)
     } else {

@@ -62,6 +62,24 @@ pub struct SparseConfig {
 }
 
 impl SparseConfig {
+    /// The reference code's settings at `density`: ERK, ΔT 1000, death rate 0.5 decaying by
+    /// cosine to 0.005, magnitude pruning, gradient regrowth, updates to the end, paths timed.
+    pub fn reference(density: f64) -> Self {
+        Self {
+            density,
+            rule: DensityRule::Erk,
+            update_every: 1000,
+            death_rate: 0.5,
+            death_rate_end: 0.005,
+            decay: DecaySchedule::Cosine,
+            prune: PruneRule::Magnitude,
+            grow: GrowRule::Gradient,
+            stop_fraction: 1.0,
+            fix: false,
+            compute: PathChoice::Auto,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         ensure!(
             self.density > 0.0 && self.density <= 1.0,

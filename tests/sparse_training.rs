@@ -9,25 +9,16 @@ use rest::nn::param::{ComputePath, Grads, Values};
 use rest::nn::{Arch, Model, ModelConfig};
 use rest::optim::Sgd;
 use rest::rng::Rng;
-use rest::sparse::density::DensityRule;
-use rest::sparse::schedule::DecaySchedule;
-use rest::sparse::topology::{GrowRule, PruneRule};
 use rest::tensor::Tensor;
 use rest::train::{Reweight, ReweightMode, RunOptions, TrainConfig, Trainer};
 
+/// The reference settings with a short ΔT and the sparse kernels pinned (timing-based path
+/// choice would make two runs differ in rounding).
 fn sparse_cfg(density: f64, update_every: u64) -> SparseConfig {
     SparseConfig {
-        density,
-        rule: DensityRule::Erk,
         update_every,
-        death_rate: 0.5,
-        death_rate_end: 0.005,
-        decay: DecaySchedule::Cosine,
-        prune: PruneRule::Magnitude,
-        grow: GrowRule::Gradient,
-        stop_fraction: 1.0,
-        fix: false,
         compute: rest::dst::PathChoice::Sparse,
+        ..SparseConfig::reference(density)
     }
 }
 

@@ -67,6 +67,18 @@ impl DirectGeom {
     }
 
     /// Flat shift and phase row (ci·s² + phase) of column c = (ci, kh, kw) of the weight matrix.
+    /// For each active weight (CSR order), where its shifted window starts in the phase buffer.
+    fn window_offsets(&self, w: &SparseWeight) -> Vec<usize> {
+        let xrow = self.xrow();
+        w.col_idx
+            .iter()
+            .map(|&c| {
+                let (sh, row) = self.tap(c as usize);
+                row * xrow + sh
+            })
+            .collect()
+    }
+
     fn tap(&self, c: usize) -> (usize, usize) {
         let (k, s) = (self.g.k, self.g.stride);
         let (ci, kh, kw) = (c / (k * k), (c / k) % k, c % k);
@@ -127,15 +139,7 @@ impl DirectGeom {
         let g = &self.g;
         assert_eq!(w.rows, g.cout, "direct conv: weight rows");
         assert_eq!(w.cols, g.col_rows(), "direct conv: weight columns");
-        let xrow = self.xrow();
-        let off: Vec<usize> = w
-            .col_idx
-            .iter()
-            .map(|&c| {
-                let (sh, row) = self.tap(c as usize);
-                row * xrow + sh
-            })
-            .collect();
+        let off = self.window_offsets(w);
         // gather_windows overwrites its output.
         let yp = pooled(g.cout * self.len, |yp| {
             gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, yp)
@@ -208,15 +212,7 @@ impl DirectGeom {
 
     /// Gradient at the active weights, from `pad_dy`'s buffer and the phase buffer.
     pub fn weight_grad(&self, w: &SparseWeight, dyp: &[f32], xp: &[f32]) -> Vec<f32> {
-        let xrow = self.xrow();
-        let off: Vec<usize> = w
-            .col_idx
-            .iter()
-            .map(|&c| {
-                let (sh, row) = self.tap(c as usize);
-                row * xrow + sh
-            })
-            .collect();
+        let off = self.window_offsets(w);
         let mut gv = vec![0.0; w.nnz()];
         sddmm_windows(
             &w.row_ptr,
