@@ -4,6 +4,7 @@
 //! kernels run on the CPU by an emulator) are shaped here and land with the CUDA engine.
 
 pub mod cpu;
+pub mod gpu;
 
 use anyhow::{bail, Result};
 use std::fmt;

@@ -13,6 +13,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod norm;
 pub mod pool;
+pub mod twin;
 pub mod xent;
 
 pub use conv::ConvGeom;

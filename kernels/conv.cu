@@ -1,0 +1,2 @@
+// conv.cu — placeholder, written by the CUDA engine work (see DESIGN.md).
+#include "common.cuh"

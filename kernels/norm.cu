@@ -1,0 +1,2 @@
+// norm.cu — placeholder, written by the CUDA engine work (see DESIGN.md).
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// pool.cu — placeholder, written by the CUDA engine work (see DESIGN.md).
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// topk.cu — placeholder, written by the CUDA engine work (see DESIGN.md).
+#include "common.cuh"

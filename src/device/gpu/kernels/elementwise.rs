@@ -1,0 +1,3 @@
+//! Kernels of kernels/elementwise.cu (placeholder until written).
+
+pub const KERNELS: &[crate::device::gpu::KernelDef] = &[];

@@ -1,0 +1,341 @@
+//! The CUDA backend: kernels in `kernels/*.cu`, launched on a real GPU through cudarc
+//! (`Gpu::Cuda`) or on the CPU by the emulator (`Gpu::Emu`, the same sources compiled as C++).
+//!
+//! Everything above this module — launch configurations, parameter structs, buffer handling —
+//! is shared by both, so the emulator exercises the whole backend in CI, where no GPU exists.
+//!
+//! Conventions (docs/DESIGN.md, *Kernels*):
+//! - a kernel takes one `#[repr(C)]` parameter struct by value, mirrored in its .cu file;
+//!   buffer addresses in it are `u64` device addresses ([`Buf::addr`]);
+//! - kernel families live in [`kernels`], one Rust file per .cu file, each declaring its kernels
+//!   with [`gpu_kernels!`] and giving typed launch wrappers;
+//! - every kernel has a CPU twin of the same name in `device::cpu::twin`, the reference the
+//!   parity tests compare against.
+
+pub mod cuda;
+pub mod emu;
+pub mod kernels;
+
+use anyhow::{bail, ensure, Result};
+use bytemuck::{Pod, Zeroable};
+use std::ffi::c_void;
+
+/// CUDA's `dim3`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Dim3 {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+}
+
+impl Dim3 {
+    pub const fn x(x: u32) -> Self {
+        Dim3 { x, y: 1, z: 1 }
+    }
+    pub const fn xy(x: u32, y: u32) -> Self {
+        Dim3 { x, y, z: 1 }
+    }
+    pub const fn xyz(x: u32, y: u32, z: u32) -> Self {
+        Dim3 { x, y, z }
+    }
+    pub fn count(&self) -> u64 {
+        self.x as u64 * self.y as u64 * self.z as u64
+    }
+}
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchCfg {
+    pub grid: Dim3,
+    pub block: Dim3,
+    pub smem: u32,
+}
+
+impl LaunchCfg {
+    /// One-dimensional launch covering `n` items with `threads` per block.
+    pub fn linear(n: usize, threads: u32) -> Self {
+        let blocks = n.div_ceil(threads as usize).max(1);
+        LaunchCfg {
+            grid: Dim3::x(blocks.min(u32::MAX as usize) as u32),
+            block: Dim3::x(threads),
+            smem: 0,
+        }
+    }
+
+    /// Checks the limits every CUDA device since sm_50 shares, so both backends refuse the same
+    /// launches.
+    pub fn validate(&self, kernel: &str) -> Result<()> {
+        let b = self.block;
+        ensure!(
+            b.count() >= 1 && b.count() <= 1024 && b.z <= 64,
+            "kernel {kernel}: block {}×{}×{} is outside CUDA's limits (≤ 1024 threads, z ≤ 64)",
+            b.x,
+            b.y,
+            b.z
+        );
+        let g = self.grid;
+        ensure!(
+            g.count() >= 1 && g.y <= 65535 && g.z <= 65535,
+            "kernel {kernel}: grid {}×{}×{} is outside CUDA's limits",
+            g.x,
+            g.y,
+            g.z
+        );
+        ensure!(
+            self.smem <= 48 * 1024,
+            "kernel {kernel}: {} bytes of dynamic shared memory exceed 48 KiB (the limit without \
+             an opt-in attribute)",
+            self.smem
+        );
+        Ok(())
+    }
+}
+
+/// The emulator's host entry of a kernel: runs the whole grid on the calling thread.
+pub type EmuEntry = unsafe extern "C" fn(grid: Dim3, block: Dim3, smem: u32, params: *const c_void);
+
+/// One kernel: its name (the PTX `.entry`), the kernel file it lives in, and its emulator entry.
+pub struct KernelDef {
+    pub name: &'static str,
+    pub module: &'static str,
+    pub emu: EmuEntry,
+}
+
+impl std::fmt::Debug for KernelDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}::{}", self.module, self.name)
+    }
+}
+
+/// Declares the kernels of one .cu file: for each name, the emulator symbol and a `KernelDef`
+/// constant of the same name, plus `KERNELS`, the file's list (the source of truth that tests
+/// check against the PTX `.entry` names).
+///
+/// ```ignore
+/// gpu_kernels!("xent" => xent_fwd_f32, xent_bwd_f32);
+/// ```
+#[macro_export]
+macro_rules! gpu_kernels {
+    ($module:literal => $($name:ident),+ $(,)?) => {
+        mod emu_entries {
+            #[allow(unused_imports)]
+            use $crate::device::gpu::Dim3;
+            extern "C" {
+                $(pub fn $name(grid: Dim3, block: Dim3, smem: u32, params: *const std::ffi::c_void);)+
+            }
+        }
+        $(
+            #[allow(non_upper_case_globals)]
+            pub const $name: $crate::device::gpu::KernelDef = $crate::device::gpu::KernelDef {
+                name: stringify!($name),
+                module: $module,
+                emu: emu_entries::$name,
+            };
+        )+
+        /// Every kernel of this file.
+        pub const KERNELS: &[$crate::device::gpu::KernelDef] = &[$($name),+];
+    };
+}
+
+/// The kernel sources, embedded so the binary compiles them with NVRTC wherever it runs.
+pub struct ModuleSource {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Included textually ahead of every kernel file for NVRTC (which has no include path here).
+pub const COMMON_HEADER: &str = include_str!("../../../kernels/common.cuh");
+
+pub const MODULES: &[ModuleSource] = &[
+    ModuleSource { name: "conv", source: include_str!("../../../kernels/conv.cu") },
+    ModuleSource { name: "xent", source: include_str!("../../../kernels/xent.cu") },
+    ModuleSource { name: "topk", source: include_str!("../../../kernels/topk.cu") },
+    ModuleSource { name: "norm", source: include_str!("../../../kernels/norm.cu") },
+    ModuleSource { name: "pool", source: include_str!("../../../kernels/pool.cu") },
+    ModuleSource { name: "elementwise", source: include_str!("../../../kernels/elementwise.cu") },
+    ModuleSource { name: "optim", source: include_str!("../../../kernels/optim.cu") },
+];
+
+/// The source NVRTC compiles for a module: common.cuh pasted in place of its include line.
+pub fn module_source_for_nvrtc(m: &ModuleSource) -> String {
+    let mut out = String::with_capacity(COMMON_HEADER.len() + m.source.len() + 64);
+    for line in m.source.lines() {
+        if line.trim_start().starts_with("#include \"common.cuh\"") {
+            out.push_str("// ---- common.cuh ----\n");
+            out.push_str(COMMON_HEADER);
+            out.push_str("\n// ---- end common.cuh ----\n");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A device buffer. Its address is what kernels receive in their parameter structs.
+pub struct Buf {
+    bytes: usize,
+    addr: u64,
+    store: Store,
+}
+
+enum Store {
+    /// Emulator memory: 16-byte aligned host words.
+    Host(Vec<u128>),
+    Cuda(cudarc::driver::CudaSlice<u8>),
+}
+
+impl Buf {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The address kernels see (host pointer under the emulator, CUdeviceptr on a GPU).
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Number of `T` elements the buffer holds.
+    pub fn len_of<T>(&self) -> usize {
+        self.bytes / std::mem::size_of::<T>()
+    }
+}
+
+impl std::fmt::Debug for Buf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buf({} bytes @ {:#x})", self.bytes, self.addr())
+    }
+}
+
+/// A CUDA backend instance: a real GPU or the emulator.
+pub enum Gpu {
+    Emu,
+    Cuda(cuda::CudaGpu),
+}
+
+impl Gpu {
+    /// The emulator (always available).
+    pub fn emu() -> Gpu {
+        Gpu::Emu
+    }
+
+    /// GPU `ordinal` through cudarc; a clear error when no usable GPU or NVRTC is found.
+    pub fn cuda(ordinal: usize) -> Result<Gpu> {
+        Ok(Gpu::Cuda(cuda::CudaGpu::new(ordinal)?))
+    }
+
+    pub fn is_emu(&self) -> bool {
+        matches!(self, Gpu::Emu)
+    }
+
+    /// A short description: "emu" or the GPU's name and compute capability.
+    pub fn describe(&self) -> String {
+        match self {
+            Gpu::Emu => "emu (CUDA kernels emulated on the CPU)".into(),
+            Gpu::Cuda(c) => c.describe(),
+        }
+    }
+
+    /// A zero-filled buffer of `bytes` bytes.
+    pub fn alloc(&self, bytes: usize) -> Result<Buf> {
+        let (addr, store) = match self {
+            Gpu::Emu => {
+                let v = vec![0u128; bytes.div_ceil(16).max(1)];
+                (v.as_ptr() as u64, Store::Host(v))
+            }
+            Gpu::Cuda(c) => {
+                let (addr, s) = c.alloc_zeros(bytes.max(1))?;
+                (addr, Store::Cuda(s))
+            }
+        };
+        Ok(Buf { bytes, addr, store })
+    }
+
+    /// A zero-filled buffer of `n` elements of `T`.
+    pub fn zeros<T: Pod>(&self, n: usize) -> Result<Buf> {
+        self.alloc(n * std::mem::size_of::<T>())
+    }
+
+    /// A new buffer holding `src`.
+    pub fn upload<T: Pod>(&self, src: &[T]) -> Result<Buf> {
+        let mut b = self.alloc(std::mem::size_of_val(src))?;
+        self.write(&mut b, src)?;
+        Ok(b)
+    }
+
+    /// Copies `src` into the start of `dst`.
+    pub fn write<T: Pod>(&self, dst: &mut Buf, src: &[T]) -> Result<()> {
+        let bytes: &[u8] = bytemuck::cast_slice(src);
+        ensure!(
+            bytes.len() <= dst.bytes,
+            "write of {} bytes into a buffer of {}",
+            bytes.len(),
+            dst.bytes
+        );
+        match (&mut dst.store, self) {
+            (Store::Host(v), Gpu::Emu) => {
+                bytemuck::cast_slice_mut::<u128, u8>(v)[..bytes.len()].copy_from_slice(bytes)
+            }
+            (Store::Cuda(s), Gpu::Cuda(c)) => c.write(s, bytes)?,
+            _ => bail!("buffer belongs to another backend"),
+        }
+        Ok(())
+    }
+
+    /// The whole buffer as `T`s.
+    pub fn read<T: Pod>(&self, src: &Buf) -> Result<Vec<T>> {
+        let n = src.len_of::<T>();
+        let mut out = vec![T::zeroed(); n];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        match (&src.store, self) {
+            (Store::Host(v), Gpu::Emu) => {
+                bytes.copy_from_slice(&bytemuck::cast_slice::<u128, u8>(v)[..bytes.len()])
+            }
+            (Store::Cuda(s), Gpu::Cuda(c)) => c.read(s, bytes)?,
+            _ => bail!("buffer belongs to another backend"),
+        }
+        Ok(out)
+    }
+
+    /// Sets every byte of `dst` to `byte` (0xFF poisons f32 outputs with NaN before a test).
+    pub fn fill_bytes(&self, dst: &mut Buf, byte: u8) -> Result<()> {
+        match (&mut dst.store, self) {
+            (Store::Host(v), Gpu::Emu) => bytemuck::cast_slice_mut::<u128, u8>(v).fill(byte),
+            (Store::Cuda(s), Gpu::Cuda(c)) => c.memset(s, byte)?,
+            _ => bail!("buffer belongs to another backend"),
+        }
+        Ok(())
+    }
+
+    /// Launches `kernel` with its parameter struct. On a GPU the launch is asynchronous; on the
+    /// emulator it has finished when this returns.
+    pub fn launch<P: Pod>(&self, kernel: &KernelDef, cfg: LaunchCfg, params: &P) -> Result<()> {
+        cfg.validate(kernel.name)?;
+        match self {
+            Gpu::Emu => {
+                // SAFETY: `params` is the #[repr(C)] struct the kernel file mirrors (checked by
+                // the layout tests); the buffers it addresses are host memory owned by `Buf`s the
+                // caller keeps alive for this synchronous call.
+                unsafe {
+                    (kernel.emu)(cfg.grid, cfg.block, cfg.smem, params as *const P as *const c_void)
+                };
+                Ok(())
+            }
+            Gpu::Cuda(c) => c.launch(kernel, cfg, params),
+        }
+    }
+
+    /// Waits until all launched work has finished (a no-op on the emulator).
+    pub fn sync(&self) -> Result<()> {
+        match self {
+            Gpu::Emu => Ok(()),
+            Gpu::Cuda(c) => c.sync(),
+        }
+    }
+}
+
+/// Every kernel of every file.
+pub fn all_kernels() -> Vec<&'static KernelDef> {
+    kernels::ALL.iter().flat_map(|k| k.iter()).collect()
+}
