@@ -1,0 +1,1 @@
+//! CPU twins of kernels/conv.cu (placeholder until written).

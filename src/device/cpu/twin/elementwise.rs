@@ -1,0 +1,1 @@
+//! CPU twins of kernels/elementwise.cu (placeholder until written).

@@ -1,0 +1,1 @@
+//! CPU twins of kernels/norm.cu (placeholder until written).

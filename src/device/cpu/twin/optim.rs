@@ -1,0 +1,1 @@
+//! CPU twins of kernels/optim.cu (placeholder until written).

@@ -1,0 +1,1 @@
+//! CPU twins of kernels/pool.cu (placeholder until written).

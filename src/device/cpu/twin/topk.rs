@@ -1,0 +1,1 @@
+//! CPU twins of kernels/topk.cu (placeholder until written).
