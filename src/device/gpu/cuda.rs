@@ -14,12 +14,80 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// Whether the NVRTC library can be loaded (no compilation is attempted).
+/// Whether the NVRTC library can be loaded (no compilation is attempted). When the dynamic
+/// loader cannot find it by name, the usual install places are tried too (see [`locate_nvrtc`]).
 pub fn nvrtc_present() -> bool {
-    // SAFETY: only tries to dlopen the NVRTC library and reports whether it loaded.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    nvrtc_origin().is_some()
+}
+
+/// Where NVRTC was found: "LD_LIBRARY_PATH / system" or the folder it was preloaded from.
+pub fn nvrtc_origin() -> Option<&'static str> {
+    static ORIGIN: OnceLock<Option<String>> = OnceLock::new();
+    ORIGIN
+        .get_or_init(|| {
+            // SAFETY: only tries to dlopen the NVRTC library and reports whether it loaded.
+            if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                return Some("found by the dynamic loader (LD_LIBRARY_PATH or system)".into());
+            }
+            let dir = locate_nvrtc()?;
+            preload_nvrtc(&dir).then(|| dir.display().to_string())
+        })
+        .as_deref()
+}
+
+/// Folders that may hold `libnvrtc.so.13`, in order: `REST_NVRTC_DIR`, `$CUDA_HOME/lib64`,
+/// `/usr/local/cuda/lib64`, and the `nvidia/cu13/lib` folder of the PyPI wheel
+/// (`pip install nvidia-cuda-nvrtc==13.0.88`) in python3's site-packages.
+pub fn locate_nvrtc() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("REST_NVRTC_DIR") {
+        dirs.push(d.into());
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(d) = std::env::var_os(var) {
+            dirs.push(PathBuf::from(d).join("lib64"));
+        }
+    }
+    dirs.push("/usr/local/cuda/lib64".into());
+    // The wheel's folder: ask python where the `nvidia` namespace package lives.
+    if let Ok(out) = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import nvidia, sys; [print(p) for p in nvidia.__path__]",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            dirs.push(PathBuf::from(line.trim()).join("cu13/lib"));
+        }
+    }
+    dirs.into_iter()
+        .find(|d| d.join("libnvrtc.so.13").is_file())
+}
+
+/// Loads NVRTC (and its builtins) from `dir` by full path, so that cudarc's later load by
+/// name finds the already-loaded library. Returns whether it worked.
+fn preload_nvrtc(dir: &std::path::Path) -> bool {
+    let mut ok = true;
+    for name in ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"] {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: dlopen of a shared library by full path; the handle is deliberately leaked so
+        // the library stays loaded for the life of the process.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        ok &= !h.is_null();
+    }
+    // SAFETY: as in nvrtc_origin: a dlopen by name, which now finds the preloaded library.
+    ok && unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
 /// The NVRTC version as (major, minor), if the library loads.
