@@ -385,6 +385,21 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
             "not found"
         }
     );
+    match device::gpu::cuda::nvrtc_origin() {
+        Some(origin) => {
+            let v = device::gpu::cuda::nvrtc_version().unwrap_or((0, 0));
+            println!("NVRTC: {}.{} ({origin})", v.0, v.1);
+        }
+        None => println!(
+            "NVRTC: not found (CUDA toolkit lib64, REST_NVRTC_DIR, or pip install \
+             nvidia-cuda-nvrtc==13.0.88)"
+        ),
+    }
+    println!(
+        "CUDA kernels: {} in {} files (compiled by NVRTC on first use)",
+        device::gpu::all_kernels().len(),
+        device::gpu::MODULES.len()
+    );
     let (dev, why) = device::resolve(args.device.parse()?)?;
     println!("backend: {dev} ({why})");
     println!("CPU threads: {}", rayon::current_num_threads());
