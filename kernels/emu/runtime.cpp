@@ -24,6 +24,10 @@ namespace cuda_emu {
 namespace {
 
 constexpr size_t kStackBytes = 64 * 1024;        // per fiber; fprintf alone needs > 8 KiB
+// Stack tops are staggered by (slot % 64) cache lines: at a page-multiple stride, every fiber's
+// saved frame would fall into the same L1 set. The slot is this much larger to keep 64 KiB.
+constexpr size_t kColourBytes = 4096;
+constexpr size_t kSlotBytes = kStackBytes + kColourBytes;
 constexpr size_t kDynSmemBytes = 227 * 1024;     // Hopper's opt-in maximum per block
 constexpr unsigned kMaxThreads = 1024;
 constexpr unsigned kMaxWarps = kMaxThreads / 32;
@@ -190,7 +194,7 @@ void ensure_slots(Emu* e, unsigned threads) {
   unsigned slots = threads < 64 ? 64 : (threads + 63) / 64 * 64;
   const size_t pg = e->page;
   const size_t dyn = (kDynSmemBytes + pg - 1) / pg * pg;
-  const size_t bytes = pg + dyn + (size_t)slots * (pg + kStackBytes);
+  const size_t bytes = pg + dyn + (size_t)slots * (pg + kSlotBytes);
   void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) fatal("mmap of %zu bytes for fiber stacks failed", bytes);
@@ -201,11 +205,11 @@ void ensure_slots(Emu* e, unsigned threads) {
   mprotect(p, pg, PROT_NONE);
   e->dyn_end = p + pg + dyn;
   p = e->dyn_end;
-  for (unsigned i = 0; i < slots; i++, p += pg + kStackBytes) mprotect(p, pg, PROT_NONE);
+  for (unsigned i = 0; i < slots; i++, p += pg + kSlotBytes) mprotect(p, pg, PROT_NONE);
 }
 
 unsigned char* stack_top(Emu* e, unsigned slot) {
-  return e->dyn_end + (size_t)(slot + 1) * (e->page + kStackBytes);
+  return e->dyn_end + (size_t)(slot + 1) * (e->page + kSlotBytes) - (slot % 64) * 64;
 }
 
 // ---- barrier and warp groups --------------------------------------------------------------------
@@ -432,9 +436,9 @@ void describe(const Emu* e, unsigned i, char* buf, size_t len) {
 
 [[noreturn]] void report(Emu* e, const char* why) {
   fprintf(stderr,
-          "\ncuda_emu: %s\n  kernel %s, grid (%u,%u,%u), block (%u,%u,%u) of (%u,%u,%u) threads\n"
+          "\ncuda_emu: %s\n  kernel %s, block (%u,%u,%u), gridDim (%u,%u,%u), blockDim (%u,%u,%u)\n"
           "  %u of %u threads unfinished, %u waiting at __syncthreads\n",
-          why, e->kernel, gridDim.x, gridDim.y, gridDim.z, blockIdx.x, blockIdx.y, blockIdx.z,
+          why, e->kernel, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z,
           blockDim.x, blockDim.y, blockDim.z, e->live, e->n, e->arrived);
   if (e->bar_mismatch)
     fprintf(stderr, "  __syncthreads call sites: %s:%d and %s:%d\n", base_name(e->bar_file),
