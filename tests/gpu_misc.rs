@@ -282,7 +282,7 @@ fn batchnorm_matches_twin() -> Result<()> {
     use twin::norm::*;
     let gpu = Gpu::emu();
     let mut rng = Rng::new(16);
-    // C 3 × (N 5, 7×9); M = 2; M = 1 (no unbiased variance); M not a multiple of 256 above it;
+    // C 3 × (N 5, 7×9); M = 2; M = 1 (no unbiased variance; forward only); M not a multiple of 256 above it;
     // M ≥ 65536 (1024-thread blocks).
     let cases = [
         BnCase { c: 3, m: 5 * 7 * 9 },
@@ -349,7 +349,12 @@ fn batchnorm_matches_twin() -> Result<()> {
             assert_close(&what("bn running_mean"), &gpu.read(&brm)?, &rm, 1e-4, 1e-5);
             assert_close(&what("bn running_var"), &gpu.read(&brv)?, &rv, 1e-4, 1e-5);
 
-            // Backward, from the twin's saved statistics on both sides.
+            // Backward, from the twin's saved statistics on both sides. Not for M = 1: the
+            // engine never trains on it (nn::ops refuses), and there dx = a·dy − a·dy is pure
+            // cancellation of terms ~1/sqrt(eps) large.
+            if m == 1 {
+                continue;
+            }
             let dy = normal(&mut rng, c * m, 1.0, 0.0);
             let (bdy, bsm, bsi) = (gpu.upload(&dy)?, gpu.upload(&wsm)?, gpu.upload(&wsi)?);
             let (dx, dg, db) = (
