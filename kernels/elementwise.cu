@@ -19,6 +19,7 @@ struct ElementwiseParams {
   unsigned n;      // elements
   float alpha;     // scale factor (scale) or value (fill)
 };
+static_assert(sizeof(ElementwiseParams) == 32, "ElementwiseParams must match its #[repr(C)] Rust twin");
 
 #define EW_LOOP(i) \
   for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += gridDim.x * blockDim.x)

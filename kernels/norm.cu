@@ -55,6 +55,7 @@ struct NormParams {
   unsigned c, m;
   float eps, momentum;
 };
+static_assert(sizeof(NormParams) == 104, "NormParams must match its #[repr(C)] Rust twin");
 
 template <bool RELU>
 __device__ __forceinline__ void norm_train_fwd(const NormParams& p, float* scratch) {

@@ -29,6 +29,7 @@ struct SgdParams {
   float momentum;
   float weight_decay;
 };
+static_assert(sizeof(SgdParams) == 40, "SgdParams must match its #[repr(C)] Rust twin");
 
 KERNEL(optim_sgd_f32, SgdParams) {
   for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += gridDim.x * blockDim.x) {

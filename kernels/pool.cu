@@ -26,6 +26,7 @@ struct MaxPoolParams {
   const float* dy;    // bwd: dy; fwd: unused
   unsigned planes, h, w, oh, ow, k, stride, pad;
 };
+static_assert(sizeof(MaxPoolParams) == 64, "MaxPoolParams must match its #[repr(C)] Rust twin");
 
 KERNEL(pool_max_fwd_f32, MaxPoolParams) {
   const unsigned per_plane = p.oh * p.ow, total = p.planes * per_plane;
@@ -85,6 +86,7 @@ struct AvgPoolParams {
   float inv_hw;     // 1/hw, rounded to f32 (used by the backward only)
   unsigned pad_;
 };
+static_assert(sizeof(AvgPoolParams) == 32, "AvgPoolParams must match its #[repr(C)] Rust twin");
 
 KERNEL(pool_avg_fwd_f32, AvgPoolParams) {
   const unsigned lane = threadIdx.x & 31u;

@@ -43,6 +43,7 @@ struct XentParams {
   unsigned blocks;         // rows of partials (= the fused kernel's grid)
   unsigned per_block;      // samples per block (= the fused kernel's blockDim.x)
 };
+static_assert(sizeof(XentParams) == 88, "XentParams must match its #[repr(C)] Rust twin");
 
 KERNEL(xent_fused_f32, XentParams) {
   __shared__ float red[32][XENT_STATS];
