@@ -23,6 +23,7 @@
 
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
+use crate::device::gpu::kernels::conv::SparseBufs;
 use crate::device::gpu::{Buf, Gpu};
 use crate::nn::models::{BnLayer, Body, ConvLayer};
 use crate::nn::ops::{BN_EPS, BN_MOMENTUM};
@@ -33,6 +34,7 @@ use crate::sparse::csr::SparseWeight;
 use crate::sparse::topology::{prune_count, UpdateStats};
 use crate::train::StepStats;
 use anyhow::{bail, ensure, Context, Result};
+use std::collections::HashMap;
 
 /// A sparse layer's index on the device (the `SparseWeight` arrays, same meaning).
 struct DevSparse {
@@ -117,21 +119,24 @@ struct Arena {
     /// Element count of every tensor.
     sizes: Vec<usize>,
     values: Vec<Buf>,
-    /// Gradient buffers (training only; tensor 0 has none).
-    grads: Option<Vec<Buf>>,
+    /// Gradient buffers, one per tensor (training only; empty until the first training step at
+    /// this shape; tensor 0, the images, gets a placeholder).
+    grads: Vec<Buf>,
     /// Whether a tensor's gradient holds a value in the current backward pass.
     grad_set: Vec<bool>,
+    /// Scratch for a gradient that must be added to one already set, per tensor size (the
+    /// kernels check exact buffer sizes).
+    scratch: HashMap<usize, Buf>,
     /// Saved batch-norm (mean, invstd) per Bn op.
     saved: Vec<(Buf, Buf)>,
     argmax: Vec<Buf>,
     /// The logits tensor [K, N] (the classifier's output, class-major).
     logits: usize,
-    /// Scratch for a gradient that must be added to one already set (largest tensor size).
-    scratch: Option<Buf>,
-    /// Labels (u32), sample weights, per-sample losses, dlogits [N, K] and the loss.
+    /// Buffers of the loss (training only).
     xent: Option<XentBufs>,
 }
 
+/// Labels (u32), sample weights, per-sample losses, logits and dlogits [N, K].
 struct XentBufs {
     labels: Buf,
     weights: Buf,
@@ -323,17 +328,37 @@ impl GpuModel {
             self.arenas.insert(0, a);
             self.arenas.truncate(2);
         }
-        if train && self.arenas[0].grads.is_none() {
+        if train && self.arenas[0].grads.is_empty() {
             let gpu = &self.gpu;
             let a = &mut self.arenas[0];
-            let grads = a
+            let n = a.key.0;
+            let k = self.num_classes;
+            a.grads = a
                 .sizes
                 .iter()
-                .map(|&n| gpu.zeros::<f32>(n))
+                .enumerate()
+                .map(|(t, &s)| gpu.zeros::<f32>(if t == 0 { 1 } else { s }))
                 .collect::<Result<Vec<_>>>()?;
-            let max = a.sizes.iter().copied().max().unwrap_or(1);
-            a.scratch = Some(gpu.zeros::<f32>(max)?);
-            a.grads = Some(grads);
+            // A tensor read by several ops receives several gradients: all but the first go
+            // through scratch of its size.
+            let mut readers = vec![0usize; a.sizes.len()];
+            for op in &a.ops {
+                for t in op.inputs() {
+                    readers[t] += 1;
+                }
+            }
+            for (t, &r) in readers.iter().enumerate() {
+                if r > 1 && !a.scratch.contains_key(&a.sizes[t]) {
+                    a.scratch.insert(a.sizes[t], gpu.zeros::<f32>(a.sizes[t])?);
+                }
+            }
+            a.xent = Some(XentBufs {
+                labels: gpu.zeros::<u32>(n)?,
+                weights: gpu.zeros::<f32>(n)?,
+                losses: gpu.zeros::<f32>(n)?,
+                logits_nk: gpu.zeros::<f32>(n * k)?,
+                dlogits_nk: gpu.zeros::<f32>(n * k)?,
+            });
         }
         Ok(())
     }
@@ -410,11 +435,11 @@ impl GpuModel {
             grad_set: vec![false; sizes.len()],
             sizes,
             values,
-            grads: None,
+            grads: Vec::new(),
+            scratch: HashMap::new(),
             saved,
             argmax,
             logits,
-            scratch: None,
             xent: None,
         })
     }
@@ -493,57 +518,57 @@ impl GpuModel {
 
     /// Runs the forward graph of the front arena on `images`.
     fn forward(&mut self, images: &[f32], train: bool) -> Result<()> {
-        let gpu = &self.gpu;
-        let a = &mut self.arenas[0];
-        gpu.write(&mut a.values[0], images)?;
-        let a = &self.arenas[0];
-        for op in &a.ops {
+        let Self {
+            gpu,
+            params,
+            bn,
+            arenas,
+            ..
+        } = self;
+        let Arena {
+            ops,
+            sizes,
+            values,
+            saved,
+            argmax,
+            ..
+        } = &mut arenas[0];
+        gpu.write(&mut values[0], images)?;
+        for op in ops.iter() {
             match op {
                 Op::Conv { layer, g, x, y, .. } => {
-                    let p = &self.params[layer.w.0];
-                    let bias = layer.b.map(|b| &self.params[b.0].values);
+                    let p = &params[layer.w.0];
+                    let bias = layer.b.map(|b| &params[b.0].values);
+                    let (xv, yv) = split(values, *x, *y);
                     match &p.sparse {
-                        None => {
-                            k::conv_fwd_dense(gpu, g, &a.values[*x], &p.values, bias, &a.values[*y])
-                        }
-                        Some(s) => k::conv_fwd_sparse(
-                            gpu,
-                            g,
-                            &a.values[*x],
-                            s,
-                            &p.values,
-                            bias,
-                            &a.values[*y],
-                        ),
+                        None => k::conv_fwd_dense(gpu, g, xv, &p.values, bias, yv),
+                        Some(s) => k::conv_fwd_sparse(gpu, g, xv, &s.bufs(&p.values), bias, yv),
                     }
                     .with_context(|| format!("{} forward", p.name))?;
                 }
                 Op::Bn {
-                    bn,
+                    bn: l,
                     x,
                     y,
                     relu,
                     save,
                 } => {
-                    let c = self.params[bn.gamma.0].len;
-                    let m = a.sizes[*x] / c;
-                    let (gamma, beta) = (
-                        &self.params[bn.gamma.0].values,
-                        &self.params[bn.beta.0].values,
-                    );
-                    let st = &self.bn[bn.stats];
+                    let (gamma, beta) = (&params[l.gamma.0], &params[l.beta.0]);
+                    let (c, m) = (gamma.len, sizes[*x] / gamma.len);
+                    let st = &mut bn[l.stats];
+                    let (xv, yv) = split(values, *x, *y);
                     if train {
-                        let (mean, invstd) = &a.saved[*save];
+                        let (mean, invstd) = &mut saved[*save];
                         k::bn_train_fwd(
                             gpu,
                             c,
                             m,
-                            &a.values[*x],
-                            gamma,
-                            beta,
-                            &st.mean,
-                            &st.var,
-                            &a.values[*y],
+                            xv,
+                            &gamma.values,
+                            &beta.values,
+                            &mut st.mean,
+                            &mut st.var,
+                            yv,
                             mean,
                             invstd,
                             *relu,
@@ -553,16 +578,16 @@ impl GpuModel {
                             gpu,
                             c,
                             m,
-                            &a.values[*x],
-                            gamma,
-                            beta,
+                            xv,
+                            &gamma.values,
+                            &beta.values,
                             &st.mean,
                             &st.var,
-                            &a.values[*y],
+                            yv,
                             *relu,
                         )
                     }
-                    .with_context(|| format!("{} forward", self.params[bn.gamma.0].name))?;
+                    .with_context(|| format!("{} forward", gamma.name))?;
                 }
                 Op::MaxPool {
                     x,
@@ -570,32 +595,19 @@ impl GpuModel {
                     planes,
                     h,
                     w,
-                    argmax,
+                    argmax: am,
                 } => {
-                    k::maxpool_fwd(
-                        gpu,
-                        &a.values[*x],
-                        &a.values[*y],
-                        &a.argmax[*argmax],
-                        *planes,
-                        *h,
-                        *w,
-                        3,
-                        2,
-                        1,
-                    )?;
+                    let (xv, yv) = split(values, *x, *y);
+                    k::maxpool_fwd(gpu, xv, yv, &mut argmax[*am], *planes, *h, *w)?;
                 }
-                Op::AddRelu { a: l, b, y } => {
-                    k::add_relu(
-                        gpu,
-                        &a.values[*l],
-                        &a.values[*b],
-                        &a.values[*y],
-                        a.sizes[*y],
-                    )?;
+                Op::AddRelu { a, b, y } => {
+                    let n = sizes[*y];
+                    let (av, bv, yv) = split3(values, *a, *b, *y);
+                    k::add_relu(gpu, av, bv, yv, n)?;
                 }
                 Op::Gap { x, y, planes, hw } => {
-                    k::gap_fwd(gpu, &a.values[*x], &a.values[*y], *planes, *hw)?;
+                    let (xv, yv) = split(values, *x, *y);
+                    k::gap_fwd(gpu, xv, yv, *planes, *hw)?;
                 }
             }
         }
@@ -610,25 +622,15 @@ impl GpuModel {
         weights: &[f32],
     ) -> Result<(f32, Vec<f32>, Vec<f32>)> {
         let (n, k) = (labels.len(), self.num_classes);
-        let gpu = &self.gpu;
-        let a = &mut self.arenas[0];
-        if a.xent.is_none() {
-            a.xent = Some(XentBufs {
-                labels: gpu.zeros::<u32>(n)?,
-                weights: gpu.zeros::<f32>(n)?,
-                losses: gpu.zeros::<f32>(n)?,
-                logits_nk: gpu.zeros::<f32>(n * k)?,
-                dlogits_nk: gpu.zeros::<f32>(n * k)?,
-            });
-        }
-        let xb = a.xent.as_mut().expect("just set");
+        let Self { gpu, arenas, .. } = self;
+        let a = &mut arenas[0];
+        let xb = a.xent.as_mut().expect("training arena");
         gpu.write(&mut xb.labels, labels)?;
         gpu.write(&mut xb.weights, weights)?;
-        let a = &mut self.arenas[0];
-        // The classifier writes logits class-major [K, N]; the loss reads [N, K].
+        // The classifier writes logits class-major [K, N]; the loss reads [N, K]. The transpose
+        // is done on the host (N·K floats; the logits come back for the predictions anyway).
         let lt: Vec<f32> = gpu.read(&a.values[a.logits])?;
-        let logits = transpose(&lt[..k * n], k, n);
-        let xb = a.xent.as_mut().expect("just set");
+        let logits = transpose(&lt, k, n);
         gpu.write(&mut xb.logits_nk, &logits)?;
         let loss = k::xent(
             gpu,
@@ -637,41 +639,48 @@ impl GpuModel {
             &xb.logits_nk,
             &xb.labels,
             &xb.weights,
-            &xb.losses,
-            &xb.dlogits_nk,
+            &mut xb.losses,
+            &mut xb.dlogits_nk,
         )?;
-        let losses = self.read_f32(&self.arenas[0].xent.as_ref().expect("set").losses, n)?;
-        let a = &mut self.arenas[0];
-        let xb = a.xent.as_ref().expect("set");
+        let losses: Vec<f32> = gpu.read(&xb.losses)?;
         let d: Vec<f32> = gpu.read(&xb.dlogits_nk)?;
-        let dt = transpose(&d[..n * k], n, k);
-        let grads = a.grads.as_mut().expect("training arena");
-        gpu.write(&mut grads[a.logits], &dt)?;
-        let _ = grads;
+        gpu.write(&mut a.grads[a.logits], &transpose(&d, n, k))?;
         Ok((loss, losses, logits))
     }
 
     /// Back-propagates from the logits gradient through the front arena's graph into every
     /// parameter's gradient buffer (and, with `dense`, the sparse layers' dense gradients).
     fn backward(&mut self, dense: bool) -> Result<()> {
-        // Dense gradient buffers for the sparse layers, on update steps.
+        let Self {
+            gpu,
+            params,
+            arenas,
+            ..
+        } = self;
         if dense {
-            for p in &mut self.params {
+            for p in params.iter_mut() {
                 if let Some(s) = &mut p.sparse {
                     if s.dense_grad.is_none() {
-                        s.dense_grad = Some(self.gpu.zeros::<f32>(s.rows * s.cols)?);
+                        s.dense_grad = Some(gpu.zeros::<f32>(s.rows * s.cols)?);
                     }
                 }
             }
         }
-        let gpu = &self.gpu;
-        let a = &mut self.arenas[0];
-        a.grad_set.iter_mut().for_each(|s| *s = false);
-        a.grad_set[a.logits] = true;
-        let a = &mut self.arenas[0];
-        let ops = a.ops.clone();
+        let Arena {
+            ops,
+            sizes,
+            values,
+            grads,
+            grad_set,
+            scratch,
+            saved,
+            argmax,
+            logits,
+            ..
+        } = &mut arenas[0];
+        grad_set.iter_mut().for_each(|s| *s = false);
+        grad_set[*logits] = true;
         for op in ops.iter().rev() {
-            let a = &mut self.arenas[0];
             match op {
                 Op::Conv {
                     layer,
@@ -680,82 +689,72 @@ impl GpuModel {
                     y,
                     first,
                 } => {
-                    let p = &self.params[layer.w.0];
-                    let grads = a.grads.as_ref().expect("training arena");
-                    let (xv, dy) = (&a.values[*x], &grads[*y]);
-                    let ctx = || format!("{} backward", p.name);
-                    match &p.sparse {
-                        None => {
-                            k::conv_bwd_weight_dense(gpu, g, xv, dy, &p.grad).with_context(ctx)?
-                        }
+                    let DevParam {
+                        name,
+                        values: w,
+                        grad,
+                        sparse,
+                        ..
+                    } = &mut params[layer.w.0];
+                    let ctx = || format!("{name} backward");
+                    let (xv, dy) = (&values[*x], &grads[*y]);
+                    match sparse {
+                        None => k::conv_bwd_weight_dense(gpu, g, xv, dy, grad).with_context(ctx)?,
                         Some(s) => {
-                            k::conv_bwd_weight_sparse(gpu, g, xv, dy, s, &p.grad)
+                            let (bufs, dg) = s.bufs_and_dense_grad(w);
+                            k::conv_bwd_weight_sparse(gpu, g, xv, dy, &bufs, grad)
                                 .with_context(ctx)?;
                             if dense {
-                                let dg = s.dense_grad.as_ref().expect("allocated above");
+                                let dg = dg.expect("allocated above");
                                 k::conv_bwd_weight_dense(gpu, g, xv, dy, dg).with_context(ctx)?;
                             }
                         }
                     }
-                    if let Some(b) = layer.b {
-                        k::conv_bias_grad(gpu, g, dy, &self.params[b.0].grad).with_context(ctx)?;
-                    }
-                    if !first {
-                        let (target, add) = grad_target(a, *x);
-                        let grads = a.grads.as_ref().expect("training arena");
-                        let dx = if add {
-                            a.scratch.as_ref().expect("scratch")
-                        } else {
-                            &grads[target]
-                        };
-                        let dy = &grads[*y];
-                        match &p.sparse {
-                            None => k::conv_bwd_data_dense(gpu, g, dy, &p.values, dx),
-                            Some(s) => k::conv_bwd_data_sparse(gpu, g, dy, s, &p.values, dx),
+                    if !*first {
+                        let add = take_grad(grad_set, *x);
+                        let (dy, dx) = grad_io(grads, scratch, add, sizes[*x], *y, *x);
+                        match sparse {
+                            None => k::conv_bwd_data_dense(gpu, g, dy, w, dx),
+                            Some(s) => k::conv_bwd_data_sparse(gpu, g, dy, &s.bufs(w), dx),
                         }
                         .with_context(ctx)?;
-                        if add {
-                            k::acc(gpu, &grads[target], dx, a.sizes[target])?;
-                        }
+                        finish_grad(gpu, grads, scratch, add, sizes[*x], *x)?;
+                    }
+                    if let Some(b) = layer.b {
+                        let p = &mut params[b.0];
+                        k::conv_bias_grad(gpu, g, &grads[*y], &mut p.grad)
+                            .with_context(|| format!("{} backward", p.name))?;
                     }
                 }
                 Op::Bn {
-                    bn,
+                    bn: l,
                     x,
                     y,
                     relu,
                     save,
                 } => {
-                    let c = self.params[bn.gamma.0].len;
-                    let m = a.sizes[*x] / c;
-                    let (gamma, beta) = (&self.params[bn.gamma.0], &self.params[bn.beta.0]);
-                    let (target, add) = grad_target(a, *x);
-                    let grads = a.grads.as_ref().expect("training arena");
-                    let dx = if add {
-                        a.scratch.as_ref().expect("scratch")
-                    } else {
-                        &grads[target]
-                    };
-                    let (mean, invstd) = &a.saved[*save];
+                    let (gamma, beta) = split2_mut(params, l.gamma.0, l.beta.0);
+                    let (c, m) = (gamma.len, sizes[*x] / gamma.len);
+                    let add = take_grad(grad_set, *x);
+                    let (dy, dx) = grad_io(grads, scratch, add, sizes[*x], *y, *x);
+                    let (mean, invstd) = &saved[*save];
                     k::bn_bwd(
                         gpu,
                         c,
                         m,
-                        &a.values[*x],
+                        &values[*x],
                         &gamma.values,
                         &beta.values,
                         mean,
                         invstd,
-                        &grads[*y],
+                        dy,
                         dx,
-                        &gamma.grad,
-                        &beta.grad,
+                        &mut gamma.grad,
+                        &mut beta.grad,
                         *relu,
                     )
                     .with_context(|| format!("{} backward", gamma.name))?;
-                    if add {
-                        k::acc(gpu, &grads[target], dx, a.sizes[target])?;
-                    }
+                    finish_grad(gpu, grads, scratch, add, sizes[*x], *x)?;
                 }
                 Op::MaxPool {
                     x,
@@ -763,59 +762,27 @@ impl GpuModel {
                     planes,
                     h,
                     w,
-                    argmax,
+                    argmax: am,
                 } => {
-                    let (target, add) = grad_target(a, *x);
-                    let grads = a.grads.as_ref().expect("training arena");
-                    let dx = if add {
-                        a.scratch.as_ref().expect("scratch")
-                    } else {
-                        &grads[target]
-                    };
-                    k::maxpool_bwd(
-                        gpu,
-                        &grads[*y],
-                        &a.argmax[*argmax],
-                        dx,
-                        *planes,
-                        *h,
-                        *w,
-                        3,
-                        2,
-                        1,
-                    )?;
-                    if add {
-                        k::acc(gpu, &grads[target], dx, a.sizes[target])?;
-                    }
+                    let add = take_grad(grad_set, *x);
+                    let (dy, dx) = grad_io(grads, scratch, add, sizes[*x], *y, *x);
+                    k::maxpool_bwd(gpu, dy, &argmax[*am], dx, *planes, *h, *w)?;
+                    finish_grad(gpu, grads, scratch, add, sizes[*x], *x)?;
                 }
-                Op::AddRelu { a: l, b, y } => {
+                Op::AddRelu { a, b, y } => {
                     // d(a + b) = dy where the output is positive; both inputs receive it.
-                    for t in [*l, *b] {
-                        let (target, add) = grad_target(a, t);
-                        let grads = a.grads.as_ref().expect("training arena");
-                        let dx = if add {
-                            a.scratch.as_ref().expect("scratch")
-                        } else {
-                            &grads[target]
-                        };
-                        k::relu_bwd(gpu, &a.values[*y], &grads[*y], dx, a.sizes[*y])?;
-                        if add {
-                            k::acc(gpu, &grads[target], dx, a.sizes[target])?;
-                        }
+                    for t in [*a, *b] {
+                        let add = take_grad(grad_set, t);
+                        let (dy, dx) = grad_io(grads, scratch, add, sizes[t], *y, t);
+                        k::relu_bwd(gpu, &values[*y], dy, dx, sizes[*y])?;
+                        finish_grad(gpu, grads, scratch, add, sizes[t], t)?;
                     }
                 }
                 Op::Gap { x, y, planes, hw } => {
-                    let (target, add) = grad_target(a, *x);
-                    let grads = a.grads.as_ref().expect("training arena");
-                    let dx = if add {
-                        a.scratch.as_ref().expect("scratch")
-                    } else {
-                        &grads[target]
-                    };
-                    k::gap_bwd(gpu, &grads[*y], dx, *planes, *hw)?;
-                    if add {
-                        k::acc(gpu, &grads[target], dx, a.sizes[target])?;
-                    }
+                    let add = take_grad(grad_set, *x);
+                    let (dy, dx) = grad_io(grads, scratch, add, sizes[*x], *y, *x);
+                    k::gap_bwd(gpu, dy, dx, *planes, *hw)?;
+                    finish_grad(gpu, grads, scratch, add, sizes[*x], *x)?;
                 }
             }
         }
@@ -823,13 +790,13 @@ impl GpuModel {
     }
 
     /// SGD with momentum and weight decay over every parameter's trainable numbers.
-    fn sgd(&self, lr: f32) -> Result<()> {
-        for p in &self.params {
+    fn sgd(&mut self, lr: f32) -> Result<()> {
+        for p in &mut self.params {
             k::sgd(
                 &self.gpu,
-                &p.values,
+                &mut p.values,
                 &p.grad,
-                &p.momentum,
+                &mut p.momentum,
                 p.len,
                 lr,
                 self.momentum,
@@ -858,7 +825,7 @@ impl GpuModel {
             if kk == 0 {
                 continue;
             }
-            k::prune_regrow(&self.gpu, s, &p.values, &p.momentum, kk)
+            k::prune_regrow(&self.gpu, s, &mut p.values, &mut p.momentum, kk)
                 .with_context(|| format!("{} topology update", p.name))?;
             sum.pruned += kk;
             sum.grown += kk;
@@ -868,12 +835,89 @@ impl GpuModel {
     }
 }
 
-/// Where the gradient for tensor `t` goes: its own buffer (first writer in this backward pass)
-/// or the scratch buffer, to be added to it afterwards. Returns (t, add).
-fn grad_target(a: &mut Arena, t: usize) -> (usize, bool) {
-    let add = a.grad_set[t];
-    a.grad_set[t] = true;
-    (t, add)
+/// Marks tensor `t`'s gradient as set in this backward pass; returns whether it already was
+/// (then the new gradient goes through scratch and is added).
+fn take_grad(set: &mut [bool], t: usize) -> bool {
+    std::mem::replace(&mut set[t], true)
+}
+
+/// (dy = gradient of tensor `y`, the buffer that receives tensor `t`'s gradient): `t`'s own
+/// gradient buffer, or with `add` the scratch buffer of its size.
+fn grad_io<'g>(
+    grads: &'g mut [Buf],
+    scratch: &'g mut HashMap<usize, Buf>,
+    add: bool,
+    size: usize,
+    y: usize,
+    t: usize,
+) -> (&'g Buf, &'g mut Buf) {
+    if add {
+        let s = scratch
+            .get_mut(&size)
+            .expect("scratch is allocated for every tensor read twice");
+        (&grads[y], s)
+    } else {
+        split(grads, y, t)
+    }
+}
+
+/// Adds the scratch gradient into tensor `t`'s gradient when `add`.
+fn finish_grad(
+    gpu: &Gpu,
+    grads: &mut [Buf],
+    scratch: &HashMap<usize, Buf>,
+    add: bool,
+    size: usize,
+    t: usize,
+) -> Result<()> {
+    if add {
+        k::acc(gpu, &mut grads[t], &scratch[&size], size)?;
+    }
+    Ok(())
+}
+
+/// (&v[i], &mut v[j]) for i ≠ j.
+fn split<T>(v: &mut [T], i: usize, j: usize) -> (&T, &mut T) {
+    assert_ne!(i, j, "an op's input and output are the same tensor");
+    if i < j {
+        let (lo, hi) = v.split_at_mut(j);
+        (&lo[i], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(i);
+        (&hi[0], &mut lo[j])
+    }
+}
+
+/// (&v[a], &v[b], &mut v[y]) for y different from a and b.
+fn split3<T>(v: &mut [T], a: usize, b: usize, y: usize) -> (&T, &T, &mut T) {
+    assert!(
+        y != a && y != b,
+        "an op's input and output are the same tensor"
+    );
+    let (lo, hi) = v.split_at_mut(y);
+    let (yv, rest) = hi.split_first_mut().expect("y in range");
+    let get = |i: usize| -> &T {
+        if i < y {
+            &lo[i]
+        } else {
+            &rest[i - y - 1]
+        }
+    };
+    // SAFETY-free: both are shared borrows of elements other than y.
+    let (av, bv) = (get(a), get(b));
+    (av, bv, yv)
+}
+
+/// (&mut v[i], &mut v[j]) for i ≠ j.
+fn split2_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j, "two distinct parameters expected");
+    if i < j {
+        let (lo, hi) = v.split_at_mut(j);
+        (&mut lo[i], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(i);
+        (&mut hi[0], &mut lo[j])
+    }
 }
 
 /// [a, b] → [b, a].
@@ -899,6 +943,55 @@ fn upload_sparse(gpu: &Gpu, sw: &SparseWeight) -> Result<DevSparse> {
         csc_pos: gpu.upload(&sw.csc_pos)?,
         dense_grad: None,
     })
+}
+
+impl DevSparse {
+    /// The layer as the conv kernels take it, with its values.
+    fn bufs<'a>(&'a self, values: &'a Buf) -> SparseBufs<'a> {
+        SparseBufs {
+            row_ptr: &self.row_ptr,
+            col_idx: &self.col_idx,
+            values,
+            col_ptr: &self.col_ptr,
+            csc_row: &self.csc_row,
+            csc_pos: &self.csc_pos,
+            nnz: self.nnz,
+        }
+    }
+
+    /// `bufs` and the dense gradient buffer (if allocated), borrowed together.
+    fn bufs_and_dense_grad<'a>(
+        &'a mut self,
+        values: &'a Buf,
+    ) -> (SparseBufs<'a>, Option<&'a mut Buf>) {
+        let bufs = SparseBufs {
+            row_ptr: &self.row_ptr,
+            col_idx: &self.col_idx,
+            values,
+            col_ptr: &self.col_ptr,
+            csc_row: &self.csc_row,
+            csc_pos: &self.csc_pos,
+            nnz: self.nnz,
+        };
+        (bufs, self.dense_grad.as_mut())
+    }
+}
+
+impl Op {
+    /// The tensors the op reads (whose gradients its backward produces).
+    fn inputs(&self) -> Vec<usize> {
+        match self {
+            Op::Conv { x, first, .. } => {
+                if *first {
+                    vec![]
+                } else {
+                    vec![*x]
+                }
+            }
+            Op::Bn { x, .. } | Op::MaxPool { x, .. } | Op::Gap { x, .. } => vec![*x],
+            Op::AddRelu { a, b, .. } => vec![*a, *b],
+        }
+    }
 }
 
 /// Builds the forward graph of one batch shape.
@@ -988,77 +1081,86 @@ impl GraphBuilder<'_> {
     }
 }
 
-/// Adapters from the model's needs to the kernel families' launch wrappers.
+/// Adapters from the model's needs to the kernel families' launch wrappers (outputs as
+/// `&mut Buf` throughout).
 mod k {
-    use super::DevSparse;
+    use super::{DevSparse, BN_EPS, BN_MOMENTUM};
     use crate::device::cpu::conv::ConvGeom;
+    use crate::device::gpu::kernels::conv::{self, SparseBufs};
     use crate::device::gpu::{Buf, Gpu};
     use anyhow::{bail, Result};
 
     const MISSING: &str = "kernel not merged yet";
 
     pub fn conv_fwd_dense(
-        _gpu: &Gpu,
-        _g: &ConvGeom,
-        _x: &Buf,
-        _w: &Buf,
-        _bias: Option<&Buf>,
-        _y: &Buf,
+        gpu: &Gpu,
+        g: &ConvGeom,
+        x: &Buf,
+        w: &Buf,
+        bias: Option<&Buf>,
+        y: &mut Buf,
     ) -> Result<()> {
-        bail!("conv_fwd_dense: {MISSING}")
+        conv::conv_fwd_dense(gpu, g, x, w, bias, y)
     }
+
     pub fn conv_fwd_sparse(
-        _gpu: &Gpu,
-        _g: &ConvGeom,
-        _x: &Buf,
-        _s: &DevSparse,
-        _v: &Buf,
-        _bias: Option<&Buf>,
-        _y: &Buf,
+        gpu: &Gpu,
+        g: &ConvGeom,
+        x: &Buf,
+        w: &SparseBufs,
+        bias: Option<&Buf>,
+        y: &mut Buf,
     ) -> Result<()> {
-        bail!("conv_fwd_sparse: {MISSING}")
+        conv::conv_fwd_sparse(gpu, g, x, w, bias, y)
     }
+
     pub fn conv_bwd_data_dense(
-        _gpu: &Gpu,
-        _g: &ConvGeom,
-        _dy: &Buf,
-        _w: &Buf,
-        _dx: &Buf,
+        gpu: &Gpu,
+        g: &ConvGeom,
+        dy: &Buf,
+        w: &Buf,
+        dx: &mut Buf,
     ) -> Result<()> {
-        bail!("conv_bwd_data_dense: {MISSING}")
+        conv::conv_bwd_data_dense(gpu, g, dy, w, dx)
     }
+
     pub fn conv_bwd_data_sparse(
-        _gpu: &Gpu,
-        _g: &ConvGeom,
-        _dy: &Buf,
-        _s: &DevSparse,
-        _v: &Buf,
-        _dx: &Buf,
+        gpu: &Gpu,
+        g: &ConvGeom,
+        dy: &Buf,
+        w: &SparseBufs,
+        dx: &mut Buf,
     ) -> Result<()> {
-        bail!("conv_bwd_data_sparse: {MISSING}")
+        conv::conv_bwd_data_sparse(gpu, g, dy, w, dx)
     }
+
+    /// The dense weight gradient, one split (no workspace: deterministic, and the weight
+    /// gradient is a small part of a step on the shapes trained here).
     pub fn conv_bwd_weight_dense(
-        _gpu: &Gpu,
-        _g: &ConvGeom,
-        _x: &Buf,
-        _dy: &Buf,
-        _dw: &Buf,
+        gpu: &Gpu,
+        g: &ConvGeom,
+        x: &Buf,
+        dy: &Buf,
+        dw: &mut Buf,
     ) -> Result<()> {
-        bail!("conv_bwd_weight_dense: {MISSING}")
+        conv::conv_bwd_weight_dense(gpu, g, x, dy, dw, None)
     }
+
     pub fn conv_bwd_weight_sparse(
-        _gpu: &Gpu,
-        _g: &ConvGeom,
-        _x: &Buf,
-        _dy: &Buf,
-        _s: &DevSparse,
-        _gv: &Buf,
+        gpu: &Gpu,
+        g: &ConvGeom,
+        x: &Buf,
+        dy: &Buf,
+        w: &SparseBufs,
+        dvalues: &mut Buf,
     ) -> Result<()> {
-        bail!("conv_bwd_weight_sparse: {MISSING}")
+        conv::conv_bwd_weight_sparse(gpu, g, x, dy, w, dvalues)
     }
-    pub fn conv_bias_grad(_gpu: &Gpu, _g: &ConvGeom, _dy: &Buf, _db: &Buf) -> Result<()> {
-        bail!("conv_bias_grad: {MISSING}")
+
+    pub fn conv_bias_grad(gpu: &Gpu, g: &ConvGeom, dy: &Buf, db: &mut Buf) -> Result<()> {
+        conv::conv_bwd_bias(gpu, g.cout, g.col_cols(), dy, db)
     }
+
     #[allow(clippy::too_many_arguments)]
     pub fn bn_train_fwd(
         _gpu: &Gpu,
@@ -1067,16 +1169,17 @@ mod k {
         _x: &Buf,
         _gamma: &Buf,
         _beta: &Buf,
-        _rmean: &Buf,
-        _rvar: &Buf,
-        _y: &Buf,
-        _mean: &Buf,
-        _invstd: &Buf,
+        _rmean: &mut Buf,
+        _rvar: &mut Buf,
+        _y: &mut Buf,
+        _mean: &mut Buf,
+        _invstd: &mut Buf,
         _relu: bool,
     ) -> Result<()> {
-        let _ = (super::BN_EPS, super::BN_MOMENTUM);
+        let _ = (BN_EPS, BN_MOMENTUM);
         bail!("bn_train_fwd: {MISSING}")
     }
+
     #[allow(clippy::too_many_arguments)]
     pub fn bn_eval_fwd(
         _gpu: &Gpu,
@@ -1087,11 +1190,12 @@ mod k {
         _beta: &Buf,
         _rmean: &Buf,
         _rvar: &Buf,
-        _y: &Buf,
+        _y: &mut Buf,
         _relu: bool,
     ) -> Result<()> {
         bail!("bn_eval_fwd: {MISSING}")
     }
+
     #[allow(clippy::too_many_arguments)]
     pub fn bn_bwd(
         _gpu: &Gpu,
@@ -1103,13 +1207,15 @@ mod k {
         _mean: &Buf,
         _invstd: &Buf,
         _dy: &Buf,
-        _dx: &Buf,
-        _dgamma: &Buf,
-        _dbeta: &Buf,
+        _dx: &mut Buf,
+        _dgamma: &mut Buf,
+        _dbeta: &mut Buf,
         _relu: bool,
     ) -> Result<()> {
         bail!("bn_bwd: {MISSING}")
     }
+
+    /// The reweighted cross-entropy over logits [N, K]; returns the loss Σwᵢlᵢ/Σwᵢ.
     #[allow(clippy::too_many_arguments)]
     pub fn xent(
         _gpu: &Gpu,
@@ -1118,72 +1224,73 @@ mod k {
         _logits: &Buf,
         _labels: &Buf,
         _weights: &Buf,
-        _losses: &Buf,
-        _dlogits: &Buf,
+        _losses: &mut Buf,
+        _dlogits: &mut Buf,
     ) -> Result<f32> {
         bail!("xent: {MISSING}")
     }
+
     pub fn prune_regrow(
         _gpu: &Gpu,
         _s: &mut DevSparse,
-        _values: &Buf,
-        _momentum: &Buf,
+        _values: &mut Buf,
+        _momentum: &mut Buf,
         _k: usize,
     ) -> Result<()> {
         bail!("prune_regrow: {MISSING}")
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The ResNet stem's 3×3/2 max-pool, padding 1.
     pub fn maxpool_fwd(
         _gpu: &Gpu,
         _x: &Buf,
-        _y: &Buf,
-        _argmax: &Buf,
+        _y: &mut Buf,
+        _argmax: &mut Buf,
         _planes: usize,
         _h: usize,
         _w: usize,
-        _k: usize,
-        _s: usize,
-        _p: usize,
     ) -> Result<()> {
         bail!("maxpool_fwd: {MISSING}")
     }
-    #[allow(clippy::too_many_arguments)]
+
     pub fn maxpool_bwd(
         _gpu: &Gpu,
         _dy: &Buf,
         _argmax: &Buf,
-        _dx: &Buf,
+        _dx: &mut Buf,
         _planes: usize,
         _h: usize,
         _w: usize,
-        _k: usize,
-        _s: usize,
-        _p: usize,
     ) -> Result<()> {
         bail!("maxpool_bwd: {MISSING}")
     }
-    pub fn gap_fwd(_gpu: &Gpu, _x: &Buf, _y: &Buf, _planes: usize, _hw: usize) -> Result<()> {
+
+    pub fn gap_fwd(_gpu: &Gpu, _x: &Buf, _y: &mut Buf, _planes: usize, _hw: usize) -> Result<()> {
         bail!("gap_fwd: {MISSING}")
     }
-    pub fn gap_bwd(_gpu: &Gpu, _dy: &Buf, _dx: &Buf, _planes: usize, _hw: usize) -> Result<()> {
+
+    pub fn gap_bwd(_gpu: &Gpu, _dy: &Buf, _dx: &mut Buf, _planes: usize, _hw: usize) -> Result<()> {
         bail!("gap_bwd: {MISSING}")
     }
-    pub fn add_relu(_gpu: &Gpu, _a: &Buf, _b: &Buf, _y: &Buf, _n: usize) -> Result<()> {
+
+    pub fn add_relu(_gpu: &Gpu, _a: &Buf, _b: &Buf, _y: &mut Buf, _n: usize) -> Result<()> {
         bail!("add_relu: {MISSING}")
     }
-    pub fn relu_bwd(_gpu: &Gpu, _y: &Buf, _dy: &Buf, _dx: &Buf, _n: usize) -> Result<()> {
+
+    pub fn relu_bwd(_gpu: &Gpu, _y: &Buf, _dy: &Buf, _dx: &mut Buf, _n: usize) -> Result<()> {
         bail!("relu_bwd: {MISSING}")
     }
-    pub fn acc(_gpu: &Gpu, _y: &Buf, _b: &Buf, _n: usize) -> Result<()> {
+
+    pub fn acc(_gpu: &Gpu, _y: &mut Buf, _b: &Buf, _n: usize) -> Result<()> {
         bail!("acc: {MISSING}")
     }
+
     #[allow(clippy::too_many_arguments)]
     pub fn sgd(
         _gpu: &Gpu,
-        _w: &Buf,
+        _w: &mut Buf,
         _g: &Buf,
-        _m: &Buf,
+        _m: &mut Buf,
         _n: usize,
         _lr: f32,
         _mu: f32,
