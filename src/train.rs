@@ -197,10 +197,29 @@ pub struct StepStats {
     pub loss: f32,
     /// Per-sample (unweighted) losses lᵢ.
     pub losses: Vec<f32>,
-    /// The predicted class of each sample (first maximum of its logits).
-    pub predictions: Vec<u32>,
-    /// Samples whose prediction equals the label.
+    /// Samples whose prediction (first maximum of the logits) equals the label.
     pub correct: usize,
+    /// Per group of the step's `groups` (one group when none were given): (Σ lᵢ, correct
+    /// predictions, samples).
+    pub groups: Vec<(f32, usize, usize)>,
+}
+
+/// Per-group (Σ loss, correct, samples) of a batch; groups None: one group.
+fn group_sums(
+    losses: &[f32],
+    predictions: &[u32],
+    labels: &[u32],
+    groups: Option<&[u32]>,
+) -> Vec<(f32, usize, usize)> {
+    let count = groups.map_or(1, |g| g.iter().max().map_or(1, |&m| m as usize + 1));
+    let mut out = vec![(0f64, 0usize, 0usize); count];
+    for i in 0..losses.len() {
+        let g = &mut out[groups.map_or(0, |g| g[i] as usize)];
+        g.0 += losses[i] as f64;
+        g.1 += (predictions[i] == labels[i]) as usize;
+        g.2 += 1;
+    }
+    out.into_iter().map(|(l, c, n)| (l as f32, c, n)).collect()
 }
 
 /// One training step on the CPU: forward (batch norm in training mode, running statistics
@@ -213,8 +232,17 @@ pub fn cpu_step(
     images: Tensor,
     labels: &[u32],
     weights: &[f32],
+    groups: Option<&[u32]>,
     dense_grads: bool,
 ) -> Result<(StepStats, Grads)> {
+    if let Some(g) = groups {
+        ensure!(
+            g.len() == labels.len(),
+            "{} group ids for {} labels",
+            g.len(),
+            labels.len()
+        );
+    }
     let mut tape = Tape::new();
     let x = tape.input(images);
     let logits = model.forward(&mut tape, x, true)?;
@@ -226,17 +254,13 @@ pub fn cpu_step(
     tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads);
     drop(tape);
     opt.step(&mut model.params, &grads);
-    let correct = predictions
-        .iter()
-        .zip(labels)
-        .filter(|(p, l)| p == l)
-        .count();
+    let groups = group_sums(&losses, &predictions, labels, groups);
     Ok((
         StepStats {
             loss: loss_value,
             losses,
-            predictions,
-            correct,
+            correct: groups.iter().map(|g| g.1).sum(),
+            groups,
         },
         grads,
     ))
@@ -546,6 +570,7 @@ impl<'a> Trainer<'a> {
                         batch.images,
                         &batch.labels,
                         &weights,
+                        None,
                         update,
                     )?;
                     let report = if update {
@@ -574,6 +599,7 @@ impl<'a> Trainer<'a> {
                         (shape[1], shape[2], shape[3]),
                         &batch.labels,
                         &weights,
+                        None,
                         lr,
                         update,
                     )?;

@@ -195,12 +195,30 @@ fn check(arch: Arch, width: usize, n: usize, size: usize, sparse: Option<Compute
     for step in 0..steps {
         let update = step == 1;
         let (x, labels, weights) = batch(n, size, 100 + step as u64);
+        // Two groups, as aligned (0) / conflicting (1).
+        let groups: Vec<u32> = (0..n as u32).map(|i| (i % 3 == 1) as u32).collect();
         let (before, opt_before) = (model.clone(), opt.clone());
-        let (stats, grads) =
-            cpu_step(&mut model, &mut opt, x.clone(), &labels, &weights, update).unwrap();
+        let (stats, grads) = cpu_step(
+            &mut model,
+            &mut opt,
+            x.clone(),
+            &labels,
+            &weights,
+            Some(&groups),
+            update,
+        )
+        .unwrap();
         let t = Instant::now();
         let gs = gm
-            .train_step(x.data(), (n, size, size), &labels, &weights, LR, update)
+            .train_step(
+                x.data(),
+                (n, size, size),
+                &labels,
+                &weights,
+                Some(&groups),
+                LR,
+                update,
+            )
             .unwrap();
         let step_time = t.elapsed();
         close_scalar(gs.loss, stats.loss, 1e-4, &format!("{what}: loss"));
@@ -208,6 +226,12 @@ fn check(arch: Arch, width: usize, n: usize, size: usize, sparse: Option<Compute
             close_scalar(*a, *b, 1e-4, &format!("{what}: per-sample loss"));
         }
         assert_eq!(gs.losses.len(), n);
+        assert_eq!(gs.correct, stats.correct, "{what}: correct predictions");
+        assert_eq!(gs.groups.len(), stats.groups.len());
+        for (g, c) in gs.groups.iter().zip(&stats.groups) {
+            close_scalar(g.0, c.0, 1e-4, &format!("{what}: group loss sum"));
+            assert_eq!((g.1, g.2), (c.1, c.2), "{what}: group correct/samples");
+        }
         let mut t_update = None;
         if update {
             let s = state.as_mut().unwrap();

@@ -24,6 +24,7 @@
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
 use crate::device::gpu::kernels::conv::SparseBufs;
+use crate::device::gpu::kernels::xent;
 use crate::device::gpu::{Buf, Gpu};
 use crate::nn::models::{BnLayer, Body, ConvLayer};
 use crate::nn::ops::{BN_EPS, BN_MOMENTUM};
@@ -136,13 +137,15 @@ struct Arena {
     xent: Option<XentBufs>,
 }
 
-/// Labels (u32), sample weights, per-sample losses, logits and dlogits [N, K].
+/// Labels and group ids (u32), sample weights, per-sample losses, the loss kernel's per-block
+/// partials and its statistics row (`kernels::xent`).
 struct XentBufs {
     labels: Buf,
+    groups: Buf,
     weights: Buf,
     losses: Buf,
-    logits_nk: Buf,
-    dlogits_nk: Buf,
+    partials: Buf,
+    stats: Buf,
 }
 
 /// The model on the device. Built from a host model with [`GpuModel::upload`]; the host copy is
@@ -332,7 +335,6 @@ impl GpuModel {
             let gpu = &self.gpu;
             let a = &mut self.arenas[0];
             let n = a.key.0;
-            let k = self.num_classes;
             a.grads = a
                 .sizes
                 .iter()
@@ -354,10 +356,11 @@ impl GpuModel {
             }
             a.xent = Some(XentBufs {
                 labels: gpu.zeros::<u32>(n)?,
+                groups: gpu.zeros::<u32>(n)?,
                 weights: gpu.zeros::<f32>(n)?,
                 losses: gpu.zeros::<f32>(n)?,
-                logits_nk: gpu.zeros::<f32>(n * k)?,
-                dlogits_nk: gpu.zeros::<f32>(n * k)?,
+                partials: gpu.zeros::<f32>(xent::partials_len(n))?,
+                stats: gpu.zeros::<f32>(xent::XENT_STATS)?,
             });
         }
         Ok(())
@@ -451,6 +454,7 @@ impl GpuModel {
         self.arena(dims, false)?;
         self.forward(images, false)?;
         let a = &self.arenas[0];
+        // The classifier's output is class-major [K, N].
         let lt = self.read_f32(&a.values[a.logits], self.num_classes * dims.0)?;
         Ok(transpose(&lt, self.num_classes, dims.0))
     }
@@ -477,6 +481,7 @@ impl GpuModel {
         dims: (usize, usize, usize),
         labels: &[u32],
         weights: &[f32],
+        groups: Option<&[u32]>,
         lr: f32,
         update: bool,
     ) -> Result<StepStats> {
@@ -496,23 +501,30 @@ impl GpuModel {
             weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f32>() > 0.0,
             "cross-entropy: sample weights must be finite, ≥ 0 and not all zero"
         );
+        if let Some(g) = groups {
+            ensure!(
+                g.len() == n && g.iter().all(|&g| (g as usize) < xent::XENT_MAX_GROUPS),
+                "cross-entropy: {} group ids for {n} samples (each < {})",
+                g.len(),
+                xent::XENT_MAX_GROUPS
+            );
+        }
         self.arena(dims, true)?;
         self.forward(images, true)?;
-        let (loss, losses, logits) = self.loss_and_dlogits(labels, weights)?;
+        let (losses, stats) = self.loss_and_dlogits(labels, weights, groups)?;
         self.backward(update)?;
         self.sgd(lr)?;
         self.dense_grads_ready = update;
-        let predictions = crate::metrics::argmax_rows(&logits, k);
-        let correct = predictions
+        let groups: Vec<(f32, usize, usize)> = stats
+            .groups
             .iter()
-            .zip(labels)
-            .filter(|(p, l)| p == l)
-            .count();
+            .map(|&(l, c, s)| (l, c.round() as usize, s.round() as usize))
+            .collect();
         Ok(StepStats {
-            loss,
+            loss: stats.loss,
             losses,
-            predictions,
-            correct,
+            correct: groups.iter().map(|g| g.1).sum(),
+            groups,
         })
     }
 
@@ -614,38 +626,44 @@ impl GpuModel {
         Ok(())
     }
 
-    /// The fused cross-entropy on the logits of the front arena: the loss, per-sample losses and
-    /// logits [N, K] come back to the host; dlogits land in the logits tensor's gradient.
+    /// The fused cross-entropy on the class-major logits [K, N] of the front arena: dlogits
+    /// land in the logits tensor's gradient; the per-sample losses and the statistics row
+    /// (weighted loss, per-group loss sums, correct predictions, samples) come back to the host.
     fn loss_and_dlogits(
         &mut self,
         labels: &[u32],
         weights: &[f32],
-    ) -> Result<(f32, Vec<f32>, Vec<f32>)> {
-        let (n, k) = (labels.len(), self.num_classes);
+        groups: Option<&[u32]>,
+    ) -> Result<(Vec<f32>, xent::XentStats)> {
+        let n = labels.len();
+        let (k, num_groups) = (
+            self.num_classes,
+            groups.map_or(1, |g| g.iter().max().map_or(1, |&m| m as usize + 1)),
+        );
         let Self { gpu, arenas, .. } = self;
         let a = &mut arenas[0];
         let xb = a.xent.as_mut().expect("training arena");
         gpu.write(&mut xb.labels, labels)?;
         gpu.write(&mut xb.weights, weights)?;
-        // The classifier writes logits class-major [K, N]; the loss reads [N, K]. The transpose
-        // is done on the host (N·K floats; the logits come back for the predictions anyway).
-        let lt: Vec<f32> = gpu.read(&a.values[a.logits])?;
-        let logits = transpose(&lt, k, n);
-        gpu.write(&mut xb.logits_nk, &logits)?;
-        let loss = k::xent(
-            gpu,
-            n,
-            k,
-            &xb.logits_nk,
-            &xb.labels,
-            &xb.weights,
-            &mut xb.losses,
-            &mut xb.dlogits_nk,
-        )?;
+        if let Some(g) = groups {
+            gpu.write(&mut xb.groups, g)?;
+        }
+        // Σw in f64 as the CPU loss does.
+        let inv_wsum = (1.0 / weights.iter().map(|&w| w as f64).sum::<f64>()) as f32;
+        let bufs = xent::XentBufs {
+            logits: &a.values[a.logits],
+            labels: &xb.labels,
+            weights: &xb.weights,
+            groups: groups.map(|_| &xb.groups),
+            losses: &xb.losses,
+            dlogits: &a.grads[a.logits],
+            partials: &xb.partials,
+            stats: &xb.stats,
+        };
+        xent::cross_entropy(gpu, &bufs, n, k, num_groups, inv_wsum)?;
         let losses: Vec<f32> = gpu.read(&xb.losses)?;
-        let d: Vec<f32> = gpu.read(&xb.dlogits_nk)?;
-        gpu.write(&mut a.grads[a.logits], &transpose(&d, n, k))?;
-        Ok((loss, losses, logits))
+        let stats: Vec<f32> = gpu.read(&xb.stats)?;
+        Ok((losses, xent::XentStats::decode(&stats, num_groups)))
     }
 
     /// Back-propagates from the logits gradient through the front arena's graph into every
@@ -1087,6 +1105,7 @@ mod k {
     use super::{DevSparse, BN_EPS, BN_MOMENTUM};
     use crate::device::cpu::conv::ConvGeom;
     use crate::device::gpu::kernels::conv::{self, SparseBufs};
+    use crate::device::gpu::kernels::{elementwise, norm, optim, pool};
     use crate::device::gpu::{Buf, Gpu};
     use anyhow::{bail, Result};
 
@@ -1163,71 +1182,82 @@ mod k {
 
     #[allow(clippy::too_many_arguments)]
     pub fn bn_train_fwd(
-        _gpu: &Gpu,
-        _c: usize,
-        _m: usize,
-        _x: &Buf,
-        _gamma: &Buf,
-        _beta: &Buf,
-        _rmean: &mut Buf,
-        _rvar: &mut Buf,
-        _y: &mut Buf,
-        _mean: &mut Buf,
-        _invstd: &mut Buf,
-        _relu: bool,
+        gpu: &Gpu,
+        c: usize,
+        m: usize,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        rmean: &mut Buf,
+        rvar: &mut Buf,
+        y: &mut Buf,
+        mean: &mut Buf,
+        invstd: &mut Buf,
+        relu: bool,
     ) -> Result<()> {
-        let _ = (BN_EPS, BN_MOMENTUM);
-        bail!("bn_train_fwd: {MISSING}")
+        let b = norm::BnTrainFwd {
+            x,
+            gamma,
+            beta,
+            running_mean: rmean,
+            running_var: rvar,
+            y,
+            save_mean: mean,
+            save_invstd: invstd,
+        };
+        norm::train_fwd(gpu, &b, c, m, BN_EPS, BN_MOMENTUM, relu)
     }
 
+    /// Evaluation-mode batch norm, then the ReLU in place when `relu` (as the CPU's evaluation
+    /// path runs the two ops).
     #[allow(clippy::too_many_arguments)]
     pub fn bn_eval_fwd(
-        _gpu: &Gpu,
-        _c: usize,
-        _m: usize,
-        _x: &Buf,
-        _gamma: &Buf,
-        _beta: &Buf,
-        _rmean: &Buf,
-        _rvar: &Buf,
-        _y: &mut Buf,
-        _relu: bool,
+        gpu: &Gpu,
+        c: usize,
+        m: usize,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        rmean: &Buf,
+        rvar: &Buf,
+        y: &mut Buf,
+        relu: bool,
     ) -> Result<()> {
-        bail!("bn_eval_fwd: {MISSING}")
+        norm::eval_fwd(gpu, x, gamma, beta, rmean, rvar, y, c, m, BN_EPS)?;
+        if relu {
+            elementwise::relu_fwd(gpu, y, y, c * m)?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn bn_bwd(
-        _gpu: &Gpu,
-        _c: usize,
-        _m: usize,
-        _x: &Buf,
-        _gamma: &Buf,
-        _beta: &Buf,
-        _mean: &Buf,
-        _invstd: &Buf,
-        _dy: &Buf,
-        _dx: &mut Buf,
-        _dgamma: &mut Buf,
-        _dbeta: &mut Buf,
-        _relu: bool,
+        gpu: &Gpu,
+        c: usize,
+        m: usize,
+        x: &Buf,
+        gamma: &Buf,
+        beta: &Buf,
+        mean: &Buf,
+        invstd: &Buf,
+        dy: &Buf,
+        dx: &mut Buf,
+        dgamma: &mut Buf,
+        dbeta: &mut Buf,
+        relu: bool,
     ) -> Result<()> {
-        bail!("bn_bwd: {MISSING}")
-    }
-
-    /// The reweighted cross-entropy over logits [N, K]; returns the loss Σwᵢlᵢ/Σwᵢ.
-    #[allow(clippy::too_many_arguments)]
-    pub fn xent(
-        _gpu: &Gpu,
-        _n: usize,
-        _k: usize,
-        _logits: &Buf,
-        _labels: &Buf,
-        _weights: &Buf,
-        _losses: &mut Buf,
-        _dlogits: &mut Buf,
-    ) -> Result<f32> {
-        bail!("xent: {MISSING}")
+        let b = norm::BnBwd {
+            x,
+            gamma,
+            beta,
+            save_mean: mean,
+            save_invstd: invstd,
+            dy,
+            dx,
+            dgamma,
+            dbeta,
+        };
+        norm::bwd(gpu, &b, c, m, relu)
     }
 
     pub fn prune_regrow(
@@ -1242,60 +1272,60 @@ mod k {
 
     /// The ResNet stem's 3×3/2 max-pool, padding 1.
     pub fn maxpool_fwd(
-        _gpu: &Gpu,
-        _x: &Buf,
-        _y: &mut Buf,
-        _argmax: &mut Buf,
-        _planes: usize,
-        _h: usize,
-        _w: usize,
+        gpu: &Gpu,
+        x: &Buf,
+        y: &mut Buf,
+        argmax: &mut Buf,
+        planes: usize,
+        h: usize,
+        w: usize,
     ) -> Result<()> {
-        bail!("maxpool_fwd: {MISSING}")
+        pool::max_fwd(gpu, x, y, argmax, planes, h, w, 3, 2, 1).map(|_| ())
     }
 
     pub fn maxpool_bwd(
-        _gpu: &Gpu,
-        _dy: &Buf,
-        _argmax: &Buf,
-        _dx: &mut Buf,
-        _planes: usize,
-        _h: usize,
-        _w: usize,
+        gpu: &Gpu,
+        dy: &Buf,
+        argmax: &Buf,
+        dx: &mut Buf,
+        planes: usize,
+        h: usize,
+        w: usize,
     ) -> Result<()> {
-        bail!("maxpool_bwd: {MISSING}")
+        pool::max_bwd(gpu, dy, argmax, dx, planes, h, w, 3, 2, 1)
     }
 
-    pub fn gap_fwd(_gpu: &Gpu, _x: &Buf, _y: &mut Buf, _planes: usize, _hw: usize) -> Result<()> {
-        bail!("gap_fwd: {MISSING}")
+    pub fn gap_fwd(gpu: &Gpu, x: &Buf, y: &mut Buf, planes: usize, hw: usize) -> Result<()> {
+        pool::avg_fwd(gpu, x, y, planes, hw)
     }
 
-    pub fn gap_bwd(_gpu: &Gpu, _dy: &Buf, _dx: &mut Buf, _planes: usize, _hw: usize) -> Result<()> {
-        bail!("gap_bwd: {MISSING}")
+    pub fn gap_bwd(gpu: &Gpu, dy: &Buf, dx: &mut Buf, planes: usize, hw: usize) -> Result<()> {
+        pool::avg_bwd(gpu, dy, dx, planes, hw)
     }
 
-    pub fn add_relu(_gpu: &Gpu, _a: &Buf, _b: &Buf, _y: &mut Buf, _n: usize) -> Result<()> {
-        bail!("add_relu: {MISSING}")
+    pub fn add_relu(gpu: &Gpu, a: &Buf, b: &Buf, y: &mut Buf, n: usize) -> Result<()> {
+        elementwise::add_relu(gpu, a, b, y, n)
     }
 
-    pub fn relu_bwd(_gpu: &Gpu, _y: &Buf, _dy: &Buf, _dx: &mut Buf, _n: usize) -> Result<()> {
-        bail!("relu_bwd: {MISSING}")
+    pub fn relu_bwd(gpu: &Gpu, y: &Buf, dy: &Buf, dx: &mut Buf, n: usize) -> Result<()> {
+        elementwise::relu_bwd(gpu, y, dy, dx, n)
     }
 
-    pub fn acc(_gpu: &Gpu, _y: &mut Buf, _b: &Buf, _n: usize) -> Result<()> {
-        bail!("acc: {MISSING}")
+    pub fn acc(gpu: &Gpu, y: &mut Buf, b: &Buf, n: usize) -> Result<()> {
+        elementwise::acc(gpu, y, b, n)
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn sgd(
-        _gpu: &Gpu,
-        _w: &mut Buf,
-        _g: &Buf,
-        _m: &mut Buf,
-        _n: usize,
-        _lr: f32,
-        _mu: f32,
-        _wd: f32,
+        gpu: &Gpu,
+        w: &mut Buf,
+        g: &Buf,
+        m: &mut Buf,
+        n: usize,
+        lr: f32,
+        mu: f32,
+        wd: f32,
     ) -> Result<()> {
-        bail!("sgd: {MISSING}")
+        optim::sgd(gpu, w, g, m, n, lr, mu, wd)
     }
 }
