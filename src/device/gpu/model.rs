@@ -475,6 +475,7 @@ impl GpuModel {
     /// statistics updated), the reweighted cross-entropy Σwᵢlᵢ/Σwᵢ, backward, SGD at `lr`. With
     /// `update` the dense weight gradients of the sparse layers are computed too, for the
     /// [`topology_update`](Self::topology_update) that must follow.
+    #[allow(clippy::too_many_arguments)]
     pub fn train_step(
         &mut self,
         images: &[f32],
