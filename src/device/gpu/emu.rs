@@ -1,3 +1,146 @@
-//! The emulator's Rust side: the kernels/*.cu files are compiled as C++ by build.rs (with
-//! kernels/emu/cuda_emu.h) into a static library; `Gpu::Emu` calls their host entries directly
-//! on host memory. See kernels/emu/README.md for how blocks and threads are scheduled.
+//! The emulator's Rust side: tier 3 of testing, the CUDA kernels run on the CPU.
+//!
+//! build.rs compiles every `kernels/*.cu` as C++ (g++ through the cc crate) together with
+//! `kernels/emu/cuda_emu.h` and `kernels/emu/runtime.cpp` into a static library. Each kernel's
+//! host entry `extern "C" fn name(grid, block, smem, params)` — the same symbol name as the CUDA
+//! kernel — runs the whole grid on the calling thread, and `Gpu::Emu` calls it directly on host
+//! memory (a [`Buf`](super::Buf)'s address is a host pointer there).
+//!
+//! How it runs (details in kernels/emu/README.md): blocks one after another; within a block
+//! every CUDA thread is a cooperative fiber (64 KiB stack, hand-written x86-64 context switch,
+//! ~10–30 ns) that runs until it finishes or waits at `__syncthreads` / a warp collective.
+//! A block in which no thread can progress is a deadlock: the emulator prints kernel, block and
+//! every warp's state with source lines to stderr and aborts the process.
+//!
+//! Race probe: `REST_EMU_REVERSE=1` (or [`set_reverse_order`]) resumes fibers and runs blocks in
+//! reverse order; a kernel whose result changes has a race.
+//!
+//! Numerics differ from a GPU (libm `expf` is more exact than `__expf`; g++ does not fuse
+//! multiply-adds): tests size their tolerances for the GPU, not for the emulator.
+
+extern "C" {
+    fn rest_emu_set_reverse(mode: i32);
+    fn rest_emu_resumes() -> u64;
+}
+
+/// Fiber order for launches made from the calling OS thread: `Some(true)` reverse,
+/// `Some(false)` forward, `None` back to the `REST_EMU_REVERSE` environment variable.
+pub fn set_reverse_order(order: Option<bool>) {
+    let mode = match order {
+        None => -1,
+        Some(r) => r as i32,
+    };
+    // SAFETY: plain C function setting a thread-local flag; no pointers involved.
+    unsafe { rest_emu_set_reverse(mode) }
+}
+
+/// Fiber resumes (context switches into a CUDA thread) made by the calling OS thread so far;
+/// the emulator's unit of cost.
+pub fn resumes() -> u64 {
+    // SAFETY: plain C function reading a thread-local counter.
+    unsafe { rest_emu_resumes() }
+}
+
+/// The emulator's self-test kernels (kernels/emu/selftest.cu), used by tests/emu_runtime.rs.
+/// Not part of `MODULES` / `kernels::ALL`: they are never compiled for a GPU.
+pub mod selftest {
+    use bytemuck::{Pod, Zeroable};
+
+    crate::gpu_kernels!("emu_selftest" =>
+        selftest_block_sum_f32,
+        selftest_sgemm_f32,
+        selftest_index,
+        selftest_warp_f32,
+        selftest_vote,
+        selftest_atomic,
+        selftest_dyn_smem,
+        selftest_spin,
+        selftest_deadlock,
+    );
+
+    /// `selftest_block_sum_f32`: block b writes the sum and the sum of squares of
+    /// `x[b*chunk .. min(n, (b+1)*chunk)]` to `out[2b]`, `out[2b+1]`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct BlockSumParams {
+        pub x: u64,
+        pub out: u64,
+        pub n: u32,
+        pub chunk: u32,
+    }
+
+    /// `selftest_sgemm_f32`: `c[m,n] = a[m,k] b[k,n]`, row-major; 256 threads, grid
+    /// `(ceil(n/64), ceil(m/64))`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct GemmParams {
+        pub a: u64,
+        pub b: u64,
+        pub c: u64,
+        pub m: u32,
+        pub n: u32,
+        pub k: u32,
+        pub pad: u32,
+    }
+
+    /// `selftest_index`: four packed words per thread (threadIdx, blockIdx, blockDim, gridDim,
+    /// each `x | y << 10 | z << 20`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct IndexParams {
+        pub out: u64,
+    }
+
+    /// `selftest_warp_f32`: eight shuffle results per thread.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct WarpParams {
+        pub x: u64,
+        pub out: u64,
+    }
+
+    /// `selftest_vote`: ten words per thread (votes, barrier predicates, bit intrinsics).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct VoteParams {
+        pub pred: u64,
+        pub out: u64,
+    }
+
+    /// `selftest_atomic`: float sums in `fsum[2]`, integer atomics in `ints[8]`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct AtomicParams {
+        pub x: u64,
+        pub fsum: u64,
+        pub ints: u64,
+        pub n: u32,
+        pub pad: u32,
+    }
+
+    /// `selftest_dyn_smem`: two words per thread; launch with `smem = 4 * block.x`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct DynParams {
+        pub out: u64,
+    }
+
+    /// `selftest_spin`: `iters` rounds of waiting (`mode` 0 `__syncthreads`, 1 `__syncwarp`,
+    /// 2 none), one float out per thread.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct SpinParams {
+        pub out: u64,
+        pub iters: u32,
+        pub mode: u32,
+    }
+
+    /// `selftest_deadlock`: deadlocks block 1 (`mode` 0: two `__syncthreads` call sites,
+    /// 1: half a warp at `__syncthreads`, the other half in a full-mask shuffle).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct DeadlockParams {
+        pub mode: u32,
+        pub pad: u32,
+    }
+}
