@@ -140,6 +140,12 @@ fn compare_models(
             .filter_map(|(e, p)| set_g.get(p).map(|&eg| (e, eg, set_b.get(p).copied())))
             .collect();
         let overlap = common.len() as f64 / pos_c.len().max(1) as f64;
+        if topology && pos_c.len() != pc.numel() {
+            eprintln!(
+                "{name}: {:.2}% of the active positions agree after the update",
+                100.0 * overlap
+            );
+        }
         assert!(
             overlap >= 0.99,
             "{name}: only {:.2}% of the active positions agree",

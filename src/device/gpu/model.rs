@@ -24,6 +24,7 @@
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
 use crate::device::gpu::kernels::conv::SparseBufs;
+use crate::device::gpu::kernels::topk::{self, TopkWorkspace};
 use crate::device::gpu::kernels::xent;
 use crate::device::gpu::{Buf, Gpu};
 use crate::nn::models::{BnLayer, Body, ConvLayer};
@@ -42,6 +43,8 @@ struct DevSparse {
     rows: usize,
     cols: usize,
     nnz: usize,
+    /// u32 [nnz]: flat positions r·cols + c, ascending (the topology kernels keep them).
+    positions: Buf,
     row_ptr: Buf,
     col_idx: Buf,
     col_ptr: Buf,
@@ -164,6 +167,8 @@ pub struct GpuModel {
     arenas: Vec<Arena>,
     /// The dense gradients of the sparse layers are from the last step (an update step).
     dense_grads_ready: bool,
+    /// Scratch of the topology kernels (grows to the largest layer).
+    topk_ws: Option<TopkWorkspace>,
 }
 
 impl GpuModel {
@@ -223,6 +228,7 @@ impl GpuModel {
             weight_decay: opt.weight_decay,
             arenas: Vec::new(),
             dense_grads_ready: false,
+            topk_ws: None,
         })
     }
 
@@ -281,22 +287,10 @@ impl GpuModel {
     /// Flat positions r·cols + c of sparse parameter `param`'s active weights, ascending (empty
     /// for a dense parameter).
     pub fn positions(&self, param: usize) -> Result<Vec<u32>> {
-        let Some(ds) = &self.params[param].sparse else {
-            return Ok(Vec::new());
-        };
-        let row_ptr = self.read_u32(&ds.row_ptr, ds.rows + 1)?;
-        let col_idx = self.read_u32(&ds.col_idx, ds.nnz)?;
-        let mut out = Vec::with_capacity(ds.nnz);
-        for r in 0..ds.rows {
-            let (s, e) = (row_ptr[r] as usize, row_ptr[r + 1] as usize);
-            ensure!(
-                s <= e && e <= ds.nnz,
-                "{}: corrupt CSR index",
-                self.params[param].name
-            );
-            out.extend(col_idx[s..e].iter().map(|&c| (r * ds.cols) as u32 + c));
+        match &self.params[param].sparse {
+            Some(ds) => self.read_u32(&ds.positions, ds.nnz),
+            None => Ok(Vec::new()),
         }
-        Ok(out)
     }
 
     fn read_f32(&self, b: &Buf, n: usize) -> Result<Vec<f32>> {
@@ -844,7 +838,13 @@ impl GpuModel {
             if kk == 0 {
                 continue;
             }
-            k::prune_regrow(&self.gpu, s, &mut p.values, &mut p.momentum, kk)
+            let gpu = &self.gpu;
+            let g = topk::Geometry::new(s.rows, s.cols, s.nnz)?;
+            let ws = match &mut self.topk_ws {
+                Some(ws) => ws,
+                slot @ None => slot.insert(TopkWorkspace::new(gpu, &g)?),
+            };
+            k::prune_regrow(gpu, s, &mut p.values, &mut p.momentum, kk, ws)
                 .with_context(|| format!("{} topology update", p.name))?;
             sum.pruned += kk;
             sum.grown += kk;
@@ -955,6 +955,7 @@ fn upload_sparse(gpu: &Gpu, sw: &SparseWeight) -> Result<DevSparse> {
         rows: sw.rows,
         cols: sw.cols,
         nnz: sw.nnz(),
+        positions: gpu.upload(&sw.positions())?,
         row_ptr: gpu.upload(&sw.row_ptr)?,
         col_idx: gpu.upload(&sw.col_idx)?,
         col_ptr: gpu.upload(&sw.col_ptr)?,
@@ -1106,11 +1107,10 @@ mod k {
     use super::{DevSparse, BN_EPS, BN_MOMENTUM};
     use crate::device::cpu::conv::ConvGeom;
     use crate::device::gpu::kernels::conv::{self, SparseBufs};
+    use crate::device::gpu::kernels::topk;
     use crate::device::gpu::kernels::{elementwise, norm, optim, pool};
     use crate::device::gpu::{Buf, Gpu};
     use anyhow::{bail, Result};
-
-    const MISSING: &str = "kernel not merged yet";
 
     pub fn conv_fwd_dense(
         gpu: &Gpu,
@@ -1261,14 +1261,46 @@ mod k {
         norm::bwd(gpu, &b, c, m, relu)
     }
 
+    /// `topk::update_layer` (magnitude prune, gradient regrow, CSR/CSC rebuild, momentum
+    /// remapped) on a layer whose buffers live in `DevSparse` and `DevParam`: they are moved
+    /// into the wrapper's `SparseLayerBufs` for the call and back after it (the kernels keep
+    /// every buffer's address; the placeholders are 1-element allocations).
     pub fn prune_regrow(
-        _gpu: &Gpu,
-        _s: &mut DevSparse,
-        _values: &mut Buf,
-        _momentum: &mut Buf,
-        _k: usize,
+        gpu: &Gpu,
+        s: &mut DevSparse,
+        values: &mut Buf,
+        momentum: &mut Buf,
+        k: usize,
+        ws: &mut topk::TopkWorkspace,
     ) -> Result<()> {
-        bail!("prune_regrow: {MISSING}")
+        use std::mem::replace;
+        let Some(score) = &s.dense_grad else {
+            bail!("no dense gradient for the topology update");
+        };
+        let hole = || gpu.alloc(4);
+        let mut layer = topk::SparseLayerBufs {
+            rows: s.rows,
+            cols: s.cols,
+            nnz: s.nnz,
+            positions: replace(&mut s.positions, hole()?),
+            values: replace(values, hole()?),
+            momentum: replace(momentum, hole()?),
+            row_ptr: replace(&mut s.row_ptr, hole()?),
+            col_idx: replace(&mut s.col_idx, hole()?),
+            col_ptr: replace(&mut s.col_ptr, hole()?),
+            csc_row: replace(&mut s.csc_row, hole()?),
+            csc_pos: replace(&mut s.csc_pos, hole()?),
+        };
+        let r = topk::update_layer(gpu, &mut layer, ws, k, score);
+        s.positions = layer.positions;
+        *values = layer.values;
+        *momentum = layer.momentum;
+        s.row_ptr = layer.row_ptr;
+        s.col_idx = layer.col_idx;
+        s.col_ptr = layer.col_ptr;
+        s.csc_row = layer.csc_row;
+        s.csc_pos = layer.csc_pos;
+        r
     }
 
     /// The ResNet stem's 3×3/2 max-pool, padding 1.
