@@ -210,7 +210,7 @@ impl CudaGpu {
             .with_context(|| format!("allocating {bytes} bytes on {}", self.describe()))?;
         let addr = {
             let (addr, _guard) = s.device_ptr(&self.stream);
-            addr as u64
+            addr
         };
         Ok((addr, s))
     }
