@@ -97,7 +97,7 @@ KERNEL(selftest_index, IndexParams) {
   o[3] = pack3(gridDim);
 }
 
-// ---- warp shuffles -------------------------------------------------------------------------------
+// ---- warp shuffles ------------------------------------------------------------------------------
 
 struct WarpParams {
   const float* x;  // one value per thread
@@ -128,18 +128,18 @@ KERNEL(selftest_warp_f32, WarpParams) {
   o[7] = (float)iv;
 }
 
-// ---- votes, barrier predicates, exited lanes, bit intrinsics --------------------------------------
+// ---- votes, barrier predicates, exited lanes, bit intrinsics ------------------------------------
 // Launched with a partial last warp: absent lanes count as exited.
 
 struct VoteParams {
   const unsigned* pred;  // one per thread
-  unsigned* out;         // [10 per thread]
+  unsigned* out;         // [11 per thread]
 };
 
 KERNEL(selftest_vote, VoteParams) {
   const unsigned g = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x & 31;
   const int pr = p.pred[g] != 0;
-  unsigned* o = p.out + 10 * g;
+  unsigned* o = p.out + 11 * g;
   o[0] = __ballot_sync(REST_FULL_MASK, pr);
   o[1] = __any_sync(REST_FULL_MASK, pr);
   o[2] = __all_sync(REST_FULL_MASK, pr);
@@ -153,6 +153,8 @@ KERNEL(selftest_vote, VoteParams) {
   // Lanes 20.. of warp 0 leave; the rest still vote with the full mask.
   if (threadIdx.x < 32 && lane >= 20) return;
   o[8] = __ballot_sync(REST_FULL_MASK, 1);
+  // Reading an exited (warp 0) or absent (16-lane warp) lane is undefined: the emulator poisons.
+  o[10] = __shfl_sync(REST_FULL_MASK, lane, 25);
 }
 
 // ---- atomics -----------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ KERNEL(selftest_atomic, AtomicParams) {
   }
 }
 
-// ---- dynamic shared memory -----------------------------------------------------------------------
+// ---- dynamic shared memory ----------------------------------------------------------------------
 // Launched with smem = 4 * blockDim.x bytes.
 
 struct DynParams {
@@ -212,7 +214,7 @@ KERNEL(selftest_dyn_smem, DynParams) {
   p.out[2 * g + 1] = buf[n - 1 - t];
 }
 
-// ---- scheduler cost ------------------------------------------------------------------------------
+// ---- scheduler cost -----------------------------------------------------------------------------
 
 struct SpinParams {
   float* out;  // [one per thread]
@@ -231,7 +233,7 @@ KERNEL(selftest_spin, SpinParams) {
   p.out[blockIdx.x * blockDim.x + threadIdx.x] = acc;
 }
 
-// ---- deliberate deadlocks (only in block 1; the test checks the report) ------------------------
+// ---- deliberate deadlocks and misuse (only in block 1; the test checks the report) ----------
 
 struct DeadlockParams {
   unsigned mode, pad;
@@ -245,6 +247,8 @@ KERNEL(selftest_deadlock, DeadlockParams) {
       __syncthreads();  // DEADLOCK-A
     else
       __syncthreads();  // DEADLOCK-B
+  } else if (p.mode == 2) {
+    (void)__shfl_sync(1u, 1.0f, 0);  // MISUSE-E: lanes other than 0 are not in the mask
   } else {
     const unsigned lane = threadIdx.x & 31;
     if (threadIdx.x < 32 && lane < 16)

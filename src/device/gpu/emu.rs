@@ -8,7 +8,8 @@
 //!
 //! How it runs (details in kernels/emu/README.md): blocks one after another; within a block
 //! every CUDA thread is a cooperative fiber (64 KiB stack, hand-written x86-64 context switch,
-//! ~10–30 ns) that runs until it finishes or waits at `__syncthreads` / a warp collective.
+//! ~13 ns per thread and `__syncthreads`) that runs until it finishes or waits at
+//! `__syncthreads` or in a warp collective.
 //! A block in which no thread can progress is a deadlock: the emulator prints kernel, block and
 //! every warp's state with source lines to stderr and aborts the process.
 //!
@@ -99,7 +100,7 @@ pub mod selftest {
         pub out: u64,
     }
 
-    /// `selftest_vote`: ten words per thread (votes, barrier predicates, bit intrinsics).
+    /// `selftest_vote`: eleven words per thread (votes, barrier predicates, bit intrinsics).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Pod, Zeroable)]
     pub struct VoteParams {
@@ -136,7 +137,8 @@ pub mod selftest {
     }
 
     /// `selftest_deadlock`: deadlocks block 1 (`mode` 0: two `__syncthreads` call sites,
-    /// 1: half a warp at `__syncthreads`, the other half in a full-mask shuffle).
+    /// 1: half a warp at `__syncthreads`, the other half in a full-mask shuffle; 2: a shuffle
+    /// whose mask leaves out the calling lane).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Pod, Zeroable)]
     pub struct DeadlockParams {
