@@ -50,6 +50,11 @@ fn every_kernel_compiles_for_sm80_and_sm90_and_matches_the_kernel_list() {
     for arch in ["compute_80", "compute_90"] {
         for m in MODULES {
             let ptx = cuda::compile_module(m.name, arch).unwrap_or_else(|e| panic!("{e:#}"));
+            // scripts/ptxas-report.sh sets this to run ptxas -v (registers, spills) on the PTX.
+            if let Some(dir) = std::env::var_os("REST_PTX_DIR") {
+                let path = std::path::Path::new(&dir).join(format!("{}.{arch}.ptx", m.name));
+                std::fs::write(&path, &ptx).expect("write PTX");
+            }
             let found = entries(&ptx);
             let listed: BTreeSet<String> = all_kernels()
                 .into_iter()
