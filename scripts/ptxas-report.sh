@@ -17,7 +17,7 @@ printf '%-6s %-34s %5s %7s %7s %7s\n' arch kernel regs smem spill_st spill_ld
 for f in "$work"/ptx/*.ptx; do
   arch="sm_${f##*.compute_}"; arch="${arch%.ptx}"
   "$PTXAS" -arch="$arch" -v "$f" -o /dev/null 2>&1 | awk -v arch="$arch" '
-    /Compiling entry function/ { match($0, /function [^ ]+/); name = substr($0, RSTART + 9, RLENGTH - 9) }
+    /Compiling entry function/ { match($0, /function [^ ]+/); name = substr($0, RSTART + 9, RLENGTH - 9); gsub(/[\047`]/, "", name) }
     /spill stores/ { st = $5; ld = $9 }
     /Used [0-9]+ registers/ {
       regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
