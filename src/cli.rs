@@ -283,7 +283,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 out.display()
             );
         }
-        let mut t = Trainer::new(config, &splits)?.on_device(dev);
+        let mut t = Trainer::new_on(config, &splits, dev)?;
         t.train(&RunOptions {
             out: out.clone(),
             quiet: args.quiet,

@@ -349,8 +349,13 @@ fn label_weights(ds: &Dataset, lambda: f32) -> Vec<f32> {
 }
 
 impl<'a> Trainer<'a> {
-    /// A fresh run.
+    /// A fresh run on the CPU.
     pub fn new(config: TrainConfig, splits: &'a Splits) -> Result<Self> {
+        Self::new_on(config, splits, Device::Cpu)
+    }
+
+    /// A fresh run whose steps run on `device`.
+    pub fn new_on(config: TrainConfig, splits: &'a Splits, device: Device) -> Result<Self> {
         config.validate()?;
         for ds in [&splits.train, &splits.valid, &splits.test] {
             ds.validate()?;
@@ -362,11 +367,17 @@ impl<'a> Trainer<'a> {
             Some(s) if s.density < 1.0 => {
                 let state = dst::sparsify(&mut model, s, config.seed)?;
                 // Sparse kernels or dense-masked GEMM per layer, whichever is faster here at this
-                // batch size; a resumed run keeps the paths its checkpoint recorded.
+                // batch size; a resumed run keeps the paths its checkpoint recorded. On a GPU
+                // backend sparse layers always run the sparse kernels, so nothing is timed.
                 let t = &splits.train;
+                let choice = if device == Device::Cpu {
+                    s.compute
+                } else {
+                    dst::PathChoice::Sparse
+                };
                 dst::choose_paths(
                     &mut model,
-                    s.compute,
+                    choice,
                     config.batch_size.min(t.len()),
                     t.height,
                     t.width,
@@ -402,7 +413,7 @@ impl<'a> Trainer<'a> {
             opt,
             sparse,
             progress,
-            device: Device::Cpu,
+            device,
             gpu: None,
         })
     }
@@ -463,7 +474,7 @@ impl<'a> Trainer<'a> {
         let mut cfg = self.config.clone();
         cfg.reweight = Reweight::Off;
         cfg.epochs = self.config.jtt_epochs;
-        let mut first = Trainer::new(cfg, self.splits)?.on_device(self.device);
+        let mut first = Trainer::new_on(cfg, self.splits, self.device)?;
         let sub = RunOptions {
             out: opts.out.join("jtt-phase1"),
             quiet: opts.quiet,
