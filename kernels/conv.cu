@@ -1,2 +1,657 @@
-// conv.cu — placeholder, written by the CUDA engine work (see DESIGN.md).
+// conv.cu — 2-D convolution, dense and masked-sparse: forward, input gradient, weight gradient,
+// bias gradient.
+//
+// Layouts (as the CPU engine, src/device/cpu/conv.rs and src/sparse/csr.rs):
+// - activations CNHW: x [Cin, N, H, W], y / dy [Cout, N, OH, OW], f32 contiguous;
+// - dense weight W [Cout, K] with K = Cin·k·k and column r = ci·k·k + kh·k + kw;
+// - the im2col matrix (never materialised here) col[r, j], j = (n·OH + oh)·OW + ow, reads
+//   x[ci, n, oh·s + kh − pad, ow·s + kw − pad], zero outside the input;
+// - sparse weight: CSR over rows = Cout (row_ptr [Cout+1], col_idx [nnz], values [nnz], columns
+//   as the dense r) plus the CSC index (col_ptr [K+1], csc_row [nnz], csc_pos [nnz] = positions
+//   into values). The linear layer is the 1×1 convolution of x [Cin, N, 1, 1].
+// Every kernel below writes each output element exactly once (no atomics, no pre-zeroed
+// outputs): results are deterministic for a given launch configuration.
+//
+// Kernels and launch configuration (chosen by src/device/gpu/kernels/conv.rs):
+// - conv_fwd_dense_simple_f32: one thread per output element, no shared memory (reference).
+// - conv_fwd_dense_f32, conv_bwd_data_dense_f32, conv_bwd_weight_dense_f32: implicit GEMMs on
+//   one tiled core (gemm_tile below): 256 threads compute a 64×64 output tile, 4×4 per thread
+//   (rows ty + 16i, columns tx + 16j, so shared-memory reads are broadcasts or consecutive and
+//   global stores coalesce), K-step 16 through shared memory As[16][66] + Bs[16][64]
+//   (8.4 KiB; the row pitch 66 makes the transposing A store conflict-free), with the next
+//   K-step's global loads issued into registers before the current one is consumed.
+//   Grid (⌈cols/64⌉, ⌈rows/64⌉, splits). The gathers (im2col for forward and weight gradient,
+//   the col2im adjoint for the input gradient) happen in the tile loaders.
+//     fwd:         Y[Cout, N·OH·OW] = W[Cout, K] · col           (reduction K)
+//     bwd data:    dX[Cin, N·H·W]  = Wᵀ-gather · dY-gather        (reduction Cout·k·k)
+//     bwd weight:  dW[Cout, K]     = dY[Cout, P] · colᵀ           (reduction P = N·OH·OW)
+//   The weight gradient's long reduction is split over grid.z: split z writes its partial
+//   dW into work[z] and conv_bwd_weight_reduce_f32 sums the splits in order (deterministic,
+//   no atomics); with one split the kernel writes dW directly.
+// - conv_fwd_sparse_f32: block (256 threads) per (1024 output pixels, output channel); the row's
+//   active weights are staged 256 at a time in shared memory as (x offset, kh, kw, value), each
+//   thread accumulates 4 pixels (j = base + tid + 256q: reads of x coalesce along ow).
+// - conv_bwd_data_sparse_f32: block per (1024 input pixels, input channel); for each of the
+//   channel's k·k columns, the pixel's source (oh, ow) is resolved once, then the column's
+//   active rows (CSC) are staged and gathered from dY. No atomics.
+// - conv_bwd_weight_sparse_f32: block per 8 consecutive active weights (values order, rows may
+//   differ); threads stride over the reduction P, 8 accumulators each, then warp shuffles and a
+//   shared-memory pass. Block size min(256, P rounded up to 32).
+// - conv_bwd_bias_f32: block (256) per output channel: block_sum of its dY row.
+//
+// CPU twins: src/device/cpu/twin/conv.rs (same names; plain loops with f64 accumulators).
+// Numeric differences vs the twins: f32 accumulation in a different order (tiles, splits,
+// shuffle trees) and fused multiply-adds on a GPU; errors grow with the reduction length.
 #include "common.cuh"
+
+// Geometry, as ConvGeom (u32 fields). All element counts fit in 31 bits (checked by the
+// wrappers), so int arithmetic is used for indices.
+struct ConvShape {
+  unsigned n, cin, h, w, cout, k, stride, pad, oh, ow;
+};
+
+struct ConvFwdParams {
+  const float* x;     // [Cin, N, H, W]
+  const float* w;     // [Cout, K]
+  const float* bias;  // [Cout] or null
+  float* y;           // [Cout, N, OH, OW]
+  ConvShape s;
+};
+
+struct ConvBwdDataParams {
+  const float* dy;  // [Cout, N, OH, OW]
+  const float* w;   // [Cout, K]
+  float* dx;        // [Cin, N, H, W]
+  ConvShape s;
+};
+
+struct ConvBwdWeightParams {
+  const float* x;   // [Cin, N, H, W]
+  const float* dy;  // [Cout, N, OH, OW]
+  float* out;       // dW [Cout, K] (splits = 1) or partials [splits, Cout, K]
+  ConvShape s;
+  unsigned splits;  // = gridDim.z
+  unsigned chunk;   // reduction columns per split, a multiple of 16
+};
+
+struct ConvReduceParams {
+  const float* partial;  // [splits, len]
+  float* out;            // [len]
+  unsigned len, splits;
+};
+
+struct ConvSparseFwdParams {
+  const float* x;           // [Cin, N, H, W]
+  const unsigned* row_ptr;  // [Cout + 1]
+  const unsigned* col_idx;  // [nnz]
+  const float* values;      // [nnz]
+  const float* bias;        // [Cout] or null
+  float* y;                 // [Cout, N, OH, OW]
+  ConvShape s;
+  unsigned nnz, pad0;
+};
+
+struct ConvSparseBwdDataParams {
+  const float* dy;          // [Cout, N, OH, OW]
+  const unsigned* col_ptr;  // [K + 1]
+  const unsigned* csc_row;  // [nnz]
+  const unsigned* csc_pos;  // [nnz]
+  const float* values;      // [nnz]
+  float* dx;                // [Cin, N, H, W]
+  ConvShape s;
+  unsigned nnz, pad0;
+};
+
+struct ConvSparseBwdWeightParams {
+  const float* x;           // [Cin, N, H, W]
+  const float* dy;          // [Cout, N, OH, OW]
+  const unsigned* row_ptr;  // [Cout + 1]
+  const unsigned* col_idx;  // [nnz]
+  float* dvalues;           // [nnz], values order
+  ConvShape s;
+  unsigned nnz, pad0;
+};
+
+struct ConvBwdBiasParams {
+  const float* dy;  // [Cout, cols]
+  float* db;        // [Cout]
+  unsigned cout, cols;
+};
+
+// A pixel index no (ih, iw) can reach: added to a kernel offset it stays negative.
+#define CONV_NOWHERE (-(1 << 29))
+
+// ---------------------------------------------------------------------------------------------
+// Simple dense forward: one thread per output element.
+
+KERNEL(conv_fwd_dense_simple_f32, ConvFwdParams) {
+  const ConvShape s = p.s;
+  const int ohw = (int)(s.oh * s.ow), P = (int)s.n * ohw;
+  const int kk = (int)(s.k * s.k), K = (int)s.cin * kk, plane = (int)(s.n * s.h * s.w);
+  const int idx = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+  if (idx >= (int)s.cout * P) return;
+  const int co = idx / P, j = idx - co * P;
+  const int nn = j / ohw, q = j - nn * ohw, oh = q / (int)s.ow, ow = q - oh * (int)s.ow;
+  const int ih0 = oh * (int)s.stride - (int)s.pad, iw0 = ow * (int)s.stride - (int)s.pad;
+  const float* wr = p.w + (size_t)co * K;
+  float acc = 0.0f;
+  for (int ci = 0; ci < (int)s.cin; ++ci) {
+    const float* xp = p.x + ci * plane + nn * (int)(s.h * s.w);
+    for (int kh = 0; kh < (int)s.k; ++kh) {
+      const int ih = ih0 + kh;
+      if (ih < 0 || ih >= (int)s.h) continue;
+      for (int kw = 0; kw < (int)s.k; ++kw) {
+        const int iw = iw0 + kw;
+        if (iw < 0 || iw >= (int)s.w) continue;
+        acc += wr[ci * kk + kh * (int)s.k + kw] * xp[ih * (int)s.w + iw];
+      }
+    }
+  }
+  if (p.bias) acc += p.bias[co];
+  p.y[idx] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tiled implicit-GEMM core: C[m, c] = Σ_{r ∈ [rb, re)} A(m, r) · B(r, c) for the block's
+// 64×64 tile (rows m0.., columns c0..). Loaders:
+//   la.at(m, r): A element, called only with m < M, r < re;
+//   lb.at(r): B element of the thread's own column (fixed per thread, set by the caller when it
+//   builds lb for column c0 + (tid & 63)), called only with r < re and that column < N.
+// Result in acc[i][j] for row m0 + ty + 16i, column c0 + tx + 16j (tx = tid & 15, ty = tid >> 4).
+// Requires blockDim.x == 256; every thread of the block must call it (it synchronises).
+
+#define CT_TILE 64
+#define CT_KSTEP 16
+#define CT_THREADS 256
+#define CT_APITCH 66
+
+template <class LA, class LB>
+__device__ __forceinline__ void gemm_tile(const LA& la, const LB& lb, int M, int N, int m0,
+                                          int c0, int rb, int re, float (*As)[CT_APITCH],
+                                          float (*Bs)[CT_TILE], float acc[4][4]) {
+  const int tid = (int)threadIdx.x;
+  const int tx = tid & 15, ty = tid >> 4;
+  // A loads: column r0 + ak of rows m0 + am + 16i. B loads: rows r0 + bk + 4i of column bc.
+  const int ak = tid & 15, am = tid >> 4;
+  const int bc = tid & 63, bk = tid >> 6;
+  const bool bcol_ok = c0 + bc < N;
+  float ra[4], rbv[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+  if (rb >= re) return;  // uniform: empty reduction
+
+  int r0 = rb;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m0 + am + 16 * i, r = r0 + ak;
+    ra[i] = (m < M && r < re) ? la.at(m, r) : 0.0f;
+    const int rr = r0 + bk + 4 * i;
+    rbv[i] = (bcol_ok && rr < re) ? lb.at(rr) : 0.0f;
+  }
+  for (;;) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      As[ak][am + 16 * i] = ra[i];
+      Bs[bk + 4 * i][bc] = rbv[i];
+    }
+    __syncthreads();
+    const int rn = r0 + CT_KSTEP;
+    const bool more = rn < re;  // uniform
+    if (more) {
+      // The next K-step's loads, in flight while this one is consumed.
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = m0 + am + 16 * i, r = rn + ak;
+        ra[i] = (m < M && r < re) ? la.at(m, r) : 0.0f;
+        const int rr = rn + bk + 4 * i;
+        rbv[i] = (bcol_ok && rr < re) ? lb.at(rr) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int kq = 0; kq < CT_KSTEP; ++kq) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kq][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = Bs[kq][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+    if (!more) break;
+    r0 = rn;
+  }
+}
+
+// A = a row-major matrix [M, ld] (dense weight for forward, dY for the weight gradient).
+struct RowMajorA {
+  const float* a;
+  int ld;
+  __device__ __forceinline__ float at(int m, int r) const { return a[m * ld + r]; }
+};
+
+// B(r) = col[r, j] for a fixed output column j (forward).
+struct Im2colColumn {
+  const float* x;
+  int kk, k, h, w, plane;  // plane = N·H·W
+  int pix;                 // n·H·W of column j
+  int ih0, iw0;            // oh·s − pad, ow·s − pad
+  bool direct;             // k = 1, stride 1, pad 0: col is x viewed as [Cin, N·H·W]
+  int j;
+  __device__ __forceinline__ float at(int r) const {
+    if (direct) return x[r * plane + j];
+    const int ci = r / kk, q = r - ci * kk, kh = q / k, kw = q - kh * k;
+    const int ih = ih0 + kh, iw = iw0 + kw;
+    if ((unsigned)ih >= (unsigned)h || (unsigned)iw >= (unsigned)w) return 0.0f;
+    return x[ci * plane + pix + ih * w + iw];
+  }
+};
+
+__device__ __forceinline__ Im2colColumn im2col_column(const float* x, const ConvShape& s, int j) {
+  Im2colColumn c;
+  c.x = x;
+  c.kk = (int)(s.k * s.k);
+  c.k = (int)s.k;
+  c.h = (int)s.h;
+  c.w = (int)s.w;
+  c.plane = (int)(s.n * s.h * s.w);
+  c.direct = s.k == 1 && s.stride == 1 && s.pad == 0;
+  c.j = j;
+  const int ohw = (int)(s.oh * s.ow);
+  const int nn = j / ohw, q = j - nn * ohw, oh = q / (int)s.ow, ow = q - oh * (int)s.ow;
+  c.pix = nn * (int)(s.h * s.w);
+  c.ih0 = oh * (int)s.stride - (int)s.pad;
+  c.iw0 = ow * (int)s.stride - (int)s.pad;
+  return c;
+}
+
+KERNEL(conv_fwd_dense_f32, ConvFwdParams) {
+  __shared__ float As[CT_KSTEP][CT_APITCH];
+  __shared__ float Bs[CT_KSTEP][CT_TILE];
+  const ConvShape s = p.s;
+  const int M = (int)s.cout, N = (int)(s.n * s.oh * s.ow), K = (int)(s.cin * s.k * s.k);
+  const int m0 = (int)blockIdx.y * CT_TILE, c0 = (int)blockIdx.x * CT_TILE;
+  const int bj = min(c0 + ((int)threadIdx.x & 63), N - 1);  // clamped: unused past N
+  RowMajorA la;
+  la.a = p.w;
+  la.ld = K;
+  const Im2colColumn lb = im2col_column(p.x, s, bj);
+  float acc[4][4];
+  gemm_tile(la, lb, M, N, m0, c0, 0, K, As, Bs, acc);
+  const int tx = (int)threadIdx.x & 15, ty = (int)threadIdx.x >> 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m0 + ty + 16 * i;
+    if (m >= M) continue;
+    const float b = p.bias ? p.bias[m] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = c0 + tx + 16 * j;
+      if (c < N) p.y[m * N + c] = acc[i][j] + b;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense input gradient: dX[ci, (n, ih, iw)] = Σ_{r = (co, kh, kw)} W[co, ci, kh, kw] ·
+// dY[co, n, oh, ow] where oh·s + kh − pad = ih and ow·s + kw − pad = iw (col2im as a gather).
+
+// A(ci, r) = W[co, ci·kk + khw] with r = co·kk + khw.
+struct WeightTransposedA {
+  const float* w;
+  int kk, cin;
+  __device__ __forceinline__ float at(int ci, int r) const {
+    const int co = r / kk, khw = r - co * kk;
+    return w[(co * cin + ci) * kk + khw];
+  }
+};
+
+// B(r) = dY[co, n, oh, ow] for the thread's input pixel (n, ih, iw), zero where no output
+// pixel reads (ih, iw) through tap (kh, kw).
+struct Col2imColumn {
+  const float* dy;
+  int kk, k, stride, oh, ow, ohw, P;
+  int dpix;    // n·OH·OW
+  int th, tw;  // ih + pad, iw + pad (CONV_NOWHERE past the end)
+  __device__ __forceinline__ float at(int r) const {
+    const int co = r / kk, q = r - co * kk, kh = q / k, kw = q - kh * k;
+    const int a = th - kh, b = tw - kw;
+    if (a < 0 || b < 0) return 0.0f;
+    const int oy = a / stride, ox = b / stride;
+    if (oy * stride != a || ox * stride != b || oy >= oh || ox >= ow) return 0.0f;
+    return dy[co * P + dpix + oy * ow + ox];
+  }
+};
+
+KERNEL(conv_bwd_data_dense_f32, ConvBwdDataParams) {
+  __shared__ float As[CT_KSTEP][CT_APITCH];
+  __shared__ float Bs[CT_KSTEP][CT_TILE];
+  const ConvShape s = p.s;
+  const int hw = (int)(s.h * s.w);
+  const int M = (int)s.cin, N = (int)s.n * hw, kk = (int)(s.k * s.k), R = (int)s.cout * kk;
+  const int m0 = (int)blockIdx.y * CT_TILE, c0 = (int)blockIdx.x * CT_TILE;
+  const int bj = min(c0 + ((int)threadIdx.x & 63), N - 1);
+  WeightTransposedA la;
+  la.w = p.w;
+  la.kk = kk;
+  la.cin = (int)s.cin;
+  Col2imColumn lb;
+  lb.dy = p.dy;
+  lb.kk = kk;
+  lb.k = (int)s.k;
+  lb.stride = (int)s.stride;
+  lb.oh = (int)s.oh;
+  lb.ow = (int)s.ow;
+  lb.ohw = (int)(s.oh * s.ow);
+  lb.P = (int)s.n * lb.ohw;
+  {
+    const int nn = bj / hw, q = bj - nn * hw, ih = q / (int)s.w, iw = q - ih * (int)s.w;
+    lb.dpix = nn * lb.ohw;
+    lb.th = ih + (int)s.pad;
+    lb.tw = iw + (int)s.pad;
+  }
+  float acc[4][4];
+  gemm_tile(la, lb, M, N, m0, c0, 0, R, As, Bs, acc);
+  const int tx = (int)threadIdx.x & 15, ty = (int)threadIdx.x >> 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m0 + ty + 16 * i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = c0 + tx + 16 * j;
+      if (c < N) p.dx[m * N + c] = acc[i][j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense weight gradient: dW[co, r] = Σ_j dY[co, j] · col[r, j], the reduction over j split into
+// gridDim.z chunks.
+
+// B(j) = col[r, j] for the thread's fixed column r of dW.
+struct Im2colRow {
+  const float* x;
+  int xoff;      // ci·N·H·W
+  int dh, dw;    // kh − pad, kw − pad
+  int h, w, hw, ohw, ow, stride;
+  __device__ __forceinline__ float at(int j) const {
+    const int nn = j / ohw, q = j - nn * ohw, oy = q / ow, ox = q - oy * ow;
+    const int ih = oy * stride + dh, iw = ox * stride + dw;
+    if ((unsigned)ih >= (unsigned)h || (unsigned)iw >= (unsigned)w) return 0.0f;
+    return x[xoff + nn * hw + ih * w + iw];
+  }
+};
+
+KERNEL(conv_bwd_weight_dense_f32, ConvBwdWeightParams) {
+  __shared__ float As[CT_KSTEP][CT_APITCH];
+  __shared__ float Bs[CT_KSTEP][CT_TILE];
+  const ConvShape s = p.s;
+  const int kk = (int)(s.k * s.k), K = (int)s.cin * kk;
+  const int M = (int)s.cout, N = K, P = (int)(s.n * s.oh * s.ow);
+  const int m0 = (int)blockIdx.y * CT_TILE, c0 = (int)blockIdx.x * CT_TILE;
+  const int rb = (int)(blockIdx.z * p.chunk), re = min(P, rb + (int)p.chunk);
+  const int r = min(c0 + ((int)threadIdx.x & 63), N - 1);
+  RowMajorA la;
+  la.a = p.dy;
+  la.ld = P;
+  Im2colRow lb;
+  lb.x = p.x;
+  {
+    const int ci = r / kk, q = r - ci * kk, kh = q / (int)s.k, kw = q - kh * (int)s.k;
+    lb.xoff = ci * (int)(s.n * s.h * s.w);
+    lb.dh = kh - (int)s.pad;
+    lb.dw = kw - (int)s.pad;
+  }
+  lb.h = (int)s.h;
+  lb.w = (int)s.w;
+  lb.hw = (int)(s.h * s.w);
+  lb.ohw = (int)(s.oh * s.ow);
+  lb.ow = (int)s.ow;
+  lb.stride = (int)s.stride;
+  float acc[4][4];
+  gemm_tile(la, lb, M, N, m0, c0, rb, re, As, Bs, acc);
+  float* out = p.out + (size_t)blockIdx.z * (size_t)(M * N);
+  const int tx = (int)threadIdx.x & 15, ty = (int)threadIdx.x >> 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m0 + ty + 16 * i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = c0 + tx + 16 * j;
+      if (c < N) out[m * N + c] = acc[i][j];
+    }
+  }
+}
+
+// out[i] = Σ_z partial[z, i], z ascending (the deterministic second pass of the split
+// weight gradient). One thread per element.
+KERNEL(conv_bwd_weight_reduce_f32, ConvReduceParams) {
+  const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.len) return;
+  float acc = 0.0f;
+  for (unsigned z = 0; z < p.splits; ++z) acc += p.partial[(size_t)z * p.len + i];
+  p.out[i] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse kernels.
+
+#define SP_THREADS 256
+#define SP_PPT 4
+#define SP_TILE (SP_THREADS * SP_PPT)
+#define SP_STAGE SP_THREADS
+
+// y[co, j] = Σ_{e in row co} values[e] · col[col_idx[e], j] (+ bias[co]).
+// Grid (⌈P/1024⌉, Cout), block 256.
+KERNEL(conv_fwd_sparse_f32, ConvSparseFwdParams) {
+  __shared__ int s_off[SP_STAGE];
+  __shared__ int s_kh[SP_STAGE];
+  __shared__ int s_kw[SP_STAGE];
+  __shared__ float s_val[SP_STAGE];
+  const ConvShape s = p.s;
+  const int tid = (int)threadIdx.x, co = (int)blockIdx.y;
+  const int ohw = (int)(s.oh * s.ow), P = (int)s.n * ohw;
+  const int H = (int)s.h, W = (int)s.w, k = (int)s.k, kk = k * k;
+  const int plane = (int)s.n * H * W;
+  const int j0 = (int)blockIdx.x * SP_TILE + tid;
+  int pix[SP_PPT], ih0[SP_PPT], iw0[SP_PPT];
+  float acc[SP_PPT];
+#pragma unroll
+  for (int q = 0; q < SP_PPT; ++q) {
+    const int j = j0 + q * SP_THREADS;
+    acc[q] = 0.0f;
+    if (j < P) {
+      const int nn = j / ohw, t = j - nn * ohw, oh = t / (int)s.ow, ow = t - oh * (int)s.ow;
+      pix[q] = nn * H * W;
+      ih0[q] = oh * (int)s.stride - (int)s.pad;
+      iw0[q] = ow * (int)s.stride - (int)s.pad;
+    } else {
+      pix[q] = 0;
+      ih0[q] = CONV_NOWHERE;  // never inside the input
+      iw0[q] = CONV_NOWHERE;
+    }
+  }
+  const int eb = (int)p.row_ptr[co], ee = (int)p.row_ptr[co + 1];
+  for (int e0 = eb; e0 < ee; e0 += SP_STAGE) {
+    const int cnt = min(SP_STAGE, ee - e0);
+    __syncthreads();  // the previous chunk has been consumed
+    if (tid < cnt) {
+      const int c = (int)p.col_idx[e0 + tid];
+      const int ci = c / kk, t = c - ci * kk, kh = t / k;
+      s_off[tid] = ci * plane;
+      s_kh[tid] = kh;
+      s_kw[tid] = t - kh * k;
+      s_val[tid] = p.values[e0 + tid];
+    }
+    __syncthreads();
+    for (int i = 0; i < cnt; ++i) {
+      const int off = s_off[i], kh = s_kh[i], kw = s_kw[i];
+      const float v = s_val[i];
+#pragma unroll
+      for (int q = 0; q < SP_PPT; ++q) {
+        const int ih = ih0[q] + kh, iw = iw0[q] + kw;
+        if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+          acc[q] += v * p.x[off + pix[q] + ih * W + iw];
+      }
+    }
+  }
+  const float b = p.bias ? p.bias[co] : 0.0f;
+#pragma unroll
+  for (int q = 0; q < SP_PPT; ++q) {
+    const int j = j0 + q * SP_THREADS;
+    if (j < P) p.y[co * P + j] = acc[q] + b;
+  }
+}
+
+// dx[ci, (n, ih, iw)] = Σ_{kh, kw} Σ_{e in column ci·kk + kh·k + kw} values[csc_pos[e]] ·
+// dY[csc_row[e], n, oh, ow] with oh·s + kh − pad = ih, ow·s + kw − pad = iw.
+// Grid (⌈N·H·W/1024⌉, Cin), block 256.
+KERNEL(conv_bwd_data_sparse_f32, ConvSparseBwdDataParams) {
+  __shared__ int s_off[SP_STAGE];
+  __shared__ float s_val[SP_STAGE];
+  const ConvShape s = p.s;
+  const int tid = (int)threadIdx.x, ci = (int)blockIdx.y;
+  const int H = (int)s.h, W = (int)s.w, hw = H * W, NHW = (int)s.n * hw;
+  const int OH = (int)s.oh, OW = (int)s.ow, ohw = OH * OW, P = (int)s.n * ohw;
+  const int k = (int)s.k, kk = k * k, st = (int)s.stride;
+  const int j0 = (int)blockIdx.x * SP_TILE + tid;
+  int dpix[SP_PPT], th[SP_PPT], tw[SP_PPT];
+  float acc[SP_PPT];
+#pragma unroll
+  for (int q = 0; q < SP_PPT; ++q) {
+    const int j = j0 + q * SP_THREADS;
+    acc[q] = 0.0f;
+    if (j < NHW) {
+      const int nn = j / hw, t = j - nn * hw, ih = t / W, iw = t - ih * W;
+      dpix[q] = nn * ohw;
+      th[q] = ih + (int)s.pad;
+      tw[q] = iw + (int)s.pad;
+    } else {
+      dpix[q] = 0;
+      th[q] = CONV_NOWHERE;
+      tw[q] = CONV_NOWHERE;
+    }
+  }
+  for (int khw = 0; khw < kk; ++khw) {
+    const int c = ci * kk + khw;
+    const int eb = (int)p.col_ptr[c], ee = (int)p.col_ptr[c + 1];
+    if (eb == ee) continue;  // uniform over the block
+    const int kh = khw / k, kw = khw - kh * k;
+    // Where in dY's plane each pixel reads through this tap, or −1.
+    int doff[SP_PPT];
+#pragma unroll
+    for (int q = 0; q < SP_PPT; ++q) {
+      const int a = th[q] - kh, b = tw[q] - kw;
+      doff[q] = -1;
+      if (a >= 0 && b >= 0) {
+        const int oy = a / st, ox = b / st;
+        if (oy * st == a && ox * st == b && oy < OH && ox < OW) doff[q] = dpix[q] + oy * OW + ox;
+      }
+    }
+    for (int e0 = eb; e0 < ee; e0 += SP_STAGE) {
+      const int cnt = min(SP_STAGE, ee - e0);
+      __syncthreads();
+      if (tid < cnt) {
+        s_off[tid] = (int)p.csc_row[e0 + tid] * P;
+        s_val[tid] = p.values[p.csc_pos[e0 + tid]];
+      }
+      __syncthreads();
+      for (int i = 0; i < cnt; ++i) {
+        const int off = s_off[i];
+        const float v = s_val[i];
+#pragma unroll
+        for (int q = 0; q < SP_PPT; ++q)
+          if (doff[q] >= 0) acc[q] += v * p.dy[off + doff[q]];
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < SP_PPT; ++q) {
+    const int j = j0 + q * SP_THREADS;
+    if (j < NHW) p.dx[ci * NHW + j] = acc[q];
+  }
+}
+
+#define SW_G 8
+
+// dvalues[e] = Σ_j dY[row(e), j] · col[col_idx[e], j] for e in [8·blockIdx.x, +8).
+// Grid ⌈nnz/8⌉, block a multiple of 32 up to 256.
+KERNEL(conv_bwd_weight_sparse_f32, ConvSparseBwdWeightParams) {
+  __shared__ float s_red[SW_G][32];
+  const ConvShape s = p.s;
+  const int H = (int)s.h, W = (int)s.w, hw = H * W, plane = (int)s.n * hw;
+  const int OW = (int)s.ow, ohw = (int)s.oh * OW, P = (int)s.n * ohw;
+  const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
+  const int e0 = (int)blockIdx.x * SW_G;
+  const int cnt = min(SW_G, (int)p.nnz - e0);
+  // Row of e0: the last row r with row_ptr[r] ≤ e0 (skips empty rows); then walk forward.
+  int lo = 0, hi = (int)s.cout;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if ((int)p.row_ptr[mid] <= e0) lo = mid;
+    else hi = mid;
+  }
+  int dyoff[SW_G], xoff[SW_G], dh[SW_G], dw[SW_G];
+  float acc[SW_G];
+  int row = lo;
+#pragma unroll
+  for (int g = 0; g < SW_G; ++g) {
+    acc[g] = 0.0f;
+    if (g < cnt) {
+      while ((int)p.row_ptr[row + 1] <= e0 + g) ++row;
+      const int c = (int)p.col_idx[e0 + g];
+      const int ci = c / kk, t = c - ci * kk, kh = t / k;
+      dyoff[g] = row * P;
+      xoff[g] = ci * plane;
+      dh[g] = kh - pd;
+      dw[g] = t - kh * k - pd;
+    } else {
+      dyoff[g] = 0;
+      xoff[g] = 0;
+      dh[g] = CONV_NOWHERE;  // never inside the input
+      dw[g] = CONV_NOWHERE;
+    }
+  }
+  for (int j = (int)threadIdx.x; j < P; j += (int)blockDim.x) {
+    const int nn = j / ohw, t = j - nn * ohw, oy = t / OW, ox = t - oy * OW;
+    const int ihb = oy * st, iwb = ox * st, pix = nn * hw;
+#pragma unroll
+    for (int g = 0; g < SW_G; ++g) {
+      const int ih = ihb + dh[g], iw = iwb + dw[g];
+      if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+        acc[g] += p.dy[dyoff[g] + j] * p.x[xoff[g] + pix + ih * W + iw];
+    }
+  }
+  const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
+  const int warps = (int)blockDim.x >> 5;
+#pragma unroll
+  for (int g = 0; g < SW_G; ++g) {
+    const float v = warp_sum(acc[g]);
+    if (lane == 0) s_red[g][warp] = v;
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int g = 0; g < SW_G; ++g) {
+      const float v = warp_sum(lane < warps ? s_red[g][lane] : 0.0f);
+      if (lane == 0 && g < cnt) p.dvalues[e0 + g] = v;
+    }
+  }
+}
+
+// db[co] = Σ_j dY[co, j]. Grid Cout, block 256.
+KERNEL(conv_bwd_bias_f32, ConvBwdBiasParams) {
+  __shared__ float scratch[32];
+  const int co = (int)blockIdx.x, cols = (int)p.cols;
+  const float* row = p.dy + (size_t)co * cols;
+  float acc = 0.0f;
+  for (int j = (int)threadIdx.x; j < cols; j += (int)blockDim.x) acc += row[j];
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) p.db[co] = acc;
+}
