@@ -10,7 +10,11 @@ use std::collections::BTreeSet;
 
 fn nvrtc_or_skip() -> bool {
     if cuda::nvrtc_present() {
-        eprintln!("NVRTC {:?}: {}", cuda::nvrtc_version(), cuda::nvrtc_origin().unwrap_or("?"));
+        eprintln!(
+            "NVRTC {:?}: {}",
+            cuda::nvrtc_version(),
+            cuda::nvrtc_origin().unwrap_or("?")
+        );
         return true;
     }
     let required = std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_NVRTC").is_some();
@@ -39,7 +43,10 @@ fn every_kernel_compiles_for_sm80_and_sm90_and_matches_the_kernel_list() {
         return;
     }
     let version = cuda::nvrtc_version().expect("NVRTC version");
-    assert_eq!(version.0, 13, "NVRTC {version:?}: CUDA 13.0 is what the GPU machine's driver accepts");
+    assert_eq!(
+        version.0, 13,
+        "NVRTC {version:?}: CUDA 13.0 is what the GPU machine's driver accepts"
+    );
     for arch in ["compute_80", "compute_90"] {
         for m in MODULES {
             let ptx = cuda::compile_module(m.name, arch).unwrap_or_else(|e| panic!("{e:#}"));

@@ -171,7 +171,8 @@ impl CudaGpu {
         if ordinal >= count as usize {
             bail!("cuda:{ordinal} requested but only {count} GPU(s) are visible");
         }
-        let ctx = CudaContext::new(ordinal).with_context(|| format!("creating a context on cuda:{ordinal}"))?;
+        let ctx = CudaContext::new(ordinal)
+            .with_context(|| format!("creating a context on cuda:{ordinal}"))?;
         // SAFETY: one stream orders all work; buffers are shared only through raw addresses in
         // parameter structs, which the event tracking could not see anyway.
         unsafe { ctx.disable_event_tracking() };
@@ -230,7 +231,9 @@ impl CudaGpu {
     pub(super) fn memset(&self, dst: &mut CudaSlice<u8>, byte: u8) -> Result<()> {
         let (ptr, _guard) = dst.device_ptr(&self.stream);
         // SAFETY: `ptr` addresses `dst.len()` bytes of a live allocation on this context.
-        unsafe { cudarc::driver::result::memset_d8_async(ptr, byte, dst.len(), self.stream.cu_stream()) }?;
+        unsafe {
+            cudarc::driver::result::memset_d8_async(ptr, byte, dst.len(), self.stream.cu_stream())
+        }?;
         Ok(())
     }
 
@@ -247,7 +250,9 @@ impl CudaGpu {
                     let m = self
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                        .with_context(|| format!("loading kernels/{}.cu on {}", k.module, self.describe()))?;
+                        .with_context(|| {
+                            format!("loading kernels/{}.cu on {}", k.module, self.describe())
+                        })?;
                     modules.insert(k.module, m.clone());
                     m
                 }

@@ -12,6 +12,7 @@
 //! - every kernel has a CPU twin of the same name in `device::cpu::twin`, the reference the
 //!   parity tests compare against.
 
+pub mod check;
 pub mod cuda;
 pub mod emu;
 pub mod kernels;
@@ -148,13 +149,34 @@ pub struct ModuleSource {
 pub const COMMON_HEADER: &str = include_str!("../../../kernels/common.cuh");
 
 pub const MODULES: &[ModuleSource] = &[
-    ModuleSource { name: "conv", source: include_str!("../../../kernels/conv.cu") },
-    ModuleSource { name: "xent", source: include_str!("../../../kernels/xent.cu") },
-    ModuleSource { name: "topk", source: include_str!("../../../kernels/topk.cu") },
-    ModuleSource { name: "norm", source: include_str!("../../../kernels/norm.cu") },
-    ModuleSource { name: "pool", source: include_str!("../../../kernels/pool.cu") },
-    ModuleSource { name: "elementwise", source: include_str!("../../../kernels/elementwise.cu") },
-    ModuleSource { name: "optim", source: include_str!("../../../kernels/optim.cu") },
+    ModuleSource {
+        name: "conv",
+        source: include_str!("../../../kernels/conv.cu"),
+    },
+    ModuleSource {
+        name: "xent",
+        source: include_str!("../../../kernels/xent.cu"),
+    },
+    ModuleSource {
+        name: "topk",
+        source: include_str!("../../../kernels/topk.cu"),
+    },
+    ModuleSource {
+        name: "norm",
+        source: include_str!("../../../kernels/norm.cu"),
+    },
+    ModuleSource {
+        name: "pool",
+        source: include_str!("../../../kernels/pool.cu"),
+    },
+    ModuleSource {
+        name: "elementwise",
+        source: include_str!("../../../kernels/elementwise.cu"),
+    },
+    ModuleSource {
+        name: "optim",
+        source: include_str!("../../../kernels/optim.cu"),
+    },
 ];
 
 /// The source NVRTC compiles for a module: common.cuh pasted in place of its include line.
@@ -318,7 +340,12 @@ impl Gpu {
                 // the layout tests); the buffers it addresses are host memory owned by `Buf`s the
                 // caller keeps alive for this synchronous call.
                 unsafe {
-                    (kernel.emu)(cfg.grid, cfg.block, cfg.smem, params as *const P as *const c_void)
+                    (kernel.emu)(
+                        cfg.grid,
+                        cfg.block,
+                        cfg.smem,
+                        params as *const P as *const c_void,
+                    )
                 };
                 Ok(())
             }

@@ -2,9 +2,9 @@
 //! struct (its scalars; buffers come as slices, the struct's addresses are ignored). They are the
 //! reference the parity tests (emulator in CI, `rest device --check` on a GPU) compare against.
 pub mod conv;
-pub mod xent;
-pub mod topk;
-pub mod norm;
-pub mod pool;
 pub mod elementwise;
+pub mod norm;
 pub mod optim;
+pub mod pool;
+pub mod topk;
+pub mod xent;
