@@ -4,7 +4,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::loader::Augment;
 use crate::data::synthetic::{self, SyntheticConfig};
 use crate::data::Splits;
-use crate::device::{self, DeviceRequest};
+use crate::device::{self, Device, DeviceRequest};
 use crate::dst::{PathChoice, SparseConfig};
 use crate::metrics::{evaluate, GroupMetrics};
 use crate::nn::{Arch, Model, ModelConfig};
@@ -226,17 +226,17 @@ impl TrainArgs {
     }
 }
 
-fn choose_device(spec: &str, quiet: bool) -> Result<()> {
+fn choose_device(spec: &str, quiet: bool) -> Result<Device> {
     let req: DeviceRequest = spec.parse()?;
     let (dev, why) = device::resolve(req)?;
     if !quiet {
         eprintln!("device: {dev} ({why})");
     }
-    Ok(())
+    Ok(dev)
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
-    choose_device(&args.device, args.quiet)?;
+    let dev = choose_device(&args.device, args.quiet)?;
     let opts_out = |c: &TrainConfig| {
         args.out.clone().unwrap_or_else(|| {
             let d = c.sparse.as_ref().map_or(1.0, |s| s.density);
@@ -259,7 +259,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             data_dir: args.source.data_dir.clone(),
         };
         let splits = load_splits(&source, ck.config.seed, args.synthetic_train)?;
-        let mut t = Trainer::resume(dir, &splits)?;
+        let mut t = Trainer::resume(dir, &splits)?.on_device(dev);
         if !args.quiet {
             eprintln!(
                 "resuming {} at epoch {} of {}",
@@ -283,7 +283,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 out.display()
             );
         }
-        let mut t = Trainer::new(config, &splits)?;
+        let mut t = Trainer::new(config, &splits)?.on_device(dev);
         t.train(&RunOptions {
             out: out.clone(),
             quiet: args.quiet,
@@ -331,7 +331,7 @@ fn metrics_row(split: &str, m: &GroupMetrics) -> String {
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    choose_device(&args.device, false)?;
+    let dev = choose_device(&args.device, false)?;
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let ck = Checkpoint::load(&args.checkpoint)?;
     let source = DataSource {
@@ -362,8 +362,23 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         crate::dst::global_density(&model)
     );
     let mut table = String::from("| split | samples | accuracy | aligned | conflicting | unbiased | worst group |\n|---|---|---|---|---|---|---|\n");
+    // On a GPU device the model runs there (the optimiser state is not needed: zeros).
+    let mut gm = match dev {
+        Device::Cpu => None,
+        Device::Emu => Some(crate::device::gpu::Gpu::emu()),
+        Device::Cuda(i) => Some(crate::device::gpu::Gpu::cuda(i)?),
+    }
+    .map(|gpu| {
+        let opt = crate::optim::Sgd::new(&model.params, 1.0, 0.0, 0.0);
+        crate::device::gpu::model::GpuModel::upload(gpu, &model, &opt)
+    })
+    .transpose()?;
     for (name, ds) in [("valid", &splits.valid), ("test", &splits.test)] {
-        table += &metrics_row(name, &evaluate(&mut model, ds, args.batch_size)?.0);
+        let m = match &mut gm {
+            Some(gm) => crate::train::evaluate_gpu(gm, ds, args.batch_size)?.0,
+            None => evaluate(&mut model, ds, args.batch_size)?.0,
+        };
+        table += &metrics_row(name, &m);
     }
     print!("{table}");
     Ok(())

@@ -5,13 +5,19 @@ use crate::autograd::Tape;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::loader::{batches, Augment, LoaderConfig};
 use crate::data::{Dataset, Splits};
+use crate::device::gpu::model::GpuModel;
+use crate::device::gpu::Gpu;
+use crate::device::Device;
 use crate::dst::{self, SparseConfig, SparseState};
 use crate::flops::FlopsReport;
-use crate::metrics::{argmax_rows, evaluate, GroupMetrics};
+use crate::metrics::{argmax_rows, evaluate, GroupCounter, GroupMetrics};
 use crate::nn::param::Grads;
 use crate::nn::{ops, Arch, Model, ModelConfig};
 use crate::optim::{Plateau, Sgd};
 use crate::rng::Rng;
+use crate::sparse::csr::SparseWeight;
+use crate::sparse::schedule::death_rate;
+use crate::sparse::topology::{GrowRule, PruneRule, UpdateStats};
 use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Context, Result};
 use std::io::Write;
@@ -177,6 +183,146 @@ pub struct Trainer<'a> {
     pub opt: Sgd,
     pub sparse: Option<SparseState>,
     pub progress: Progress,
+    /// The backend the training steps run on (`Device::Cpu` unless set, e.g. by `on_device`).
+    pub device: Device,
+    /// The model on the GPU (or emulator) while `device` is one; `model` and `opt` are the host
+    /// copies, brought up to date at the end of every epoch.
+    gpu: Option<GpuModel>,
+}
+
+/// What one training step reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// The reweighted loss Σ wᵢlᵢ / Σ wᵢ of the batch.
+    pub loss: f32,
+    /// Per-sample (unweighted) losses lᵢ.
+    pub losses: Vec<f32>,
+    /// Samples whose prediction (first maximum of the logits) equals the label.
+    pub correct: usize,
+    /// Per group of the step's `groups` (one group when none were given): (Σ lᵢ, correct
+    /// predictions, samples).
+    pub groups: Vec<(f32, usize, usize)>,
+}
+
+/// Per-group (Σ loss, correct, samples) of a batch; groups None: one group.
+fn group_sums(
+    losses: &[f32],
+    predictions: &[u32],
+    labels: &[u32],
+    groups: Option<&[u32]>,
+) -> Vec<(f32, usize, usize)> {
+    let count = groups.map_or(1, |g| g.iter().max().map_or(1, |&m| m as usize + 1));
+    let mut out = vec![(0f64, 0usize, 0usize); count];
+    for i in 0..losses.len() {
+        let g = &mut out[groups.map_or(0, |g| g[i] as usize)];
+        g.0 += losses[i] as f64;
+        g.1 += (predictions[i] == labels[i]) as usize;
+        g.2 += 1;
+    }
+    out.into_iter().map(|(l, c, n)| (l as f32, c, n)).collect()
+}
+
+/// One training step on the CPU: forward (batch norm in training mode, running statistics
+/// updated), reweighted cross-entropy, backward, and the SGD step on `model`. With `dense_grads`
+/// (topology-update steps) the dense weight gradients of the sparse layers are computed too and
+/// returned in the `Grads` for `SparseState::update`.
+pub fn cpu_step(
+    model: &mut Model,
+    opt: &mut Sgd,
+    images: Tensor,
+    labels: &[u32],
+    weights: &[f32],
+    groups: Option<&[u32]>,
+    dense_grads: bool,
+) -> Result<(StepStats, Grads)> {
+    if let Some(g) = groups {
+        ensure!(
+            g.len() == labels.len(),
+            "{} group ids for {} labels",
+            g.len(),
+            labels.len()
+        );
+    }
+    let mut tape = Tape::new();
+    let x = tape.input(images);
+    let logits = model.forward(&mut tape, x, true)?;
+    let (loss, losses) = ops::cross_entropy(&mut tape, logits, labels, weights)?;
+    let k = tape.value(logits).shape()[1];
+    let predictions = argmax_rows(tape.value(logits).data(), k);
+    let loss_value = tape.value(loss).data()[0];
+    let mut grads = Grads::zeros(&model.params, dense_grads);
+    tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads);
+    drop(tape);
+    opt.step(&mut model.params, &grads);
+    let groups = group_sums(&losses, &predictions, labels, groups);
+    Ok((
+        StepStats {
+            loss: loss_value,
+            losses,
+            correct: groups.iter().map(|g| g.1).sum(),
+            groups,
+        },
+        grads,
+    ))
+}
+
+/// Checks that a sparse configuration's topology update can run on the GPU: magnitude pruning
+/// and gradient (RigL) regrowth, the defaults, have device kernels; the others run on the CPU.
+pub fn ensure_gpu_topology(s: &SparseConfig) -> Result<()> {
+    if s.fix {
+        return Ok(());
+    }
+    ensure!(
+        s.prune == PruneRule::Magnitude && s.grow == GrowRule::Gradient,
+        "topology updates with --prune {:?} / --grow {:?} have no GPU kernels (only magnitude \
+         pruning with gradient regrowth, the default, runs on the GPU): use --device cpu",
+        s.prune,
+        s.grow
+    );
+    Ok(())
+}
+
+/// Group metrics of a dataset evaluated on the GPU model (batch norm in evaluation mode), as
+/// `metrics::evaluate` does on the host: per-sample losses from the logits with unit weights.
+pub fn evaluate_gpu(
+    gm: &mut GpuModel,
+    ds: &Dataset,
+    batch_size: usize,
+) -> Result<(GroupMetrics, Vec<bool>)> {
+    let cfg = LoaderConfig {
+        batch_size,
+        shuffle: false,
+        drop_last: false,
+        augment: Augment::None,
+        sample_weights: None,
+        seed: 0,
+    };
+    let mut counter = GroupCounter::default();
+    let mut correct = vec![false; ds.len()];
+    for batch in batches(ds, &cfg, 0) {
+        let s = batch.images.shape().to_vec();
+        let logits = gm.logits(batch.images.data(), (s[1], s[2], s[3]))?;
+        let (n, k) = (batch.len(), logits.len() / batch.len());
+        let ones = vec![1.0; n];
+        let mut losses = vec![0.0; n];
+        let mut dlogits = vec![0.0; n * k];
+        crate::device::cpu::xent::cross_entropy(
+            n,
+            k,
+            &logits,
+            &batch.labels,
+            &ones,
+            &mut losses,
+            &mut dlogits,
+        );
+        let pred = argmax_rows(&logits, k);
+        for (j, &i) in batch.indices.iter().enumerate() {
+            let ok = pred[j] == batch.labels[j];
+            correct[i] = ok;
+            counter.add(batch.labels[j], ds.bias[i] as u32, ok, losses[j]);
+        }
+    }
+    Ok((counter.finish(), correct))
 }
 
 fn model_for(config: &TrainConfig, splits: &Splits) -> Result<ModelConfig> {
@@ -256,7 +402,40 @@ impl<'a> Trainer<'a> {
             opt,
             sparse,
             progress,
+            device: Device::Cpu,
+            gpu: None,
         })
+    }
+
+    /// Runs the training steps on `device` (`Cpu`, `Emu` or `Cuda`).
+    pub fn on_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self.gpu = None;
+        self
+    }
+
+    /// The GPU model, uploaded from the host model on first use.
+    fn gpu_model(&mut self) -> Result<Option<&mut GpuModel>> {
+        if self.gpu.is_none() {
+            let gpu = match self.device {
+                Device::Cpu => return Ok(None),
+                Device::Emu => Gpu::emu(),
+                Device::Cuda(i) => Gpu::cuda(i)?,
+            };
+            if let Some(s) = &self.sparse {
+                ensure_gpu_topology(&s.config)?;
+            }
+            self.gpu = Some(GpuModel::upload(gpu, &self.model, &self.opt)?);
+        }
+        Ok(self.gpu.as_mut())
+    }
+
+    /// Evaluates on `ds` on the training device.
+    fn evaluate_here(&mut self, ds: &Dataset) -> Result<(GroupMetrics, Vec<bool>)> {
+        match self.gpu_model()? {
+            Some(gm) => evaluate_gpu(gm, ds, 512),
+            None => evaluate(&mut self.model, ds, 512),
+        }
     }
 
     /// Continues the run saved in `dir` (its config is taken from the checkpoint).
@@ -284,14 +463,14 @@ impl<'a> Trainer<'a> {
         let mut cfg = self.config.clone();
         cfg.reweight = Reweight::Off;
         cfg.epochs = self.config.jtt_epochs;
-        let mut first = Trainer::new(cfg, self.splits)?;
+        let mut first = Trainer::new(cfg, self.splits)?.on_device(self.device);
         let sub = RunOptions {
             out: opts.out.join("jtt-phase1"),
             quiet: opts.quiet,
             stop_after_epochs: None,
         };
         first.train(&sub)?;
-        let (_, correct) = evaluate(&mut first.model, &self.splits.train, 512)?;
+        let (_, correct) = first.evaluate_here(&self.splits.train)?;
         let errors = correct.iter().filter(|c| !**c).count();
         if !opts.quiet {
             eprintln!("jtt: {} of {} training samples misclassified after {} epochs; upweighting them by {}", errors, correct.len(), self.config.jtt_epochs, self.config.upweight);
@@ -383,44 +562,60 @@ impl<'a> Trainer<'a> {
                     .sparse
                     .as_ref()
                     .is_some_and(|s| s.is_update_step(self.progress.step, total_steps));
-                let mut tape = Tape::new();
-                let x = tape.input(batch.images);
-                let logits = self.model.forward(&mut tape, x, true)?;
-                let (loss, losses) =
-                    ops::cross_entropy(&mut tape, logits, &batch.labels, &weights)?;
-                let k = tape.value(logits).shape()[1];
-                let pred = argmax_rows(tape.value(logits).data(), k);
-                correct += pred
-                    .iter()
-                    .zip(&batch.labels)
-                    .filter(|(p, l)| p == l)
-                    .count();
-                loss_sum += losses.iter().map(|&l| l as f64).sum::<f64>();
-                seen += n;
-                let mut grads = Grads::zeros(&self.model.params, update);
-                tape.backward(
-                    loss,
-                    Tensor::full(&[1], 1.0),
-                    &self.model.params,
-                    &mut grads,
-                );
-                drop(tape);
-                self.opt.step(&mut self.model.params, &grads);
-                if update {
-                    let s = self
-                        .sparse
-                        .as_mut()
-                        .expect("update step without sparse state");
-                    let (stats, rate) = s.update(
+                let step = self.progress.step;
+                let (stats, update_report) = if self.device == Device::Cpu {
+                    let (stats, grads) = cpu_step(
                         &mut self.model,
                         &mut self.opt,
-                        &grads,
-                        self.progress.step,
-                        total_steps,
-                        &mut rng,
+                        batch.images,
+                        &batch.labels,
+                        &weights,
+                        None,
+                        update,
                     )?;
+                    let report = if update {
+                        let s = self
+                            .sparse
+                            .as_mut()
+                            .expect("update step without sparse state");
+                        Some(s.update(
+                            &mut self.model,
+                            &mut self.opt,
+                            &grads,
+                            step,
+                            total_steps,
+                            &mut rng,
+                        )?)
+                    } else {
+                        None
+                    };
+                    (stats, report)
+                } else {
+                    let lr = self.opt.lr;
+                    let shape = batch.images.shape().to_vec();
+                    let gm = self.gpu_model()?.expect("a GPU device has a GPU model");
+                    let stats = gm.train_step(
+                        batch.images.data(),
+                        (shape[1], shape[2], shape[3]),
+                        &batch.labels,
+                        &weights,
+                        None,
+                        lr,
+                        update,
+                    )?;
+                    let report = if update {
+                        Some(self.gpu_topology_update(step, total_steps)?)
+                    } else {
+                        None
+                    };
+                    (stats, report)
+                };
+                correct += stats.correct;
+                loss_sum += stats.losses.iter().map(|&l| l as f64).sum::<f64>();
+                seen += n;
+                if let Some((ustats, rate)) = update_report {
                     if !opts.quiet {
-                        bar.suspend(|| eprintln!("step {}: topology update, death rate {:.4}, {} weights pruned and regrown", self.progress.step, rate, stats.pruned));
+                        bar.suspend(|| eprintln!("step {}: topology update, death rate {:.4}, {} weights pruned and regrown", step, rate, ustats.pruned));
                     }
                 }
                 self.progress.step += 1;
@@ -439,7 +634,13 @@ impl<'a> Trainer<'a> {
             }
             bar.finish_and_clear();
             let train_secs = t0.elapsed().as_secs_f64();
-            let (valid, _) = evaluate(&mut self.model, &self.splits.valid, 512)?;
+            // On a GPU device the host model is refreshed once per epoch, here: evaluation runs
+            // on the GPU model, while checkpoints, density, in-time statistics and the FLOPs
+            // report read the host copy (weights, momentum, BN statistics, sparse structure).
+            if let Some(gm) = &self.gpu {
+                gm.download(&mut self.model, &mut self.opt)?;
+            }
+            let (valid, _) = self.evaluate_here(&self.splits.valid)?;
             // Selection as the reference: worst-group validation accuracy when reweighting,
             // overall validation accuracy otherwise. Worst-group accuracy is often tied (at 0 on
             // small validation sets), so ties go to the higher unbiased accuracy; the 1e-6 weight
@@ -450,7 +651,7 @@ impl<'a> Trainer<'a> {
             };
             let best = score > self.progress.best_score;
             let test = if best {
-                Some(evaluate(&mut self.model, &self.splits.test, 512)?.0)
+                Some(self.evaluate_here(&self.splits.test)?.0)
             } else {
                 None
             };
@@ -464,6 +665,7 @@ impl<'a> Trainer<'a> {
             if factor != 1.0 {
                 self.progress.lr *= factor;
                 self.opt.lr = self.progress.lr;
+                // (the GPU model takes the learning rate with every step)
                 if !opts.quiet {
                     eprintln!(
                         "validation loss has not improved for {} epochs: learning rate now {:e}",
@@ -535,6 +737,39 @@ impl<'a> Trainer<'a> {
             eprint!("{}", flops.render());
         }
         Ok(Some(summary))
+    }
+}
+
+impl Trainer<'_> {
+    /// The topology update of a GPU step: prune and regrow on the device with this step's dense
+    /// gradients (`SparseState::update`'s rule and death rate), then the new positions come back
+    /// to the host (small) so the in-time statistics stay exact.
+    fn gpu_topology_update(&mut self, step: u64, total: u64) -> Result<(UpdateStats, f64)> {
+        let s = self
+            .sparse
+            .as_ref()
+            .expect("update step without sparse state");
+        let c = &s.config;
+        let rate = death_rate(c.death_rate, c.death_rate_end, step, total, c.decay);
+        let gm = self.gpu.as_mut().expect("GPU step without a GPU model");
+        let stats = gm.topology_update(rate)?;
+        let ids = self.model.params.weight_ids();
+        let s = self.sparse.as_mut().expect("checked above");
+        for (li, id) in ids.into_iter().enumerate() {
+            let Some(f) = &mut s.fired[li] else {
+                continue;
+            };
+            let (rows, cols) = self.model.params.get(id).matrix_dims();
+            let positions = gm.positions(id.0)?;
+            let nnz = positions.len();
+            f.record(&SparseWeight::from_positions(
+                rows,
+                cols,
+                &positions,
+                vec![0.0; nnz],
+            ));
+        }
+        Ok((stats, rate))
     }
 }
 

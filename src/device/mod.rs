@@ -1,7 +1,7 @@
 //! Devices: which backend runs the math.
 //!
-//! `Cpu` is the reference and a fast CPU backend (`device::cpu`). `Cuda` and `Emu` (the CUDA
-//! kernels run on the CPU by an emulator) are shaped here and land with the CUDA engine.
+//! `Cpu` is the reference and a fast CPU backend (`device::cpu`). `Cuda` runs the CUDA backend
+//! (`device::gpu`) on a GPU; `Emu` runs the same kernels on the CPU through the emulator (tests).
 
 pub mod cpu;
 pub mod gpu;
@@ -60,30 +60,40 @@ pub fn cuda_driver_present() -> bool {
 }
 
 /// Picks the backend for a request and says why. Never falls back silently: an explicit
-/// request that cannot be met is an error naming the reason.
+/// request that cannot be met is an error naming the reason. `cuda:N` is usable when a context
+/// can be created on GPU N and NVRTC loads (`Gpu::cuda`); `auto` takes GPU 0 when it is usable,
+/// else the CPU, and says which check failed.
 pub fn resolve(req: DeviceRequest) -> Result<(Device, String)> {
-    const NO_CUDA_BACKEND: &str = "this version of rest has no CUDA backend yet (the kernels \
-        land with the CUDA engine); use --device cpu";
     match req {
         DeviceRequest::Exact(Device::Cpu) => {
             Ok((Device::Cpu, "requested with --device cpu".into()))
         }
-        DeviceRequest::Exact(Device::Cuda(i)) => {
-            if !cuda_driver_present() {
-                bail!("--device cuda:{i}: no CUDA driver library (libcuda) found on this machine; use --device cpu");
-            }
-            bail!("--device cuda:{i}: {NO_CUDA_BACKEND}")
-        }
-        DeviceRequest::Exact(Device::Emu) => {
-            bail!("--device emu: the CUDA emulator is not built into this version of rest; use --device cpu")
-        }
+        DeviceRequest::Exact(Device::Cuda(i)) => match gpu::Gpu::cuda(i) {
+            Ok(g) => Ok((Device::Cuda(i), format!("requested; {}", g.describe()))),
+            Err(e) => bail!("--device cuda:{i}: {e:#}; use --device cpu (or auto)"),
+        },
+        DeviceRequest::Exact(Device::Emu) => Ok((
+            Device::Emu,
+            "requested: the CUDA kernels emulated on the CPU, one fiber per GPU thread (slow; \
+             for tests and small runs)"
+                .into(),
+        )),
         DeviceRequest::Auto => {
-            let why = if cuda_driver_present() {
-                format!("auto: a CUDA driver is present, but {NO_CUDA_BACKEND}")
-            } else {
-                "auto: no CUDA driver library found, running on the CPU".to_string()
-            };
-            Ok((Device::Cpu, why))
+            if !cuda_driver_present() {
+                return Ok((
+                    Device::Cpu,
+                    "auto: no CUDA driver library found, running on the CPU".into(),
+                ));
+            }
+            match gpu::Gpu::cuda(0) {
+                Ok(g) => Ok((Device::Cuda(0), format!("auto: {}", g.describe()))),
+                Err(e) => Ok((
+                    Device::Cpu,
+                    format!(
+                        "auto: a CUDA driver is present but not usable ({e:#}), running on the CPU"
+                    ),
+                )),
+            }
         }
     }
 }
@@ -112,9 +122,26 @@ mod tests {
 
     #[test]
     fn cuda_request_is_an_error_not_a_fallback() {
-        let err = resolve(DeviceRequest::Exact(Device::Cuda(0)))
+        // Where GPU 0 is usable the request succeeds; elsewhere it must fail, not fall back.
+        match resolve(DeviceRequest::Exact(Device::Cuda(0))) {
+            Ok((dev, _)) => assert_eq!(dev, Device::Cuda(0)),
+            Err(e) => assert!(e.to_string().contains("cuda"), "{e}"),
+        }
+        // An ordinal no machine has is always an error.
+        let err = resolve(DeviceRequest::Exact(Device::Cuda(4096)))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cuda"), "{err}");
+        assert!(err.contains("cuda:4096"), "{err}");
+    }
+
+    #[test]
+    fn emu_and_auto_resolve() {
+        assert_eq!(
+            resolve(DeviceRequest::Exact(Device::Emu)).unwrap().0,
+            Device::Emu
+        );
+        let (dev, why) = resolve(DeviceRequest::Auto).unwrap();
+        assert!(matches!(dev, Device::Cpu | Device::Cuda(0)), "{dev}: {why}");
+        assert!(why.starts_with("auto"), "{why}");
     }
 }

@@ -26,33 +26,36 @@ pub struct ModelConfig {
     pub num_classes: usize,
 }
 
+// The layer graph is crate-visible (read-only use) so that other engines — the CUDA backend's
+// `device::gpu::model` — run exactly this architecture without a second copy of it.
 #[derive(Clone, Debug)]
-struct ConvLayer {
-    w: ParamId,
-    b: Option<ParamId>,
-    k: usize,
-    stride: usize,
-    pad: usize,
+pub(crate) struct ConvLayer {
+    pub(crate) w: ParamId,
+    pub(crate) b: Option<ParamId>,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
 }
 
 #[derive(Clone, Debug)]
-struct BnLayer {
-    gamma: ParamId,
-    beta: ParamId,
-    stats: usize,
+pub(crate) struct BnLayer {
+    pub(crate) gamma: ParamId,
+    pub(crate) beta: ParamId,
+    /// Index into `Model::bn`.
+    pub(crate) stats: usize,
 }
 
 #[derive(Clone, Debug)]
-struct Block {
-    c1: ConvLayer,
-    b1: BnLayer,
-    c2: ConvLayer,
-    b2: BnLayer,
-    shortcut: Option<(ConvLayer, BnLayer)>,
+pub(crate) struct Block {
+    pub(crate) c1: ConvLayer,
+    pub(crate) b1: BnLayer,
+    pub(crate) c2: ConvLayer,
+    pub(crate) b2: BnLayer,
+    pub(crate) shortcut: Option<(ConvLayer, BnLayer)>,
 }
 
 #[derive(Clone, Debug)]
-enum Body {
+pub(crate) enum Body {
     Cnn(Vec<(ConvLayer, BnLayer)>),
     ResNet {
         stem: (ConvLayer, BnLayer),
@@ -82,8 +85,9 @@ pub struct Model {
     pub config: ModelConfig,
     pub params: ParamStore,
     pub bn: Vec<BnStats>,
-    body: Body,
-    fc: (ParamId, ParamId),
+    pub(crate) body: Body,
+    /// The classifier: (weight, bias).
+    pub(crate) fc: (ParamId, ParamId),
 }
 
 struct Builder {

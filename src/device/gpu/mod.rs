@@ -16,6 +16,7 @@ pub mod check;
 pub mod cuda;
 pub mod emu;
 pub mod kernels;
+pub mod model;
 
 use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
