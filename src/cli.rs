@@ -458,8 +458,10 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
     let (gpu, why) = gpu_for(&args.device, "--check")?;
     println!("check on: {} ({why})", gpu.describe());
     if gpu.is_emu() {
-        println!("(the emulator runs the kernels' own code on the CPU; on a GPU the same check \
-                  also covers the compiler and the hardware)");
+        println!(
+            "(the emulator runs the kernels' own code on the CPU; on a GPU the same check \
+                  also covers the compiler and the hardware)"
+        );
     }
     let t = std::time::Instant::now();
     let rows = device::gpu::check::run(&gpu, args.check_seed)?;

@@ -30,3 +30,32 @@ fn every_kernel_checked_and_passing_on_the_emulator() {
         );
     }
 }
+
+fn rest(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rest"))
+        .args(args)
+        .env_remove("REST_DEVICE")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
+    (out.status.success(), text)
+}
+
+#[test]
+fn device_check_on_the_emulator_from_the_command_line() {
+    let (ok, text) = rest(&["device", "--device", "emu", "--check"]);
+    assert!(ok, "{text}");
+    // The backend/NVRTC report stays, the table follows.
+    assert!(text.contains("NVRTC") && text.contains("CUDA kernels"), "{text}");
+    assert!(text.contains("max abs") && text.contains("tolerance"), "{text}");
+    assert!(text.contains("all pass") && !text.contains("FAIL"), "{text}");
+}
+
+#[test]
+fn device_check_on_the_cpu_says_it_needs_cuda_or_emu() {
+    let (ok, text) = rest(&["device", "--device", "cpu", "--check"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("cuda") && text.contains("emu"), "{text}");
+}
