@@ -21,7 +21,8 @@
 //   (8.4 KiB; the row pitch 66 makes the transposing A store conflict-free), with the next
 //   K-step's global loads issued into registers before the current one is consumed.
 //   Grid (⌈cols/64⌉, ⌈rows/64⌉, splits). The gathers (im2col for forward and weight gradient,
-//   the col2im adjoint for the input gradient) happen in the tile loaders.
+//   the col2im adjoint for the input gradient) happen in the tile loaders, which follow their
+//   rows with mixed-radix counters (no integer division inside the K loop).
 //     fwd:         Y[Cout, N·OH·OW] = W[Cout, K] · col           (reduction K)
 //     bwd data:    dX[Cin, N·H·W]  = Wᵀ-gather · dY-gather        (reduction Cout·k·k)
 //     bwd weight:  dW[Cout, K]     = dY[Cout, P] · colᵀ           (reduction P = N·OH·OW)
@@ -153,10 +154,14 @@ KERNEL(conv_fwd_dense_simple_f32, ConvFwdParams) {
 
 // ---------------------------------------------------------------------------------------------
 // The tiled implicit-GEMM core: C[m, c] = Σ_{r ∈ [rb, re)} A(m, r) · B(r, c) for the block's
-// 64×64 tile (rows m0.., columns c0..). Loaders:
-//   la.at(m, r): A element, called only with m < M, r < re;
-//   lb.at(r): B element of the thread's own column (fixed per thread, set by the caller when it
-//   builds lb for column c0 + (tid & 63)), called only with r < re and that column < N.
+// 64×64 tile (rows m0.., columns c0..). Loaders, built by the kernel for this thread:
+//   la: A elements of the thread's A column ra = rb + (tid & 15) (+16 per K-step), for rows m;
+//       la.at(m) is called only with m < M and ra < re, then la.step() moves ra on by 16;
+//   lb: B elements of the thread's own column c0 + (tid & 63) at reduction rows
+//       rb + (tid >> 6) + 4i (+16 per K-step), i = 0..3; lb.at(i) is called only with that
+//       row < re and the column < N, then lb.step() moves all four rows on by 16.
+// Loaders track their rows' (hi, mid, lo) digits with mixed-radix counters, so the gathers
+// need no integer division inside the loop.
 // Result in acc[i][j] for row m0 + ty + 16i, column c0 + tx + 16j (tx = tid & 15, ty = tid >> 4).
 // Requires blockDim.x == 256; every thread of the block must call it (it synchronises).
 
@@ -165,10 +170,51 @@ KERNEL(conv_fwd_dense_simple_f32, ConvFwdParams) {
 #define CT_THREADS 256
 #define CT_APITCH 66
 
+// A number v = (hi·r1 + mid)·r0 + lo in mixed radix (∞, r1, r0), advanced by a fixed step.
+struct Digits {
+  int hi, mid, lo;
+};
+
+struct RadixStep {
+  int r1, r0;         // radices of mid and lo
+  int dhi, dmid, dlo; // the step's own digits
+};
+
+__device__ __forceinline__ Digits digits_of(int v, int r1, int r0) {
+  Digits d;
+  const int q = v / r0;
+  d.lo = v - q * r0;
+  d.hi = q / r1;
+  d.mid = q - d.hi * r1;
+  return d;
+}
+
+__device__ __forceinline__ RadixStep radix_step(int step, int r1, int r0) {
+  const Digits d = digits_of(step, r1, r0);
+  RadixStep s;
+  s.r1 = r1;
+  s.r0 = r0;
+  s.dhi = d.hi;
+  s.dmid = d.mid;
+  s.dlo = d.lo;
+  return s;
+}
+
+// d += step (each digit and carry below twice its radix, so one subtraction normalises it).
+__device__ __forceinline__ void advance(Digits& d, const RadixStep& s) {
+  d.lo += s.dlo;
+  int c = d.lo >= s.r0;
+  d.lo -= c ? s.r0 : 0;
+  d.mid += s.dmid + c;
+  c = d.mid >= s.r1;
+  d.mid -= c ? s.r1 : 0;
+  d.hi += s.dhi + c;
+}
+
 template <class LA, class LB>
-__device__ __forceinline__ void gemm_tile(const LA& la, const LB& lb, int M, int N, int m0,
-                                          int c0, int rb, int re, float (*As)[CT_APITCH],
-                                          float (*Bs)[CT_TILE], float acc[4][4]) {
+__device__ __forceinline__ void gemm_tile(LA& la, LB& lb, int M, int N, int m0, int c0, int rb,
+                                          int re, float (*As)[CT_APITCH], float (*Bs)[CT_TILE],
+                                          float acc[4][4]) {
   const int tid = (int)threadIdx.x;
   const int tx = tid & 15, ty = tid >> 4;
   // A loads: column r0 + ak of rows m0 + am + 16i. B loads: rows r0 + bk + 4i of column bc.
@@ -183,12 +229,16 @@ __device__ __forceinline__ void gemm_tile(const LA& la, const LB& lb, int M, int
   if (rb >= re) return;  // uniform: empty reduction
 
   int r0 = rb;
+  {
+    const bool a_ok = r0 + ak < re;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int m = m0 + am + 16 * i, r = r0 + ak;
-    ra[i] = (m < M && r < re) ? la.at(m, r) : 0.0f;
-    const int rr = r0 + bk + 4 * i;
-    rbv[i] = (bcol_ok && rr < re) ? lb.at(rr) : 0.0f;
+    for (int i = 0; i < 4; ++i) {
+      const int m = m0 + am + 16 * i;
+      ra[i] = (a_ok && m < M) ? la.at(m) : 0.0f;
+      rbv[i] = (bcol_ok && r0 + bk + 4 * i < re) ? lb.at(i) : 0.0f;
+    }
+    la.step();
+    lb.step();
   }
   for (;;) {
 #pragma unroll
@@ -201,13 +251,15 @@ __device__ __forceinline__ void gemm_tile(const LA& la, const LB& lb, int M, int
     const bool more = rn < re;  // uniform
     if (more) {
       // The next K-step's loads, in flight while this one is consumed.
+      const bool a_ok = rn + ak < re;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int m = m0 + am + 16 * i, r = rn + ak;
-        ra[i] = (m < M && r < re) ? la.at(m, r) : 0.0f;
-        const int rr = rn + bk + 4 * i;
-        rbv[i] = (bcol_ok && rr < re) ? lb.at(rr) : 0.0f;
+        const int m = m0 + am + 16 * i;
+        ra[i] = (a_ok && m < M) ? la.at(m) : 0.0f;
+        rbv[i] = (bcol_ok && rn + bk + 4 * i < re) ? lb.at(i) : 0.0f;
       }
+      la.step();
+      lb.step();
     }
 #pragma unroll
     for (int kq = 0; kq < CT_KSTEP; ++kq) {
@@ -227,103 +279,129 @@ __device__ __forceinline__ void gemm_tile(const LA& la, const LB& lb, int M, int
   }
 }
 
-// A = a row-major matrix [M, ld] (dense weight for forward, dY for the weight gradient).
-struct RowMajorA {
-  const float* a;
-  int ld;
-  __device__ __forceinline__ float at(int m, int r) const { return a[m * ld + r]; }
-};
-
-// B(r) = col[r, j] for a fixed output column j (forward).
-struct Im2colColumn {
-  const float* x;
-  int kk, k, h, w, plane;  // plane = N·H·W
-  int pix;                 // n·H·W of column j
-  int ih0, iw0;            // oh·s − pad, ow·s − pad
-  bool direct;             // k = 1, stride 1, pad 0: col is x viewed as [Cin, N·H·W]
-  int j;
-  __device__ __forceinline__ float at(int r) const {
-    if (direct) return x[r * plane + j];
-    const int ci = r / kk, q = r - ci * kk, kh = q / k, kw = q - kh * k;
-    const int ih = ih0 + kh, iw = iw0 + kw;
-    if ((unsigned)ih >= (unsigned)h || (unsigned)iw >= (unsigned)w) return 0.0f;
-    return x[ci * plane + pix + ih * w + iw];
-  }
-};
-
-__device__ __forceinline__ Im2colColumn im2col_column(const float* x, const ConvShape& s, int j) {
-  Im2colColumn c;
-  c.x = x;
-  c.kk = (int)(s.k * s.k);
-  c.k = (int)s.k;
-  c.h = (int)s.h;
-  c.w = (int)s.w;
-  c.plane = (int)(s.n * s.h * s.w);
-  c.direct = s.k == 1 && s.stride == 1 && s.pad == 0;
-  c.j = j;
-  const int ohw = (int)(s.oh * s.ow);
-  const int nn = j / ohw, q = j - nn * ohw, oh = q / (int)s.ow, ow = q - oh * (int)s.ow;
-  c.pix = nn * (int)(s.h * s.w);
-  c.ih0 = oh * (int)s.stride - (int)s.pad;
-  c.iw0 = ow * (int)s.stride - (int)s.pad;
-  return c;
-}
-
-KERNEL(conv_fwd_dense_f32, ConvFwdParams) {
-  __shared__ float As[CT_KSTEP][CT_APITCH];
-  __shared__ float Bs[CT_KSTEP][CT_TILE];
-  const ConvShape s = p.s;
-  const int M = (int)s.cout, N = (int)(s.n * s.oh * s.ow), K = (int)(s.cin * s.k * s.k);
-  const int m0 = (int)blockIdx.y * CT_TILE, c0 = (int)blockIdx.x * CT_TILE;
-  const int bj = min(c0 + ((int)threadIdx.x & 63), N - 1);  // clamped: unused past N
-  RowMajorA la;
-  la.a = p.w;
-  la.ld = K;
-  const Im2colColumn lb = im2col_column(p.x, s, bj);
-  float acc[4][4];
-  gemm_tile(la, lb, M, N, m0, c0, 0, K, As, Bs, acc);
+// Writes the 64×64 tile (row-major out[M, N]) from acc, adding bias[m] when given.
+__device__ __forceinline__ void store_tile(float* out, const float* bias, int M, int N, int m0,
+                                           int c0, const float acc[4][4]) {
   const int tx = (int)threadIdx.x & 15, ty = (int)threadIdx.x >> 4;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int m = m0 + ty + 16 * i;
     if (m >= M) continue;
-    const float b = p.bias ? p.bias[m] : 0.0f;
+    const float b = bias ? bias[m] : 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int c = c0 + tx + 16 * j;
-      if (c < N) p.y[m * N + c] = acc[i][j] + b;
+      if (c < N) out[m * N + c] = acc[i][j] + b;
     }
   }
+}
+
+// A = a row-major matrix [M, ld] read at column ra (dense weight for forward, dY for the
+// weight gradient).
+struct RowMajorA {
+  const float* a;
+  int ld, ra;
+  __device__ __forceinline__ float at(int m) const { return a[m * ld + ra]; }
+  __device__ __forceinline__ void step() { ra += CT_KSTEP; }
+};
+
+// B rows r = (ci, kh, kw) of col[r, j] for the thread's fixed output column j (forward).
+struct Im2colColumn {
+  const float* x;
+  int h, w, plane;  // plane = N·H·W
+  int pix;          // n·H·W of column j
+  int ih0, iw0;     // oh·s − pad, ow·s − pad of column j
+  int j;
+  bool direct;  // k = 1, stride 1, pad 0: col is x viewed as [Cin, N·H·W], row r at r·plane
+  RadixStep st;
+  Digits d[4];  // (ci, kh, kw) of the thread's four rows
+  __device__ __forceinline__ float at(int i) const {
+    if (direct) return x[d[i].hi * plane + j];
+    const int ih = ih0 + d[i].mid, iw = iw0 + d[i].lo;
+    if ((unsigned)ih >= (unsigned)h || (unsigned)iw >= (unsigned)w) return 0.0f;
+    return x[d[i].hi * plane + pix + ih * w + iw];
+  }
+  __device__ __forceinline__ void step() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) advance(d[i], st);
+  }
+};
+
+KERNEL(conv_fwd_dense_f32, ConvFwdParams) {
+  __shared__ float As[CT_KSTEP][CT_APITCH];
+  __shared__ float Bs[CT_KSTEP][CT_TILE];
+  const ConvShape s = p.s;
+  const int k = (int)s.k;
+  const int M = (int)s.cout, N = (int)(s.n * s.oh * s.ow), K = (int)s.cin * k * k;
+  const int m0 = (int)blockIdx.y * CT_TILE, c0 = (int)blockIdx.x * CT_TILE;
+  const int tid = (int)threadIdx.x;
+  RowMajorA la;
+  la.a = p.w;
+  la.ld = K;
+  la.ra = tid & 15;
+  Im2colColumn lb;
+  {
+    const int j = min(c0 + (tid & 63), N - 1);  // clamped: unused past N
+    const int ohw = (int)(s.oh * s.ow);
+    const int nn = j / ohw, q = j - nn * ohw, oh = q / (int)s.ow, ow = q - oh * (int)s.ow;
+    lb.x = p.x;
+    lb.h = (int)s.h;
+    lb.w = (int)s.w;
+    lb.plane = (int)(s.n * s.h * s.w);
+    lb.pix = nn * (int)(s.h * s.w);
+    lb.ih0 = oh * (int)s.stride - (int)s.pad;
+    lb.iw0 = ow * (int)s.stride - (int)s.pad;
+    lb.j = j;
+    lb.direct = k == 1 && s.stride == 1 && s.pad == 0;
+    lb.st = radix_step(CT_KSTEP, k, k);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) lb.d[i] = digits_of((tid >> 6) + 4 * i, k, k);
+  }
+  float acc[4][4];
+  gemm_tile(la, lb, M, N, m0, c0, 0, K, As, Bs, acc);
+  store_tile(p.y, p.bias, M, N, m0, c0, acc);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Dense input gradient: dX[ci, (n, ih, iw)] = Σ_{r = (co, kh, kw)} W[co, ci, kh, kw] ·
 // dY[co, n, oh, ow] where oh·s + kh − pad = ih and ow·s + kw − pad = iw (col2im as a gather).
 
-// A(ci, r) = W[co, ci·kk + khw] with r = co·kk + khw.
+// A(ci, r) = W[co, ci·kk + khw] at the thread's column r = co·kk + khw (digits (co, khw)).
 struct WeightTransposedA {
   const float* w;
   int kk, cin;
-  __device__ __forceinline__ float at(int ci, int r) const {
-    const int co = r / kk, khw = r - co * kk;
-    return w[(co * cin + ci) * kk + khw];
+  RadixStep st;
+  Digits d;
+  __device__ __forceinline__ float at(int ci) const {
+    return w[(d.mid * cin + ci) * kk + d.lo];
   }
+  __device__ __forceinline__ void step() { advance(d, st); }
 };
 
-// B(r) = dY[co, n, oh, ow] for the thread's input pixel (n, ih, iw), zero where no output
-// pixel reads (ih, iw) through tap (kh, kw).
+// B rows r = (co, kh, kw): dY[co, n, oh, ow] for the thread's input pixel (n, ih, iw), zero
+// where no output pixel reads (ih, iw) through tap (kh, kw).
 struct Col2imColumn {
   const float* dy;
-  int kk, k, stride, oh, ow, ohw, P;
+  int stride, oh, ow, P;
   int dpix;    // n·OH·OW
-  int th, tw;  // ih + pad, iw + pad (CONV_NOWHERE past the end)
-  __device__ __forceinline__ float at(int r) const {
-    const int co = r / kk, q = r - co * kk, kh = q / k, kw = q - kh * k;
-    const int a = th - kh, b = tw - kw;
+  int th, tw;  // ih + pad, iw + pad
+  RadixStep st;
+  Digits d[4];  // (co, kh, kw) of the thread's four rows
+  __device__ __forceinline__ float at(int i) const {
+    const int a = th - d[i].mid, b = tw - d[i].lo;
     if (a < 0 || b < 0) return 0.0f;
-    const int oy = a / stride, ox = b / stride;
-    if (oy * stride != a || ox * stride != b || oy >= oh || ox >= ow) return 0.0f;
-    return dy[co * P + dpix + oy * ow + ox];
+    int oy = a, ox = b;
+    if (stride != 1) {  // uniform; stride 1 (most layers) needs no division
+      oy = a / stride;
+      ox = b / stride;
+      if (oy * stride != a || ox * stride != b) return 0.0f;
+    }
+    if (oy >= oh || ox >= ow) return 0.0f;
+    return dy[d[i].hi * P + dpix + oy * ow + ox];
+  }
+  __device__ __forceinline__ void step() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) advance(d[i], st);
   }
 };
 
@@ -331,59 +409,57 @@ KERNEL(conv_bwd_data_dense_f32, ConvBwdDataParams) {
   __shared__ float As[CT_KSTEP][CT_APITCH];
   __shared__ float Bs[CT_KSTEP][CT_TILE];
   const ConvShape s = p.s;
-  const int hw = (int)(s.h * s.w);
-  const int M = (int)s.cin, N = (int)s.n * hw, kk = (int)(s.k * s.k), R = (int)s.cout * kk;
+  const int hw = (int)(s.h * s.w), k = (int)s.k;
+  const int M = (int)s.cin, N = (int)s.n * hw, kk = k * k, R = (int)s.cout * kk;
   const int m0 = (int)blockIdx.y * CT_TILE, c0 = (int)blockIdx.x * CT_TILE;
-  const int bj = min(c0 + ((int)threadIdx.x & 63), N - 1);
+  const int tid = (int)threadIdx.x;
   WeightTransposedA la;
   la.w = p.w;
   la.kk = kk;
   la.cin = (int)s.cin;
+  la.st = radix_step(CT_KSTEP, 1 << 30, kk);  // digits (0, co, khw): mid never wraps
+  la.d = digits_of(tid & 15, 1 << 30, kk);
   Col2imColumn lb;
-  lb.dy = p.dy;
-  lb.kk = kk;
-  lb.k = (int)s.k;
-  lb.stride = (int)s.stride;
-  lb.oh = (int)s.oh;
-  lb.ow = (int)s.ow;
-  lb.ohw = (int)(s.oh * s.ow);
-  lb.P = (int)s.n * lb.ohw;
   {
-    const int nn = bj / hw, q = bj - nn * hw, ih = q / (int)s.w, iw = q - ih * (int)s.w;
-    lb.dpix = nn * lb.ohw;
+    const int j = min(c0 + (tid & 63), N - 1);
+    const int nn = j / hw, q = j - nn * hw, ih = q / (int)s.w, iw = q - ih * (int)s.w;
+    lb.dy = p.dy;
+    lb.stride = (int)s.stride;
+    lb.oh = (int)s.oh;
+    lb.ow = (int)s.ow;
+    lb.P = (int)(s.n * s.oh * s.ow);
+    lb.dpix = nn * (int)(s.oh * s.ow);
     lb.th = ih + (int)s.pad;
     lb.tw = iw + (int)s.pad;
+    lb.st = radix_step(CT_KSTEP, k, k);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) lb.d[i] = digits_of((tid >> 6) + 4 * i, k, k);
   }
   float acc[4][4];
   gemm_tile(la, lb, M, N, m0, c0, 0, R, As, Bs, acc);
-  const int tx = (int)threadIdx.x & 15, ty = (int)threadIdx.x >> 4;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int m = m0 + ty + 16 * i;
-    if (m >= M) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int c = c0 + tx + 16 * j;
-      if (c < N) p.dx[m * N + c] = acc[i][j];
-    }
-  }
+  store_tile(p.dx, nullptr, M, N, m0, c0, acc);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Dense weight gradient: dW[co, r] = Σ_j dY[co, j] · col[r, j], the reduction over j split into
 // gridDim.z chunks.
 
-// B(j) = col[r, j] for the thread's fixed column r of dW.
+// B rows j = (n, oy, ox) of col[r, j] for the thread's fixed column r = (ci, kh, kw) of dW.
 struct Im2colRow {
   const float* x;
-  int xoff;      // ci·N·H·W
-  int dh, dw;    // kh − pad, kw − pad
-  int h, w, hw, ohw, ow, stride;
-  __device__ __forceinline__ float at(int j) const {
-    const int nn = j / ohw, q = j - nn * ohw, oy = q / ow, ox = q - oy * ow;
-    const int ih = oy * stride + dh, iw = ox * stride + dw;
+  int xoff;    // ci·N·H·W
+  int dh, dw;  // kh − pad, kw − pad
+  int h, w, hw, stride;
+  RadixStep st;
+  Digits d[4];  // (n, oy, ox) of the thread's four rows
+  __device__ __forceinline__ float at(int i) const {
+    const int ih = d[i].mid * stride + dh, iw = d[i].lo * stride + dw;
     if ((unsigned)ih >= (unsigned)h || (unsigned)iw >= (unsigned)w) return 0.0f;
-    return x[xoff + nn * hw + ih * w + iw];
+    return x[xoff + d[i].hi * hw + ih * w + iw];
+  }
+  __device__ __forceinline__ void step() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) advance(d[i], st);
   }
 };
 
@@ -391,42 +467,35 @@ KERNEL(conv_bwd_weight_dense_f32, ConvBwdWeightParams) {
   __shared__ float As[CT_KSTEP][CT_APITCH];
   __shared__ float Bs[CT_KSTEP][CT_TILE];
   const ConvShape s = p.s;
-  const int kk = (int)(s.k * s.k), K = (int)s.cin * kk;
-  const int M = (int)s.cout, N = K, P = (int)(s.n * s.oh * s.ow);
+  const int k = (int)s.k, kk = k * k, K = (int)s.cin * kk;
+  const int OH = (int)s.oh, OW = (int)s.ow;
+  const int M = (int)s.cout, N = K, P = (int)s.n * OH * OW;
   const int m0 = (int)blockIdx.y * CT_TILE, c0 = (int)blockIdx.x * CT_TILE;
   const int rb = (int)(blockIdx.z * p.chunk), re = min(P, rb + (int)p.chunk);
-  const int r = min(c0 + ((int)threadIdx.x & 63), N - 1);
+  const int tid = (int)threadIdx.x;
   RowMajorA la;
   la.a = p.dy;
   la.ld = P;
+  la.ra = rb + (tid & 15);
   Im2colRow lb;
-  lb.x = p.x;
   {
-    const int ci = r / kk, q = r - ci * kk, kh = q / (int)s.k, kw = q - kh * (int)s.k;
+    const int r = min(c0 + (tid & 63), N - 1);
+    const int ci = r / kk, q = r - ci * kk, kh = q / k, kw = q - kh * k;
+    lb.x = p.x;
     lb.xoff = ci * (int)(s.n * s.h * s.w);
     lb.dh = kh - (int)s.pad;
     lb.dw = kw - (int)s.pad;
+    lb.h = (int)s.h;
+    lb.w = (int)s.w;
+    lb.hw = (int)(s.h * s.w);
+    lb.stride = (int)s.stride;
+    lb.st = radix_step(CT_KSTEP, OH, OW);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) lb.d[i] = digits_of(rb + (tid >> 6) + 4 * i, OH, OW);
   }
-  lb.h = (int)s.h;
-  lb.w = (int)s.w;
-  lb.hw = (int)(s.h * s.w);
-  lb.ohw = (int)(s.oh * s.ow);
-  lb.ow = (int)s.ow;
-  lb.stride = (int)s.stride;
   float acc[4][4];
   gemm_tile(la, lb, M, N, m0, c0, rb, re, As, Bs, acc);
-  float* out = p.out + (size_t)blockIdx.z * (size_t)(M * N);
-  const int tx = (int)threadIdx.x & 15, ty = (int)threadIdx.x >> 4;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int m = m0 + ty + 16 * i;
-    if (m >= M) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int c = c0 + tx + 16 * j;
-      if (c < N) out[m * N + c] = acc[i][j];
-    }
-  }
+  store_tile(p.out + (size_t)blockIdx.z * (size_t)(M * N), nullptr, M, N, m0, c0, acc);
 }
 
 // out[i] = Σ_z partial[z, i], z ascending (the deterministic second pass of the split

@@ -23,22 +23,22 @@
 // Selection. Each candidate has a 64-bit composite key (hi, lo): prune hi = bits(|w|), lo = entry
 // index e; grow hi = ~bits(|score|) (largest magnitude first), lo = position p. The keys are
 // unique, so "the k smallest keys" is exactly the CPU's rule (`f32::total_cmp` on |x| — NaN above
-// ∞ — then lower index first). A radix select finds the k-th smallest key 8 bits at a time: 4
-// passes over hi, then as many as the index needs over lo. Each pass (`topk_hist_f32`) builds a
-// 256-bin histogram of the candidates still matching the prefix (shared-memory atomics per block,
-// then global atomics); the last block to finish picks the digit and updates the slot's prefix,
-// mask and remaining rank, all on the device. When the chosen bin holds exactly the remaining
+// ∞ — then lower index first). A radix select finds the k-th smallest key up to 11 bits at a
+// time: 3 passes over hi (bits 31..21, 20..10, 9..0), then as many as the index needs over lo.
+// Each pass (`topk_hist_f32`) builds a histogram (≤ 2048 bins) of the candidates still matching
+// the prefix (shared-memory atomics per block, then global atomics); the last block to finish
+// picks the digit and updates the slot's prefix, mask and remaining rank, all on the device. When the chosen bin holds exactly the remaining
 // rank, the slot is marked done and later passes return at once. A candidate is selected iff its
 // masked key ≤ the prefix (lexicographically on (hi, lo)).
 //
 // Slot layout (u32): [0] prefix hi [1] prefix lo [2] mask hi [3] mask lo [4] remaining rank
-// [5] done [6] blocks arrived in this pass [7] unused [8..264] histogram.
+// [5] done [6] blocks arrived in this pass [7] unused [8..2056] histogram.
 //
 // Launch sequence (host wrapper `update_layer`, k ≥ 1; nothing is read back):
 //   topk_clear_u32        linear over max(size, nchunks·cols, 2·TOPK_SLOT), 256 threads
-//   topk_hist_f32 ×(4+⌈bits(nnz-1)/8⌉)  slot 0, ≤ TOPK_HIST_BLOCKS blocks of 256
+//   topk_hist_f32 ×(3+⌈bits(nnz-1)/11⌉)  slot 0, ≤ 264 blocks of 256 (grid-stride)
 //   topk_prune_f32        linear over nnz, 256
-//   topk_hist_f32 ×(4+⌈bits(size-1)/8⌉) slot 1
+//   topk_hist_f32 ×(3+⌈bits(size-1)/11⌉) slot 1
 //   topk_grow_f32         ntiles blocks of 256 (tile = 2048 positions)
 //   topk_colscan_u32      linear over cols, 256
 //   topk_scan_u32         1 block of 1024
@@ -53,8 +53,9 @@
 #define TOPK_SCAN_THREADS 1024
 #define TOPK_ITEMS 8
 #define TOPK_TILE (TOPK_THREADS * TOPK_ITEMS)
-#define TOPK_SLOT 264
+#define TOPK_BINS 2048
 #define TOPK_HIST 8
+#define TOPK_SLOT (TOPK_HIST + TOPK_BINS)
 #define TOPK_GROWN 0xffffffffu
 
 // One parameter struct shared by every kernel of the family (mirrors `TopkParams` in
@@ -83,10 +84,10 @@ struct TopkParams {
   unsigned slot;            // topk_hist_f32: 0 prune, 1 grow
   unsigned word;            // topk_hist_f32: 0 digit of hi, 1 digit of lo
   unsigned shift;           // topk_hist_f32: bit offset of the digit
+  unsigned digit_bits;      // topk_hist_f32: width of the digit, 1..11
   unsigned ntiles;          // ⌈size / TOPK_TILE⌉
   unsigned rows_per_chunk;  // rows of one CSC counting cell
   unsigned nchunks;         // ⌈rows / rows_per_chunk⌉
-  unsigned pad;
 };
 
 __device__ __forceinline__ unsigned topk_abs_bits(float x) { return __float_as_uint(x) & 0x7fffffffu; }
@@ -134,16 +135,18 @@ KERNEL(topk_clear_u32, TopkParams) {
   }
 }
 
-// One radix-select pass of slot p.slot over the digit (p.word, p.shift). blockDim.x = 256.
+// One radix-select pass of slot p.slot over the digit (p.word, p.shift, p.digit_bits).
+// blockDim.x = 256.
 KERNEL(topk_hist_f32, TopkParams) {
   unsigned* s = p.state + p.slot * TOPK_SLOT;
   unsigned* hist = s + TOPK_HIST;
   if (s[5]) return;  // done: the selection is already exact
-  __shared__ unsigned sh[TOPK_THREADS];
+  __shared__ unsigned sh[TOPK_BINS];
   __shared__ unsigned scratch[32];
   __shared__ unsigned last;
   const unsigned ph = s[0], pl = s[1], mh = s[2], ml = s[3];
-  sh[threadIdx.x] = 0u;
+  const unsigned dmask = (1u << p.digit_bits) - 1u;
+  for (unsigned b = threadIdx.x; b < TOPK_BINS; b += TOPK_THREADS) sh[b] = 0u;
   __syncthreads();
   const unsigned n = p.slot == 0 ? p.nnz : p.size;
   for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -154,31 +157,40 @@ KERNEL(topk_hist_f32, TopkParams) {
       if (p.mark[i] != 0u) continue;  // active after pruning: not a candidate
       hi = ~topk_abs_bits(p.score[i]);
     }
-    if ((hi & mh) == ph && (i & ml) == pl) {
-      const unsigned d = ((p.word ? i : hi) >> p.shift) & 255u;
-      atomicAdd(&sh[d], 1u);
-    }
+    if ((hi & mh) == ph && (i & ml) == pl) atomicAdd(&sh[((p.word ? i : hi) >> p.shift) & dmask], 1u);
   }
   __syncthreads();
-  if (sh[threadIdx.x]) atomicAdd(&hist[threadIdx.x], sh[threadIdx.x]);
+  for (unsigned b = threadIdx.x; b <= dmask; b += TOPK_THREADS)
+    if (sh[b]) atomicAdd(&hist[b], sh[b]);
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(&s[6], 1u) == gridDim.x - 1;
   __syncthreads();
   if (!last) return;
-  // The last block: every other block's histogram is in. Pick the digit holding rank s[4].
+  // The last block: every other block's histogram is in. Thread t owns bins 8t..8t+7; pick the
+  // digit holding rank s[4].
   __threadfence();
-  const unsigned h = atomicAdd(&hist[threadIdx.x], 0u);  // an L2 read
-  hist[threadIdx.x] = 0u;                                  // ready for the next pass
+  const unsigned per = TOPK_BINS / TOPK_THREADS;
+  unsigned h[TOPK_BINS / TOPK_THREADS];
+  unsigned mine = 0u;
+  for (unsigned j = 0; j < per; ++j) {
+    const unsigned b = threadIdx.x * per + j;
+    h[j] = atomicAdd(&hist[b], 0u);  // an L2 read
+    hist[b] = 0u;                    // ready for the next pass
+    mine += h[j];
+  }
   const unsigned rank = s[4];
   unsigned total;
-  const unsigned before = topk_block_scan(h, scratch, &total);
-  if (before < rank && rank <= before + h) {
-    const unsigned rem = rank - before;
-    s[p.word] |= threadIdx.x << p.shift;
-    s[2 + p.word] |= 255u << p.shift;
-    s[4] = rem;
-    if (h == rem) s[5] = 1u;
+  unsigned before = topk_block_scan(mine, scratch, &total);
+  for (unsigned j = 0; j < per; ++j) {
+    if (before < rank && rank <= before + h[j]) {
+      const unsigned rem = rank - before;
+      s[p.word] |= (threadIdx.x * per + j) << p.shift;
+      s[2 + p.word] |= dmask << p.shift;
+      s[4] = rem;
+      if (h[j] == rem) s[5] = 1u;
+    }
+    before += h[j];
   }
   if (threadIdx.x == 0) s[6] = 0u;
 }

@@ -225,6 +225,10 @@ fn ties_nans_and_zero_gradients() {
     // All weights equal: pruning takes the lowest positions.
     let same = SparseWeight::from_positions(rows, cols, &w.positions(), vec![0.125; w.nnz()]);
     check(&same, &momentum, &score, 0.4, "equal weights");
+    // Over 2048 tied weights and positions: the index takes two digit passes both ways.
+    let (w, m, _) = random_case(60, 100, 0.5, 12);
+    let same = SparseWeight::from_positions(60, 100, &w.positions(), vec![-0.5; w.nnz()]);
+    check(&same, &m, &vec![1.0; 6000], 0.7, "many ties");
 }
 
 #[test]

@@ -151,6 +151,13 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, CUDA_EMU_SITE) {
   inline long long fn(unsigned mask, long long v, A a, int width = 32, CUDA_EMU_SITE) {     \
     return (long long)fn(mask, (unsigned long long)v, a, width, line_, file_);              \
   }                                                                                         \
+  inline long fn(unsigned mask, long v, A a, int width = 32, CUDA_EMU_SITE) {               \
+    return (long)fn(mask, (unsigned long long)v, a, width, line_, file_);                   \
+  }                                                                                         \
+  inline unsigned long fn(unsigned mask, unsigned long v, A a, int width = 32,              \
+                          CUDA_EMU_SITE) {                                                  \
+    return (unsigned long)fn(mask, (unsigned long long)v, a, width, line_, file_);          \
+  }                                                                                         \
   inline double fn(unsigned mask, double v, A a, int width = 32, CUDA_EMU_SITE) {           \
     return cuda_emu::bits<double>(                                                          \
         fn(mask, cuda_emu::bits<unsigned long long>(v), a, width, line_, file_));           \
@@ -229,7 +236,8 @@ inline double atomicAdd(double* a, double v) {
   return cuda_emu::cas_loop<double, unsigned long long>(a, [v](double o) { return o + v; });
 }
 inline float atomicExch(float* a, float v) {
-  return cuda_emu::bits<float>(atomicExch(reinterpret_cast<unsigned*>(a), cuda_emu::bits<unsigned>(v)));
+  return cuda_emu::bits<float>(
+      atomicExch(reinterpret_cast<unsigned*>(a), cuda_emu::bits<unsigned>(v)));
 }
 #define CUDA_EMU_MINMAX(T, U)                                                                \
   inline T atomicMax(T* a, T v) {                                                            \
@@ -244,7 +252,8 @@ CUDA_EMU_MINMAX(long long, long long)
 CUDA_EMU_MINMAX(unsigned long long, unsigned long long)
 #undef CUDA_EMU_MINMAX
 inline unsigned atomicInc(unsigned* a, unsigned limit) {
-  return cuda_emu::cas_loop<unsigned, unsigned>(a, [limit](unsigned o) { return o >= limit ? 0u : o + 1; });
+  return cuda_emu::cas_loop<unsigned, unsigned>(
+      a, [limit](unsigned o) { return o >= limit ? 0u : o + 1; });
 }
 inline unsigned atomicDec(unsigned* a, unsigned limit) {
   return cuda_emu::cas_loop<unsigned, unsigned>(
@@ -306,6 +315,8 @@ CUDA_EMU_MINMAX2(int, int, int)
 CUDA_EMU_MINMAX2(unsigned, unsigned, unsigned)
 CUDA_EMU_MINMAX2(unsigned, int, unsigned)
 CUDA_EMU_MINMAX2(unsigned, unsigned, int)
+CUDA_EMU_MINMAX2(long, long, long)
+CUDA_EMU_MINMAX2(unsigned long, unsigned long, unsigned long)
 CUDA_EMU_MINMAX2(long long, long long, long long)
 CUDA_EMU_MINMAX2(unsigned long long, unsigned long long, unsigned long long)
 CUDA_EMU_MINMAX2(unsigned long long, long long, unsigned long long)

@@ -1,11 +1,13 @@
 // runtime.cpp — the emulator's scheduler (see README.md and cuda_emu.h).
 //
 // A launch runs the grid's blocks one after another on the calling OS thread. Within a block,
-// every CUDA thread is a cooperative fiber: it runs until it finishes or waits (at __syncthreads
-// or in a warp collective), then switches back to the scheduler, which resumes the next ready
-// fiber. A thread that never waits costs one switch in and one out. A scheduler pass that
-// resumes nothing while threads remain is a deadlock: the state of every warp goes to stderr,
-// then abort().
+// every CUDA thread is a cooperative fiber that runs until it finishes or waits (at
+// __syncthreads or in a warp collective). The scheduler makes passes over the fibers in order:
+// a waiting fiber switches straight to the next ready one (one switch per resume), the last of
+// the pass back to the scheduler; a thread that finishes starts the next unstarted thread in
+// place on its own stack, so threads that never wait cost no switch at all (fiber_main). A pass
+// that resumes nothing while threads remain is a deadlock: the state of every warp goes to
+// stderr, then abort().
 //
 // Built without exceptions, RTTI or libstdc++ calls: the Rust binary links only libc for it.
 #include "cuda_emu.h"
@@ -129,6 +131,9 @@ struct Emu {
 
   Ctx sched, scratch;
   unsigned n, cur, live;
+  unsigned k;    // position in the scheduler's pass (fiber order[k] is running)
+  unsigned ran;  // fibers resumed in this pass
+  bool reverse;  // order[k] = n - 1 - k
   unsigned arrived, bar_count;  // __syncthreads in progress
   int bar_line, bar_line2;
   const char *bar_file, *bar_file2;
@@ -302,19 +307,68 @@ void complete_after_exit(Emu* e, unsigned w) {
 
 // ---- fibers -------------------------------------------------------------------------------------
 
+void start_fiber(Emu* e, Fiber& f);
+
+unsigned order(const Emu* e, unsigned k) { return e->reverse ? e->n - 1 - k : k; }
+
+// Switches from `save` (the scheduler or a fiber that waits) to the next ready fiber of the
+// pass, starting it if new; at the end of the pass, to the scheduler (or returns if `save` is
+// the scheduler). Returns when `save` is resumed.
+void resume_next(Emu* e, Ctx* save) {
+  while (++e->k < e->n) {
+    const unsigned i = order(e, e->k);
+    Fiber& f = e->fibers[i];
+    if (f.state == kNew) {
+      f.stack_top = e->free_stacks[--e->n_free];
+      start_fiber(e, f);
+      f.state = kReady;
+    }
+    if (f.state != kReady) continue;
+    threadIdx = f.tid;
+    e->cur = i;
+    e->ran++;
+    switch_to(save, &f.ctx);
+    return;
+  }
+  if (save != &e->sched) switch_to(save, &e->sched);
+}
+
+// After thread `f` finished: if the next thread of the pass that can run has not started, it
+// takes over this stack and runs right here (no switch). Returns whether it did.
+bool chain_next(Emu* e, Fiber& f) {
+  while (e->k + 1 < e->n) {
+    const unsigned next = order(e, e->k + 1);
+    Fiber& nf = e->fibers[next];
+    if (nf.state == kReady) return false;  // resumed by resume_next
+    e->k++;
+    if (nf.state == kNew) {
+      nf.stack_top = f.stack_top;
+      nf.state = kReady;
+      threadIdx = nf.tid;
+      e->cur = next;
+      e->ran++;
+      return true;
+    }
+  }
+  return false;
+}
+
 [[noreturn]] void fiber_main(Emu* e) {
-  e->body(e->params);
-  const unsigned i = e->cur, w = i >> 5;
-  Fiber& f = e->fibers[i];
-  f.state = kDone;
-  e->live--;
-  e->exited[w] |= 1u << (i & 31);
-  if (e->waiting[w]) complete_after_exit(e, w);
-  if (e->arrived && e->arrived == e->live) release_barrier(e);  // exited counts as arrived
-  // The stack is free once we have switched away; the scheduler is single-threaded.
-  e->free_stacks[e->n_free++] = f.stack_top;
-  switch_to(&e->scratch, &e->sched);
-  __builtin_unreachable();
+  for (;;) {
+    e->body(e->params);
+    const unsigned i = e->cur, w = i >> 5;
+    Fiber& f = e->fibers[i];
+    f.state = kDone;
+    e->live--;
+    e->exited[w] |= 1u << (i & 31);
+    if (e->waiting[w]) complete_after_exit(e, w);
+    if (e->arrived && e->arrived == e->live) release_barrier(e);  // exited counts as arrived
+    if (chain_next(e, f)) continue;
+    // This stack is free once we have switched away (nothing runs in between).
+    e->free_stacks[e->n_free++] = f.stack_top;
+    resume_next(e, &e->scratch);
+    __builtin_unreachable();
+  }
 }
 
 #if defined(__x86_64__)
@@ -361,7 +415,7 @@ bool reverse_order(Emu* e) {
   return r != 0;
 }
 
-void run_block(Emu* e, bool reverse, size_t smem_span) {
+void run_block(Emu* e, size_t smem_span) {
   memset(dyn_smem, 0xff, smem_span);
   const unsigned n = e->n;
   unsigned x = 0, y = 0, z = 0;
@@ -385,29 +439,18 @@ void run_block(Emu* e, bool reverse, size_t smem_span) {
   e->n_free = 0;
   for (unsigned s = n; s-- > 0;) e->free_stacks[e->n_free++] = stack_top(e, s);
 
+  // One pass resumes every ready fiber in order; fibers pass control straight to the next one
+  // (resume_next), the last one of the pass back here.
   for (;;) {
-    unsigned ran = 0;
-    for (unsigned k = 0; k < n; k++) {
-      const unsigned i = reverse ? n - 1 - k : k;
-      Fiber& f = e->fibers[i];
-      if (f.state == kNew) {
-        f.stack_top = e->free_stacks[--e->n_free];
-        start_fiber(e, f);
-        f.state = kReady;
-      }
-      if (f.state != kReady) continue;
-      threadIdx = f.tid;
-      e->cur = i;
-      switch_to(&e->sched, &f.ctx);
-      ran++;
-    }
-    e->resumes += ran;
+    e->ran = 0;
+    e->k = ~0u;
+    resume_next(e, &e->sched);
+    e->resumes += e->ran;
     if (e->live == 0) break;
-    if (ran == 0) report(e, "deadlock: no thread of the block can make progress");
-  }
-}
+    if (e->ran == 0) report(e, "deadlock: no thread of the block can make progress");
+  }}
 
-// ---- deadlock report ------------------------------------------------------------------------------
+// ---- deadlock report ----------------------------------------------------------------------------
 
 void describe(const Emu* e, unsigned i, char* buf, size_t len) {
   const Fiber& f = e->fibers[i];
@@ -509,12 +552,13 @@ void launch(const char* kernel, dim3 grid, dim3 block, unsigned smem, const void
   gridDim = grid;
   blockDim = block;
   const bool reverse = reverse_order(e);
+  e->reverse = reverse;
   e->active = true;
   for (unsigned long long b = 0; b < blocks; b++) {
     const unsigned long long idx = reverse ? blocks - 1 - b : b;
     blockIdx = dim3((unsigned)(idx % grid.x), (unsigned)(idx / grid.x % grid.y),
                     (unsigned)(idx / ((unsigned long long)grid.x * grid.y)));
-    run_block(e, reverse, span);
+    run_block(e, span);
   }
   e->active = false;
 }
@@ -539,7 +583,7 @@ int barrier(int pred, int mode, int line, const char* file) {
   if (e->arrived == e->live)
     release_barrier(e);
   else
-    switch_to(&f.ctx, &e->sched);
+    resume_next(e, &f.ctx);
   return (int)f.result;
 }
 
@@ -564,7 +608,7 @@ unsigned warp_op(int op, unsigned mask, unsigned value, int arg, int width, int 
   f.line = line;
   f.file = file;
   e->waiting[w] |= 1u << lane;
-  if (!try_complete(e, w, mask)) switch_to(&f.ctx, &e->sched);
+  if (!try_complete(e, w, mask)) resume_next(e, &f.ctx);
   return f.result;
 }
 

@@ -97,7 +97,7 @@ KERNEL(selftest_index, IndexParams) {
   o[3] = pack3(gridDim);
 }
 
-// ---- warp shuffles -------------------------------------------------------------------------------
+// ---- warp shuffles ------------------------------------------------------------------------------
 
 struct WarpParams {
   const float* x;  // one value per thread
@@ -128,7 +128,7 @@ KERNEL(selftest_warp_f32, WarpParams) {
   o[7] = (float)iv;
 }
 
-// ---- votes, barrier predicates, exited lanes, bit intrinsics --------------------------------------
+// ---- votes, barrier predicates, exited lanes, bit intrinsics ------------------------------------
 // Launched with a partial last warp: absent lanes count as exited.
 
 struct VoteParams {
@@ -196,7 +196,7 @@ KERNEL(selftest_atomic, AtomicParams) {
   }
 }
 
-// ---- dynamic shared memory -----------------------------------------------------------------------
+// ---- dynamic shared memory ----------------------------------------------------------------------
 // Launched with smem = 4 * blockDim.x bytes.
 
 struct DynParams {
@@ -214,7 +214,7 @@ KERNEL(selftest_dyn_smem, DynParams) {
   p.out[2 * g + 1] = buf[n - 1 - t];
 }
 
-// ---- scheduler cost ------------------------------------------------------------------------------
+// ---- scheduler cost -----------------------------------------------------------------------------
 
 struct SpinParams {
   float* out;  // [one per thread]

@@ -8,7 +8,8 @@
 //!
 //! How it runs (details in kernels/emu/README.md): blocks one after another; within a block
 //! every CUDA thread is a cooperative fiber (64 KiB stack, hand-written x86-64 context switch,
-//! ~30–35 ns per resume) that runs until it finishes or waits at `__syncthreads` / a warp collective.
+//! ~13 ns per thread and `__syncthreads`) that runs until it finishes or waits at
+//! `__syncthreads` or in a warp collective.
 //! A block in which no thread can progress is a deadlock: the emulator prints kernel, block and
 //! every warp's state with source lines to stderr and aborts the process.
 //!

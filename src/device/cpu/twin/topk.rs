@@ -49,14 +49,15 @@ pub fn topk_hist_f32(
         return;
     }
     let n = if p.slot == 0 { p.nnz } else { p.size } as usize;
-    let mut hist = [0u32; 256];
+    let dmask = (1u32 << p.digit_bits) - 1;
+    let mut hist = vec![0u32; dmask as usize + 1];
     for i in 0..n {
         let Some((hi, lo)) = key(p.slot, i, values, score, mark) else {
             continue;
         };
         if hi & s[2] == s[0] && lo & s[3] == s[1] {
             let w = if p.word == 0 { hi } else { lo };
-            hist[((w >> p.shift) & 255) as usize] += 1;
+            hist[((w >> p.shift) & dmask) as usize] += 1;
         }
     }
     let rank = s[4];
@@ -65,7 +66,7 @@ pub fn topk_hist_f32(
         if before < rank && rank <= before + h {
             let rem = rank - before;
             s[p.word as usize] |= (d as u32) << p.shift;
-            s[2 + p.word as usize] |= 255 << p.shift;
+            s[2 + p.word as usize] |= dmask << p.shift;
             s[4] = rem;
             if h == rem {
                 s[5] = 1;

@@ -29,10 +29,14 @@ pub const THREADS: u32 = 256;
 pub const SCAN_THREADS: u32 = 1024;
 /// Positions per tile of `topk_grow_f32` / `topk_compact_f32` (256 threads × 8).
 pub const TILE: usize = 2048;
-/// u32 words of one radix-select slot: 8 of state, then a 256-bin histogram.
-pub const SLOT: usize = 264;
+/// Bins of a radix-select histogram (digits of up to 11 bits).
+pub const BINS: usize = 2048;
 /// Offset of the histogram in a slot.
 pub const HIST: usize = 8;
+/// u32 words of one radix-select slot: 8 of state, then the histogram.
+pub const SLOT: usize = HIST + BINS;
+/// Widest digit of a radix-select pass.
+pub const DIGIT_BITS: u32 = 11;
 /// `mark` value of a regrown position.
 pub const GROWN: u32 = u32::MAX;
 /// Upper bound on the blocks of one histogram pass (each block loops over its share).
@@ -72,10 +76,11 @@ pub struct TopkParams {
     pub word: u32,
     /// `topk_hist_f32`: bit offset of the digit.
     pub shift: u32,
+    /// `topk_hist_f32`: width of the digit (1..=11).
+    pub digit_bits: u32,
     pub ntiles: u32,
     pub rows_per_chunk: u32,
     pub nchunks: u32,
-    pub pad: u32,
 }
 
 /// Index sizes derived from a layer's shape.
@@ -269,14 +274,27 @@ pub struct Step {
     pub params: TopkParams,
 }
 
-/// Digit passes over an index in 0..n (8 bits each, most significant first): their shifts.
-fn index_shifts(n: usize) -> Vec<u32> {
+/// Digit passes over a key of `bits` significant bits, most significant first: (shift, width),
+/// widths of at most `DIGIT_BITS`.
+fn digits(bits: u32) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let mut rest = bits;
+    while rest > 0 {
+        let w = rest.min(DIGIT_BITS);
+        rest -= w;
+        out.push((rest, w));
+    }
+    out
+}
+
+/// Digit passes over an index in 0..n.
+fn index_digits(n: usize) -> Vec<(u32, u32)> {
     let bits = if n <= 1 {
         0
     } else {
         usize::BITS - (n - 1).leading_zeros()
     };
-    (0..bits.div_ceil(8)).rev().map(|j| j * 8).collect()
+    digits(bits)
 }
 
 /// The launches of one update of a layer of geometry `g` pruning and regrowing `k` (1 ≤ k ≤ nnz),
@@ -309,15 +327,16 @@ pub fn plan(g: &Geometry, k: usize, base: TopkParams) -> Vec<Step> {
             block: Dim3::x(THREADS),
             smem: 0,
         };
-        let passes = [24u32, 16, 8, 0]
+        let passes = digits(32)
             .into_iter()
-            .map(|s| (0u32, s))
-            .chain(index_shifts(n).into_iter().map(|s| (1u32, s)));
-        for (word, shift) in passes {
+            .map(|d| (0u32, d))
+            .chain(index_digits(n).into_iter().map(|d| (1u32, d)));
+        for (word, (shift, width)) in passes {
             let mut q = p;
             q.slot = slot;
             q.word = word;
             q.shift = shift;
+            q.digit_bits = width;
             push(&topk_hist_f32, hist, q);
         }
         if slot == 0 {
@@ -418,13 +437,14 @@ mod tests {
     }
 
     #[test]
-    fn index_passes_cover_the_index() {
-        assert!(index_shifts(0).is_empty());
-        assert!(index_shifts(1).is_empty());
-        assert_eq!(index_shifts(2), vec![0]);
-        assert_eq!(index_shifts(256), vec![0]);
-        assert_eq!(index_shifts(257), vec![8, 0]);
-        assert_eq!(index_shifts(1 << 24), vec![16, 8, 0]);
-        assert_eq!(index_shifts((1 << 24) + 1), vec![24, 16, 8, 0]);
+    fn digit_passes_cover_the_key() {
+        assert_eq!(digits(32), vec![(21, 11), (10, 11), (0, 10)]);
+        assert!(index_digits(0).is_empty());
+        assert!(index_digits(1).is_empty());
+        assert_eq!(index_digits(2), vec![(0, 1)]);
+        assert_eq!(index_digits(2048), vec![(0, 11)]);
+        assert_eq!(index_digits(2049), vec![(1, 11), (0, 1)]);
+        assert_eq!(index_digits(1 << 22), vec![(11, 11), (0, 11)]);
+        assert_eq!(index_digits((1 << 22) + 1), vec![(12, 11), (1, 11), (0, 1)]);
     }
 }
