@@ -48,9 +48,18 @@ fn device_check_on_the_emulator_from_the_command_line() {
     let (ok, text) = rest(&["device", "--device", "emu", "--check"]);
     assert!(ok, "{text}");
     // The backend/NVRTC report stays, the table follows.
-    assert!(text.contains("NVRTC") && text.contains("CUDA kernels"), "{text}");
-    assert!(text.contains("max abs") && text.contains("tolerance"), "{text}");
-    assert!(text.contains("all pass") && !text.contains("FAIL"), "{text}");
+    assert!(
+        text.contains("NVRTC") && text.contains("CUDA kernels"),
+        "{text}"
+    );
+    assert!(
+        text.contains("max abs") && text.contains("tolerance"),
+        "{text}"
+    );
+    assert!(
+        text.contains("all pass") && !text.contains("FAIL"),
+        "{text}"
+    );
 }
 
 #[test]
