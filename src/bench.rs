@@ -29,6 +29,9 @@ pub enum BenchWhat {
     Cpu(CpuArgs),
     /// Peak resident memory of a short training run, dense vs sparse (one process each).
     Memory(MemoryArgs),
+    /// The CUDA engine: sparse vs dense convolution per layer, cross-entropy bandwidth, topology
+    /// update, training steps (on a GPU, or the emulator).
+    Gpu(crate::bench_gpu::GpuArgs),
     #[command(hide = true)]
     MemoryChild(MemoryChildArgs),
 }

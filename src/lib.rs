@@ -7,6 +7,7 @@
 
 pub mod autograd;
 pub mod bench;
+pub mod bench_gpu;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => match &a.what {
             rest::bench::BenchWhat::Cpu(c) => rest::bench::cpu(c),
             rest::bench::BenchWhat::Memory(m) => rest::bench::memory(m),
+            rest::bench::BenchWhat::Gpu(g) => rest::bench_gpu::run(g),
             rest::bench::BenchWhat::MemoryChild(m) => rest::bench::memory_child(m),
         },
         Command::Reproduce(a) => rest::reproduce::run(a),

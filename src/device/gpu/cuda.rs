@@ -133,6 +133,21 @@ pub fn compile_module(name: &str, arch: &'static str) -> Result<String> {
     Ok(ptx.to_src())
 }
 
+/// `compile_module`, once per kernel file and architecture per process: every `CudaGpu` (one per
+/// model or command, e.g. each model of `rest bench gpu`) reuses the PTX instead of running
+/// NVRTC again.
+fn cached_ptx(name: &'static str, arch: &'static str) -> Result<String> {
+    type Cache = Mutex<HashMap<(&'static str, &'static str), String>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(ptx) = cache.lock().unwrap().get(&(name, arch)) {
+        return Ok(ptx.clone());
+    }
+    let ptx = compile_module(name, arch)?;
+    cache.lock().unwrap().insert((name, arch), ptx.clone());
+    Ok(ptx)
+}
+
 /// Parameter struct passed by value to a kernel.
 #[repr(transparent)]
 struct ByValue<P>(P);
@@ -246,7 +261,7 @@ impl CudaGpu {
             match modules.get(k.module) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = compile_module(k.module, self.arch)?;
+                    let ptx = cached_ptx(k.module, self.arch)?;
                     let m = self
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_src(ptx))

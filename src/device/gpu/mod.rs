@@ -12,6 +12,7 @@
 //! - every kernel has a CPU twin of the same name in `device::cpu::twin`, the reference the
 //!   parity tests compare against.
 
+pub mod check;
 pub mod cuda;
 pub mod emu;
 pub mod kernels;
