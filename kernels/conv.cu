@@ -119,6 +119,18 @@ struct ConvBwdBiasParams {
   unsigned cout, cols;
 };
 
+// Sizes of the Rust mirrors (src/device/gpu/kernels/conv.rs): a field added on one side only fails
+// the build (NVRTC and the emulator both compile this).
+static_assert(sizeof(ConvShape) == 40, "ConvShape");
+static_assert(sizeof(ConvFwdParams) == 72, "ConvFwdParams");
+static_assert(sizeof(ConvBwdDataParams) == 64, "ConvBwdDataParams");
+static_assert(sizeof(ConvBwdWeightParams) == 72, "ConvBwdWeightParams");
+static_assert(sizeof(ConvReduceParams) == 24, "ConvReduceParams");
+static_assert(sizeof(ConvSparseFwdParams) == 96, "ConvSparseFwdParams");
+static_assert(sizeof(ConvSparseBwdDataParams) == 96, "ConvSparseBwdDataParams");
+static_assert(sizeof(ConvSparseBwdWeightParams) == 88, "ConvSparseBwdWeightParams");
+static_assert(sizeof(ConvBwdBiasParams) == 24, "ConvBwdBiasParams");
+
 // A pixel index no (ih, iw) can reach: added to a kernel offset it stays negative.
 #define CONV_NOWHERE (-(1 << 29))
 

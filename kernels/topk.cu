@@ -90,6 +90,9 @@ struct TopkParams {
   unsigned nchunks;         // ⌈rows / rows_per_chunk⌉
 };
 
+// Size of the Rust mirror (src/device/gpu/kernels/topk.rs): 15 addresses, 12 u32.
+static_assert(sizeof(TopkParams) == 168, "TopkParams");
+
 __device__ __forceinline__ unsigned topk_abs_bits(float x) { return __float_as_uint(x) & 0x7fffffffu; }
 
 // (hi, lo) masked ≤ (prefix hi, prefix lo), lexicographically.
