@@ -946,7 +946,7 @@ fn topology(c: &mut Checker) -> Result<()> {
         }
         // One row per kernel: its launches merged (each checked from the device's state).
         let mut per_kernel: Vec<(&'static KernelDef, Cmp, usize)> = Vec::new();
-        for step in topk::plan(&g, k, topk::addresses(&layer, &ws, &bscore)) {
+        for step in topk::plan(&g, k, topk::addresses(&layer.refs(), &ws, &bscore)) {
             let mut host = download_topk(c, &layer, &ws, &bscore)?;
             twin::topk::run_step(&step, &mut host);
             gpu.launch(step.kernel, step.cfg, &step.params)?;

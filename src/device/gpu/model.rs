@@ -844,7 +844,7 @@ impl GpuModel {
                 Some(ws) => ws,
                 slot @ None => slot.insert(TopkWorkspace::new(gpu, &g)?),
             };
-            k::prune_regrow(gpu, s, &mut p.values, &mut p.momentum, kk, ws)
+            k::prune_regrow(gpu, s, &p.values, &p.momentum, kk, ws)
                 .with_context(|| format!("{} topology update", p.name))?;
             sum.pruned += kk;
             sum.grown += kk;
@@ -1262,45 +1262,33 @@ mod k {
     }
 
     /// `topk::update_layer` (magnitude prune, gradient regrow, CSR/CSC rebuild, momentum
-    /// remapped) on a layer whose buffers live in `DevSparse` and `DevParam`: they are moved
-    /// into the wrapper's `SparseLayerBufs` for the call and back after it (the kernels keep
-    /// every buffer's address; the placeholders are 1-element allocations).
+    /// remapped) on a layer whose buffers live in `DevSparse` and `DevParam`; the kernels rewrite
+    /// them in place.
     pub fn prune_regrow(
         gpu: &Gpu,
-        s: &mut DevSparse,
-        values: &mut Buf,
-        momentum: &mut Buf,
+        s: &DevSparse,
+        values: &Buf,
+        momentum: &Buf,
         k: usize,
         ws: &mut topk::TopkWorkspace,
     ) -> Result<()> {
-        use std::mem::replace;
         let Some(score) = &s.dense_grad else {
             bail!("no dense gradient for the topology update");
         };
-        let hole = || gpu.alloc(4);
-        let mut layer = topk::SparseLayerBufs {
+        let layer = topk::SparseLayerRefs {
             rows: s.rows,
             cols: s.cols,
             nnz: s.nnz,
-            positions: replace(&mut s.positions, hole()?),
-            values: replace(values, hole()?),
-            momentum: replace(momentum, hole()?),
-            row_ptr: replace(&mut s.row_ptr, hole()?),
-            col_idx: replace(&mut s.col_idx, hole()?),
-            col_ptr: replace(&mut s.col_ptr, hole()?),
-            csc_row: replace(&mut s.csc_row, hole()?),
-            csc_pos: replace(&mut s.csc_pos, hole()?),
+            positions: &s.positions,
+            values,
+            momentum,
+            row_ptr: &s.row_ptr,
+            col_idx: &s.col_idx,
+            col_ptr: &s.col_ptr,
+            csc_row: &s.csc_row,
+            csc_pos: &s.csc_pos,
         };
-        let r = topk::update_layer(gpu, &mut layer, ws, k, score);
-        s.positions = layer.positions;
-        *values = layer.values;
-        *momentum = layer.momentum;
-        s.row_ptr = layer.row_ptr;
-        s.col_idx = layer.col_idx;
-        s.col_ptr = layer.col_ptr;
-        s.csc_row = layer.csc_row;
-        s.csc_pos = layer.csc_pos;
-        r
+        topk::update_layer_refs(gpu, &layer, ws, k, score)
     }
 
     /// The ResNet stem's 3×3/2 max-pool, padding 1.

@@ -141,6 +141,47 @@ pub struct SparseLayerBufs {
     pub csc_pos: Buf,
 }
 
+/// The same layer borrowed: for callers that keep the buffers elsewhere (the GPU model). The
+/// kernels change the buffers' contents through their addresses, never the buffers themselves.
+#[derive(Clone, Copy)]
+pub struct SparseLayerRefs<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub nnz: usize,
+    pub positions: &'a Buf,
+    pub values: &'a Buf,
+    pub momentum: &'a Buf,
+    pub row_ptr: &'a Buf,
+    pub col_idx: &'a Buf,
+    pub col_ptr: &'a Buf,
+    pub csc_row: &'a Buf,
+    pub csc_pos: &'a Buf,
+}
+
+impl SparseLayerRefs<'_> {
+    /// Errors if a buffer is smaller than the shape needs.
+    pub fn check(&self) -> Result<()> {
+        let (nnz, rows, cols) = (self.nnz, self.rows, self.cols);
+        for (name, b, n) in [
+            ("positions", &self.positions, nnz),
+            ("values", &self.values, nnz),
+            ("momentum", &self.momentum, nnz),
+            ("row_ptr", &self.row_ptr, rows + 1),
+            ("col_idx", &self.col_idx, nnz),
+            ("col_ptr", &self.col_ptr, cols + 1),
+            ("csc_row", &self.csc_row, nnz),
+            ("csc_pos", &self.csc_pos, nnz),
+        ] {
+            ensure!(
+                b.len_of::<u32>() >= n,
+                "topk: {name} holds {} values, the {rows}×{cols} layer with {nnz} weights needs {n}",
+                b.len_of::<u32>()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A layer read back from the device (tests, checkpoints).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostLayer {
@@ -202,26 +243,26 @@ impl SparseLayerBufs {
         })
     }
 
-    /// Errors if a buffer is smaller than the shape needs.
-    pub fn check(&self) -> Result<()> {
-        let (nnz, rows, cols) = (self.nnz, self.rows, self.cols);
-        for (name, b, n) in [
-            ("positions", &self.positions, nnz),
-            ("values", &self.values, nnz),
-            ("momentum", &self.momentum, nnz),
-            ("row_ptr", &self.row_ptr, rows + 1),
-            ("col_idx", &self.col_idx, nnz),
-            ("col_ptr", &self.col_ptr, cols + 1),
-            ("csc_row", &self.csc_row, nnz),
-            ("csc_pos", &self.csc_pos, nnz),
-        ] {
-            ensure!(
-                b.len_of::<u32>() >= n,
-                "topk: {name} holds {} values, the {rows}×{cols} layer with {nnz} weights needs {n}",
-                b.len_of::<u32>()
-            );
+    /// The layer as borrowed buffers.
+    pub fn refs(&self) -> SparseLayerRefs<'_> {
+        SparseLayerRefs {
+            rows: self.rows,
+            cols: self.cols,
+            nnz: self.nnz,
+            positions: &self.positions,
+            values: &self.values,
+            momentum: &self.momentum,
+            row_ptr: &self.row_ptr,
+            col_idx: &self.col_idx,
+            col_ptr: &self.col_ptr,
+            csc_row: &self.csc_row,
+            csc_pos: &self.csc_pos,
         }
-        Ok(())
+    }
+
+    /// Every buffer is large enough for the layer's shape and nnz.
+    pub fn check(&self) -> Result<()> {
+        self.refs().check()
     }
 }
 
@@ -367,7 +408,7 @@ pub fn plan(g: &Geometry, k: usize, base: TopkParams) -> Vec<Step> {
 }
 
 /// The addresses of `layer`, `ws` and `score` in a parameter struct (shape and pass fields 0).
-pub fn addresses(layer: &SparseLayerBufs, ws: &TopkWorkspace, score: &Buf) -> TopkParams {
+pub fn addresses(layer: &SparseLayerRefs, ws: &TopkWorkspace, score: &Buf) -> TopkParams {
     TopkParams {
         positions: layer.positions.addr(),
         values: layer.values.addr(),
@@ -398,6 +439,17 @@ pub fn addresses(layer: &SparseLayerBufs, ws: &TopkWorkspace, score: &Buf) -> To
 pub fn update_layer(
     gpu: &Gpu,
     layer: &mut SparseLayerBufs,
+    ws: &mut TopkWorkspace,
+    k_prune: usize,
+    score: &Buf,
+) -> Result<()> {
+    update_layer_refs(gpu, &layer.refs(), ws, k_prune, score)
+}
+
+/// [`update_layer`] on borrowed buffers.
+pub fn update_layer_refs(
+    gpu: &Gpu,
+    layer: &SparseLayerRefs,
     ws: &mut TopkWorkspace,
     k_prune: usize,
     score: &Buf,
