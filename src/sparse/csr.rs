@@ -336,9 +336,9 @@ fn axpy_many<const FMA: bool, const INIT: bool, const M: usize>(
     }
 }
 
-/// Computes one tile of a `Gather`: for each output row, its entries eight (then four, then one)
-/// at a time, each group one pass over the row's output piece, which stays in L1. The first
-/// group writes the piece instead of adding to a zero-filled one.
+/// Computes one tile of a `Gather`: for each output row, its entries eight at a time (the rest
+/// as one smaller group), each group one pass over the row's output piece, which stays in L1.
+/// The first group writes the piece instead of adding to a zero-filled one.
 #[inline(always)]
 fn gather_tile<const FMA: bool>(g: &Gather, tile: &mut Tile) {
     let j0 = tile.j0;
@@ -354,30 +354,41 @@ fn gather_tile<const FMA: bool>(g: &Gather, tile: &mut Tile) {
         let idx = &g.off[s..e];
         let val = &g.val[s..e];
         let src = |q: usize| &g.src[idx[q] + j0..][..w];
-        let src8 = |q: usize| std::array::from_fn::<_, 8, _>(|t| src(q + t));
-        let src4 = |q: usize| std::array::from_fn::<_, 4, _>(|t| src(q + t));
-        let mut q = if idx.len() >= 8 {
-            axpy_many::<FMA, true, 8>(o, src8(0), &val[..8]);
-            8
-        } else if idx.len() >= 4 {
-            axpy_many::<FMA, true, 4>(o, src4(0), &val[..4]);
-            4
-        } else {
-            axpy_many::<FMA, true, 1>(o, [src(0)], &val[..1]);
-            1
-        };
-        while q + 8 <= idx.len() {
-            axpy_many::<FMA, false, 8>(o, src8(q), &val[q..]);
-            q += 8;
-        }
-        if q + 4 <= idx.len() {
-            axpy_many::<FMA, false, 4>(o, src4(q), &val[q..]);
-            q += 4;
-        }
+        // Groups of eight, and the rest (1..=7 entries) as one group: one pass over the output
+        // piece per group (at low density a row has only a few entries).
+        let mut q = 0;
         while q < idx.len() {
-            axpy_many::<FMA, false, 1>(o, [src(q)], &val[q..]);
-            q += 1;
+            let m = (idx.len() - q).min(8);
+            if q == 0 {
+                axpy_group::<FMA, true>(o, &src, &val[q..q + m]);
+            } else {
+                axpy_group::<FMA, false>(o, &|t| src(q + t), &val[q..q + m]);
+            }
+            q += m;
         }
+    }
+}
+
+/// `axpy_many` over `v.len()` (1..=8) entries; `src(t)` is entry t's source.
+#[inline(always)]
+fn axpy_group<'s, const FMA: bool, const INIT: bool>(
+    o: &mut [f32],
+    src: &impl Fn(usize) -> &'s [f32],
+    v: &[f32],
+) {
+    fn srcs<'s, const M: usize>(src: &impl Fn(usize) -> &'s [f32]) -> [&'s [f32]; M] {
+        std::array::from_fn(src)
+    }
+    match v.len() {
+        8 => axpy_many::<FMA, INIT, 8>(o, srcs(src), v),
+        7 => axpy_many::<FMA, INIT, 7>(o, srcs(src), v),
+        6 => axpy_many::<FMA, INIT, 6>(o, srcs(src), v),
+        5 => axpy_many::<FMA, INIT, 5>(o, srcs(src), v),
+        4 => axpy_many::<FMA, INIT, 4>(o, srcs(src), v),
+        3 => axpy_many::<FMA, INIT, 3>(o, srcs(src), v),
+        2 => axpy_many::<FMA, INIT, 2>(o, srcs(src), v),
+        1 => axpy_many::<FMA, INIT, 1>(o, srcs(src), v),
+        m => unreachable!("axpy_group: {m} entries"),
     }
 }
 
