@@ -91,45 +91,50 @@ impl DirectGeom {
         let g = &self.g;
         assert_eq!(x.len(), g.cin * g.n * g.h * g.w, "direct conv: x length");
         let (s, xrow, ph, pw) = (g.stride, self.xrow(), self.ph, self.pw);
-        // Each row (ci, phase) is written exactly once, padding included: no zero-fill pass.
-        let fill = |r: usize, dst: &mut [f32]| {
-            let (ci, a, b) = (r / (s * s), (r / s) % s, r % s);
-            // Phase rows i in [ilo, ihi) read input row s·i + a − pad; phase columns j in
-            // [lo, hi) read input column s·j + b − pad; the rest is padding (0).
-            let (ilo, ihi) = valid(ph, g.h, s, a, g.pad);
-            let (lo, hi) = valid(pw, g.w, s, b, g.pad);
-            let (planes, tail) = dst.split_at_mut(g.n * ph * pw);
-            tail.fill(0.0);
-            if lo >= hi {
-                planes.fill(0.0);
-                return;
+        let ss = s * s;
+        // Per phase (a, b): phase rows i in [ilo, ihi) read input row s·i + a − pad; phase
+        // columns j in [lo, hi) read input column s·j + b − pad; the rest is padding (0).
+        let ranges: Vec<((usize, usize), (usize, usize))> = (0..ss)
+            .map(|p| {
+                let (a, b) = (p / s, p % s);
+                (valid(ph, g.h, s, a, g.pad), valid(pw, g.w, s, b, g.pad))
+            })
+            .collect();
+        // All s² phase rows of one channel together, image by image: each input image is read
+        // once (from L1) instead of once per phase. Planes are small (8×8 for the CMNIST CNN's
+        // conv2): one short zero-fill of the whole plane, then the valid block over it.
+        let fill = |ci: usize, dst: &mut [f32]| {
+            let mut rows: Vec<&mut [f32]> = dst.chunks_exact_mut(xrow).collect();
+            for row in rows.iter_mut() {
+                row[g.n * ph * pw..].fill(0.0);
             }
-            let start = s * lo + b - g.pad;
-            let cnt = hi - lo;
-            for (img, dimg) in planes.chunks_exact_mut(ph * pw).enumerate() {
+            for img in 0..g.n {
                 let src = &x[(ci * g.n + img) * g.h * g.w..][..g.h * g.w];
-                for (i, drow) in dimg.chunks_exact_mut(pw).enumerate() {
-                    if i < ilo || i >= ihi {
-                        drow.fill(0.0);
+                for (p, row) in rows.iter_mut().enumerate() {
+                    let ((ilo, ihi), (lo, hi)) = ranges[p];
+                    let dimg = &mut row[img * ph * pw..][..ph * pw];
+                    dimg.fill(0.0);
+                    if lo >= hi {
                         continue;
                     }
-                    let ih = s * i + a - g.pad;
-                    let srow = &src[ih * g.w + start..][..s * (cnt - 1) + 1];
-                    drow[..lo].fill(0.0);
-                    drow[hi..].fill(0.0);
-                    copy_strided(&mut drow[lo..hi], srow, s);
+                    let start = s * lo + p % s - g.pad;
+                    for i in ilo..ihi {
+                        let ih = s * i + p / s - g.pad;
+                        let srow = &src[ih * g.w + start..][..s * (hi - lo - 1) + 1];
+                        copy_strided(&mut dimg[i * pw + lo..i * pw + hi], srow, s);
+                    }
                 }
             }
         };
-        pooled(g.cin * s * s * xrow, |xp| {
+        pooled(g.cin * ss * xrow, |xp| {
             if xp.len() >= PAR_MIN {
-                xp.par_chunks_mut(xrow)
+                xp.par_chunks_mut(ss * xrow)
                     .enumerate()
-                    .for_each(|(r, d)| fill(r, d));
+                    .for_each(|(ci, d)| fill(ci, d));
             } else {
-                xp.chunks_mut(xrow)
+                xp.chunks_mut(ss * xrow)
                     .enumerate()
-                    .for_each(|(r, d)| fill(r, d));
+                    .for_each(|(ci, d)| fill(ci, d));
             }
         })
     }
@@ -189,12 +194,11 @@ impl DirectGeom {
                 .chunks_exact(g.oh * g.ow)
                 .zip(planes.chunks_exact_mut(self.ph * self.pw))
             {
-                let (rows, junk) = dimg.split_at_mut(g.oh * self.pw);
-                for (srow, drow) in simg.chunks_exact(g.ow).zip(rows.chunks_exact_mut(self.pw)) {
+                // As in `split`: zero the small plane once, then copy the rows over it.
+                dimg.fill(0.0);
+                for (srow, drow) in simg.chunks_exact(g.ow).zip(dimg.chunks_exact_mut(self.pw)) {
                     drow[..g.ow].copy_from_slice(srow);
-                    drow[g.ow..].fill(0.0);
                 }
-                junk.fill(0.0);
             }
         };
         pooled(g.cout * dyrow, |out| {
@@ -261,7 +265,7 @@ impl DirectGeom {
             gather_windows(&ptr, &off, &val, dyp, self.len, dxp)
         });
         // Reassemble: dx pixel (r, c) is phase ((r+pad) mod s, (c+pad) mod s) at
-        // ((r+pad) div s, (c+pad) div s); pixels no output reads are 0. Each row is zeroed
+        // ((r+pad) div s, (c+pad) div s); pixels no output reads are 0. Each image plane is zeroed
         // just before its scatter (while in cache) so dx comes from the buffer pool instead of
         // a fresh zero-filled allocation every step.
         let plane = g.n * g.h * g.w;
@@ -269,8 +273,9 @@ impl DirectGeom {
             (0..s).map(|b| valid(self.pw, g.w, s, b, g.pad)).collect();
         let gather = |ci: usize, dxc: &mut [f32]| {
             for (img, dimg) in dxc.chunks_exact_mut(g.h * g.w).enumerate() {
+                // One zero-fill per image plane (not a memset call per short row).
+                dimg.fill(0.0);
                 for (r, drow) in dimg.chunks_exact_mut(g.w).enumerate() {
-                    drow.fill(0.0);
                     let (pr, i) = ((r + g.pad) % s, (r + g.pad) / s);
                     if i >= self.ph {
                         continue;
@@ -311,9 +316,15 @@ fn copy_strided(dst: &mut [f32], src: &[f32], s: usize) {
     if s == 1 {
         dst.copy_from_slice(&src[..dst.len()]);
     } else if s == 2 {
-        for (o, p) in dst.iter_mut().zip(src.chunks(2)) {
+        // chunks_exact with a constant width vectorises (chunks does not); the last element's
+        // pair may run past src, so it is copied on its own.
+        let Some((last, body)) = dst.split_last_mut() else {
+            return;
+        };
+        for (o, p) in body.iter_mut().zip(src.chunks_exact(2)) {
             *o = p[0];
         }
+        *last = src[2 * body.len()];
     } else {
         for (o, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
             *o = v;

@@ -316,63 +316,79 @@ struct Tile<'a> {
     outs: Vec<&'a mut [f32]>,
 }
 
-/// Computes one tile of a `Gather`: for each output row, its entries eight (then four, then one)
-/// at a time, each group one pass over the row's output piece, which stays in L1.
+/// o (+)= Σ_q v[q] · b[q] over `M` sources: one pass over `o`. With `INIT` the sum starts at
+/// 0 and `o` is only written (its old contents are never read).
+#[inline(always)]
+fn axpy_many<const FMA: bool, const INIT: bool, const M: usize>(
+    o: &mut [f32],
+    b: [&[f32]; M],
+    v: &[f32],
+) {
+    let w = o.len();
+    let b: [&[f32]; M] = b.map(|x| &x[..w]);
+    let v: [f32; M] = v[..M].try_into().unwrap();
+    for (j, o) in o.iter_mut().enumerate() {
+        let mut acc = if INIT { 0.0 } else { *o };
+        for q in 0..M {
+            acc = fmadd::<FMA>(v[q], b[q][j], acc);
+        }
+        *o = acc;
+    }
+}
+
+/// Computes one tile of a `Gather`: for each output row, its entries eight at a time (the rest
+/// as one smaller group), each group one pass over the row's output piece, which stays in L1.
+/// The first group writes the piece instead of adding to a zero-filled one.
 #[inline(always)]
 fn gather_tile<const FMA: bool>(g: &Gather, tile: &mut Tile) {
     let j0 = tile.j0;
     for (i, o) in tile.outs.iter_mut().enumerate() {
         let o: &mut [f32] = o;
         let w = o.len();
-        o.fill(0.0);
         let r = tile.row0 + i;
         let (s, e) = (g.ptr[r] as usize, g.ptr[r + 1] as usize);
+        if s == e {
+            o.fill(0.0);
+            continue;
+        }
         let idx = &g.off[s..e];
         let val = &g.val[s..e];
         let src = |q: usize| &g.src[idx[q] + j0..][..w];
+        // Groups of eight, and the rest (1..=7 entries) as one group: one pass over the output
+        // piece per group (at low density a row has only a few entries).
         let mut q = 0;
-        while q + 8 <= idx.len() {
-            let (b0, b1, b2, b3) = (src(q), src(q + 1), src(q + 2), src(q + 3));
-            let (b4, b5, b6, b7) = (src(q + 4), src(q + 5), src(q + 6), src(q + 7));
-            let v = &val[q..q + 8];
-            let it = o
-                .iter_mut()
-                .zip(b0)
-                .zip(b1)
-                .zip(b2)
-                .zip(b3)
-                .zip(b4)
-                .zip(b5)
-                .zip(b6)
-                .zip(b7);
-            for ((((((((o, &x0), &x1), &x2), &x3), &x4), &x5), &x6), &x7) in it {
-                let mut acc = fmadd::<FMA>(v[0], x0, *o);
-                acc = fmadd::<FMA>(v[1], x1, acc);
-                acc = fmadd::<FMA>(v[2], x2, acc);
-                acc = fmadd::<FMA>(v[3], x3, acc);
-                acc = fmadd::<FMA>(v[4], x4, acc);
-                acc = fmadd::<FMA>(v[5], x5, acc);
-                acc = fmadd::<FMA>(v[6], x6, acc);
-                *o = fmadd::<FMA>(v[7], x7, acc);
-            }
-            q += 8;
-        }
-        if q + 4 <= idx.len() {
-            let (b0, b1, b2, b3) = (src(q), src(q + 1), src(q + 2), src(q + 3));
-            let v = &val[q..q + 4];
-            for ((((o, &x0), &x1), &x2), &x3) in o.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3) {
-                let acc = fmadd::<FMA>(v[1], x1, fmadd::<FMA>(v[0], x0, *o));
-                *o = fmadd::<FMA>(v[3], x3, fmadd::<FMA>(v[2], x2, acc));
-            }
-            q += 4;
-        }
         while q < idx.len() {
-            let (b0, v0) = (src(q), val[q]);
-            for (o, &x0) in o.iter_mut().zip(b0) {
-                *o = fmadd::<FMA>(v0, x0, *o);
+            let m = (idx.len() - q).min(8);
+            if q == 0 {
+                axpy_group::<FMA, true>(o, &src, &val[q..q + m]);
+            } else {
+                axpy_group::<FMA, false>(o, &|t| src(q + t), &val[q..q + m]);
             }
-            q += 1;
+            q += m;
         }
+    }
+}
+
+/// `axpy_many` over `v.len()` (1..=8) entries; `src(t)` is entry t's source.
+#[inline(always)]
+fn axpy_group<'s, const FMA: bool, const INIT: bool>(
+    o: &mut [f32],
+    src: &impl Fn(usize) -> &'s [f32],
+    v: &[f32],
+) {
+    fn srcs<'s, const M: usize>(src: &impl Fn(usize) -> &'s [f32]) -> [&'s [f32]; M] {
+        std::array::from_fn(src)
+    }
+    match v.len() {
+        8 => axpy_many::<FMA, INIT, 8>(o, srcs(src), v),
+        7 => axpy_many::<FMA, INIT, 7>(o, srcs(src), v),
+        6 => axpy_many::<FMA, INIT, 6>(o, srcs(src), v),
+        5 => axpy_many::<FMA, INIT, 5>(o, srcs(src), v),
+        4 => axpy_many::<FMA, INIT, 4>(o, srcs(src), v),
+        3 => axpy_many::<FMA, INIT, 3>(o, srcs(src), v),
+        2 => axpy_many::<FMA, INIT, 2>(o, srcs(src), v),
+        1 => axpy_many::<FMA, INIT, 1>(o, srcs(src), v),
+        m => unreachable!("axpy_group: {m} entries"),
     }
 }
 
