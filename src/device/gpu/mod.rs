@@ -149,35 +149,24 @@ pub struct ModuleSource {
 /// Included textually ahead of every kernel file for NVRTC (which has no include path here).
 pub const COMMON_HEADER: &str = include_str!("../../../kernels/common.cuh");
 
+/// A kernel file's entry in [`MODULES`], its source embedded from `kernels/<name>.cu`.
+macro_rules! kernel_file {
+    ($name:literal) => {
+        ModuleSource {
+            name: $name,
+            source: include_str!(concat!("../../../kernels/", $name, ".cu")),
+        }
+    };
+}
+
 pub const MODULES: &[ModuleSource] = &[
-    ModuleSource {
-        name: "conv",
-        source: include_str!("../../../kernels/conv.cu"),
-    },
-    ModuleSource {
-        name: "xent",
-        source: include_str!("../../../kernels/xent.cu"),
-    },
-    ModuleSource {
-        name: "topk",
-        source: include_str!("../../../kernels/topk.cu"),
-    },
-    ModuleSource {
-        name: "norm",
-        source: include_str!("../../../kernels/norm.cu"),
-    },
-    ModuleSource {
-        name: "pool",
-        source: include_str!("../../../kernels/pool.cu"),
-    },
-    ModuleSource {
-        name: "elementwise",
-        source: include_str!("../../../kernels/elementwise.cu"),
-    },
-    ModuleSource {
-        name: "optim",
-        source: include_str!("../../../kernels/optim.cu"),
-    },
+    kernel_file!("conv"),
+    kernel_file!("xent"),
+    kernel_file!("topk"),
+    kernel_file!("norm"),
+    kernel_file!("pool"),
+    kernel_file!("elementwise"),
+    kernel_file!("optim"),
 ];
 
 /// The source NVRTC compiles for a module: common.cuh pasted in place of its include line.
