@@ -536,6 +536,25 @@ pub fn transpose01(tape: &mut Tape, x: Var) -> Var {
     tape.push(out, &[x], false, backward)
 }
 
+/// The checks every cross-entropy (CPU or GPU) makes on a batch: one label and one weight per
+/// sample, labels below `k`, weights finite, ≥ 0 and not all zero.
+pub fn check_loss_inputs(n: usize, k: usize, labels: &[u32], weights: &[f32]) -> Result<()> {
+    ensure!(
+        labels.len() == n && weights.len() == n,
+        "cross-entropy: {n} samples, {} labels, {} weights",
+        labels.len(),
+        weights.len()
+    );
+    if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
+        bail!("cross-entropy: label {l} out of range for {k} classes");
+    }
+    ensure!(
+        weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f32>() > 0.0,
+        "cross-entropy: sample weights must be finite, ≥ 0 and not all zero"
+    );
+    Ok(())
+}
+
 /// Reweighted cross-entropy of logits [N, K]: returns the scalar loss Σ wᵢlᵢ / Σ wᵢ (a Var of
 /// shape [1]) and the per-sample losses lᵢ.
 pub fn cross_entropy(
@@ -548,20 +567,7 @@ pub fn cross_entropy(
     let s = lv.shape().to_vec();
     ensure!(s.len() == 2, "logits must be [N, K], got {:?}", s);
     let (n, k) = (s[0], s[1]);
-    ensure!(
-        labels.len() == n && weights.len() == n,
-        "cross-entropy: {} logits rows, {} labels, {} weights",
-        n,
-        labels.len(),
-        weights.len()
-    );
-    if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
-        bail!("cross-entropy: label {l} out of range for {k} classes");
-    }
-    ensure!(
-        weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f32>() > 0.0,
-        "cross-entropy: sample weights must be finite, ≥ 0 and not all zero"
-    );
+    check_loss_inputs(n, k, labels, weights)?;
     let mut losses = vec![0.0; n];
     let mut dlogits = vec![0.0; n * k];
     let loss = xent::cross_entropy(n, k, lv.data(), labels, weights, &mut losses, &mut dlogits);

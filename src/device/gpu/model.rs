@@ -483,19 +483,7 @@ impl GpuModel {
         self.check_images(images, dims)?;
         let (n, k) = (dims.0, self.num_classes);
         ensure!(n > 1, "batch norm cannot train on a batch of one sample");
-        ensure!(
-            labels.len() == n && weights.len() == n,
-            "cross-entropy: {n} images, {} labels, {} weights",
-            labels.len(),
-            weights.len()
-        );
-        if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
-            bail!("cross-entropy: label {l} out of range for {k} classes");
-        }
-        ensure!(
-            weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f32>() > 0.0,
-            "cross-entropy: sample weights must be finite, ≥ 0 and not all zero"
-        );
+        crate::nn::ops::check_loss_inputs(n, k, labels, weights)?;
         if let Some(g) = groups {
             ensure!(
                 g.len() == n && g.iter().all(|&g| (g as usize) < xent::XENT_MAX_GROUPS),
