@@ -4,8 +4,8 @@
 use crate::autograd::Tape;
 use crate::data::loader::{batches, Augment, LoaderConfig};
 use crate::data::Dataset;
-use crate::nn::ops;
 use crate::nn::Model;
+use crate::tensor::Tensor;
 use anyhow::Result;
 use std::collections::BTreeMap;
 
@@ -106,6 +106,22 @@ pub fn evaluate(
     ds: &Dataset,
     batch_size: usize,
 ) -> Result<(GroupMetrics, Vec<bool>)> {
+    evaluate_with(ds, batch_size, |images| {
+        let mut tape = Tape::no_grad();
+        let x = tape.input(images);
+        let logits = model.forward(&mut tape, x, false)?;
+        Ok(tape.value(logits).data().to_vec())
+    })
+}
+
+/// Group metrics and per-sample correctness of a dataset, given a function from a batch's
+/// images [C, N, H, W] to its logits [N, K] (the CPU model, or the GPU model in train.rs).
+/// Per-sample losses use unit weights.
+pub fn evaluate_with(
+    ds: &Dataset,
+    batch_size: usize,
+    mut logits_of: impl FnMut(Tensor) -> Result<Vec<f32>>,
+) -> Result<(GroupMetrics, Vec<bool>)> {
     let cfg = LoaderConfig {
         batch_size,
         shuffle: false,
@@ -117,13 +133,22 @@ pub fn evaluate(
     let mut counter = GroupCounter::default();
     let mut correct = vec![false; ds.len()];
     for batch in batches(ds, &cfg, 0) {
-        let mut tape = Tape::no_grad();
-        let x = tape.input(batch.images);
-        let logits = model.forward(&mut tape, x, false)?;
-        let k = tape.value(logits).shape()[1];
-        let ones = vec![1.0; batch.labels.len()];
-        let (_, losses) = ops::cross_entropy(&mut tape, logits, &batch.labels, &ones)?;
-        let pred = argmax_rows(tape.value(logits).data(), k);
+        let n = batch.len();
+        let logits = logits_of(batch.images)?;
+        let k = logits.len() / n.max(1);
+        let ones = vec![1.0; n];
+        let mut losses = vec![0.0; n];
+        let mut dlogits = vec![0.0; n * k];
+        crate::device::cpu::xent::cross_entropy(
+            n,
+            k,
+            &logits,
+            &batch.labels,
+            &ones,
+            &mut losses,
+            &mut dlogits,
+        );
+        let pred = argmax_rows(&logits, k);
         for (j, &i) in batch.indices.iter().enumerate() {
             let ok = pred[j] == batch.labels[j];
             correct[i] = ok;

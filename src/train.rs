@@ -10,7 +10,7 @@ use crate::device::gpu::Gpu;
 use crate::device::Device;
 use crate::dst::{self, SparseConfig, SparseState};
 use crate::flops::FlopsReport;
-use crate::metrics::{argmax_rows, evaluate, GroupCounter, GroupMetrics};
+use crate::metrics::{argmax_rows, evaluate, GroupMetrics};
 use crate::nn::param::Grads;
 use crate::nn::{ops, Arch, Model, ModelConfig};
 use crate::optim::{Plateau, Sgd};
@@ -289,40 +289,10 @@ pub fn evaluate_gpu(
     ds: &Dataset,
     batch_size: usize,
 ) -> Result<(GroupMetrics, Vec<bool>)> {
-    let cfg = LoaderConfig {
-        batch_size,
-        shuffle: false,
-        drop_last: false,
-        augment: Augment::None,
-        sample_weights: None,
-        seed: 0,
-    };
-    let mut counter = GroupCounter::default();
-    let mut correct = vec![false; ds.len()];
-    for batch in batches(ds, &cfg, 0) {
-        let s = batch.images.shape().to_vec();
-        let logits = gm.logits(batch.images.data(), (s[1], s[2], s[3]))?;
-        let (n, k) = (batch.len(), logits.len() / batch.len());
-        let ones = vec![1.0; n];
-        let mut losses = vec![0.0; n];
-        let mut dlogits = vec![0.0; n * k];
-        crate::device::cpu::xent::cross_entropy(
-            n,
-            k,
-            &logits,
-            &batch.labels,
-            &ones,
-            &mut losses,
-            &mut dlogits,
-        );
-        let pred = argmax_rows(&logits, k);
-        for (j, &i) in batch.indices.iter().enumerate() {
-            let ok = pred[j] == batch.labels[j];
-            correct[i] = ok;
-            counter.add(batch.labels[j], ds.bias[i] as u32, ok, losses[j]);
-        }
-    }
-    Ok((counter.finish(), correct))
+    crate::metrics::evaluate_with(ds, batch_size, |images| {
+        let s = images.shape().to_vec();
+        gm.logits(images.data(), (s[1], s[2], s[3]))
+    })
 }
 
 fn model_for(config: &TrainConfig, splits: &Splits) -> Result<ModelConfig> {
