@@ -126,11 +126,11 @@ __device__ __forceinline__ unsigned topk_block_scan(unsigned v, unsigned* scratc
   return (warp ? scratch[warp - 1] : 0u) + x - v;
 }
 
-// Zeroes mark and csc_cnt, initialises both select slots (remaining rank k).
-KERNEL(topk_clear_u32, TopkParams) {
+// Zeroes mark and csc_cnt, initialises both select slots (remaining rank k). Block bx of gx.
+__device__ __forceinline__ void topk_clear_body(const TopkParams& p, unsigned bx, unsigned gx) {
   const unsigned ncells = p.nchunks * p.cols;
-  const unsigned stride = gridDim.x * blockDim.x;
-  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < p.size || i < ncells || i < 2u * TOPK_SLOT;
+  const unsigned stride = gx * blockDim.x;
+  for (unsigned i = bx * blockDim.x + threadIdx.x; i < p.size || i < ncells || i < 2u * TOPK_SLOT;
        i += stride) {
     if (i < p.size) p.mark[i] = 0u;
     if (i < ncells) p.csc_cnt[i] = 0u;
@@ -138,21 +138,22 @@ KERNEL(topk_clear_u32, TopkParams) {
   }
 }
 
+KERNEL(topk_clear_u32, TopkParams) { topk_clear_body(p, blockIdx.x, gridDim.x); }
+
 // One radix-select pass of slot p.slot over the digit (p.word, p.shift, p.digit_bits).
-// blockDim.x = 256.
-KERNEL(topk_hist_f32, TopkParams) {
+// blockDim.x = 256; block bx of the gx the pass runs on. sh, scratch, last: shared memory.
+__device__ __forceinline__ void topk_hist_body(const TopkParams& p, unsigned bx, unsigned gx, unsigned* sh,
+                                               unsigned* scratch, unsigned* last_flag) {
   unsigned* s = p.state + p.slot * TOPK_SLOT;
   unsigned* hist = s + TOPK_HIST;
   if (s[5]) return;  // done: the selection is already exact
-  __shared__ unsigned sh[TOPK_BINS];
-  __shared__ unsigned scratch[32];
-  __shared__ unsigned last;
+  unsigned& last = *last_flag;
   const unsigned ph = s[0], pl = s[1], mh = s[2], ml = s[3];
   const unsigned dmask = (1u << p.digit_bits) - 1u;
   for (unsigned b = threadIdx.x; b < TOPK_BINS; b += TOPK_THREADS) sh[b] = 0u;
   __syncthreads();
   const unsigned n = p.slot == 0 ? p.nnz : p.size;
-  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+  for (unsigned i = bx * blockDim.x + threadIdx.x; i < n; i += gx * blockDim.x) {
     unsigned hi;
     if (p.slot == 0) {
       hi = topk_abs_bits(p.values[i]);
@@ -167,7 +168,7 @@ KERNEL(topk_hist_f32, TopkParams) {
     if (sh[b]) atomicAdd(&hist[b], sh[b]);
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&s[6], 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) last = atomicAdd(&s[6], 1u) == gx - 1;
   __syncthreads();
   if (!last) return;
   // The last block: every other block's histogram is in. Thread t owns bins 8t..8t+7; pick the
@@ -198,9 +199,16 @@ KERNEL(topk_hist_f32, TopkParams) {
   if (threadIdx.x == 0) s[6] = 0u;
 }
 
+KERNEL(topk_hist_f32, TopkParams) {
+  __shared__ unsigned sh[TOPK_BINS];
+  __shared__ unsigned scratch[32];
+  __shared__ unsigned last;
+  topk_hist_body(p, blockIdx.x, gridDim.x, sh, scratch, &last);
+}
+
 // Copies values and momentum aside and marks every kept weight: mark[pos] = e + 1.
-KERNEL(topk_prune_f32, TopkParams) {
-  const unsigned e = blockIdx.x * blockDim.x + threadIdx.x;
+__device__ __forceinline__ void topk_prune_body(const TopkParams& p, unsigned bx) {
+  const unsigned e = bx * blockDim.x + threadIdx.x;
   if (e >= p.nnz) return;
   const float v = p.values[e];
   p.old_values[e] = v;
@@ -208,12 +216,13 @@ KERNEL(topk_prune_f32, TopkParams) {
   if (!topk_selected(p.state, topk_abs_bits(v), e)) p.mark[p.positions[e]] = e + 1u;
 }
 
+KERNEL(topk_prune_f32, TopkParams) { topk_prune_body(p, blockIdx.x); }
+
 // Marks the regrown positions (TOPK_GROWN), counts the actives of each tile (tile_cnt) and of
 // each CSC cell (csc_cnt, global atomics). One block per tile of TOPK_TILE positions.
-KERNEL(topk_grow_f32, TopkParams) {
-  __shared__ unsigned scratch[32];
+__device__ __forceinline__ void topk_grow_body(const TopkParams& p, unsigned bx, unsigned* scratch) {
   const unsigned* s = p.state + TOPK_SLOT;
-  const unsigned base = blockIdx.x * TOPK_TILE;
+  const unsigned base = bx * TOPK_TILE;
   unsigned count = 0u;
   for (unsigned it = 0; it < TOPK_ITEMS; ++it) {
     const unsigned q = base + it * TOPK_THREADS + threadIdx.x;
@@ -234,13 +243,18 @@ KERNEL(topk_grow_f32, TopkParams) {
     topk_block_scan(active, scratch, &t);
     count += t;
   }
-  if (threadIdx.x == 0) p.tile_cnt[blockIdx.x] = count;
+  if (threadIdx.x == 0) p.tile_cnt[bx] = count;
+}
+
+KERNEL(topk_grow_f32, TopkParams) {
+  __shared__ unsigned scratch[32];
+  topk_grow_body(p, blockIdx.x, scratch);
 }
 
 // Per column: exclusive scan of its cells' counts over the chunks (in place); col_ptr[c] = the
 // column's total (scanned over columns by topk_scan_u32).
-KERNEL(topk_colscan_u32, TopkParams) {
-  const unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
+__device__ __forceinline__ void topk_colscan_body(const TopkParams& p, unsigned bx) {
+  const unsigned c = bx * blockDim.x + threadIdx.x;
   if (c >= p.cols) return;
   unsigned run = 0u;
   for (unsigned ch = 0; ch < p.nchunks; ++ch) {
@@ -250,6 +264,8 @@ KERNEL(topk_colscan_u32, TopkParams) {
   }
   p.col_ptr[c] = run;
 }
+
+KERNEL(topk_colscan_u32, TopkParams) { topk_colscan_body(p, blockIdx.x); }
 
 // In-place exclusive scan of a[0..m] by one block; a[m] = the total.
 __device__ __forceinline__ void topk_scan_array(unsigned* a, unsigned m, unsigned* scratch) {
@@ -266,18 +282,21 @@ __device__ __forceinline__ void topk_scan_array(unsigned* a, unsigned m, unsigne
 }
 
 // One block of TOPK_SCAN_THREADS: scans tile_cnt (ntiles) and col_ptr (cols), each in place.
-KERNEL(topk_scan_u32, TopkParams) {
-  __shared__ unsigned scratch[32];
+__device__ __forceinline__ void topk_scan_body(const TopkParams& p, unsigned* scratch) {
   topk_scan_array(p.tile_cnt, p.ntiles, scratch);
   topk_scan_array(p.col_ptr, p.cols, scratch);
 }
 
+KERNEL(topk_scan_u32, TopkParams) {
+  __shared__ unsigned scratch[32];
+  topk_scan_body(p, scratch);
+}
+
 // Stable compaction of the active positions: new positions, values (kept: copied; regrown: 0),
 // momentum (likewise), col_idx, row_ptr; mark[q] becomes the new entry index + 1.
-KERNEL(topk_compact_f32, TopkParams) {
-  __shared__ unsigned scratch[32];
-  const unsigned base = blockIdx.x * TOPK_TILE;
-  unsigned carry = p.tile_cnt[blockIdx.x];
+__device__ __forceinline__ void topk_compact_body(const TopkParams& p, unsigned bx, unsigned* scratch) {
+  const unsigned base = bx * TOPK_TILE;
+  unsigned carry = p.tile_cnt[bx];
   for (unsigned it = 0; it < TOPK_ITEMS; ++it) {
     const unsigned q = base + it * TOPK_THREADS + threadIdx.x;
     const unsigned m = q < p.size ? p.mark[q] : 0u;
@@ -295,15 +314,20 @@ KERNEL(topk_compact_f32, TopkParams) {
       p.mark[q] = j + 1u;
     }
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) p.row_ptr[p.rows] = p.tile_cnt[p.ntiles];
+  if (bx == 0 && threadIdx.x == 0) p.row_ptr[p.rows] = p.tile_cnt[p.ntiles];
+}
+
+KERNEL(topk_compact_f32, TopkParams) {
+  __shared__ unsigned scratch[32];
+  topk_compact_body(p, blockIdx.x, scratch);
 }
 
 // CSC: one thread per (column, chunk of rows) walks its rows in order and writes csc_row /
 // csc_pos from col_ptr[c] + the cell's offset within the column.
-KERNEL(topk_csc_scatter_u32, TopkParams) {
-  const unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
+__device__ __forceinline__ void topk_csc_scatter_body(const TopkParams& p, unsigned bx, unsigned by) {
+  const unsigned c = bx * blockDim.x + threadIdx.x;
   if (c >= p.cols) return;
-  const unsigned ch = blockIdx.y;
+  const unsigned ch = by;
   unsigned k = p.col_ptr[c] + p.csc_cnt[ch * p.cols + c];
   const unsigned r0 = ch * p.rows_per_chunk;
   const unsigned r1 = min(p.rows, r0 + p.rows_per_chunk);
@@ -315,4 +339,148 @@ KERNEL(topk_csc_scatter_u32, TopkParams) {
       ++k;
     }
   }
+}
+
+KERNEL(topk_csc_scatter_u32, TopkParams) {
+  topk_csc_scatter_body(p, blockIdx.x, blockIdx.y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched update: many layers per launch. The same bodies as above, each block first finding
+// its layer and its block index within that layer. Every layer has a full TopkParams record in
+// a device table (addresses of its buffers and of its own slices of one shared workspace);
+// the pass fields of the records are unused (the hist pass derives them per layer).
+//
+// Flattened launches (clear, prune, colscan, grow/compact, csc_scatter): grid.x = the sum over
+// layers of the layer's block count of the per-layer launch; starts[kind·(nlayers+1) + l] = the
+// first block of layer l (prefix sums, starts[...+ nlayers] = the total), kinds below. A block
+// finds its layer by a binary search over the prefix sums.
+// Histogram passes: grid (TOPK_MAX_HIST_BLOCKS or fewer, nlayers); layer = blockIdx.y; a layer
+// uses the blocks its per-layer pass would (the others return at once). Pass j < 3 is the
+// magnitude digit j of every layer; pass 3 + i is index digit i of each layer's own index width,
+// and a layer whose index has fewer digits returns (it is done by then: the keys are unique).
+// The scan runs one block per layer (grid.x = nlayers).
+//
+// Launch sequence (host wrapper `update_layers`; layers with k = 0 are left out of the table):
+//   topk_clear_batched_u32, topk_hist_batched_f32 ×(3 + most index digits of nnz),
+//   topk_prune_batched_f32, topk_hist_batched_f32 ×(3 + most index digits of size),
+//   topk_grow_batched_f32, topk_colscan_batched_u32, topk_scan_batched_u32,
+//   topk_compact_batched_f32, topk_csc_scatter_batched_u32.
+// CPU twins: the same names in src/device/cpu/twin/topk.rs (each runs the per-layer twin on
+// every layer of the table).
+
+#define TOPK_KIND_CLEAR 0u
+#define TOPK_KIND_PRUNE 1u
+#define TOPK_KIND_TILES 2u
+#define TOPK_KIND_COLS 3u
+#define TOPK_KIND_SCATTER 4u
+#define TOPK_HIST_ITEMS 16u
+#define TOPK_MAX_HIST_BLOCKS 264u
+
+// Mirrors `TopkBatchParams` in src/device/gpu/kernels/topk.rs.
+struct TopkBatchParams {
+  const TopkParams* table;  // TopkParams[nlayers]
+  const unsigned* starts;   // u32[5·(nlayers+1)]: block prefix sums per kind
+  unsigned nlayers;
+  unsigned slot;  // topk_hist_batched_f32: 0 prune, 1 grow
+  unsigned pass;  // topk_hist_batched_f32: digit pass (0..2 magnitude, 3.. index)
+  unsigned pad;
+};
+
+static_assert(sizeof(TopkBatchParams) == 32, "TopkBatchParams");
+
+// The layer of flattened block b of `kind`, and b's index within the layer (*local).
+__device__ __forceinline__ unsigned topk_find_layer(const TopkBatchParams& p, unsigned kind, unsigned b,
+                                                    unsigned* local) {
+  const unsigned* st = p.starts + kind * (p.nlayers + 1u);
+  unsigned lo = 0u, hi = p.nlayers - 1u;
+  while (lo < hi) {
+    const unsigned mid = (lo + hi + 1u) >> 1;
+    if (st[mid] <= b)
+      lo = mid;
+    else
+      hi = mid - 1u;
+  }
+  *local = b - st[lo];
+  return lo;
+}
+
+// Blocks of layer l's kind (the per-layer launch's grid.x, or grid.x·grid.y for the scatter).
+__device__ __forceinline__ unsigned topk_layer_blocks(const TopkBatchParams& p, unsigned kind, unsigned l) {
+  const unsigned* st = p.starts + kind * (p.nlayers + 1u);
+  return st[l + 1u] - st[l];
+}
+
+KERNEL(topk_clear_batched_u32, TopkBatchParams) {
+  unsigned b;
+  const unsigned l = topk_find_layer(p, TOPK_KIND_CLEAR, blockIdx.x, &b);
+  topk_clear_body(p.table[l], b, topk_layer_blocks(p, TOPK_KIND_CLEAR, l));
+}
+
+KERNEL(topk_hist_batched_f32, TopkBatchParams) {
+  __shared__ unsigned sh[TOPK_BINS];
+  __shared__ unsigned scratch[32];
+  __shared__ unsigned last;
+  TopkParams q = p.table[blockIdx.y];
+  const unsigned n = p.slot == 0u ? q.nnz : q.size;
+  const unsigned need = n / (TOPK_HIST_ITEMS * TOPK_THREADS) + (n % (TOPK_HIST_ITEMS * TOPK_THREADS) != 0u);
+  const unsigned blocks = min(max(need, 1u), TOPK_MAX_HIST_BLOCKS);
+  if (blockIdx.x >= blocks) return;
+  // This layer's digit of pass p.pass: digit i (most significant first, ≤ 11 bits) of a key of
+  // `bits` significant bits.
+  unsigned bits = 32u, i = p.pass, word = 0u;
+  if (p.pass >= 3u) {
+    word = 1u;
+    i = p.pass - 3u;
+    bits = 0u;
+    while (bits < 32u && ((n - 1u) >> bits) != 0u && n > 1u) ++bits;
+  }
+  if (11u * i >= bits) return;  // no such digit: the layer's selection is already done
+  const unsigned width = min(11u, bits - 11u * i);
+  q.slot = p.slot;
+  q.word = word;
+  q.digit_bits = width;
+  q.shift = bits - 11u * i - width;
+  topk_hist_body(q, blockIdx.x, blocks, sh, scratch, &last);
+}
+
+KERNEL(topk_prune_batched_f32, TopkBatchParams) {
+  unsigned b;
+  const unsigned l = topk_find_layer(p, TOPK_KIND_PRUNE, blockIdx.x, &b);
+  topk_prune_body(p.table[l], b);
+}
+
+KERNEL(topk_grow_batched_f32, TopkBatchParams) {
+  __shared__ unsigned scratch[32];
+  unsigned b;
+  const unsigned l = topk_find_layer(p, TOPK_KIND_TILES, blockIdx.x, &b);
+  topk_grow_body(p.table[l], b, scratch);
+}
+
+KERNEL(topk_colscan_batched_u32, TopkBatchParams) {
+  unsigned b;
+  const unsigned l = topk_find_layer(p, TOPK_KIND_COLS, blockIdx.x, &b);
+  topk_colscan_body(p.table[l], b);
+}
+
+// One block of TOPK_SCAN_THREADS per layer.
+KERNEL(topk_scan_batched_u32, TopkBatchParams) {
+  __shared__ unsigned scratch[32];
+  topk_scan_body(p.table[blockIdx.x], scratch);
+}
+
+KERNEL(topk_compact_batched_f32, TopkBatchParams) {
+  __shared__ unsigned scratch[32];
+  unsigned b;
+  const unsigned l = topk_find_layer(p, TOPK_KIND_TILES, blockIdx.x, &b);
+  topk_compact_body(p.table[l], b, scratch);
+}
+
+// A layer's blocks are its per-layer grid (⌈cols/256⌉, nchunks) flattened x-fastest.
+KERNEL(topk_csc_scatter_batched_u32, TopkBatchParams) {
+  unsigned b;
+  const unsigned l = topk_find_layer(p, TOPK_KIND_SCATTER, blockIdx.x, &b);
+  const TopkParams& q = p.table[l];
+  const unsigned cb = (q.cols + TOPK_THREADS - 1u) / TOPK_THREADS;
+  topk_csc_scatter_body(q, b % cb, b / cb);
 }

@@ -8,7 +8,8 @@
 //! - the fused cross-entropy's bandwidth against a plain copy kernel's (`elementwise_scale_f32`)
 //!   over the same number of logits;
 //! - one topology update (prune and regrow) of every masked weight of ResNet-18 (11 M weights,
-//!   ERK density 0.05) with the device kernels;
+//!   ERK density 0.05) with the device kernels, one layer at a time and batched (every layer's
+//!   pass in one launch), with each path's launch count;
 //! - training-step images/s of both models through `GpuModel` at densities 1, 0.05 and 0.01.
 //!
 //! Timing: one warm-up call (it also compiles the kernel files with NVRTC), then `--reps`
@@ -252,7 +253,15 @@ pub struct TopoRow {
     /// Fraction of each layer's active weights pruned and regrown.
     pub death_rate: f64,
     pub pruned: usize,
+    /// One layer at a time (`topk::update_layer`, 14–20 launches per layer).
     pub ms: f64,
+    /// Every layer at once (`topk::update_layers`, each pass launched once; what `GpuModel`
+    /// runs).
+    pub batched_ms: f64,
+    /// Kernel launches of one update: one layer at a time, and batched (which also copies its
+    /// layer table to the device once).
+    pub launches: usize,
+    pub batched_launches: usize,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -643,13 +652,43 @@ fn topo_section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopoRow> {
         pruned += prune_count(death_rate, nnz);
     }
     let mut ws = ws.context("a model without masked weights")?;
+    let ks: Vec<usize> = layers
+        .iter()
+        .map(|l| prune_count(death_rate, l.nnz))
+        .collect();
     let secs = timer.time(|| {
-        for (layer, score) in layers.iter_mut().zip(&scores) {
-            let k = prune_count(death_rate, layer.nnz);
+        for ((layer, score), &k) in layers.iter_mut().zip(&scores).zip(&ks) {
             topk::update_layer(gpu, layer, &mut ws, k, score)?;
         }
         Ok(())
     })?;
+    let mut bws = topk::TopkBatchWorkspace::new(gpu, &topk::BatchLayout::new(&[]))?;
+    let batched_secs = timer.time(|| {
+        let items: Vec<topk::BatchItem> = layers
+            .iter()
+            .zip(&scores)
+            .zip(&ks)
+            .map(|((l, s), &k)| topk::BatchItem {
+                layer: l.refs(),
+                score: s,
+                k_prune: k,
+            })
+            .collect();
+        topk::update_layers(gpu, &items, &mut bws)
+    })?;
+    // Launch counts, from the plans the two paths run.
+    let mut recs = Vec::new();
+    let mut launches = 0;
+    for (l, &k) in layers.iter().zip(&ks) {
+        let g = topk::Geometry::new(l.rows, l.cols, l.nnz)?;
+        if k > 0 {
+            launches += topk::plan(&g, k, topk::TopkParams::default()).len();
+            recs.push((g, k, topk::TopkParams::default()));
+        }
+    }
+    let batched_launches = topk::plan_batched(&recs, &topk::TopkParams::default(), 0, 0)
+        .steps
+        .len();
     println!(
         "\n== topology update on the device: ResNet-18 width {}, {} layers, {} weights, ERK \
          density {} ({} active), death rate {death_rate} ({} pruned and regrown) ==",
@@ -660,7 +699,16 @@ fn topo_section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopoRow> {
         nnz_total,
         pruned
     );
-    println!("  {:.3} ms per update of every layer", secs * 1e3);
+    println!(
+        "  one layer at a time: {:.3} ms per update of every layer ({launches} launches)",
+        secs * 1e3
+    );
+    println!(
+        "  batched:             {:.3} ms per update of every layer ({batched_launches} launches \
+         and one table copy), {:.1}× faster",
+        batched_secs * 1e3,
+        secs / batched_secs.max(1e-12)
+    );
     Ok(TopoRow {
         model: format!("resnet18 width {}", plan.width),
         layers: layers.len(),
@@ -670,6 +718,9 @@ fn topo_section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopoRow> {
         death_rate,
         pruned,
         ms: secs * 1e3,
+        batched_ms: batched_secs * 1e3,
+        launches,
+        batched_launches,
     })
 }
 

@@ -51,6 +51,16 @@ fn quick_gpu_bench_on_the_emulator_writes_every_section() {
 
     let topo = &v["topology_update"];
     assert!(topo["ms"].as_f64().unwrap() > 0.0);
+    assert!(topo["batched_ms"].as_f64().unwrap() > 0.0);
+    // Batched: each pass launched once for all layers, not once per layer.
+    let (per, batched) = (
+        topo["launches"].as_u64().unwrap(),
+        topo["batched_launches"].as_u64().unwrap(),
+    );
+    assert!(
+        batched > 0 && batched <= 20 && per >= 14 * 21,
+        "{per} vs {batched}"
+    );
     assert_eq!(topo["layers"], 21, "20 convolutions and the linear layer");
     assert!(topo["pruned"].as_u64().unwrap() > 0);
 

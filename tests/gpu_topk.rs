@@ -8,7 +8,9 @@
 //! each update.
 
 use rest::device::cpu::twin::topk::{self as twin, HostTopk};
-use rest::device::gpu::kernels::topk::{self, Geometry, SparseLayerBufs, TopkWorkspace};
+use rest::device::gpu::kernels::topk::{
+    self, BatchItem, BatchLayout, Geometry, SparseLayerBufs, TopkBatchWorkspace, TopkWorkspace,
+};
 use rest::device::gpu::{Buf, Gpu};
 use rest::rng::Rng;
 use rest::sparse::csr::SparseWeight;
@@ -335,4 +337,286 @@ fn bad_arguments_are_errors() {
     let err = topk::update_layer(&gpu, &mut layer, &mut ws, 1, &short).unwrap_err();
     assert!(err.to_string().contains("score"), "{err}");
     assert!(SparseLayerBufs::upload(&gpu, &w, &m[1..]).is_err());
+}
+
+/// Layer `i`'s slice of a batched workspace, with the layer, as a host mirror.
+fn download_batched(
+    gpu: &Gpu,
+    layer: &SparseLayerBufs,
+    ws: &TopkBatchWorkspace,
+    slice: &topk::BatchSlice,
+    score: &Buf,
+) -> HostTopk {
+    let g = Geometry::new(layer.rows, layer.cols, layer.nnz).unwrap();
+    let h = layer.download(gpu).unwrap();
+    let u32s = |b: &Buf, at: usize, n: usize| gpu.read::<u32>(b).unwrap()[at..at + n].to_vec();
+    let f32s = |b: &Buf, at: usize, n: usize| gpu.read::<f32>(b).unwrap()[at..at + n].to_vec();
+    HostTopk {
+        rows: layer.rows,
+        cols: layer.cols,
+        positions: h.positions,
+        values: h.weight.values,
+        momentum: h.momentum,
+        row_ptr: h.weight.row_ptr,
+        col_idx: h.weight.col_idx,
+        col_ptr: h.weight.col_ptr,
+        csc_row: h.weight.csc_row,
+        csc_pos: h.weight.csc_pos,
+        score: f32s(score, 0, g.size),
+        mark: u32s(&ws.mark, slice.mark, g.size),
+        old_values: f32s(&ws.old_values, slice.old, g.nnz),
+        old_momentum: f32s(&ws.old_momentum, slice.old, g.nnz),
+        state: u32s(&ws.state, slice.state, 2 * topk::SLOT),
+        tile_cnt: u32s(&ws.tile_cnt, slice.tile, g.ntiles + 1),
+        csc_cnt: u32s(&ws.csc_cnt, slice.csc, g.ncells()),
+    }
+}
+
+/// A host mirror with its workspace poisoned as the device's is before an update.
+fn poisoned_host(w: &SparseWeight, momentum: &[f32], score: &[f32]) -> HostTopk {
+    let mut host = HostTopk::new(w, momentum, score);
+    host.mark.fill(u32::MAX);
+    host.old_values.fill(f32::from_bits(u32::MAX));
+    host.old_momentum.fill(f32::from_bits(u32::MAX));
+    host.state.fill(u32::MAX);
+    host.tile_cnt.fill(u32::MAX);
+    host.csc_cnt.fill(u32::MAX);
+    host
+}
+
+/// Layer buffers (not the workspace) equal, bit for bit.
+fn assert_same_layer(a: &HostTopk, b: &HostTopk, what: &str) {
+    assert_eq!(a.positions, b.positions, "{what}: positions");
+    assert_eq!(bits(&a.values), bits(&b.values), "{what}: values");
+    assert_eq!(bits(&a.momentum), bits(&b.momentum), "{what}: momentum");
+    assert_eq!(a.row_ptr, b.row_ptr, "{what}: row_ptr");
+    assert_eq!(a.col_idx, b.col_idx, "{what}: col_idx");
+    assert_eq!(a.col_ptr, b.col_ptr, "{what}: col_ptr");
+    assert_eq!(a.csc_row, b.csc_row, "{what}: csc_row");
+    assert_eq!(a.csc_pos, b.csc_pos, "{what}: csc_pos");
+}
+
+/// The batched update of several layers against (a) the per-layer device path, (b) the twins of
+/// the batched kernels and the per-layer twins (every buffer; each layer's workspace slice equals
+/// the workspace of its own per-layer update), (c) the CPU engine.
+#[test]
+fn batched_update_matches_per_layer_twins_and_cpu_engine() {
+    // (rows, cols, density, rate, seed): shapes, densities and k all differ; index digit counts
+    // differ across layers (0 for the 1×1 layer, 1 for small ones, 2 for the larger ones); one
+    // layer has k = 0; the "ties" layer has > 2048 tied weights and tied scores (every index
+    // digit pass does work); 40×1030 has more than 1024 columns and several row chunks.
+    let cases: &[(usize, usize, f64, f64, u64)] = &[
+        (16, 75, 0.3, 0.3, 61),
+        (60, 100, 0.5, 0.7001, 0), // ties (built below), k = 2101: odd, so the last index
+        // digit (1 bit of 12) is needed too
+        (7, 3, 0.5, 0.2, 62),
+        (20, 30, 0.2, 0.0, 63), // k = 0
+        (1, 1, 1.0, 1.0, 64),
+        (64, 576, 0.1, 0.05, 65),
+        (40, 1030, 0.1, 0.5, 66),
+    ];
+    let gpu = Gpu::emu();
+    let mut inputs = Vec::new();
+    for &(rows, cols, density, rate, seed) in cases {
+        let (mut w, m, mut s) = random_case(rows, cols, density, seed);
+        if seed == 0 {
+            w = SparseWeight::from_positions(rows, cols, &w.positions(), vec![-0.5; w.nnz()]);
+            s = vec![1.0; rows * cols];
+        }
+        let k = prune_count(rate, w.nnz());
+        inputs.push((w, m, s, k, format!("{rows}x{cols} d{density} r{rate}")));
+    }
+    assert_eq!(inputs[3].3, 0, "one layer has k = 0");
+
+    // (a) The per-layer device path.
+    let mut per_ws = TopkWorkspace::new(&gpu, &Geometry::new(1, 1, 0).unwrap()).unwrap();
+    let per: Vec<HostTopk> = inputs
+        .iter()
+        .map(|(w, m, s, k, _)| {
+            let mut layer = SparseLayerBufs::upload(&gpu, w, m).unwrap();
+            let sb = gpu.upload(s).unwrap();
+            topk::update_layer(&gpu, &mut layer, &mut per_ws, *k, &sb).unwrap();
+            download(&gpu, &layer, &per_ws, &sb)
+        })
+        .collect();
+
+    // The batched device path, everything it rewrites poisoned first.
+    let mut layers: Vec<SparseLayerBufs> = inputs
+        .iter()
+        .map(|(w, m, ..)| SparseLayerBufs::upload(&gpu, w, m).unwrap())
+        .collect();
+    let scores: Vec<Buf> = inputs.iter().map(|i| gpu.upload(&i.2).unwrap()).collect();
+    let active: Vec<usize> = (0..inputs.len()).filter(|&i| inputs[i].3 > 0).collect();
+    let geoms: Vec<Geometry> = active
+        .iter()
+        .map(|&i| Geometry::new(layers[i].rows, layers[i].cols, layers[i].nnz).unwrap())
+        .collect();
+    let layout = BatchLayout::new(&geoms);
+    let mut ws = TopkBatchWorkspace::new(&gpu, &layout).unwrap();
+    for b in [
+        &mut ws.mark,
+        &mut ws.old_values,
+        &mut ws.old_momentum,
+        &mut ws.state,
+        &mut ws.tile_cnt,
+        &mut ws.csc_cnt,
+    ] {
+        gpu.fill_bytes(b, 0xFF).unwrap();
+    }
+    for &i in &active {
+        let l = &mut layers[i];
+        for b in [
+            &mut l.row_ptr,
+            &mut l.col_idx,
+            &mut l.col_ptr,
+            &mut l.csc_row,
+            &mut l.csc_pos,
+        ] {
+            gpu.fill_bytes(b, 0xFF).unwrap();
+        }
+    }
+    let items: Vec<BatchItem> = layers
+        .iter()
+        .zip(&scores)
+        .zip(&inputs)
+        .map(|((l, s), i)| BatchItem {
+            layer: l.refs(),
+            score: s,
+            k_prune: i.3,
+        })
+        .collect();
+    topk::update_layers(&gpu, &items, &mut ws).unwrap();
+
+    // (b) The batched twins, from poisoned workspaces.
+    let mut hosts: Vec<HostTopk> = inputs
+        .iter()
+        .map(|(w, m, s, ..)| poisoned_host(w, m, s))
+        .collect();
+    let mut pairs: Vec<(&mut HostTopk, usize)> = hosts
+        .iter_mut()
+        .zip(&inputs)
+        .map(|(h, i)| (h, i.3))
+        .collect();
+    twin::update_layers(&mut pairs);
+
+    let mut slot = 0;
+    for (i, (w, m, s, k, what)) in inputs.iter().enumerate() {
+        let what = format!("batched {what}");
+        let dev = if *k > 0 {
+            let d = download_batched(&gpu, &layers[i], &ws, &layout.slices[slot], &scores[i]);
+            slot += 1;
+            // Every buffer, the layer's workspace slice included, as the per-layer twins give.
+            let mut single = poisoned_host(w, m, s);
+            twin::update_layer(&mut single, *k);
+            assert_same(&d, &single, &format!("{what} vs per-layer twins"));
+            assert_same(&d, &hosts[i], &format!("{what} vs batched twins"));
+            d
+        } else {
+            let d = download(&gpu, &layers[i], &per_ws, &scores[i]);
+            assert_eq!(d.positions, w.positions(), "{what}: untouched");
+            assert_eq!(d.row_ptr, w.row_ptr, "{what}: untouched");
+            assert_eq!(d.csc_pos, w.csc_pos, "{what}: untouched");
+            assert_eq!(bits(&d.values), bits(&w.values), "{what}: untouched");
+            assert_eq!(bits(&d.momentum), bits(m), "{what}: untouched");
+            d
+        };
+        // (a) The per-layer device path.
+        assert_same_layer(&dev, &per[i], &format!("{what} vs per-layer device"));
+        // (c) The CPU engine.
+        let mut cpu = w.clone();
+        let mut mom = m.clone();
+        let rate = cases[i].3;
+        update_layer(
+            &mut cpu,
+            rate,
+            PruneRule::Magnitude,
+            GrowRule::Gradient,
+            s,
+            &mut [&mut mom],
+            &mut Rng::new(0),
+        );
+        let want = HostTopk::new(&cpu, &mom, s);
+        assert_same_layer(&dev, &want, &format!("{what} vs CPU engine"));
+    }
+}
+
+#[test]
+fn batched_updates_repeat_with_one_workspace() {
+    // Two layers, three updates each with fresh gradients and changed values, through one
+    // workspace (which starts too small and grows), against the CPU engine.
+    let gpu = Gpu::emu();
+    let mut ws = TopkBatchWorkspace::new(&gpu, &BatchLayout::new(&[])).unwrap();
+    let mut rng = Rng::new(71);
+    let shapes = [(16usize, 75usize, 0.3f64, 72u64), (30, 200, 0.1, 73)];
+    let mut layers = Vec::new();
+    let mut cpus = Vec::new();
+    for &(rows, cols, density, seed) in &shapes {
+        let (w, m, _) = random_case(rows, cols, density, seed);
+        layers.push(SparseLayerBufs::upload(&gpu, &w, &m).unwrap());
+        cpus.push((w, m));
+    }
+    for step in 0..3 {
+        let grads: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(r, c, ..)| normal_vec(r * c, &mut rng))
+            .collect();
+        let gbufs: Vec<Buf> = grads.iter().map(|g| gpu.upload(g).unwrap()).collect();
+        let items: Vec<BatchItem> = layers
+            .iter()
+            .zip(&gbufs)
+            .map(|(l, g)| BatchItem {
+                layer: l.refs(),
+                score: g,
+                k_prune: prune_count(0.3, l.nnz),
+            })
+            .collect();
+        topk::update_layers(&gpu, &items, &mut ws).unwrap();
+        for ((layer, (cpu, mom)), grad) in layers.iter_mut().zip(&mut cpus).zip(&grads) {
+            update_layer(
+                cpu,
+                0.3,
+                PruneRule::Magnitude,
+                GrowRule::Gradient,
+                grad,
+                &mut [mom],
+                &mut Rng::new(0),
+            );
+            let dev = layer.download(&gpu).unwrap();
+            let what = format!("{}x{} step {step}", layer.rows, layer.cols);
+            assert_eq!(dev.weight, *cpu, "{what}");
+            assert_eq!(dev.positions, cpu.positions(), "{what}");
+            assert_eq!(bits(&dev.momentum), bits(mom), "{what}");
+            let vals: Vec<f32> = dev
+                .weight
+                .values
+                .iter()
+                .map(|v| v + 0.01 * rng.normal())
+                .collect();
+            gpu.write(&mut layer.values, &vals).unwrap();
+            cpu.values = vals;
+        }
+    }
+}
+
+#[test]
+fn batched_bad_arguments_are_errors_and_no_work_is_fine() {
+    let gpu = Gpu::emu();
+    let (w, m, s) = random_case(8, 9, 0.5, 81);
+    let layer = SparseLayerBufs::upload(&gpu, &w, &m).unwrap();
+    let score = gpu.upload(&s).unwrap();
+    let short = gpu.upload(&s[..10]).unwrap();
+    let mut ws = TopkBatchWorkspace::new(&gpu, &BatchLayout::new(&[])).unwrap();
+    let item = |k, score| BatchItem {
+        layer: layer.refs(),
+        score,
+        k_prune: k,
+    };
+    let err = topk::update_layers(&gpu, &[item(w.nnz() + 1, &score)], &mut ws).unwrap_err();
+    assert!(err.to_string().contains("cannot prune"), "{err}");
+    let err = topk::update_layers(&gpu, &[item(1, &short)], &mut ws).unwrap_err();
+    assert!(err.to_string().contains("score"), "{err}");
+    // Nothing to do: no layers, or only k = 0.
+    topk::update_layers(&gpu, &[], &mut ws).unwrap();
+    topk::update_layers(&gpu, &[item(0, &score)], &mut ws).unwrap();
+    assert_eq!(layer.download(&gpu).unwrap().weight, w);
 }

@@ -16,6 +16,7 @@
 //! - global average pool forward: rel 1e-5, abs 1e-6;
 //! - topology update (topk): exact, every buffer, workspace included. Each launch of the update's
 //!   plan is checked on its own: the twin starts from the device's state just before that launch.
+//!   The batched update likewise, on three layers at once (each layer's workspace slice).
 
 use super::kernels::{conv, elementwise as ew, norm, optim, pool, topk, xent};
 use super::{Buf, Gpu, KernelDef, LaunchCfg};
@@ -211,6 +212,7 @@ pub fn run(gpu: &Gpu, seed: u64) -> Result<Vec<CheckRow>> {
     cross_entropy(&mut c).context("checking the cross-entropy kernels")?;
     convolutions(&mut c).context("checking the convolution kernels")?;
     topology(&mut c).context("checking the topology-update kernels")?;
+    topology_batched(&mut c).context("checking the batched topology-update kernels")?;
     Ok(c.rows)
 }
 
@@ -971,6 +973,141 @@ fn topology(c: &mut Checker) -> Result<()> {
             };
             c.row(kd, sh, EXACT.into(), &r);
         }
+    }
+    Ok(())
+}
+
+/// One layer and its slice of a batched workspace, as the twins' host mirror.
+fn download_topk_slice(
+    c: &Checker,
+    layer: &topk::SparseLayerBufs,
+    ws: &topk::TopkBatchWorkspace,
+    sl: &topk::BatchSlice,
+    score: &Buf,
+) -> Result<twin::topk::HostTopk> {
+    let g = topk::Geometry::new(layer.rows, layer.cols, layer.nnz)?;
+    let u = |b: &Buf, at: usize, n: usize| -> Result<Vec<u32>> {
+        Ok(c.read_u32(b, at + n)?[at..].to_vec())
+    };
+    let f = |b: &Buf, at: usize, n: usize| -> Result<Vec<f32>> {
+        Ok(c.read(b, at + n)?[at..].to_vec())
+    };
+    Ok(twin::topk::HostTopk {
+        rows: layer.rows,
+        cols: layer.cols,
+        positions: u(&layer.positions, 0, g.nnz)?,
+        values: f(&layer.values, 0, g.nnz)?,
+        momentum: f(&layer.momentum, 0, g.nnz)?,
+        row_ptr: u(&layer.row_ptr, 0, g.rows + 1)?,
+        col_idx: u(&layer.col_idx, 0, g.nnz)?,
+        col_ptr: u(&layer.col_ptr, 0, g.cols + 1)?,
+        csc_row: u(&layer.csc_row, 0, g.nnz)?,
+        csc_pos: u(&layer.csc_pos, 0, g.nnz)?,
+        score: f(score, 0, g.size)?,
+        mark: u(&ws.mark, sl.mark, g.size)?,
+        old_values: f(&ws.old_values, sl.old, g.nnz)?,
+        old_momentum: f(&ws.old_momentum, sl.old, g.nnz)?,
+        state: u(&ws.state, sl.state, 2 * topk::SLOT)?,
+        tile_cnt: u(&ws.tile_cnt, sl.tile, g.ntiles + 1)?,
+        csc_cnt: u(&ws.csc_cnt, sl.csc, g.ncells())?,
+    })
+}
+
+fn topology_batched(c: &mut Checker) -> Result<()> {
+    let gpu = c.gpu;
+    // (rows, cols, density, rate): three layers of different shapes, densities and k (so their
+    // index digits differ: positions of 5, 12 and 14 bits), updated by one batched plan.
+    let shapes = [
+        (3usize, 7usize, 0.5f64, 0.4f64),
+        (67, 45, 0.3, 0.5),
+        (40, 300, 0.1, 0.3),
+    ];
+    let mut layers = Vec::new();
+    let mut scores = Vec::new();
+    let mut recs = Vec::new();
+    let mut desc = Vec::new();
+    for &(rows, cols, density, rate) in &shapes {
+        let size = rows * cols;
+        let nnz = ((size as f64 * density).round() as usize).max(1);
+        let dense = c.normal(size, 1.0, 0.0);
+        let w = random_layer(rows, cols, nnz, &dense, &mut c.rng);
+        let momentum = c.normal(nnz, 0.1, 0.0);
+        let score = c.normal(size, 1.0, 0.0);
+        let k = prune_count(rate, nnz);
+        let mut layer = topk::SparseLayerBufs::upload(gpu, &w, &momentum)?;
+        for b in [
+            &mut layer.row_ptr,
+            &mut layer.col_idx,
+            &mut layer.col_ptr,
+            &mut layer.csc_row,
+            &mut layer.csc_pos,
+        ] {
+            gpu.fill_bytes(b, 0xFF)?;
+        }
+        recs.push((topk::Geometry::new(rows, cols, nnz)?, k));
+        desc.push(format!("{rows}×{cols} nnz {nnz} k {k}"));
+        layers.push(layer);
+        scores.push(c.up(&score)?);
+    }
+    let shape = desc.join(", ");
+    let geoms: Vec<topk::Geometry> = recs.iter().map(|r| r.0).collect();
+    let layout = topk::BatchLayout::new(&geoms);
+    let mut ws = topk::TopkBatchWorkspace::new(gpu, &layout)?;
+    for b in [
+        &mut ws.mark,
+        &mut ws.old_values,
+        &mut ws.old_momentum,
+        &mut ws.state,
+        &mut ws.tile_cnt,
+        &mut ws.csc_cnt,
+    ] {
+        gpu.fill_bytes(b, 0xFF)?;
+    }
+    let items: Vec<(topk::Geometry, usize, topk::TopkParams)> = recs
+        .iter()
+        .zip(&layers)
+        .zip(&scores)
+        .map(|((&(g, k), l), s)| (g, k, topk::layer_addresses(&l.refs(), s)))
+        .collect();
+    let (table, starts) = ws.table_addresses(items.len());
+    let plan = topk::plan_batched(&items, &topk::batch_addresses(&ws), table, starts);
+    gpu.write(&mut ws.table, &plan.table_bytes())?;
+    let snapshot = |c: &Checker, ws: &topk::TopkBatchWorkspace| -> Result<Vec<_>> {
+        layers
+            .iter()
+            .zip(&layout.slices)
+            .zip(&scores)
+            .map(|((l, sl), s)| download_topk_slice(c, l, ws, sl, s))
+            .collect()
+    };
+    let mut per_kernel: Vec<(&'static KernelDef, Cmp, usize)> = Vec::new();
+    for step in &plan.steps {
+        let mut host = snapshot(c, &ws)?;
+        twin::topk::run_batch_step(step, &plan.table, &mut host);
+        gpu.launch(step.kernel, step.cfg, &step.params)?;
+        let dev = snapshot(c, &ws)?;
+        let mut r = Cmp::new();
+        for (d, h) in dev.iter().zip(&host) {
+            r.merge(&compare_topk(d, h));
+        }
+        match per_kernel
+            .iter_mut()
+            .find(|(kd, _, _)| kd.name == step.kernel.name)
+        {
+            Some((_, acc, n)) => {
+                acc.merge(&r);
+                *n += 1;
+            }
+            None => per_kernel.push((step.kernel, r, 1)),
+        }
+    }
+    for (kd, r, launches) in per_kernel {
+        let sh = if launches > 1 {
+            format!("{shape} ({launches} launches)")
+        } else {
+            shape.clone()
+        };
+        c.row(kd, sh, EXACT.into(), &r);
     }
     Ok(())
 }

@@ -24,7 +24,7 @@
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
 use crate::device::gpu::kernels::conv::SparseBufs;
-use crate::device::gpu::kernels::topk::{self, TopkWorkspace};
+use crate::device::gpu::kernels::topk::{self, BatchLayout, TopkBatchWorkspace};
 use crate::device::gpu::kernels::xent;
 use crate::device::gpu::{Buf, Gpu};
 use crate::nn::models::{BnLayer, Body, ConvLayer};
@@ -167,8 +167,8 @@ pub struct GpuModel {
     arenas: Vec<Arena>,
     /// The dense gradients of the sparse layers are from the last step (an update step).
     dense_grads_ready: bool,
-    /// Scratch of the topology kernels (grows to the largest layer).
-    topk_ws: Option<TopkWorkspace>,
+    /// Scratch of the batched topology update (every sparse layer's slice; grows as needed).
+    topk_ws: Option<TopkBatchWorkspace>,
 }
 
 impl GpuModel {
@@ -819,24 +819,25 @@ impl GpuModel {
             "topology update without the dense gradients of an update step (train_step with \
              update = true must come first)"
         );
+        // Every sparse layer in one batched update (each pass launched once for all layers).
         let mut sum = UpdateStats::default();
-        for p in &mut self.params {
-            let Some(s) = &mut p.sparse else { continue };
+        let mut items = Vec::new();
+        for p in &self.params {
+            let Some(s) = &p.sparse else { continue };
             let kk = prune_count(death_rate, s.nnz);
-            if kk == 0 {
-                continue;
-            }
-            let gpu = &self.gpu;
-            let g = topk::Geometry::new(s.rows, s.cols, s.nnz)?;
-            let ws = match &mut self.topk_ws {
-                Some(ws) => ws,
-                slot @ None => slot.insert(TopkWorkspace::new(gpu, &g)?),
-            };
-            k::prune_regrow(gpu, s, &p.values, &p.momentum, kk, ws)
-                .with_context(|| format!("{} topology update", p.name))?;
+            items.push(
+                k::batch_item(s, &p.values, &p.momentum, kk)
+                    .with_context(|| format!("{} topology update", p.name))?,
+            );
             sum.pruned += kk;
             sum.grown += kk;
         }
+        let gpu = &self.gpu;
+        let ws = match &mut self.topk_ws {
+            Some(ws) => ws,
+            slot @ None => slot.insert(TopkBatchWorkspace::new(gpu, &BatchLayout::new(&[]))?),
+        };
+        topk::update_layers(gpu, &items, ws).context("topology update")?;
         self.dense_grads_ready = false;
         Ok(sum)
     }
@@ -1249,17 +1250,15 @@ mod k {
         norm::bwd(gpu, &b, c, m, relu)
     }
 
-    /// `topk::update_layer` (magnitude prune, gradient regrow, CSR/CSC rebuild, momentum
-    /// remapped) on a layer whose buffers live in `DevSparse` and `DevParam`; the kernels rewrite
+    /// One layer of `topk::update_layers` (magnitude prune, gradient regrow, CSR/CSC rebuild,
+    /// momentum remapped) whose buffers live in `DevSparse` and `DevParam`; the kernels rewrite
     /// them in place.
-    pub fn prune_regrow(
-        gpu: &Gpu,
-        s: &DevSparse,
-        values: &Buf,
-        momentum: &Buf,
+    pub fn batch_item<'a>(
+        s: &'a DevSparse,
+        values: &'a Buf,
+        momentum: &'a Buf,
         k: usize,
-        ws: &mut topk::TopkWorkspace,
-    ) -> Result<()> {
+    ) -> Result<topk::BatchItem<'a>> {
         let Some(score) = &s.dense_grad else {
             bail!("no dense gradient for the topology update");
         };
@@ -1276,7 +1275,11 @@ mod k {
             csc_row: &s.csc_row,
             csc_pos: &s.csc_pos,
         };
-        topk::update_layer_refs(gpu, &layer, ws, k, score)
+        Ok(topk::BatchItem {
+            layer,
+            score,
+            k_prune: k,
+        })
     }
 
     /// The ResNet stem's 3×3/2 max-pool, padding 1.

@@ -4,7 +4,10 @@
 //! buffer, workspace included, is compared with. The end result also equals
 //! `sparse::topology::update_layer` (tests/gpu_topk.rs checks both).
 
-use crate::device::gpu::kernels::topk::{Geometry, Step, TopkParams, GROWN, HIST, SLOT, TILE};
+use crate::device::gpu::kernels::topk::{
+    batch_digit, plan_batched, BatchStep, Geometry, Step, TopkBatchParams, TopkParams, GROWN, HIST,
+    SLOT, TILE,
+};
 use crate::sparse::csr::SparseWeight;
 
 fn abs_bits(x: f32) -> u32 {
@@ -279,8 +282,12 @@ impl HostTopk {
 
 /// Runs one step of a plan with the twins.
 pub fn run_step(s: &Step, h: &mut HostTopk) {
-    let p = &s.params;
-    match s.kernel.name {
+    run_kernel(s.kernel.name, &s.params, h)
+}
+
+/// Runs the twin of the per-layer kernel `name` with `p` on `h`.
+fn run_kernel(name: &str, p: &TopkParams, h: &mut HostTopk) {
+    match name {
         "topk_clear_u32" => topk_clear_u32(p, &mut h.mark, &mut h.csc_cnt, &mut h.state),
         "topk_hist_f32" => topk_hist_f32(p, &h.values, &h.score, &h.mark, &mut h.state),
         "topk_prune_f32" => topk_prune_f32(
@@ -343,4 +350,109 @@ pub fn update_layer(h: &mut HostTopk, k: usize) {
     let g = h.geometry();
     let steps = crate::device::gpu::kernels::topk::plan(&g, k, TopkParams::default());
     run_plan(&steps, h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched kernels: each runs the per-layer twin on every layer of the table (`table[i]` is the
+// record of `layers[i]`, addresses ignored).
+
+/// The per-layer twin `name` on every layer.
+fn each_layer(name: &str, p: &TopkBatchParams, table: &[TopkParams], layers: &mut [HostTopk]) {
+    assert_eq!(table.len(), p.nlayers as usize, "topk twin: table length");
+    assert_eq!(
+        table.len(),
+        layers.len(),
+        "topk twin: one host layer per record"
+    );
+    for (q, h) in table.iter().zip(layers) {
+        run_kernel(name, q, h);
+    }
+}
+
+pub fn topk_clear_batched_u32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    each_layer("topk_clear_u32", p, table, l)
+}
+
+/// Pass `p.pass` of slot `p.slot`: each layer's own digit of that pass, if its key has one.
+pub fn topk_hist_batched_f32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    assert_eq!(table.len(), l.len(), "topk twin: one host layer per record");
+    for (q, h) in table.iter().zip(l) {
+        let g = h.geometry();
+        if let Some((word, shift, digit_bits)) = batch_digit(&g, p.slot, p.pass) {
+            let q = TopkParams {
+                slot: p.slot,
+                word,
+                shift,
+                digit_bits,
+                ..*q
+            };
+            run_kernel("topk_hist_f32", &q, h);
+        }
+    }
+}
+
+pub fn topk_prune_batched_f32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    each_layer("topk_prune_f32", p, table, l)
+}
+
+pub fn topk_grow_batched_f32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    each_layer("topk_grow_f32", p, table, l)
+}
+
+pub fn topk_colscan_batched_u32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    each_layer("topk_colscan_u32", p, table, l)
+}
+
+pub fn topk_scan_batched_u32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    each_layer("topk_scan_u32", p, table, l)
+}
+
+pub fn topk_compact_batched_f32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    each_layer("topk_compact_f32", p, table, l)
+}
+
+pub fn topk_csc_scatter_batched_u32(p: &TopkBatchParams, table: &[TopkParams], l: &mut [HostTopk]) {
+    each_layer("topk_csc_scatter_u32", p, table, l)
+}
+
+/// Runs one step of a batched plan with the twins; `layers[i]` is the layer of `table[i]`.
+pub fn run_batch_step(s: &BatchStep, table: &[TopkParams], layers: &mut [HostTopk]) {
+    let p = &s.params;
+    match s.kernel.name {
+        "topk_clear_batched_u32" => topk_clear_batched_u32(p, table, layers),
+        "topk_hist_batched_f32" => topk_hist_batched_f32(p, table, layers),
+        "topk_prune_batched_f32" => topk_prune_batched_f32(p, table, layers),
+        "topk_grow_batched_f32" => topk_grow_batched_f32(p, table, layers),
+        "topk_colscan_batched_u32" => topk_colscan_batched_u32(p, table, layers),
+        "topk_scan_batched_u32" => topk_scan_batched_u32(p, table, layers),
+        "topk_compact_batched_f32" => topk_compact_batched_f32(p, table, layers),
+        "topk_csc_scatter_batched_u32" => topk_csc_scatter_batched_u32(p, table, layers),
+        other => panic!("no batched twin for kernel {other}"),
+    }
+}
+
+/// The twin of `gpu::kernels::topk::update_layers`: every (layer, k) with k ≥ 1 updated by the
+/// batched plan's steps; layers with k = 0 are left alone.
+pub fn update_layers(layers: &mut [(&mut HostTopk, usize)]) {
+    let mut hosts: Vec<&mut HostTopk> = Vec::new();
+    let mut recs = Vec::new();
+    for (h, k) in layers.iter_mut() {
+        assert!(*k <= h.values.len(), "topk twin: k exceeds nnz");
+        if *k > 0 {
+            recs.push((h.geometry(), *k, TopkParams::default()));
+            hosts.push(h);
+        }
+    }
+    if hosts.is_empty() {
+        return;
+    }
+    let plan = plan_batched(&recs, &TopkParams::default(), 0, 0);
+    // The steps run on owned copies, written back at the end.
+    let mut owned: Vec<HostTopk> = hosts.iter().map(|h| (**h).clone()).collect();
+    for s in &plan.steps {
+        run_batch_step(s, &plan.table, &mut owned);
+    }
+    for (h, o) in hosts.into_iter().zip(owned) {
+        *h = o;
+    }
 }
