@@ -23,9 +23,10 @@
 
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
-use crate::device::gpu::kernels::conv::SparseBufs;
+use crate::device::gpu::kernels::conv::{self, SparseBufs};
 use crate::device::gpu::kernels::topk::{self, BatchLayout, TopkBatchWorkspace};
 use crate::device::gpu::kernels::xent;
+use crate::device::gpu::kernels::{elementwise, pool};
 use crate::device::gpu::{Buf, Gpu};
 use crate::nn::models::{BnLayer, Body, ConvLayer};
 use crate::nn::ops::{BN_EPS, BN_MOMENTUM};
@@ -536,8 +537,8 @@ impl GpuModel {
                     let bias = layer.b.map(|b| &params[b.0].values);
                     let (xv, yv) = split(values, *x, *y);
                     match &p.sparse {
-                        None => k::conv_fwd_dense(gpu, g, xv, &p.values, bias, yv),
-                        Some(s) => k::conv_fwd_sparse(gpu, g, xv, &s.bufs(&p.values), bias, yv),
+                        None => conv::conv_fwd_dense(gpu, g, xv, &p.values, bias, yv),
+                        Some(s) => conv::conv_fwd_sparse(gpu, g, xv, &s.bufs(&p.values), bias, yv),
                     }
                     .with_context(|| format!("{} forward", p.name))?;
                 }
@@ -598,11 +599,11 @@ impl GpuModel {
                 Op::AddRelu { a, b, y } => {
                     let n = sizes[*y];
                     let (av, bv, yv) = split3(values, *a, *b, *y);
-                    k::add_relu(gpu, av, bv, yv, n)?;
+                    elementwise::add_relu(gpu, av, bv, yv, n)?;
                 }
                 Op::Gap { x, y, planes, hw } => {
                     let (xv, yv) = split(values, *x, *y);
-                    k::gap_fwd(gpu, xv, yv, *planes, *hw)?;
+                    pool::avg_fwd(gpu, xv, yv, *planes, *hw)?;
                 }
             }
         }
@@ -703,7 +704,7 @@ impl GpuModel {
                         None => k::conv_bwd_weight_dense(gpu, g, xv, dy, grad).with_context(ctx)?,
                         Some(s) => {
                             let (bufs, dg) = s.bufs_and_dense_grad(w);
-                            k::conv_bwd_weight_sparse(gpu, g, xv, dy, &bufs, grad)
+                            conv::conv_bwd_weight_sparse(gpu, g, xv, dy, &bufs, grad)
                                 .with_context(ctx)?;
                             if dense {
                                 let dg = dg.expect("allocated above");
@@ -715,8 +716,8 @@ impl GpuModel {
                         let add = take_grad(grad_set, *x);
                         let (dy, dx) = grad_io(grads, scratch, add, sizes[*x], *y, *x);
                         match sparse {
-                            None => k::conv_bwd_data_dense(gpu, g, dy, w, dx),
-                            Some(s) => k::conv_bwd_data_sparse(gpu, g, dy, &s.bufs(w), dx),
+                            None => conv::conv_bwd_data_dense(gpu, g, dy, w, dx),
+                            Some(s) => conv::conv_bwd_data_sparse(gpu, g, dy, &s.bufs(w), dx),
                         }
                         .with_context(ctx)?;
                         finish_grad(gpu, grads, scratch, add, sizes[*x], *x)?;
@@ -775,14 +776,14 @@ impl GpuModel {
                     for t in [*a, *b] {
                         let add = take_grad(grad_set, t);
                         let (dy, dx) = grad_io(grads, scratch, add, sizes[t], *y, t);
-                        k::relu_bwd(gpu, &values[*y], dy, dx, sizes[*y])?;
+                        elementwise::relu_bwd(gpu, &values[*y], dy, dx, sizes[*y])?;
                         finish_grad(gpu, grads, scratch, add, sizes[t], t)?;
                     }
                 }
                 Op::Gap { x, y, planes, hw } => {
                     let add = take_grad(grad_set, *x);
                     let (dy, dx) = grad_io(grads, scratch, add, sizes[*x], *y, *x);
-                    k::gap_bwd(gpu, dy, dx, *planes, *hw)?;
+                    pool::avg_bwd(gpu, dy, dx, *planes, *hw)?;
                     finish_grad(gpu, grads, scratch, add, sizes[*x], *x)?;
                 }
             }
@@ -879,7 +880,7 @@ fn finish_grad(
     t: usize,
 ) -> Result<()> {
     if add {
-        k::acc(gpu, &mut grads[t], &scratch[&size], size)?;
+        elementwise::acc(gpu, &grads[t], &scratch[&size], size)?;
     }
     Ok(())
 }
@@ -1090,58 +1091,16 @@ impl GraphBuilder<'_> {
     }
 }
 
-/// Adapters from the model's needs to the kernel families' launch wrappers (outputs as
-/// `&mut Buf` throughout).
+/// Adapters where the model's needs differ from the kernel families' launch wrappers (the
+/// stem's fixed max-pool, batch-norm buffer bundles, eval BN+ReLU, the topk batch items).
 mod k {
     use super::{DevSparse, BN_EPS, BN_MOMENTUM};
     use crate::device::cpu::conv::ConvGeom;
-    use crate::device::gpu::kernels::conv::{self, SparseBufs};
+    use crate::device::gpu::kernels::conv;
     use crate::device::gpu::kernels::topk;
     use crate::device::gpu::kernels::{elementwise, norm, optim, pool};
     use crate::device::gpu::{Buf, Gpu};
     use anyhow::{bail, Result};
-
-    pub fn conv_fwd_dense(
-        gpu: &Gpu,
-        g: &ConvGeom,
-        x: &Buf,
-        w: &Buf,
-        bias: Option<&Buf>,
-        y: &mut Buf,
-    ) -> Result<()> {
-        conv::conv_fwd_dense(gpu, g, x, w, bias, y)
-    }
-
-    pub fn conv_fwd_sparse(
-        gpu: &Gpu,
-        g: &ConvGeom,
-        x: &Buf,
-        w: &SparseBufs,
-        bias: Option<&Buf>,
-        y: &mut Buf,
-    ) -> Result<()> {
-        conv::conv_fwd_sparse(gpu, g, x, w, bias, y)
-    }
-
-    pub fn conv_bwd_data_dense(
-        gpu: &Gpu,
-        g: &ConvGeom,
-        dy: &Buf,
-        w: &Buf,
-        dx: &mut Buf,
-    ) -> Result<()> {
-        conv::conv_bwd_data_dense(gpu, g, dy, w, dx)
-    }
-
-    pub fn conv_bwd_data_sparse(
-        gpu: &Gpu,
-        g: &ConvGeom,
-        dy: &Buf,
-        w: &SparseBufs,
-        dx: &mut Buf,
-    ) -> Result<()> {
-        conv::conv_bwd_data_sparse(gpu, g, dy, w, dx)
-    }
 
     /// The dense weight gradient, one split (no workspace: deterministic, and the weight
     /// gradient is a small part of a step on the shapes trained here).
@@ -1153,17 +1112,6 @@ mod k {
         dw: &mut Buf,
     ) -> Result<()> {
         conv::conv_bwd_weight_dense(gpu, g, x, dy, dw, None)
-    }
-
-    pub fn conv_bwd_weight_sparse(
-        gpu: &Gpu,
-        g: &ConvGeom,
-        x: &Buf,
-        dy: &Buf,
-        w: &SparseBufs,
-        dvalues: &mut Buf,
-    ) -> Result<()> {
-        conv::conv_bwd_weight_sparse(gpu, g, x, dy, w, dvalues)
     }
 
     pub fn conv_bias_grad(gpu: &Gpu, g: &ConvGeom, dy: &Buf, db: &mut Buf) -> Result<()> {
@@ -1305,26 +1253,6 @@ mod k {
         w: usize,
     ) -> Result<()> {
         pool::max_bwd(gpu, dy, argmax, dx, planes, h, w, 3, 2, 1)
-    }
-
-    pub fn gap_fwd(gpu: &Gpu, x: &Buf, y: &mut Buf, planes: usize, hw: usize) -> Result<()> {
-        pool::avg_fwd(gpu, x, y, planes, hw)
-    }
-
-    pub fn gap_bwd(gpu: &Gpu, dy: &Buf, dx: &mut Buf, planes: usize, hw: usize) -> Result<()> {
-        pool::avg_bwd(gpu, dy, dx, planes, hw)
-    }
-
-    pub fn add_relu(gpu: &Gpu, a: &Buf, b: &Buf, y: &mut Buf, n: usize) -> Result<()> {
-        elementwise::add_relu(gpu, a, b, y, n)
-    }
-
-    pub fn relu_bwd(gpu: &Gpu, y: &Buf, dy: &Buf, dx: &mut Buf, n: usize) -> Result<()> {
-        elementwise::relu_bwd(gpu, y, dy, dx, n)
-    }
-
-    pub fn acc(gpu: &Gpu, y: &mut Buf, b: &Buf, n: usize) -> Result<()> {
-        elementwise::acc(gpu, y, b, n)
     }
 
     #[allow(clippy::too_many_arguments)]
