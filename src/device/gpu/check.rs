@@ -146,6 +146,33 @@ fn tol(rel: f64, abs: f64) -> String {
     format!("rel {rel:.0e}, abs {abs:.1e}")
 }
 
+/// Comparisons of a kernel's repeated launches (the topk plans) merged into one row per kernel.
+#[derive(Default)]
+struct PerKernel(Vec<(&'static KernelDef, Cmp, usize)>);
+
+impl PerKernel {
+    fn add(&mut self, kernel: &'static KernelDef, r: Cmp) {
+        match self.0.iter_mut().find(|(k, _, _)| k.name == kernel.name) {
+            Some((_, acc, n)) => {
+                acc.merge(&r);
+                *n += 1;
+            }
+            None => self.0.push((kernel, r, 1)),
+        }
+    }
+
+    fn rows(self, c: &mut Checker, shape: &str) {
+        for (kernel, r, launches) in self.0 {
+            let sh = if launches > 1 {
+                format!("{shape} ({launches} launches)")
+            } else {
+                shape.to_string()
+            };
+            c.row(kernel, sh, EXACT.into(), &r);
+        }
+    }
+}
+
 struct Checker<'a> {
     gpu: &'a Gpu,
     rng: Rng,
@@ -947,32 +974,16 @@ fn topology(c: &mut Checker) -> Result<()> {
             gpu.fill_bytes(b, 0xFF)?;
         }
         // One row per kernel: its launches merged (each checked from the device's state).
-        let mut per_kernel: Vec<(&'static KernelDef, Cmp, usize)> = Vec::new();
+        let mut per_kernel = PerKernel::default();
         for step in topk::plan(&g, k, topk::addresses(&layer.refs(), &ws, &bscore)) {
             let mut host = download_topk(c, &layer, &ws, &bscore)?;
             twin::topk::run_step(&step, &mut host);
             gpu.launch(step.kernel, step.cfg, &step.params)?;
             let dev = download_topk(c, &layer, &ws, &bscore)?;
             let r = compare_topk(&dev, &host);
-            match per_kernel
-                .iter_mut()
-                .find(|(kd, _, _)| kd.name == step.kernel.name)
-            {
-                Some((_, acc, n)) => {
-                    acc.merge(&r);
-                    *n += 1;
-                }
-                None => per_kernel.push((step.kernel, r, 1)),
-            }
+            per_kernel.add(step.kernel, r);
         }
-        for (kd, r, launches) in per_kernel {
-            let sh = if launches > 1 {
-                format!("{shape} ({launches} launches)")
-            } else {
-                shape.clone()
-            };
-            c.row(kd, sh, EXACT.into(), &r);
-        }
+        per_kernel.rows(c, &shape);
     }
     Ok(())
 }
@@ -1080,7 +1091,7 @@ fn topology_batched(c: &mut Checker) -> Result<()> {
             .map(|((l, sl), s)| download_topk_slice(c, l, ws, sl, s))
             .collect()
     };
-    let mut per_kernel: Vec<(&'static KernelDef, Cmp, usize)> = Vec::new();
+    let mut per_kernel = PerKernel::default();
     for step in &plan.steps {
         let mut host = snapshot(c, &ws)?;
         twin::topk::run_batch_step(step, &plan.table, &mut host);
@@ -1090,25 +1101,9 @@ fn topology_batched(c: &mut Checker) -> Result<()> {
         for (d, h) in dev.iter().zip(&host) {
             r.merge(&compare_topk(d, h));
         }
-        match per_kernel
-            .iter_mut()
-            .find(|(kd, _, _)| kd.name == step.kernel.name)
-        {
-            Some((_, acc, n)) => {
-                acc.merge(&r);
-                *n += 1;
-            }
-            None => per_kernel.push((step.kernel, r, 1)),
-        }
+        per_kernel.add(step.kernel, r);
     }
-    for (kd, r, launches) in per_kernel {
-        let sh = if launches > 1 {
-            format!("{shape} ({launches} launches)")
-        } else {
-            shape.clone()
-        };
-        c.row(kd, sh, EXACT.into(), &r);
-    }
+    per_kernel.rows(c, &shape);
     Ok(())
 }
 
