@@ -120,6 +120,12 @@ pub struct EpochRecord {
     pub lr: f32,
     pub train_loss: f64,
     pub train_accuracy: f64,
+    /// Training accuracy on the bias-aligned and the bias-conflicting samples seen this epoch
+    /// (as sampled; None when none were seen): whether upweighting reaches the minority.
+    #[serde(default)]
+    pub train_aligned_accuracy: Option<f64>,
+    #[serde(default)]
+    pub train_conflicting_accuracy: Option<f64>,
     pub images_per_second: f64,
     pub density: f64,
     pub fired_fraction: Option<f64>,
@@ -530,11 +536,20 @@ impl<'a> Trainer<'a> {
                 opts.quiet,
             );
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            // (correct, seen) of the aligned (group 0) and conflicting (group 1) samples.
+            let mut by_group = [(0usize, 0usize); 2];
             for batch in batches(&self.splits.train, &loader, epoch as u64) {
                 let n = batch.len();
                 if n < 2 {
                     continue; // batch norm cannot train on one sample
                 }
+                let train = &self.splits.train;
+                let groups: Vec<u32> = batch
+                    .indices
+                    .iter()
+                    .zip(&batch.labels)
+                    .map(|(&i, &label)| (train.bias[i] as u32 != label) as u32)
+                    .collect();
                 let weights: Vec<f32> = match (&sample_weights, weighted_loss) {
                     (Some(w), true) => batch.indices.iter().map(|&i| w[i]).collect(),
                     _ => vec![1.0; n],
@@ -551,7 +566,7 @@ impl<'a> Trainer<'a> {
                         batch.images,
                         &batch.labels,
                         &weights,
-                        None,
+                        Some(&groups),
                         update,
                     )?;
                     let report = if update {
@@ -580,7 +595,7 @@ impl<'a> Trainer<'a> {
                         (shape[1], shape[2], shape[3]),
                         &batch.labels,
                         &weights,
-                        None,
+                        Some(&groups),
                         lr,
                         update,
                     )?;
@@ -592,6 +607,10 @@ impl<'a> Trainer<'a> {
                     (stats, report)
                 };
                 correct += stats.correct;
+                for (acc, &(_, c, k)) in by_group.iter_mut().zip(&stats.groups) {
+                    acc.0 += c;
+                    acc.1 += k;
+                }
                 loss_sum += stats.losses.iter().map(|&l| l as f64).sum::<f64>();
                 seen += n;
                 if let Some((ustats, rate)) = update_report {
@@ -661,6 +680,10 @@ impl<'a> Trainer<'a> {
                 lr: self.progress.lr,
                 train_loss: loss_sum / seen.max(1) as f64,
                 train_accuracy: correct as f64 / seen.max(1) as f64,
+                train_aligned_accuracy: (by_group[0].1 > 0)
+                    .then(|| by_group[0].0 as f64 / by_group[0].1 as f64),
+                train_conflicting_accuracy: (by_group[1].1 > 0)
+                    .then(|| by_group[1].0 as f64 / by_group[1].1 as f64),
                 images_per_second: seen as f64 / train_secs,
                 density: dst::global_density(&self.model),
                 fired_fraction: self.sparse.as_ref().map(|s| s.fired_fraction(&self.model)),
