@@ -24,9 +24,9 @@
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
 use crate::device::gpu::kernels::conv::{self, SparseBufs};
+use crate::device::gpu::kernels::optim::{self, SgdTable};
 use crate::device::gpu::kernels::topk::{self, BatchLayout, TopkBatchWorkspace};
 use crate::device::gpu::kernels::xent;
-use crate::device::gpu::kernels::optim::{self, SgdTable};
 use crate::device::gpu::kernels::{elementwise, pool};
 use crate::device::gpu::{Buf, Gpu};
 use crate::nn::models::{BnLayer, Body, ConvLayer};
@@ -1260,5 +1260,4 @@ mod k {
     ) -> Result<()> {
         pool::max_bwd(gpu, dy, argmax, dx, planes, h, w, 3, 2, 1)
     }
-
 }
