@@ -275,6 +275,9 @@ pub struct StepRow {
     pub images_per_s: f64,
     /// images/s over the dense model's, same model and batch.
     pub vs_dense: f64,
+    /// Kernel launches of one (non-update) training step (`Gpu::launches`; the same on every
+    /// backend). At low density a step on a GPU is bound by them, a few µs each.
+    pub launches: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,8 +734,8 @@ fn step_section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<Vec<Ste
         "\n== training step through GpuModel (forward, reweighted cross-entropy, backward, SGD) =="
     );
     println!(
-        "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9} {:>10} {:>8}",
-        "model", "width", "batch", "image", "density", "ms", "images/s", "vs dense"
+        "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9} {:>10} {:>8} {:>8}",
+        "model", "width", "batch", "image", "density", "ms", "images/s", "vs dense", "launches"
     );
     let mut rows = Vec::new();
     for &(arch, width, batch, image) in &plan.steps {
@@ -764,6 +767,7 @@ fn step_section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<Vec<Ste
                 .map(|i| if i % 20 == 0 { 80.0 } else { 1.0 })
                 .collect();
             let groups: Vec<u32> = (0..batch).map(|i| (i % 20 == 0) as u32).collect();
+            let launches0 = gm.gpu().launches();
             // `train_step` reads the losses back, so every step ends synchronised.
             let mut step = || -> Result<()> {
                 gm.train_step(
@@ -778,10 +782,12 @@ fn step_section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<Vec<Ste
                 .map(|_| ())
             };
             let secs = time_steps(plan.reps, &mut step)?;
+            // Every step is alike (no topology update): the warm-up and the timed ones.
+            let launches = (gm.gpu().launches() - launches0) / (plan.reps.max(1) as u64 + 1);
             let ips = batch as f64 / secs;
             let base = *dense_ips.get_or_insert(ips);
             println!(
-                "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9.3} {:>10.1} {:>8.2}",
+                "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9.3} {:>10.1} {:>8.2} {:>8}",
                 format!("{arch:?}").to_lowercase(),
                 width,
                 batch,
@@ -789,7 +795,8 @@ fn step_section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<Vec<Ste
                 density,
                 secs * 1e3,
                 ips,
-                ips / base
+                ips / base,
+                launches
             );
             rows.push(StepRow {
                 model: format!("{arch:?}").to_lowercase(),
@@ -800,6 +807,7 @@ fn step_section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<Vec<Ste
                 ms: secs * 1e3,
                 images_per_s: ips,
                 vs_dense: ips / base,
+                launches,
             });
         }
     }

@@ -72,6 +72,7 @@ fn quick_gpu_bench_on_the_emulator_writes_every_section() {
     );
     for s in steps {
         assert!(s["images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(s["launches"].as_u64().unwrap() > 0, "{s}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -149,6 +149,110 @@ fn sgd_matches_twin_exactly() -> Result<()> {
     Ok(())
 }
 
+/// One `optim_sgd_multi_f32` launch over ragged tensors (empty, single value, chunk edges) is
+/// bit for bit per-tensor `optim_sgd_f32` (and its twin) over 3 steps; a changed lr between
+/// steps too (the plateau schedule).
+#[test]
+fn sgd_multi_matches_per_tensor_sgd_exactly() -> Result<()> {
+    let gpu = Gpu::emu();
+    let mut rng = Rng::new(14);
+    let sizes = [0usize, 1, 5, 2047, 2048, 2049, 0, 4100, 1, 777];
+    let init: Vec<(Vec<f32>, Vec<f32>)> = sizes
+        .iter()
+        .map(|&n| (normal(&mut rng, n, 1.0, 0.0), normal(&mut rng, n, 0.1, 0.0)))
+        .collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..3)
+        .map(|_| {
+            sizes
+                .iter()
+                .map(|&n| normal(&mut rng, n, 0.1, 0.0))
+                .collect()
+        })
+        .collect();
+    let up = |v: &[f32]| gpu.upload(v);
+    let mut multi = init
+        .iter()
+        .map(|(w, m)| Ok((up(w)?, up(&vec![0.0; w.len()])?, up(m)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let single = init
+        .iter()
+        .map(|(w, m)| Ok((up(w)?, up(m)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<_> = multi
+        .iter()
+        .zip(&sizes)
+        .map(|((w, g, m), &n)| (w, g, m, n))
+        .collect();
+    let table = optim::SgdTable::new(&gpu, &refs)?;
+    drop(refs);
+    assert_eq!(table.records().len(), sizes.len());
+    let mut host: Vec<(Vec<f32>, Vec<f32>)> = init.clone();
+    let before = gpu.launches();
+    for (step, gs) in grads.iter().enumerate() {
+        let (lr, mu, wd) = (0.05 / (step + 1) as f32, 0.9, 5e-4);
+        // Each tensor's gradient rewritten in its own buffer (the table keeps the addresses).
+        for ((_, g, _), gh) in multi.iter_mut().zip(gs) {
+            gpu.write(g, gh)?;
+        }
+        let l0 = gpu.launches();
+        optim::sgd_multi(&gpu, &table, lr, mu, wd)?;
+        assert_eq!(gpu.launches(), l0 + 1, "one launch for every tensor");
+        for (((w, m), &n), gh) in single.iter().zip(&sizes).zip(gs) {
+            let bg = gpu.upload(gh)?;
+            optim::sgd(&gpu, w, &bg, m, n, lr, mu, wd)?;
+        }
+        let p = twin::optim::SgdMultiParams {
+            ntensors: sizes.len() as u32,
+            lr,
+            momentum: mu,
+            weight_decay: wd,
+            ..Default::default()
+        };
+        let mut tensors: Vec<twin::optim::SgdTensor> = host
+            .iter_mut()
+            .zip(gs)
+            .map(|((w, m), g)| (&mut w[..], &g[..], &mut m[..]))
+            .collect();
+        twin::optim::optim_sgd_multi_f32(&p, &mut tensors);
+    }
+    assert!(gpu.launches() > before);
+    for (i, (((mw, _, mm), (sw, sm)), (hw, hm))) in multi.iter().zip(&single).zip(&host).enumerate()
+    {
+        let n = sizes[i];
+        let read = |b: &Buf| -> Result<Vec<f32>> {
+            let mut v: Vec<f32> = gpu.read(b)?;
+            v.truncate(n);
+            Ok(v)
+        };
+        let (mw, mm, sw, sm) = (read(mw)?, read(mm)?, read(sw)?, read(sm)?);
+        assert_exact(&format!("tensor {i} (n {n}) w vs sgd"), &mw, &sw);
+        assert_exact(&format!("tensor {i} (n {n}) buf vs sgd"), &mm, &sm);
+        assert_exact(&format!("tensor {i} (n {n}) w vs twin"), &mw, hw);
+        assert_exact(&format!("tensor {i} (n {n}) buf vs twin"), &mm, hm);
+    }
+    Ok(())
+}
+
+#[test]
+fn sgd_multi_rejects_short_buffers() -> Result<()> {
+    let gpu = Gpu::emu();
+    let (a, b) = (gpu.zeros::<f32>(10)?, gpu.zeros::<f32>(9)?);
+    assert!(optim::SgdTable::new(&gpu, &[(&a, &a, &b, 10)]).is_err());
+    assert!(optim::SgdTable::new(&gpu, &[(&a, &a, &a, 10), (&b, &a, &a, 10)]).is_err());
+    // No tensor, or only empty ones: nothing to launch.
+    let l0 = gpu.launches();
+    optim::sgd_multi(&gpu, &optim::SgdTable::new(&gpu, &[])?, 0.1, 0.9, 0.0)?;
+    optim::sgd_multi(
+        &gpu,
+        &optim::SgdTable::new(&gpu, &[(&a, &a, &a, 0)])?,
+        0.1,
+        0.9,
+        0.0,
+    )?;
+    assert_eq!(gpu.launches(), l0);
+    Ok(())
+}
+
 #[test]
 fn sgd_twin_is_the_engine_step() {
     use rest::nn::param::{Grads, ParamKind, ParamStore};
@@ -638,6 +742,8 @@ fn param_struct_sizes() {
     use std::mem::size_of;
     assert_eq!(size_of::<ew::ElementwiseParams>(), 3 * 8 + 2 * 4);
     assert_eq!(size_of::<optim::SgdParams>(), 3 * 8 + 4 * 4);
+    assert_eq!(size_of::<optim::SgdRecord>(), 3 * 8 + 2 * 4);
+    assert_eq!(size_of::<optim::SgdMultiParams>(), 2 * 8 + 4 * 4);
     assert_eq!(size_of::<pool::MaxPoolParams>(), 4 * 8 + 8 * 4);
     assert_eq!(size_of::<pool::AvgPoolParams>(), 2 * 8 + 4 * 4);
     assert_eq!(size_of::<norm::NormParams>(), 11 * 8 + 4 * 4);

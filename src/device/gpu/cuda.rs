@@ -164,6 +164,8 @@ pub struct CudaGpu {
     cc: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Kernel launches so far (`Gpu::launches`).
+    pub(super) launches: std::sync::atomic::AtomicU64,
 }
 
 impl CudaGpu {
@@ -204,6 +206,7 @@ impl CudaGpu {
             cc,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            launches: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

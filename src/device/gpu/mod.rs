@@ -21,6 +21,7 @@ pub mod model;
 use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// CUDA's `dim3`.
 #[repr(C)]
@@ -222,14 +223,15 @@ impl std::fmt::Debug for Buf {
 
 /// A CUDA backend instance: a real GPU or the emulator.
 pub enum Gpu {
-    Emu,
+    /// The emulator; its launch counter.
+    Emu(AtomicU64),
     Cuda(cuda::CudaGpu),
 }
 
 impl Gpu {
     /// The emulator (always available).
     pub fn emu() -> Gpu {
-        Gpu::Emu
+        Gpu::Emu(AtomicU64::new(0))
     }
 
     /// GPU `ordinal` through cudarc; a clear error when no usable GPU or NVRTC is found.
@@ -238,13 +240,13 @@ impl Gpu {
     }
 
     pub fn is_emu(&self) -> bool {
-        matches!(self, Gpu::Emu)
+        matches!(self, Gpu::Emu(_))
     }
 
     /// A short description: "emu" or the GPU's name and compute capability.
     pub fn describe(&self) -> String {
         match self {
-            Gpu::Emu => "emu (CUDA kernels emulated on the CPU)".into(),
+            Gpu::Emu(_) => "emu (CUDA kernels emulated on the CPU)".into(),
             Gpu::Cuda(c) => c.describe(),
         }
     }
@@ -252,7 +254,7 @@ impl Gpu {
     /// A zero-filled buffer of `bytes` bytes.
     pub fn alloc(&self, bytes: usize) -> Result<Buf> {
         let (addr, store) = match self {
-            Gpu::Emu => {
+            Gpu::Emu(_) => {
                 let v = vec![0u128; bytes.div_ceil(16).max(1)];
                 (v.as_ptr() as u64, Store::Host(v))
             }
@@ -286,7 +288,7 @@ impl Gpu {
             dst.bytes
         );
         match (&mut dst.store, self) {
-            (Store::Host(v), Gpu::Emu) => {
+            (Store::Host(v), Gpu::Emu(_)) => {
                 bytemuck::cast_slice_mut::<u128, u8>(v)[..bytes.len()].copy_from_slice(bytes)
             }
             (Store::Cuda(s), Gpu::Cuda(c)) => c.write(s, bytes)?,
@@ -301,7 +303,7 @@ impl Gpu {
         let mut out = vec![T::zeroed(); n];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
         match (&src.store, self) {
-            (Store::Host(v), Gpu::Emu) => {
+            (Store::Host(v), Gpu::Emu(_)) => {
                 bytes.copy_from_slice(&bytemuck::cast_slice::<u128, u8>(v)[..bytes.len()])
             }
             (Store::Cuda(s), Gpu::Cuda(c)) => c.read(s, bytes)?,
@@ -313,11 +315,19 @@ impl Gpu {
     /// Sets every byte of `dst` to `byte` (0xFF poisons f32 outputs with NaN before a test).
     pub fn fill_bytes(&self, dst: &mut Buf, byte: u8) -> Result<()> {
         match (&mut dst.store, self) {
-            (Store::Host(v), Gpu::Emu) => bytemuck::cast_slice_mut::<u128, u8>(v).fill(byte),
+            (Store::Host(v), Gpu::Emu(_)) => bytemuck::cast_slice_mut::<u128, u8>(v).fill(byte),
             (Store::Cuda(s), Gpu::Cuda(c)) => c.memset(s, byte)?,
             _ => bail!("buffer belongs to another backend"),
         }
         Ok(())
+    }
+
+    /// Kernel launches made through this instance so far (each successful [`Gpu::launch`]).
+    pub fn launches(&self) -> u64 {
+        match self {
+            Gpu::Emu(n) => n.load(Ordering::Relaxed),
+            Gpu::Cuda(c) => c.launches.load(Ordering::Relaxed),
+        }
     }
 
     /// Launches `kernel` with its parameter struct. On a GPU the launch is asynchronous; on the
@@ -325,7 +335,8 @@ impl Gpu {
     pub fn launch<P: Pod>(&self, kernel: &KernelDef, cfg: LaunchCfg, params: &P) -> Result<()> {
         cfg.validate(kernel.name)?;
         match self {
-            Gpu::Emu => {
+            Gpu::Emu(n) => {
+                n.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: `params` is the #[repr(C)] struct the kernel file mirrors (checked by
                 // the layout tests); the buffers it addresses are host memory owned by `Buf`s the
                 // caller keeps alive for this synchronous call.
@@ -339,14 +350,18 @@ impl Gpu {
                 };
                 Ok(())
             }
-            Gpu::Cuda(c) => c.launch(kernel, cfg, params),
+            Gpu::Cuda(c) => {
+                c.launch(kernel, cfg, params)?;
+                c.launches.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
         }
     }
 
     /// Waits until all launched work has finished (a no-op on the emulator).
     pub fn sync(&self) -> Result<()> {
         match self {
-            Gpu::Emu => Ok(()),
+            Gpu::Emu(_) => Ok(()),
             Gpu::Cuda(c) => c.sync(),
         }
     }

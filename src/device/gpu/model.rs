@@ -24,6 +24,7 @@
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
 use crate::device::gpu::kernels::conv::{self, SparseBufs};
+use crate::device::gpu::kernels::optim::{self, SgdTable};
 use crate::device::gpu::kernels::topk::{self, BatchLayout, TopkBatchWorkspace};
 use crate::device::gpu::kernels::xent;
 use crate::device::gpu::kernels::{elementwise, pool};
@@ -170,6 +171,10 @@ pub struct GpuModel {
     dense_grads_ready: bool,
     /// Scratch of the batched topology update (every sparse layer's slice; grows as needed).
     topk_ws: Option<TopkBatchWorkspace>,
+    /// Every parameter's (values, grad, momentum, len) for the one-launch SGD step. Built at
+    /// upload: those buffers are never reallocated (the topology update rewrites a sparse
+    /// layer's values and momentum in place, and its nnz is constant), so the addresses hold.
+    sgd_table: SgdTable,
 }
 
 impl GpuModel {
@@ -217,6 +222,11 @@ impl GpuModel {
                 })
             })
             .collect::<Result<_>>()?;
+        let tensors: Vec<_> = params
+            .iter()
+            .map(|p: &DevParam| (&p.values, &p.grad, &p.momentum, p.len))
+            .collect();
+        let sgd_table = SgdTable::new(&gpu, &tensors).context("SGD table")?;
         Ok(Self {
             gpu,
             body: model.body.clone(),
@@ -230,6 +240,7 @@ impl GpuModel {
             arenas: Vec::new(),
             dense_grads_ready: false,
             topk_ws: None,
+            sgd_table,
         })
     }
 
@@ -791,22 +802,17 @@ impl GpuModel {
         Ok(())
     }
 
-    /// SGD with momentum and weight decay over every parameter's trainable numbers.
+    /// SGD with momentum and weight decay over every parameter's trainable numbers, one launch
+    /// for all of them.
     fn sgd(&mut self, lr: f32) -> Result<()> {
-        for p in &mut self.params {
-            k::sgd(
-                &self.gpu,
-                &mut p.values,
-                &p.grad,
-                &mut p.momentum,
-                p.len,
-                lr,
-                self.momentum,
-                self.weight_decay,
-            )
-            .with_context(|| format!("{} SGD step", p.name))?;
-        }
-        Ok(())
+        optim::sgd_multi(
+            &self.gpu,
+            &self.sgd_table,
+            lr,
+            self.momentum,
+            self.weight_decay,
+        )
+        .context("SGD step")
     }
 
     /// The topology update of every sparse layer after an update step (`train_step` with
@@ -1098,7 +1104,7 @@ mod k {
     use crate::device::cpu::conv::ConvGeom;
     use crate::device::gpu::kernels::conv;
     use crate::device::gpu::kernels::topk;
-    use crate::device::gpu::kernels::{elementwise, norm, optim, pool};
+    use crate::device::gpu::kernels::{elementwise, norm, pool};
     use crate::device::gpu::{Buf, Gpu};
     use anyhow::{bail, Result};
 
@@ -1253,19 +1259,5 @@ mod k {
         w: usize,
     ) -> Result<()> {
         pool::max_bwd(gpu, dy, argmax, dx, planes, h, w, 3, 2, 1)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn sgd(
-        gpu: &Gpu,
-        w: &mut Buf,
-        g: &Buf,
-        m: &mut Buf,
-        n: usize,
-        lr: f32,
-        mu: f32,
-        wd: f32,
-    ) -> Result<()> {
-        optim::sgd(gpu, w, g, m, n, lr, mu, wd)
     }
 }
