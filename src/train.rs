@@ -15,7 +15,6 @@ use crate::nn::param::Grads;
 use crate::nn::{ops, Arch, Model, ModelConfig};
 use crate::optim::{Plateau, Sgd};
 use crate::rng::Rng;
-use crate::sparse::csr::SparseWeight;
 use crate::sparse::schedule::death_rate;
 use crate::sparse::topology::{GrowRule, PruneRule, UpdateStats};
 use crate::tensor::Tensor;
@@ -760,18 +759,9 @@ impl Trainer<'_> {
         let ids = self.model.params.weight_ids();
         let s = self.sparse.as_mut().expect("checked above");
         for (li, id) in ids.into_iter().enumerate() {
-            let Some(f) = &mut s.fired[li] else {
-                continue;
-            };
-            let (rows, cols) = self.model.params.get(id).matrix_dims();
-            let positions = gm.positions(id.0)?;
-            let nnz = positions.len();
-            f.record(&SparseWeight::from_positions(
-                rows,
-                cols,
-                &positions,
-                vec![0.0; nnz],
-            ));
+            if let Some(f) = &mut s.fired[li] {
+                f.record_positions(&gm.positions(id.0)?);
+            }
         }
         Ok((stats, rate))
     }

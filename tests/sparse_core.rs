@@ -537,6 +537,9 @@ fn update_magnitude_gradient_matches_brute_force() {
     let mut w = random_layer(rows, cols, 150, &init, &mut rng);
     let nnz = w.nnz();
     let mut fired = Fired::from_layer(&w);
+    // The GPU path records positions read back from the device: it must count the same.
+    let mut fired_by_positions = Fired::new(rows, cols);
+    fired_by_positions.record_positions(&w.positions());
     let mut ever: BTreeSet<u32> = w.positions().into_iter().collect();
     for step in 0..8 {
         let rate = [0.3, 0.5, 0.05, 0.01, 0.9][step % 5];
@@ -590,8 +593,10 @@ fn update_magnitude_gradient_matches_brute_force() {
             }
         }
         fired.record(&w);
+        fired_by_positions.record_positions(&w.positions());
         ever.extend(new_pos.iter().copied());
         assert_eq!(fired.ever_active(), ever.len());
+        assert_eq!(fired_by_positions.ever_active(), ever.len());
         assert!((fired.fraction() - ever.len() as f64 / (rows * cols) as f64).abs() < 1e-12);
         // Give the weights fresh magnitudes so the next prune is not dominated by the zeros.
         for v in w.values.iter_mut() {

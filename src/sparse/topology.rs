@@ -325,12 +325,28 @@ impl Fired {
         for r in 0..w.rows {
             let base = r * w.cols;
             for &c in &w.col_idx[w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize] {
-                let p = base + c as usize;
-                if !bit_get(&self.bits, p) {
-                    bit_set(&mut self.bits, p);
-                    self.count += 1;
-                }
+                self.mark(base + c as usize);
             }
+        }
+    }
+
+    /// Marks flat positions r·cols + c (e.g. read back from a GPU layer) as ever active. Panics
+    /// if one lies outside the layer.
+    pub fn record_positions(&mut self, positions: &[u32]) {
+        let size = self.rows * self.cols;
+        for &p in positions {
+            assert!(
+                (p as usize) < size,
+                "Fired::record_positions: {p} outside {size}"
+            );
+            self.mark(p as usize);
+        }
+    }
+
+    fn mark(&mut self, p: usize) {
+        if !bit_get(&self.bits, p) {
+            bit_set(&mut self.bits, p);
+            self.count += 1;
         }
     }
 

@@ -217,10 +217,6 @@ impl CudaGpu {
         )
     }
 
-    pub fn compute_capability(&self) -> (i32, i32) {
-        self.cc
-    }
-
     pub(super) fn alloc_zeros(&self, bytes: usize) -> Result<(u64, CudaSlice<u8>)> {
         let s = self
             .stream
