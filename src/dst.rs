@@ -280,7 +280,7 @@ pub fn choose_paths(
 /// GEMM on the masked weight, on the layer's real im2col shape for `batch` images of `h`×`w`.
 /// Forward time stands for the step (backward costs scale the same way on both paths).
 pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> Result<()> {
-    use crate::device::cpu::conv::{im2col, ConvGeom};
+    use crate::device::cpu::conv::{im2col, ConvGeom, Layout};
     use crate::device::cpu::gemm::matmul;
     use std::time::Instant;
     for wg in model.weight_geometry(h, w) {
@@ -299,7 +299,8 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
             wg.k,
             wg.stride,
             wg.pad,
-        )?;
+        )?
+        .with_layout(Layout::Chwn);
         let n = g.col_cols();
         let mut rng = Rng::new(wg.param as u64);
         let x: Vec<f32> = (0..cin * batch * wg.in_size.0 * wg.in_size.1)

@@ -1,8 +1,10 @@
 //! `Tensor`: a shape and f32 storage on a device.
 //!
-//! Activations of convolutional layers are laid out **[C, N, H, W]** ("CNHW") throughout the
-//! engine: a convolution is then one GEMM `W[Cout, Cin·k·k] · col[Cin·k·k, N·OH·OW]` whose result
-//! is already the next activation, and batch-norm statistics are over contiguous rows.
+//! Activations of convolutional layers on the CPU are laid out **[C, H, W, N]**, the batch
+//! innermost ("CHWN"): a convolution is one GEMM `W[Cout, Cin·k·k] · col[Cin·k·k, OH·OW·N]` whose
+//! result is already the next activation, batch-norm statistics are over contiguous rows, and
+//! every tap of a sparse convolution reads whole rows of N values (`sparse::conv`). Loader
+//! batches are [C, N, H, W] (the CUDA engine's layout); the model turns them around once.
 //! Feature vectors (after global pooling) are [F, N]; logits are [N, K].
 
 use crate::device::Device;
@@ -100,6 +102,24 @@ pub fn swap01(x: &[f32], a: usize, b: usize, inner: usize, out: &mut [f32]) {
             let src = (i * b + j) * inner;
             let dst = (j * a + i) * inner;
             out[dst..dst + inner].copy_from_slice(&x[src..src + inner]);
+        }
+    }
+}
+
+/// out[c, j, i] = x[c, i, j] for x [c, a, b]: a batch of `c` transposes, each in tiles.
+pub fn transpose_inner(x: &[f32], c: usize, a: usize, b: usize, out: &mut [f32]) {
+    const T: usize = 16;
+    assert_eq!(x.len(), c * a * b, "transpose_inner: x length");
+    assert_eq!(out.len(), c * a * b, "transpose_inner: out length");
+    for (xs, os) in x.chunks_exact(a * b).zip(out.chunks_exact_mut(a * b)) {
+        for i0 in (0..a).step_by(T) {
+            for j0 in (0..b).step_by(T) {
+                for i in i0..(i0 + T).min(a) {
+                    for j in j0..(j0 + T).min(b) {
+                        os[j * a + i] = xs[i * b + j];
+                    }
+                }
+            }
         }
     }
 }

@@ -1,11 +1,11 @@
 //! The direct sparse convolution (`sparse::conv`) against a naive f64 convolution of the same
 //! masked weight, over many geometries: forward, weight gradient at active positions, input
-//! gradient.
+//! gradient, all over batch-innermost [C, H, W, N] activations.
 
 use rest::device::cpu::ConvGeom;
 use rest::rng::Rng;
 use rest::sparse::conv::DirectGeom;
-use rest::sparse::csr::SparseWeight;
+use rest::sparse::csr::{Kernels, SparseWeight};
 
 fn random_weight(rows: usize, cols: usize, d: f64, empty: &[usize], rng: &mut Rng) -> SparseWeight {
     let mut pos = Vec::new();
@@ -65,9 +65,13 @@ fn direct_conv_matches_naive_convolution() {
         (3, 16, 12, 12, 32, 3, 1, 1, 0.05, &[5, 31]),
         (2, 3, 11, 7, 4, 2, 2, 2, 0.5, &[]),
         (4, 6, 32, 32, 5, 3, 2, 1, 0.1, &[]),
-        // Large enough for the parallel layout passes and kernels.
+        // Large enough for the parallel passes; batches that fill the 256-, 128- and 64-wide
+        // register chunks, the 16-wide ones and a scalar tail.
         (8, 8, 28, 28, 16, 4, 2, 1, 0.15, &[3]),
         (4, 16, 8, 8, 24, 3, 1, 1, 0.2, &[]),
+        (300, 4, 6, 6, 10, 3, 1, 1, 0.5, &[4]),
+        (41, 6, 9, 9, 12, 4, 2, 1, 0.6, &[2]),
+        (64, 5, 5, 7, 7, 3, 2, 1, 0.7, &[]),
     ];
     for &(n, cin, h, w, cout, k, s, pad, d, empty) in cases {
         let g = ConvGeom::new(n, cin, h, w, cout, k, s, pad).unwrap();
@@ -83,7 +87,7 @@ fn direct_conv_matches_naive_convolution() {
             if r < 0 || c < 0 || r >= h as isize || c >= w as isize {
                 0.0
             } else {
-                x[((ci * n + img) * h + r as usize) * w + c as usize] as f64
+                x[((ci * h + r as usize) * w + c as usize) * n + img] as f64
             }
         };
         let (mut y, mut ys) = (vec![0f64; dy.len()], vec![0f64; dy.len()]);
@@ -94,7 +98,7 @@ fn direct_conv_matches_naive_convolution() {
             for img in 0..n {
                 for i in 0..g.oh {
                     for j in 0..g.ow {
-                        let o = ((co * n + img) * g.oh + i) * g.ow + j;
+                        let o = ((co * g.oh + i) * g.ow + j) * n + img;
                         y[o] = bc as f64;
                         ys[o] = (bc as f64).abs();
                         for ci in 0..cin {
@@ -109,7 +113,7 @@ fn direct_conv_matches_naive_convolution() {
                                     dwd[wi] += dy[o] as f64 * v;
                                     dws[wi] += (dy[o] as f64 * v).abs();
                                     if r >= 0 && c >= 0 && r < h as isize && c < w as isize {
-                                        let xo = ((ci * n + img) * h + r as usize) * w + c as usize;
+                                        let xo = ((ci * h + r as usize) * w + c as usize) * n + img;
                                         dx[xo] += wd[wi] as f64 * dy[o] as f64;
                                         dxs[xo] += (wd[wi] as f64 * dy[o] as f64).abs();
                                     }
@@ -120,27 +124,28 @@ fn direct_conv_matches_naive_convolution() {
                 }
             }
         }
-        let dg = DirectGeom::new(&g);
-        let xp = dg.split(&x);
-        close(
-            &dg.forward(&sw, &xp, Some(&bias)),
-            &y,
-            &ys,
-            &format!("y {what}"),
-        );
-        let dyp = dg.pad_dy(&dy);
-        let pos = sw.positions();
-        let want: Vec<f64> = pos.iter().map(|&p| dwd[p as usize]).collect();
-        let scale: Vec<f64> = pos.iter().map(|&p| dws[p as usize]).collect();
-        close(
-            &dg.weight_grad(&sw, &dyp, &xp),
-            &want,
-            &scale,
-            &format!("dw {what}"),
-        );
-        // dx comes from the buffer pool (stale contents): poison it first with a NaN
-        // gradient, so a pixel no output reads must be zeroed explicitly to pass.
-        drop(dg.input_grad(&sw, &dg.pad_dy(&vec![f32::NAN; dy.len()])));
-        close(&dg.input_grad(&sw, &dyp), &dx, &dxs, &format!("dx {what}"));
+        for k in [Kernels::Portable, Kernels::Avx2, Kernels::Avx512] {
+            let what = format!("{what} {k:?}");
+            let dg = DirectGeom::new(&g).with_kernels(k);
+            close(
+                &dg.forward(&sw, &x, Some(&bias)),
+                &y,
+                &ys,
+                &format!("y {what}"),
+            );
+            let pos = sw.positions();
+            let want: Vec<f64> = pos.iter().map(|&p| dwd[p as usize]).collect();
+            let scale: Vec<f64> = pos.iter().map(|&p| dws[p as usize]).collect();
+            close(
+                &dg.weight_grad(&sw, &dy, &x),
+                &want,
+                &scale,
+                &format!("dw {what}"),
+            );
+            // dx comes from the buffer pool (stale contents): poison it first with a NaN
+            // gradient, so a pixel no output reads must be zeroed explicitly to pass.
+            drop(dg.input_grad(&sw, &vec![f32::NAN; dy.len()]));
+            close(&dg.input_grad(&sw, &dy), &dx, &dxs, &format!("dx {what}"));
+        }
     }
 }

@@ -280,7 +280,7 @@ impl Model {
                     ops::batchnorm(tape, params, stats, y, n.gamma, n.beta, train)
                 }
             };
-        let mut h = x;
+        let mut h = ops::to_batch_innermost(tape, x)?;
         match body {
             Body::Cnn(layers) => {
                 for (c, n) in layers.iter() {

@@ -1,12 +1,16 @@
 //! Differentiable operations on the tape, over the CPU kernels of `device::cpu` and the sparse
 //! kernels of `sparse::csr`. Shapes are checked here, so a bad shape is an error, not a panic.
+//!
+//! Image activations are batch-innermost, [C, H, W, N] (see `tensor.rs`); `to_batch_innermost`
+//! turns a loader batch [C, N, H, W] into that layout.
 
 use crate::autograd::{Tape, Var};
+use crate::device::cpu::conv::Layout;
 use crate::device::cpu::{conv, elementwise, gemm::matmul, norm, pool, xent, ConvGeom};
 use crate::nn::param::{ComputePath, ParamId, ParamStore, Values};
 use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
-use crate::tensor::{overwritten, pooled, swap01, Pooled, Tensor};
+use crate::tensor::{overwritten, pooled, swap01, transpose_inner, Pooled, Tensor};
 use anyhow::{bail, ensure, Result};
 use std::rc::Rc;
 
@@ -39,9 +43,10 @@ fn row_sums(x: &[f32], cols: usize) -> Vec<f32> {
     x.chunks(cols).map(|r| r.iter().sum()).collect()
 }
 
-/// Convolution of x [Cin, N, H, W] with weight `w` ([Cout, Cin, k, k], or [Cout, Cin] for k = 1)
-/// and an optional bias; output [Cout, N, OH, OW]. Sparse weights are computed over their active
-/// entries or dense-masked, as the parameter's `ComputePath` says.
+/// Convolution of x [Cin, H, W, N] with weight `w` ([Cout, Cin, k, k], or [Cout, Cin] for k = 1)
+/// and an optional bias; output [Cout, OH, OW, N]. Sparse weights are computed over their active
+/// entries (the direct convolution of `sparse::conv`) or dense-masked, as the parameter's
+/// `ComputePath` says.
 pub fn conv2d(
     tape: &mut Tape,
     store: &ParamStore,
@@ -56,7 +61,7 @@ pub fn conv2d(
     let s = xv.shape();
     ensure!(
         s.len() == 4,
-        "{}: input must be [C, N, H, W], got {:?}",
+        "{}: input must be [C, H, W, N], got {:?}",
         p.name,
         s
     );
@@ -69,14 +74,13 @@ pub fn conv2d(
         p.shape,
         s[0]
     );
-    let g = ConvGeom::new(s[1], s[0], s[2], s[3], cout, k, stride, pad)
-        .map_err(|e| e.context(p.name.clone()))?;
+    let g = ConvGeom::new(s[3], s[0], s[1], s[2], cout, k, stride, pad)
+        .map_err(|e| e.context(p.name.clone()))?
+        .with_layout(Layout::Chwn);
     let n = g.col_cols();
     let bias = b.map(|id| store.get(id).data());
     if let Values::Sparse(sw, ComputePath::Sparse) = &p.values {
-        if DirectGeom::worthwhile(&g) {
-            return conv2d_direct(tape, sw, x, w, b, bias, &g);
-        }
+        return conv2d_direct(tape, sw, x, w, b, bias, &g);
     }
     // im2col, the GEMM and spmm overwrite their outputs (conv2d_forward's y included: it is
     // set to the bias, or the GEMM does not read it).
@@ -102,7 +106,7 @@ pub fn conv2d(
             }
         }
     });
-    let out = Tensor::from_vec(&[cout, g.n, g.oh, g.ow], y)?;
+    let out = Tensor::from_vec(&[cout, g.oh, g.ow, g.n], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let dy = dy.data();
         let p = ctx.params.get(w);
@@ -176,36 +180,26 @@ pub fn conv2d(
         if wants_x {
             ctx.accumulate(
                 x,
-                Tensor::from_vec(&[g.cin, g.n, g.h, g.w], dx).expect("dx shape"),
+                Tensor::from_vec(&[g.cin, g.h, g.w, g.n], dx).expect("dx shape"),
             );
         }
     });
     Ok(tape.push(out, &[x], true, backward))
 }
 
-/// The forward of `conv2d`'s sparse path without the tape (what `dst::calibrate_paths` times):
-/// direct where `DirectGeom::worthwhile`, else im2col + spmm.
+/// The forward of `conv2d`'s sparse path without the tape (what `dst::calibrate_paths` times),
+/// x [Cin, H, W, N].
 pub fn sparse_conv_forward(
     g: &ConvGeom,
     sw: &csr::SparseWeight,
     x: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    if DirectGeom::worthwhile(g) {
-        let d = DirectGeom::new(g);
-        return d.forward(sw, &d.split(x), bias);
-    }
-    let n = g.col_cols();
-    let col = pooled(g.col_rows() * n, |col| conv::im2col(g, x, col));
-    let mut y = overwritten(g.cout * n, |y| csr::spmm(sw, &col, n, y));
-    if let Some(bv) = bias {
-        add_bias_rows(&mut y, bv, n);
-    }
-    y
+    DirectGeom::new(g).forward(sw, x, bias)
 }
 
-/// The sparse path of `conv2d` as a direct convolution (`sparse::conv`): the forward keeps the
-/// phase buffer of x instead of an im2col buffer.
+/// The sparse path of `conv2d` as a direct convolution (`sparse::conv`): backward reads x
+/// itself, no im2col buffer is kept.
 fn conv2d_direct(
     tape: &mut Tape,
     sw: &csr::SparseWeight,
@@ -217,9 +211,8 @@ fn conv2d_direct(
 ) -> Result<Var> {
     let xv = tape.value_rc(x);
     let d = DirectGeom::new(g);
-    let xp = d.split(xv.data());
-    let y = d.forward(sw, &xp, bias);
-    let out = Tensor::from_vec(&[g.cout, g.n, g.oh, g.ow], y)?;
+    let y = d.forward(sw, xv.data(), bias);
+    let out = Tensor::from_vec(&[g.cout, g.oh, g.ow, g.n], y)?;
     let g = *g;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let dy = dy.data();
@@ -228,7 +221,6 @@ fn conv2d_direct(
             unreachable!("conv2d_direct: {} is no longer sparse", p.name)
         };
         let n = g.col_cols();
-        let dyp = d.pad_dy(dy);
         let gv = if ctx.grads.dense_for_sparse {
             // Topology-update step: the dense weight gradient needs the im2col buffer.
             let col = overwritten(g.col_rows() * n, |col| conv::im2col(&g, xv.data(), col));
@@ -240,9 +232,9 @@ fn conv2d_direct(
             ctx.grads.dense[w.0] = Some(dw);
             gv
         } else {
-            d.weight_grad(sw, &dyp, &xp)
+            d.weight_grad(sw, dy, xv.data())
         };
-        let dx = ctx.wants(x).then(|| d.input_grad(sw, &dyp));
+        let dx = ctx.wants(x).then(|| d.input_grad(sw, dy));
         ctx.grads.add(w, &gv);
         if let Some(bid) = b {
             ctx.grads.add(bid, &row_sums(dy, n));
@@ -250,7 +242,7 @@ fn conv2d_direct(
         if let Some(dx) = dx {
             ctx.accumulate(
                 x,
-                Tensor::from_vec(&[g.cin, g.n, g.h, g.w], dx).expect("dx shape"),
+                Tensor::from_vec(&[g.cin, g.h, g.w, g.n], dx).expect("dx shape"),
             );
         }
     });
@@ -440,53 +432,68 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     Ok(tape.push(out, &[a, b], false, backward))
 }
 
-/// Max-pooling of x [C, N, H, W] with a k×k window.
+/// Max-pooling of x [C, H, W, N] with a k×k window.
 pub fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usize) -> Result<Var> {
     let xv = tape.value_rc(x);
     let s = xv.shape().to_vec();
     ensure!(
         s.len() == 4,
-        "max-pool input must be [C, N, H, W], got {:?}",
+        "max-pool input must be [C, H, W, N], got {:?}",
         s
     );
     ensure!(
-        stride > 0 && k > 0 && 2 * pad < k + 1 && s[2] + 2 * pad >= k && s[3] + 2 * pad >= k,
+        stride > 0 && k > 0 && 2 * pad < k + 1 && s[1] + 2 * pad >= k && s[2] + 2 * pad >= k,
         "max-pool {k}x{k}/{stride} pad {pad} does not fit input {:?}",
         s
     );
-    let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
+    let (c, h, w, n) = (s[0], s[1], s[2], s[3]);
     let (oh, ow) = (
         pool::pool_out(h, k, stride, pad),
         pool::pool_out(w, k, stride, pad),
     );
-    let mut y = vec![0.0; planes * oh * ow];
-    let mut argmax = vec![0u32; planes * oh * ow];
-    pool::maxpool_forward(planes, h, w, k, stride, pad, xv.data(), &mut y, &mut argmax);
-    let out = Tensor::from_vec(&[s[0], s[1], oh, ow], y)?;
+    let mut y = vec![0.0; c * oh * ow * n];
+    let mut argmax = vec![0u32; y.len()];
+    pool::maxpool_forward_chwn(c, h, w, n, k, stride, pad, xv.data(), &mut y, &mut argmax);
+    let out = Tensor::from_vec(&[c, oh, ow, n], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
-        let mut dx = vec![0.0; planes * h * w];
-        pool::maxpool_backward(planes, h, w, oh, ow, dy.data(), &argmax, &mut dx);
+        let mut dx = vec![0.0; c * h * w * n];
+        pool::maxpool_backward_chwn(n, h * w, dy.data(), &argmax, &mut dx);
         ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
     });
     Ok(tape.push(out, &[x], false, backward))
 }
 
-/// Global average pooling: x [C, N, H, W] → features [C, N].
+/// Global average pooling: x [C, H, W, N] → features [C, N].
 pub fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = tape.value_rc(x);
     let s = xv.shape().to_vec();
     ensure!(
         s.len() == 4,
-        "global pooling input must be [C, N, H, W], got {:?}",
+        "global pooling input must be [C, H, W, N], got {:?}",
         s
     );
-    let (c, n, hw) = (s[0], s[1], s[2] * s[3]);
+    let (c, hw, n) = (s[0], s[1] * s[2], s[3]);
     let mut y = vec![0.0; c * n];
-    pool::global_avgpool_forward(c, n, hw, xv.data(), &mut y);
+    pool::global_avgpool_forward_chwn(c, n, hw, xv.data(), &mut y);
     let out = Tensor::from_vec(&[c, n], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let mut dx = vec![0.0; c * n * hw];
-        pool::global_avgpool_backward(c, n, hw, dy.data(), &mut dx);
+        pool::global_avgpool_backward_chwn(c, n, hw, dy.data(), &mut dx);
+        ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
+    });
+    Ok(tape.push(out, &[x], false, backward))
+}
+
+/// Images [C, N, H, W] (the loader's layout) → [C, H, W, N], the layout of every op above.
+pub fn to_batch_innermost(tape: &mut Tape, x: Var) -> Result<Var> {
+    let xv = tape.value(x);
+    let s = xv.shape().to_vec();
+    ensure!(s.len() == 4, "images must be [C, N, H, W], got {:?}", s);
+    let (c, n, hw) = (s[0], s[1], s[2] * s[3]);
+    let y = overwritten(xv.numel(), |y| transpose_inner(xv.data(), c, n, hw, y));
+    let out = Tensor::from_vec(&[c, s[2], s[3], n], y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
+        let dx = overwritten(dy.numel(), |dx| transpose_inner(dy.data(), c, hw, n, dx));
         ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
     });
     Ok(tape.push(out, &[x], false, backward))
@@ -503,7 +510,7 @@ pub fn linear(
 ) -> Result<Var> {
     let s = tape.value(x).shape().to_vec();
     ensure!(s.len() == 2, "linear input must be [F, N], got {:?}", s);
-    let x4 = reshape(tape, x, &[s[0], s[1], 1, 1])?;
+    let x4 = reshape(tape, x, &[s[0], 1, 1, s[1]])?;
     let y = conv2d(tape, store, x4, w, b, 1, 0)?;
     let k = tape.value(y).shape()[0];
     let y2 = reshape(tape, y, &[k, s[1]])?;

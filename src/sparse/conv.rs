@@ -1,346 +1,524 @@
-//! Direct sparse convolution ("shift and add"): no im2col buffer.
+//! Direct sparse convolution over batch-innermost activations [C, H, W, N]: no im2col buffer,
+//! no layout passes.
 //!
-//! The zero-padded input of each channel is split once into its stride² phases
-//! (phase (a, b) holds padded pixels (s·i + a, s·j + b)), each phase a plane of PH × PW with
-//! PH = OH + ⌊(k−1)/s⌋ and PW = OW + ⌊(k−1)/s⌋, images one after another. Output pixel (i, j)
-//! then reads, for weight (ci, kh, kw), phase (kh mod s, kw mod s) of channel ci at
-//! (i + ⌊kh/s⌋, j + ⌊kw/s⌋): on planes of the same PH × PW layout, every active weight is one
-//! contiguous axpy of the whole batch, shifted by ⌊kh/s⌋·PW + ⌊kw/s⌋. The output plane's
-//! extra rows and columns hold junk and are dropped at the end. So forward is `gather_windows`
-//! (spmm with shifted windows), the weight gradient `sddmm_windows` over the same windows against
-//! the output gradient laid out on the padded plane with zeros in the junk positions, and the
-//! input gradient the adjoint gather (shifts negated) followed by reassembling the phases.
+//! With the batch innermost, active weight (co; ci, kh, kw) contributes to output pixel (i, j)
+//! one contiguous row of N inputs, x[ci, s·i + kh − pad, s·j + kw − pad, :]. So for each output
+//! pixel and output channel the forward sums the scaled input rows of that channel's active
+//! weights, N at a time in registers (256 for the CMNIST CNN: 16 AVX-512 registers), and stores
+//! the result once. The input gradient is the same gather over the transpose index (for each
+//! input pixel and channel, the active weights whose tap lands on it), and the weight gradient is
+//! a dot product of an output-gradient row with an input row per active weight and output pixel.
 //!
-//! Work grows by PH·PW / (OH·OW) over the im2col path (more for tiny outputs), so `worthwhile`
-//! keeps the im2col path for layers where that ratio is large.
+//! Pixels differ only in which taps of their window read the input rather than the zero padding
+//! (all of them, inside). Pixels are grouped into classes by that set, and each class gets its own
+//! compressed entry lists holding exactly those taps, with offsets relative to a per-pixel base,
+//! so no pass tests a tap or pads a buffer.
+//!
+//! Loops run over pixels outermost and channels inside, so the rows one pixel's window reads
+//! (every channel's k² taps) stay in L2 while every output channel reuses them.
 
 use rayon::prelude::*;
 
-use super::csr::{gather_windows, sddmm_windows, SparseWeight};
-use crate::device::cpu::conv::ConvGeom;
-use crate::tensor::{overwritten, pooled, Pooled};
+#[cfg(target_arch = "x86_64")]
+use super::csr::dot_lanes8_avx512;
+use super::csr::{acc_vec, dot_lanes, hsum, Kernels, SparseWeight, LANES};
+use crate::device::cpu::conv::{ConvGeom, Layout};
+use crate::tensor::overwritten;
 
-/// Below this many floats, layout passes stay serial.
-const PAR_MIN: usize = 1 << 15;
+/// Below this many multiply-adds a pass runs on the calling thread.
+const SERIAL_WORK: usize = 1 << 16;
+/// Tasks per thread, for load balance.
+const TASKS_PER_THREAD: usize = 2;
 
-/// The padded-plane layout of one convolution.
+/// One convolution over [C, H, W, N] activations.
 #[derive(Clone, Copy, Debug)]
 pub struct DirectGeom {
     pub g: ConvGeom,
-    ph: usize,
-    pw: usize,
-    /// Columns of the computation: n·PH·PW.
-    len: usize,
-    /// Largest flat shift: q·PW + q.
-    shift: usize,
+    /// The build of the passes to run (the best this CPU has, unless chosen).
+    kernels: Kernels,
+}
+
+/// Which taps of the k×k window read an input pixel: one bit per kernel row and per column.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TapMask {
+    rows: u64,
+    cols: u64,
+}
+
+impl TapMask {
+    fn has(&self, kh: usize, kw: usize) -> bool {
+        self.rows >> kh & 1 == 1 && self.cols >> kw & 1 == 1
+    }
+}
+
+/// The active weights that one class of pixels uses, compressed by row (output channel for the
+/// forward and the weight gradient, input channel for the input gradient). `off` is relative to
+/// the pixel's base and wraps (only base + off is an index); `slot` is the entry's position in
+/// the CSR order (forward lists only).
+#[derive(Default)]
+struct Lists {
+    ptr: Vec<usize>,
+    off: Vec<usize>,
+    val: Vec<f32>,
+    slot: Vec<u32>,
+}
+
+impl Lists {
+    fn row(&self, r: usize) -> std::ops::Range<usize> {
+        self.ptr[r]..self.ptr[r + 1]
+    }
+}
+
+/// Pixels grouped by their `TapMask`: pixel p uses `lists[class[p]]` from base offset `base[p]`.
+struct Plan {
+    class: Vec<usize>,
+    base: Vec<usize>,
+    lists: Vec<Lists>,
+}
+
+impl Plan {
+    fn new(
+        npix: usize,
+        mask: impl Fn(usize) -> TapMask,
+        base: impl Fn(usize) -> usize,
+        lists: impl Fn(TapMask) -> Lists + Sync + Send,
+    ) -> Plan {
+        let mut masks: Vec<TapMask> = Vec::new();
+        let class = (0..npix)
+            .map(|p| {
+                let m = mask(p);
+                masks.iter().position(|&q| q == m).unwrap_or_else(|| {
+                    masks.push(m);
+                    masks.len() - 1
+                })
+            })
+            .collect();
+        Plan {
+            class,
+            base: (0..npix).map(base).collect(),
+            lists: masks.into_par_iter().map(lists).collect(),
+        }
+    }
+
+    fn at(&self, p: usize) -> (&Lists, usize) {
+        (&self.lists[self.class[p]], self.base[p])
+    }
+}
+
+/// The bits t < k for which `ok(t)` holds.
+fn bits(k: usize, ok: impl Fn(usize) -> bool) -> u64 {
+    (0..k).filter(|&t| ok(t)).fold(0, |m, t| m | 1 << t)
 }
 
 impl DirectGeom {
     pub fn new(g: &ConvGeom) -> Self {
-        let q = (g.k - 1) / g.stride;
-        let (ph, pw) = (g.oh + q, g.ow + q);
+        assert!(g.k <= 64, "direct conv: kernel {} exceeds 64", g.k);
         DirectGeom {
-            g: *g,
-            ph,
-            pw,
-            len: g.n * ph * pw,
-            shift: q * pw + q,
+            g: g.with_layout(Layout::Chwn),
+            kernels: Kernels::detect(),
         }
     }
 
-    /// Whether the direct path is expected to beat im2col: the padded plane may be at most 2.5×
-    /// the output plane (CMNIST CNN: 1.3× and 1.8×; ResNet-18 at 32 px: 1.3× at 8×8, 2.25× at 4×4,
-    /// 4× at 2×2 where im2col stays).
-    pub fn worthwhile(g: &ConvGeom) -> bool {
-        let d = DirectGeom::new(g);
-        2 * d.ph * d.pw <= 5 * g.oh * g.ow
+    /// The same convolution run with the `k` build of the passes (lowered to what this CPU
+    /// supports), so tests can check every build against the same reference.
+    pub fn with_kernels(self, k: Kernels) -> Self {
+        DirectGeom {
+            kernels: k.resolve(),
+            ..self
+        }
     }
 
-    /// Row length of the phase buffer: the plane plus a tail the largest shift may read.
-    fn xrow(&self) -> usize {
-        self.len + self.shift
-    }
-
-    /// Row length of the padded output gradient: a leading margin the negated shifts may read.
-    fn dyrow(&self) -> usize {
-        self.shift + self.len
-    }
-
-    /// Flat shift and phase row (ci·s² + phase) of column c = (ci, kh, kw) of the weight matrix.
-    /// For each active weight (CSR order), where its shifted window starts in the phase buffer.
-    fn window_offsets(&self, w: &SparseWeight) -> Vec<usize> {
-        let xrow = self.xrow();
-        w.col_idx
-            .iter()
-            .map(|&c| {
-                let (sh, row) = self.tap(c as usize);
-                row * xrow + sh
-            })
-            .collect()
-    }
-
-    fn tap(&self, c: usize) -> (usize, usize) {
-        let (k, s) = (self.g.k, self.g.stride);
-        let (ci, kh, kw) = (c / (k * k), (c / k) % k, c % k);
-        let row = ci * s * s + (kh % s) * s + kw % s;
-        ((kh / s) * self.pw + kw / s, row)
-    }
-
-    /// The phase buffer [cin·s², n·PH·PW + shift] of x [cin, n, h, w].
-    pub fn split(&self, x: &[f32]) -> Pooled {
-        let g = &self.g;
-        assert_eq!(x.len(), g.cin * g.n * g.h * g.w, "direct conv: x length");
-        let (s, xrow, ph, pw) = (g.stride, self.xrow(), self.ph, self.pw);
-        let ss = s * s;
-        // Per phase (a, b): phase rows i in [ilo, ihi) read input row s·i + a − pad; phase
-        // columns j in [lo, hi) read input column s·j + b − pad; the rest is padding (0).
-        let ranges: Vec<((usize, usize), (usize, usize))> = (0..ss)
-            .map(|p| {
-                let (a, b) = (p / s, p % s);
-                (valid(ph, g.h, s, a, g.pad), valid(pw, g.w, s, b, g.pad))
-            })
-            .collect();
-        // All s² phase rows of one channel together, image by image: each input image is read
-        // once (from L1) instead of once per phase. Planes are small (8×8 for the CMNIST CNN's
-        // conv2): one short zero-fill of the whole plane, then the valid block over it.
-        let fill = |ci: usize, dst: &mut [f32]| {
-            let mut rows: Vec<&mut [f32]> = dst.chunks_exact_mut(xrow).collect();
-            for row in rows.iter_mut() {
-                row[g.n * ph * pw..].fill(0.0);
-            }
-            for img in 0..g.n {
-                let src = &x[(ci * g.n + img) * g.h * g.w..][..g.h * g.w];
-                for (p, row) in rows.iter_mut().enumerate() {
-                    let ((ilo, ihi), (lo, hi)) = ranges[p];
-                    let dimg = &mut row[img * ph * pw..][..ph * pw];
-                    dimg.fill(0.0);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let start = s * lo + p % s - g.pad;
-                    for i in ilo..ihi {
-                        let ih = s * i + p / s - g.pad;
-                        let srow = &src[ih * g.w + start..][..s * (hi - lo - 1) + 1];
-                        copy_strided(&mut dimg[i * pw + lo..i * pw + hi], srow, s);
-                    }
-                }
-            }
-        };
-        pooled(g.cin * ss * xrow, |xp| {
-            if xp.len() >= PAR_MIN {
-                xp.par_chunks_mut(ss * xrow)
-                    .enumerate()
-                    .for_each(|(ci, d)| fill(ci, d));
-            } else {
-                xp.chunks_mut(ss * xrow)
-                    .enumerate()
-                    .for_each(|(ci, d)| fill(ci, d));
-            }
-        })
-    }
-
-    /// y[cout, n·oh·ow] = W · x (+ bias), from the phase buffer.
-    pub fn forward(&self, w: &SparseWeight, xp: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    fn checks(&self, w: &SparseWeight) {
         let g = &self.g;
         assert_eq!(w.rows, g.cout, "direct conv: weight rows");
         assert_eq!(w.cols, g.col_rows(), "direct conv: weight columns");
-        let off = self.window_offsets(w);
-        // gather_windows overwrites its output.
-        let yp = pooled(g.cout * self.len, |yp| {
-            gather_windows(&w.row_ptr, &off, &w.values, xp, self.len, yp)
-        });
-        // Drop the junk rows and columns of every plane, adding the bias: every output row of
-        // every image is written once.
-        let plane = g.n * g.oh * g.ow;
-        let crop = |co: usize, dst: &mut [f32]| {
-            let bv = bias.map_or(0.0, |b| b[co]);
-            let src = &yp[co * self.len..][..self.len];
-            for (simg, dimg) in src
-                .chunks_exact(self.ph * self.pw)
-                .zip(dst.chunks_exact_mut(g.oh * g.ow))
-            {
-                for (srow, drow) in simg.chunks_exact(self.pw).zip(dimg.chunks_exact_mut(g.ow)) {
-                    for (o, &v) in drow.iter_mut().zip(&srow[..g.ow]) {
-                        *o = v + bv;
+    }
+
+    /// Output pixels by the taps that read the input; per class, each output channel's entries
+    /// at those taps (offset (ci·H + kh)·W + kw rows of N from the window's corner).
+    fn output_plan(&self, w: &SparseWeight) -> Plan {
+        let g = &self.g;
+        let (n, s, pad) = (g.n as isize, g.stride as isize, g.pad as isize);
+        let inside = |o: usize, t: usize, size: usize| {
+            let v = s * o as isize - pad + t as isize;
+            v >= 0 && v < size as isize
+        };
+        // Each entry's offset and tap, computed once for all classes.
+        let kk = g.k * g.k;
+        let ents: Vec<(usize, u8, u8)> = w
+            .col_idx
+            .iter()
+            .map(|&c| {
+                let c = c as usize;
+                let (ci, kh, kw) = (c / kk, (c / g.k) % g.k, c % g.k);
+                (((ci * g.h + kh) * g.w + kw) * g.n, kh as u8, kw as u8)
+            })
+            .collect();
+        Plan::new(
+            g.oh * g.ow,
+            |p| TapMask {
+                rows: bits(g.k, |kh| inside(p / g.ow, kh, g.h)),
+                cols: bits(g.k, |kw| inside(p % g.ow, kw, g.w)),
+            },
+            |p| {
+                let (r0, c0) = (s * (p / g.ow) as isize - pad, s * (p % g.ow) as isize - pad);
+                ((r0 * g.w as isize + c0) * n) as usize
+            },
+            |m| {
+                let all = (1u64 << g.k) - 1;
+                let mut l = Lists {
+                    ptr: Vec::with_capacity(g.cout + 1),
+                    ..Lists::default()
+                };
+                if m.rows == all && m.cols == all {
+                    // Every tap reads the input (the inside pixels): the whole CSR.
+                    l.off = ents.iter().map(|e| e.0).collect();
+                    l.val = w.values.clone();
+                    l.slot = (0..w.nnz() as u32).collect();
+                    l.ptr = w.row_ptr.iter().map(|&p| p as usize).collect();
+                    return l;
+                }
+                l.ptr.push(0);
+                for r in 0..g.cout {
+                    let row = w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize;
+                    for (e, &(off, kh, kw)) in row.clone().zip(&ents[row]) {
+                        if m.has(kh as usize, kw as usize) {
+                            l.off.push(off);
+                            l.val.push(w.values[e]);
+                            l.slot.push(e as u32);
+                        }
                     }
+                    l.ptr.push(l.off.len());
                 }
-            }
-        };
-        overwritten(g.cout * plane, |y| {
-            if y.len() >= PAR_MIN {
-                y.par_chunks_mut(plane)
-                    .enumerate()
-                    .for_each(|(co, d)| crop(co, d));
-            } else {
-                y.chunks_mut(plane)
-                    .enumerate()
-                    .for_each(|(co, d)| crop(co, d));
-            }
-        })
+                l
+            },
+        )
     }
 
-    /// dy [cout, n·oh·ow] on padded planes behind a leading margin, zero in the junk positions.
-    pub fn pad_dy(&self, dy: &[f32]) -> Pooled {
+    /// Input pixels by the taps whose output pixel exists: input row r is read by tap kh of
+    /// output row (r + pad − kh)/s when that divides and lies in [0, OH). Per class, each input
+    /// channel's entries (the CSC index) with offsets from the output pixel of the class's
+    /// first tap.
+    fn input_plan(&self, w: &SparseWeight) -> Plan {
         let g = &self.g;
-        let plane = g.n * g.oh * g.ow;
-        assert_eq!(dy.len(), g.cout * plane, "direct conv: dy length");
-        let dyrow = self.dyrow();
-        // Every element of each row (margin, planes, junk positions) is written once.
-        let fill = |co: usize, dst: &mut [f32]| {
-            let (margin, planes) = dst.split_at_mut(self.shift);
-            margin.fill(0.0);
-            let src = &dy[co * plane..][..plane];
-            for (simg, dimg) in src
-                .chunks_exact(g.oh * g.ow)
-                .zip(planes.chunks_exact_mut(self.ph * self.pw))
-            {
-                // As in `split`: zero the small plane once, then copy the rows over it.
-                dimg.fill(0.0);
-                for (srow, drow) in simg.chunks_exact(g.ow).zip(dimg.chunks_exact_mut(self.pw)) {
-                    drow[..g.ow].copy_from_slice(srow);
-                }
-            }
+        let (s, n) = (g.stride, g.n);
+        let reads = |x: usize, t: usize, o_n: usize| {
+            let v = x + g.pad;
+            v >= t && (v - t).is_multiple_of(s) && (v - t) / s < o_n
         };
-        pooled(g.cout * dyrow, |out| {
-            if out.len() >= PAR_MIN {
-                out.par_chunks_mut(dyrow)
-                    .enumerate()
-                    .for_each(|(co, d)| fill(co, d));
-            } else {
-                out.chunks_mut(dyrow)
-                    .enumerate()
-                    .for_each(|(co, d)| fill(co, d));
-            }
-        })
-    }
-
-    /// Gradient at the active weights, from `pad_dy`'s buffer and the phase buffer.
-    pub fn weight_grad(&self, w: &SparseWeight, dyp: &[f32], xp: &[f32]) -> Vec<f32> {
-        let off = self.window_offsets(w);
-        let mut gv = vec![0.0; w.nnz()];
-        sddmm_windows(
-            &w.row_ptr,
-            &off,
-            dyp,
-            self.shift,
-            self.dyrow(),
-            xp,
-            self.len,
-            &mut gv,
-        );
-        gv
-    }
-
-    /// dx [cin, n, h, w] from `pad_dy`'s buffer.
-    pub fn input_grad(&self, w: &SparseWeight, dyp: &[f32]) -> Vec<f32> {
-        let g = &self.g;
-        let (k, s) = (g.k, g.stride);
-        let nrows = g.cin * s * s;
-        let dyrow = self.dyrow();
-        // Rows (ci, phase): the entries of every column (ci, kh, kw) of that phase, reading dy
-        // shifted back by the column's shift.
-        let mut ptr = Vec::with_capacity(nrows + 1);
-        let mut off = Vec::with_capacity(w.nnz());
-        let mut val = Vec::with_capacity(w.nnz());
-        ptr.push(0u32);
-        for ci in 0..g.cin {
-            for a in 0..s {
-                for b in 0..s {
-                    for kh in (a..k).step_by(s) {
-                        for kw in (b..k).step_by(s) {
-                            let c = ci * k * k + kh * k + kw;
-                            let (sh, _) = self.tap(c);
-                            let (e0, e1) = (w.col_ptr[c] as usize, w.col_ptr[c + 1] as usize);
-                            for t in e0..e1 {
-                                off.push(w.csc_row[t] as usize * dyrow + self.shift - sh);
-                                val.push(w.values[w.csc_pos[t] as usize]);
+        let opix = g.oh * g.ow * n;
+        Plan::new(
+            g.h * g.w,
+            |p| TapMask {
+                rows: bits(g.k, |kh| reads(p / g.w, kh, g.oh)),
+                cols: bits(g.k, |kw| reads(p % g.w, kw, g.ow)),
+            },
+            |p| {
+                // Output pixel of the taps kh ≡ (r + pad) mod s, less (kh − that)/s rows.
+                let (r, c) = ((p / g.w + g.pad) / s, (p % g.w + g.pad) / s);
+                (r * g.ow + c) * n
+            },
+            |m| {
+                let (ph, pw) = (
+                    m.rows.trailing_zeros() as usize % s,
+                    m.cols.trailing_zeros() as usize % s,
+                );
+                let mut l = Lists::default();
+                l.ptr.push(0);
+                for ci in 0..g.cin {
+                    for kh in (0..g.k).filter(|&kh| m.rows >> kh & 1 == 1) {
+                        for kw in (0..g.k).filter(|&kw| m.cols >> kw & 1 == 1) {
+                            let col = (ci * g.k + kh) * g.k + kw;
+                            let back = (((kh - ph) / s) * g.ow + (kw - pw) / s) * n;
+                            for t in w.col_ptr[col] as usize..w.col_ptr[col + 1] as usize {
+                                l.off
+                                    .push((w.csc_row[t] as usize * opix).wrapping_sub(back));
+                                l.val.push(w.values[w.csc_pos[t] as usize]);
                             }
                         }
                     }
-                    ptr.push(off.len() as u32);
+                    l.ptr.push(l.off.len());
                 }
-            }
+                l
+            },
+        )
+    }
+
+    /// y [cout, oh, ow, n] = W ∗ x (+ bias) for x [cin, h, w, n].
+    pub fn forward(&self, w: &SparseWeight, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let g = &self.g;
+        self.checks(w);
+        assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), g.cout, "direct conv: bias length");
         }
-        let dxp = pooled(nrows * self.len, |dxp| {
-            gather_windows(&ptr, &off, &val, dyp, self.len, dxp)
-        });
-        // Reassemble: dx pixel (r, c) is phase ((r+pad) mod s, (c+pad) mod s) at
-        // ((r+pad) div s, (c+pad) div s); pixels no output reads are 0. Each image plane is zeroed
-        // just before its scatter (while in cache) so dx comes from the buffer pool instead of
-        // a fresh zero-filled allocation every step.
-        let plane = g.n * g.h * g.w;
-        let ranges: Vec<(usize, usize)> =
-            (0..s).map(|b| valid(self.pw, g.w, s, b, g.pad)).collect();
-        let gather = |ci: usize, dxc: &mut [f32]| {
-            for (img, dimg) in dxc.chunks_exact_mut(g.h * g.w).enumerate() {
-                // One zero-fill per image plane (not a memset call per short row).
-                dimg.fill(0.0);
-                for (r, drow) in dimg.chunks_exact_mut(g.w).enumerate() {
-                    let (pr, i) = ((r + g.pad) % s, (r + g.pad) / s);
-                    if i >= self.ph {
-                        continue;
-                    }
-                    for (b, &(lo, hi)) in ranges.iter().enumerate() {
-                        if lo >= hi {
-                            continue;
-                        }
-                        let src = &dxp[(ci * s * s + pr * s + b) * self.len
-                            + img * self.ph * self.pw
-                            + i * self.pw..][lo..hi];
-                        // Columns c with (c + pad) mod s = b: c = s·j + b − pad.
-                        let start = s * lo + b - g.pad;
-                        for (o, v) in drow[start..].iter_mut().step_by(s).zip(src) {
-                            *o = *v;
-                        }
-                    }
-                }
-            }
-        };
-        overwritten(g.cin * plane, |dx| {
-            if dx.len() >= PAR_MIN {
-                dx.par_chunks_mut(plane)
-                    .enumerate()
-                    .for_each(|(ci, d)| gather(ci, d));
+        let plan = self.output_plan(w);
+        let plane = g.oh * g.ow * g.n;
+        let k = self.kernels;
+        overwritten(g.cout * plane, |y| {
+            let rows = |r0: usize, yr: &mut [f32]| {
+                let mut pass = Forward {
+                    g,
+                    plan: &plan,
+                    x,
+                    bias,
+                    r0,
+                    yr,
+                };
+                run_variant(k, &mut pass);
+            };
+            if w.nnz() * plane < SERIAL_WORK || y.is_empty() {
+                rows(0, y);
             } else {
-                dx.chunks_mut(plane)
+                let per = g.cout.div_ceil(tasks()).max(1);
+                y.par_chunks_mut(per * plane)
                     .enumerate()
-                    .for_each(|(ci, d)| gather(ci, d));
+                    .for_each(|(t, yr)| rows(t * per, yr));
+            }
+        })
+    }
+
+    /// Gradient at the active weights (CSR order) from dy [cout, oh, ow, n] and x [cin, h, w, n].
+    pub fn weight_grad(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> Vec<f32> {
+        let g = &self.g;
+        self.checks(w);
+        assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
+        assert_eq!(
+            dy.len(),
+            g.cout * g.oh * g.ow * g.n,
+            "direct conv: dy length"
+        );
+        let plan = self.output_plan(w);
+        let k = self.kernels;
+        let mut gv = vec![0f32; w.nnz()];
+        // Row groups of roughly equal entry counts, each writing its own range of gv.
+        let ngroups = if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK {
+            1
+        } else {
+            tasks()
+        };
+        let target = w.nnz().div_ceil(ngroups).max(1);
+        let mut groups: Vec<(usize, usize, &mut [f32])> = Vec::new();
+        let mut rest: &mut [f32] = &mut gv;
+        let mut r0 = 0;
+        while r0 < g.cout {
+            let start = w.row_ptr[r0] as usize;
+            let mut r1 = r0 + 1;
+            while r1 < g.cout && (w.row_ptr[r1] as usize - start) < target {
+                r1 += 1;
+            }
+            let (head, tail) = rest.split_at_mut(w.row_ptr[r1] as usize - start);
+            groups.push((r0, r1, head));
+            rest = tail;
+            r0 = r1;
+        }
+        let run = |(r0, r1, out): (usize, usize, &mut [f32])| {
+            let mut pass = WeightGrad {
+                g,
+                plan: &plan,
+                x,
+                dy,
+                rows: (r0, r1),
+                e0: w.row_ptr[r0] as usize,
+                out,
+            };
+            run_variant(k, &mut pass);
+        };
+        if groups.len() == 1 {
+            groups.into_iter().for_each(run);
+        } else {
+            groups.into_par_iter().for_each(run);
+        }
+        gv
+    }
+
+    /// dx [cin, h, w, n] from dy [cout, oh, ow, n]: for each input pixel and channel, the sum
+    /// over the active weights whose tap lands on it.
+    pub fn input_grad(&self, w: &SparseWeight, dy: &[f32]) -> Vec<f32> {
+        let g = &self.g;
+        self.checks(w);
+        assert_eq!(
+            dy.len(),
+            g.cout * g.oh * g.ow * g.n,
+            "direct conv: dy length"
+        );
+        let plan = self.input_plan(w);
+        let plane = g.h * g.w * g.n;
+        let k = self.kernels;
+        overwritten(g.cin * plane, |dx| {
+            let chans = |c0: usize, dxc: &mut [f32]| {
+                let mut pass = InputGrad {
+                    g,
+                    plan: &plan,
+                    dy,
+                    c0,
+                    dxc,
+                };
+                run_variant(k, &mut pass);
+            };
+            if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK || dx.is_empty() {
+                chans(0, dx);
+            } else {
+                let per = g.cin.div_ceil(tasks()).max(1);
+                dx.par_chunks_mut(per * plane)
+                    .enumerate()
+                    .for_each(|(t, d)| chans(t * per, d));
             }
         })
     }
 }
 
-/// dst[t] = src[s·t] for every t < dst.len().
-#[inline(always)]
-fn copy_strided(dst: &mut [f32], src: &[f32], s: usize) {
-    if s == 1 {
-        dst.copy_from_slice(&src[..dst.len()]);
-    } else if s == 2 {
-        // chunks_exact with a constant width vectorises (chunks does not); the last element's
-        // pair may run past src, so it is copied on its own.
-        let Some((last, body)) = dst.split_last_mut() else {
-            return;
-        };
-        for (o, p) in body.iter_mut().zip(src.chunks_exact(2)) {
-            *o = p[0];
-        }
-        *last = src[2 * body.len()];
-    } else {
-        for (o, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
-            *o = v;
+fn tasks() -> usize {
+    TASKS_PER_THREAD * rayon::current_num_threads().max(1)
+}
+
+/// One pass over a slice of the output, built for each instruction set: `CH` is how many
+/// columns `acc_vec` sums in registers (256 = 16 AVX-512 registers, 128 = 16 AVX2 ones).
+trait Pass {
+    fn run<const FMA: bool, const CH: usize>(&mut self);
+}
+
+/// Runs the AVX-512, AVX2 or portable build of `p`; `k` is at most what `Kernels::detect` found.
+fn run_variant(k: Kernels, p: &mut impl Pass) {
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `k` is at most `Kernels::detect`'s answer, so the CPU has AVX-512F, AVX2, FMA.
+        Kernels::Avx512 => unsafe { run_avx512(p) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, the CPU has AVX2 and FMA.
+        Kernels::Avx2 => unsafe { run_avx2(p) },
+        _ => p.run::<false, 64>(),
+    }
+}
+
+// `Pass::run` bodies are `#[inline(always)]`, so they compile into these with their features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn run_avx512(p: &mut impl Pass) {
+    p.run::<true, 256>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2(p: &mut impl Pass) {
+    p.run::<true, 128>()
+}
+
+/// Forward of the output channels r0.. in `yr` ([rows, oh, ow, n]), pixel by pixel.
+struct Forward<'a> {
+    g: &'a ConvGeom,
+    plan: &'a Plan,
+    x: &'a [f32],
+    bias: Option<&'a [f32]>,
+    r0: usize,
+    yr: &'a mut [f32],
+}
+
+impl Pass for Forward<'_> {
+    #[inline(always)]
+    fn run<const FMA: bool, const CH: usize>(&mut self) {
+        let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
+        let rows = self.yr.len() / (npix * n).max(1);
+        for px in 0..npix {
+            let (l, at) = self.plan.at(px);
+            for i in 0..rows {
+                let r = self.r0 + i;
+                let e = l.row(r);
+                let out = &mut self.yr[(i * npix + px) * n..][..n];
+                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.x, at, out);
+                if let Some(b) = self.bias {
+                    out.iter_mut().for_each(|o| *o += b[r]);
+                }
+            }
         }
     }
 }
 
-/// The phase columns j in [lo, hi) (hi ≤ out) whose input column s·j + b − pad lies in [0, size).
-fn valid(out: usize, size: usize, s: usize, b: usize, pad: usize) -> (usize, usize) {
-    // s·j + b ≥ pad  ⇔  j ≥ ⌈(pad − b)/s⌉;  s·j + b − pad < size  ⇔  j < ⌈(size + pad − b)/s⌉.
-    let lo = if b >= pad { 0 } else { (pad - b).div_ceil(s) };
-    let hi = if size + pad <= b {
-        0
-    } else {
-        (size + pad - b).div_ceil(s)
-    };
-    let hi = hi.min(out);
-    (lo.min(hi), hi)
+/// Weight gradient of output channels `rows` (entries e0.. of the CSR order, in `out`), pixel by
+/// pixel: per entry, the lanes of its dot product of the pixel's dy row with its input row,
+/// eight entries against one load of dy, reduced once at the end.
+struct WeightGrad<'a> {
+    g: &'a ConvGeom,
+    plan: &'a Plan,
+    x: &'a [f32],
+    dy: &'a [f32],
+    rows: (usize, usize),
+    e0: usize,
+    out: &'a mut [f32],
+}
+
+impl Pass for WeightGrad<'_> {
+    #[inline(always)]
+    fn run<const FMA: bool, const CH: usize>(&mut self) {
+        let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
+        let mut part = vec![[0f32; LANES]; self.out.len()];
+        for px in 0..npix {
+            let (l, at) = self.plan.at(px);
+            for r in self.rows.0..self.rows.1 {
+                let a = &self.dy[(r * npix + px) * n..][..n];
+                let e = l.row(r);
+                let (offs, slots) = (&l.off[e.clone()], &l.slot[e]);
+                let src = |q: usize| &self.x[offs[q].wrapping_add(at)..][..n];
+                let mut q = 0;
+                while q < offs.len() {
+                    let m = (offs.len() - q).min(8);
+                    let mut acc = [[0f32; LANES]; 8];
+                    if m == 8 {
+                        let srcs = std::array::from_fn(|t| src(q + t));
+                        #[cfg(target_arch = "x86_64")]
+                        if CH == 256 {
+                            // SAFETY: CH = 256 is only the AVX-512 build (`run_avx512`), run
+                            // only where the CPU has AVX-512F.
+                            unsafe { dot_lanes8_avx512(a, srcs, &mut acc) };
+                        } else {
+                            dot_lanes::<FMA, 8>(a, srcs, &mut acc);
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        dot_lanes::<FMA, 8>(a, srcs, &mut acc);
+                    } else {
+                        for (t, acc) in acc[..m].iter_mut().enumerate() {
+                            let one: &mut [[f32; LANES]; 1] = std::slice::from_mut(acc)
+                                .try_into()
+                                .expect("one accumulator");
+                            dot_lanes::<FMA, 1>(a, [src(q + t)], one);
+                        }
+                    }
+                    for (&slot, acc) in slots[q..q + m].iter().zip(&acc) {
+                        for (o, v) in part[slot as usize - self.e0].iter_mut().zip(acc) {
+                            *o += v;
+                        }
+                    }
+                    q += m;
+                }
+            }
+        }
+        for (o, lanes) in self.out.iter_mut().zip(part) {
+            *o = hsum(lanes);
+        }
+    }
+}
+
+/// Input gradient of the channels c0.. in `dxc` ([chans, h, w, n]), pixel by pixel.
+struct InputGrad<'a> {
+    g: &'a ConvGeom,
+    plan: &'a Plan,
+    dy: &'a [f32],
+    c0: usize,
+    dxc: &'a mut [f32],
+}
+
+impl Pass for InputGrad<'_> {
+    #[inline(always)]
+    fn run<const FMA: bool, const CH: usize>(&mut self) {
+        let (n, npix) = (self.g.n, self.g.h * self.g.w);
+        let chans = self.dxc.len() / (npix * n).max(1);
+        for px in 0..npix {
+            let (l, at) = self.plan.at(px);
+            for i in 0..chans {
+                let e = l.row(self.c0 + i);
+                let out = &mut self.dxc[(i * npix + px) * n..][..n];
+                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.dy, at, out);
+            }
+        }
+    }
 }

@@ -2,9 +2,8 @@
 //! index into the same values (backward-data), and the CPU kernels over it.
 //!
 //! Kernels: `spmm` and `spmm_t` compute each output row as a sum of scaled rows of the dense
-//! operand (an axpy per active weight, eight weights at a time so each output load/store feeds
-//! eight FMAs), over tiles of (output rows) × (a block of n) so the output piece stays in L1 while
-//! the entries stream. `sddmm` computes eight dot products at a time against one row of the output
+//! operand, summed in registers a chunk of columns at a time over all the row's entries (the
+//! next entries' sources prefetched), over tiles of (output rows) × (a block of n). `sddmm` computes eight dot products at a time against one row of the output
 //! gradient, block by block of n. Tiles run in parallel with rayon; small problems run serially.
 //! The inner loops are plain slice code that LLVM vectorises; they are compiled three times
 //! (portable, AVX2+FMA, AVX-512) and chosen at run time (`Kernels::preferred`).
@@ -267,7 +266,7 @@ impl Kernels {
     }
 
     /// `self`, lowered to what the CPU supports (so any value is safe to request).
-    fn resolve(self) -> Kernels {
+    pub fn resolve(self) -> Kernels {
         match (self, Kernels::detect()) {
             (Kernels::Portable, _) | (_, Kernels::Portable) => Kernels::Portable,
             (Kernels::Avx2, _) | (_, Kernels::Avx2) => Kernels::Avx2,
@@ -316,92 +315,108 @@ struct Tile<'a> {
     outs: Vec<&'a mut [f32]>,
 }
 
-/// o (+)= Σ_q v[q] · b[q] over `M` sources: one pass over `o`. With `INIT` the sum starts at
-/// 0 and `o` is only written (its old contents are never read).
+/// Computes one tile of a `Gather`: each output row's piece summed over all its entries in
+/// registers, CH columns at a time (`acc_vec`).
 #[inline(always)]
-fn axpy_many<const FMA: bool, const INIT: bool, const M: usize>(
-    o: &mut [f32],
-    b: [&[f32]; M],
-    v: &[f32],
-) {
-    let w = o.len();
-    let b: [&[f32]; M] = b.map(|x| &x[..w]);
-    let v: [f32; M] = v[..M].try_into().unwrap();
-    for (j, o) in o.iter_mut().enumerate() {
-        let mut acc = if INIT { 0.0 } else { *o };
-        for q in 0..M {
-            acc = fmadd::<FMA>(v[q], b[q][j], acc);
-        }
-        *o = acc;
-    }
-}
-
-/// Computes one tile of a `Gather`: for each output row, its entries eight at a time (the rest
-/// as one smaller group), each group one pass over the row's output piece, which stays in L1.
-/// The first group writes the piece instead of adding to a zero-filled one.
-#[inline(always)]
-fn gather_tile<const FMA: bool>(g: &Gather, tile: &mut Tile) {
-    let j0 = tile.j0;
+fn gather_tile<const FMA: bool, const CH: usize>(g: &Gather, tile: &mut Tile) {
     for (i, o) in tile.outs.iter_mut().enumerate() {
-        let o: &mut [f32] = o;
-        let w = o.len();
         let r = tile.row0 + i;
         let (s, e) = (g.ptr[r] as usize, g.ptr[r + 1] as usize);
-        if s == e {
-            o.fill(0.0);
-            continue;
-        }
-        let idx = &g.off[s..e];
-        let val = &g.val[s..e];
-        let src = |q: usize| &g.src[idx[q] + j0..][..w];
-        // Groups of eight, and the rest (1..=7 entries) as one group: one pass over the output
-        // piece per group (at low density a row has only a few entries).
-        let mut q = 0;
-        while q < idx.len() {
-            let m = (idx.len() - q).min(8);
-            if q == 0 {
-                axpy_group::<FMA, true>(o, &src, &val[q..q + m]);
-            } else {
-                axpy_group::<FMA, false>(o, &|t| src(q + t), &val[q..q + m]);
-            }
-            q += m;
-        }
+        acc_vec::<FMA, CH>(&g.off[s..e], &g.val[s..e], g.src, tile.j0, o);
     }
 }
 
-/// `axpy_many` over `v.len()` (1..=8) entries; `src(t)` is entry t's source.
+/// Entries ahead whose source chunk is prefetched: the sources are scattered windows that the
+/// hardware prefetcher cannot predict.
+const PREFETCH_AHEAD: usize = 4;
+
+/// out = Σ_q val[q] · src[idx[q] + at..][..out.len()] (idx[q] + at wrapping, so offsets may be
+/// relative to a base on either side): CH columns at a time summed in registers
+/// over every entry and stored once (CH = 256 fills 16 AVX-512 registers), the narrower tail 16
+/// at a time, then one by one.
 #[inline(always)]
-fn axpy_group<'s, const FMA: bool, const INIT: bool>(
-    o: &mut [f32],
-    src: &impl Fn(usize) -> &'s [f32],
-    v: &[f32],
+pub(crate) fn acc_vec<const FMA: bool, const CH: usize>(
+    idx: &[usize],
+    val: &[f32],
+    src: &[f32],
+    at: usize,
+    out: &mut [f32],
 ) {
-    fn srcs<'s, const M: usize>(src: &impl Fn(usize) -> &'s [f32]) -> [&'s [f32]; M] {
-        std::array::from_fn(src)
+    let w = out.len();
+    let mut c = 0;
+    while c + CH <= w {
+        acc_chunk::<FMA, CH>(idx, val, src, at + c, &mut out[c..c + CH]);
+        c += CH;
     }
-    match v.len() {
-        8 => axpy_many::<FMA, INIT, 8>(o, srcs(src), v),
-        7 => axpy_many::<FMA, INIT, 7>(o, srcs(src), v),
-        6 => axpy_many::<FMA, INIT, 6>(o, srcs(src), v),
-        5 => axpy_many::<FMA, INIT, 5>(o, srcs(src), v),
-        4 => axpy_many::<FMA, INIT, 4>(o, srcs(src), v),
-        3 => axpy_many::<FMA, INIT, 3>(o, srcs(src), v),
-        2 => axpy_many::<FMA, INIT, 2>(o, srcs(src), v),
-        1 => axpy_many::<FMA, INIT, 1>(o, srcs(src), v),
-        m => unreachable!("axpy_group: {m} entries"),
+    while c + 16 <= w {
+        acc_chunk::<FMA, 16>(idx, val, src, at + c, &mut out[c..c + 16]);
+        c += 16;
     }
+    while c < w {
+        let mut a = 0.0;
+        for (&ix, &v) in idx.iter().zip(val) {
+            a = fmadd::<FMA>(v, src[ix.wrapping_add(at) + c], a);
+        }
+        out[c] = a;
+        c += 1;
+    }
+}
+
+/// out[..W] = Σ_q val[q] · src[idx[q] + at..][..W] (wrapping sum), summed in registers.
+#[inline(always)]
+fn acc_chunk<const FMA: bool, const W: usize>(
+    idx: &[usize],
+    val: &[f32],
+    src: &[f32],
+    at: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [0f32; W];
+    for (q, (&ix, &v)) in idx.iter().zip(val).enumerate() {
+        if let Some(&ahead) = idx.get(q + PREFETCH_AHEAD) {
+            prefetch_window(src, ahead.wrapping_add(at), W);
+        }
+        let i = ix.wrapping_add(at);
+        let x: &[f32; W] = src[i..i + W].try_into().unwrap();
+        for l in 0..W {
+            acc[l] = fmadd::<FMA>(v, x[l], acc[l]);
+        }
+    }
+    out[..W].copy_from_slice(&acc);
+}
+
+/// Hints that `src[at..at + len]` will be read soon (one hint per 64-byte line).
+#[inline(always)]
+pub(crate) fn prefetch_window(src: &[f32], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let end = at.saturating_add(len).min(src.len());
+        let mut i = at;
+        while i < end {
+            // SAFETY: `i < src.len()`, so the address is inside `src`; a prefetch never faults
+            // and has no architectural effect.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    src.as_ptr().add(i) as *const i8,
+                )
+            };
+            i += 16;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (src, at, len);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gather_tile_avx2(g: &Gather, tile: &mut Tile) {
-    gather_tile::<true>(g, tile)
+    gather_tile::<true, 128>(g, tile)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn gather_tile_avx512(g: &Gather, tile: &mut Tile) {
-    gather_tile::<true>(g, tile)
+    gather_tile::<true, 256>(g, tile)
 }
 
 /// `k` must come from `Kernels::resolve`.
@@ -413,7 +428,7 @@ fn run_gather_tile(k: Kernels, g: &Gather, tile: &mut Tile) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `k` was resolved against `Kernels::detect`, so the CPU has AVX2 and FMA.
         Kernels::Avx2 => unsafe { gather_tile_avx2(g, tile) },
-        _ => gather_tile::<false>(g, tile),
+        _ => gather_tile::<false, 64>(g, tile),
     }
 }
 
@@ -497,56 +512,12 @@ pub fn spmm_t_with(k: Kernels, w: &SparseWeight, dc: &[f32], n: usize, db: &mut 
 }
 
 /// out[i, 0..n] = Σ_{e ∈ ptr[i]..ptr[i+1]} val[e] · src[off[e]..off[e] + n] for the
-/// `ptr.len() − 1` rows of `out` (overwritten): `spmm` with each entry reading an arbitrary
-/// window of `src`. The direct sparse convolution uses it with shifted windows of one plane.
-///
-/// Panics if a window leaves `src` or the lengths disagree.
-pub fn gather_windows(
-    ptr: &[u32],
-    off: &[usize],
-    val: &[f32],
-    src: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    check_windows(ptr, off, val.len(), src.len(), n, "gather_windows");
-    let rows = ptr.len() - 1;
-    assert_eq!(out.len(), rows * n, "gather_windows: out must be [rows, n]");
-    let g = Gather {
-        ptr,
-        off,
-        val,
-        src,
-        n,
-    };
-    run_gather(Kernels::preferred().resolve(), &g, rows, out);
-}
-
-/// Asserts that `ptr` is a valid row pointer over `off` and `val` and that every window
-/// `off[e]..off[e] + n` lies inside a source of `src_len` floats.
-fn check_windows(ptr: &[u32], off: &[usize], nval: usize, src_len: usize, n: usize, what: &str) {
-    assert!(!ptr.is_empty() && ptr[0] == 0, "{what}: malformed ptr");
-    assert!(
-        ptr.windows(2).all(|p| p[0] <= p[1]),
-        "{what}: ptr decreases"
-    );
-    let nnz = *ptr.last().unwrap() as usize;
-    assert!(
-        off.len() == nnz && nval == nnz,
-        "{what}: ptr, off and values disagree"
-    );
-    assert!(
-        off.iter().all(|&o| o + n <= src_len),
-        "{what}: a window leaves the source"
-    );
-}
-
 /// Lanes per accumulator in the dot products.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Pairwise sum of 16 lanes (vectorises, unlike a sequential sum).
 #[inline(always)]
-fn hsum(mut a: [f32; LANES]) -> f32 {
+pub(crate) fn hsum(mut a: [f32; LANES]) -> f32 {
     let mut h = LANES / 2;
     while h > 0 {
         for i in 0..h {
@@ -579,6 +550,72 @@ fn dot_many<const FMA: bool, const M: usize>(a: &[f32], b: [&[f32]; M], out: &mu
             s = fmadd::<FMA>(x, y, s);
         }
         *o += s;
+    }
+}
+
+/// acc[q] += the lane-wise products of `a` with `b[q]` (all the same length): `M` dot products
+/// left unreduced, so a caller summing over many pieces reduces each once at the end.
+#[inline(always)]
+pub(crate) fn dot_lanes<const FMA: bool, const M: usize>(
+    a: &[f32],
+    b: [&[f32]; M],
+    acc: &mut [[f32; LANES]; M],
+) {
+    let (ac, at) = a.as_chunks::<LANES>();
+    let b: [&[f32]; M] = b.map(|y| &y[..a.len()]);
+    let bc: [&[[f32; LANES]]; M] = b.map(|y| y.as_chunks::<LANES>().0);
+    // A local copy, so the sums live in registers.
+    let mut loc = *acc;
+    for (t, x) in ac.iter().enumerate() {
+        for (acc, y) in loc.iter_mut().zip(&bc) {
+            let y = &y[t];
+            for l in 0..LANES {
+                acc[l] = fmadd::<FMA>(x[l], y[l], acc[l]);
+            }
+        }
+    }
+    let len = ac.len() * LANES;
+    for (acc, y) in loc.iter_mut().zip(&b) {
+        for (l, (&x, &y)) in at.iter().zip(&y[len..]).enumerate() {
+            acc[l] = fmadd::<FMA>(x, y, acc[l]);
+        }
+    }
+    *acc = loc;
+}
+
+/// `dot_lanes` for eight operands with AVX-512 instructions: the compiler's own code for the
+/// generic form kept a bounds check per operand and chunk and spilled the sums to the stack,
+/// which made the weight gradient of the direct convolution its slowest pass.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn dot_lanes8_avx512(a: &[f32], b: [&[f32]; 8], acc: &mut [[f32; LANES]; 8]) {
+    use std::arch::x86_64::*;
+    for y in &b {
+        assert!(y.len() >= a.len(), "dot_lanes8: operand shorter than a");
+    }
+    let full = a.len() / LANES * LANES;
+    let bp: [*const f32; 8] = b.map(|y| y.as_ptr());
+    // SAFETY (every load and store below): the sums are read from and written back to `acc`'s
+    // own 16-float rows; the loop reads 16 floats at t < full ≤ a.len() ≤ b[q].len() (asserted
+    // above) from each slice; the unaligned forms need no alignment.
+    unsafe {
+        let mut s: [__m512; 8] = std::array::from_fn(|q| _mm512_loadu_ps(acc[q].as_ptr()));
+        let mut t = 0;
+        while t < full {
+            let x = _mm512_loadu_ps(a.as_ptr().add(t));
+            for q in 0..8 {
+                s[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(bp[q].add(t)), s[q]);
+            }
+            t += LANES;
+        }
+        for q in 0..8 {
+            _mm512_storeu_ps(acc[q].as_mut_ptr(), s[q]);
+        }
+    }
+    for (acc, y) in acc.iter_mut().zip(&b) {
+        for (l, (&x, &y)) in a[full..].iter().zip(&y[full..]).enumerate() {
+            acc[l] = x.mul_add(y, acc[l]);
+        }
     }
 }
 
@@ -707,39 +744,6 @@ pub fn sddmm_with(
         n,
     };
     run_sddmm(k.resolve(), &m, dvalues)
-}
-
-/// dvalues[e] = a[a_base + r·a_stride..][..n] · b[off[e]..][..n] for each entry e of row r
-/// (`row_ptr` over `off`): `sddmm` with each entry reading an arbitrary window of `b`.
-///
-/// Panics if a window leaves `a` or `b` or the lengths disagree.
-#[allow(clippy::too_many_arguments)]
-pub fn sddmm_windows(
-    row_ptr: &[u32],
-    off: &[usize],
-    a: &[f32],
-    a_base: usize,
-    a_stride: usize,
-    b: &[f32],
-    n: usize,
-    dvalues: &mut [f32],
-) {
-    check_windows(row_ptr, off, dvalues.len(), b.len(), n, "sddmm_windows");
-    let rows = row_ptr.len() - 1;
-    assert!(
-        rows == 0 || a_base + (rows - 1) * a_stride + n <= a.len(),
-        "sddmm_windows: a row leaves a"
-    );
-    let m = Sddmm {
-        row_ptr,
-        off,
-        a,
-        a_base,
-        a_stride,
-        b,
-        n,
-    };
-    run_sddmm(Kernels::preferred().resolve(), &m, dvalues)
 }
 
 /// `k` must come from `Kernels::resolve`; overwrites `dvalues`.

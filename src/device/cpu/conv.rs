@@ -1,4 +1,6 @@
-//! 2-D convolution over [C, N, H, W] activations: im2col + GEMM, forward and backward.
+//! 2-D convolution by im2col + GEMM, forward and backward, over activations in either layout
+//! (`Layout`): [C, N, H, W] (the GPU's, and the CPU twins') or batch-innermost [C, H, W, N] (the
+//! CPU engine's).
 
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -9,9 +11,23 @@ use super::norm::sum_f64;
 /// Below this many floats in the im2col buffer, im2col / col2im / bias work stays serial.
 const PAR_MIN: usize = 1 << 15;
 
+/// How a convolution's activations are laid out; the im2col buffer's columns follow the same
+/// order, so `W · col` is the output in that layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// [C, N, H, W]: the CUDA kernels' layout (and their CPU twins').
+    #[default]
+    Cnhw,
+    /// [C, H, W, N], the batch innermost: the CPU engine's layout. Every tap of a convolution
+    /// then reads whole contiguous rows of N values (no per-image edges), which is what lets the
+    /// direct sparse convolution (`sparse::conv`) run at vector speed.
+    Chwn,
+}
+
 /// Geometry of one convolution (square kernel, same stride and padding on both axes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
+    pub layout: Layout,
     pub n: usize,
     pub cin: usize,
     pub h: usize,
@@ -49,6 +65,7 @@ impl ConvGeom {
         let oh = (ph - k) / stride + 1;
         let ow = (pw - k) / stride + 1;
         Ok(Self {
+            layout: Layout::Cnhw,
             n,
             cin,
             h,
@@ -61,6 +78,10 @@ impl ConvGeom {
             ow,
         })
     }
+    /// The same geometry over activations in `layout`.
+    pub fn with_layout(self, layout: Layout) -> Self {
+        Self { layout, ..self }
+    }
     /// Rows of the im2col buffer: cin·k·k.
     pub fn col_rows(&self) -> usize {
         self.cin * self.k * self.k
@@ -71,8 +92,12 @@ impl ConvGeom {
     }
 }
 
-/// col[cin·k·k, n·oh·ow] from x[cin, n, h, w]; zero where the window hangs over the padding.
+/// col[cin·k·k, n·oh·ow] from x (columns in the order of `g.layout`); zero where the window
+/// hangs over the padding.
 pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    if g.layout == Layout::Chwn {
+        return im2col_chwn(g, x, col);
+    }
     let cols = g.col_cols();
     let rows = g.col_rows();
     assert_eq!(x.len(), g.cin * g.n * g.h * g.w, "im2col: x length");
@@ -154,8 +179,11 @@ fn valid_range(out: usize, size: usize, stride: usize, kof: usize, pad: usize) -
     (lo, hi)
 }
 
-/// dx[cin, n, h, w] = the adjoint of im2col applied to dcol (overwrites dx).
+/// dx = the adjoint of im2col applied to dcol (overwrites dx).
 pub fn col2im(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
+    if g.layout == Layout::Chwn {
+        return col2im_chwn(g, dcol, dx);
+    }
     let cols = g.col_cols();
     let kk = g.k * g.k;
     assert_eq!(dx.len(), g.cin * g.n * g.h * g.w, "col2im: dx length");
@@ -214,6 +242,79 @@ pub fn col2im(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// `im2col` for x [cin, h, w, n]: col[(ci, kh, kw), (oh, ow, n)] = x[ci, ih, iw, :], one copy
+/// of n floats per output pixel and tap.
+fn im2col_chwn(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    let (n, cols) = (g.n, g.col_cols());
+    assert_eq!(x.len(), g.cin * g.h * g.w * n, "im2col: x length");
+    assert_eq!(col.len(), g.col_rows() * cols, "im2col: col length");
+    let fill_row = |r: usize, row: &mut [f32]| {
+        let (ci, kh, kw) = (r / (g.k * g.k), (r / g.k) % g.k, r % g.k);
+        let (rlo, rhi) = valid_range(g.oh, g.h, g.stride, kh, g.pad);
+        let (lo, hi) = valid_range(g.ow, g.w, g.stride, kw, g.pad);
+        let plane = &x[ci * g.h * g.w * n..][..g.h * g.w * n];
+        for (oh, orow) in row.chunks_exact_mut(g.ow * n).enumerate() {
+            if oh < rlo || oh >= rhi || lo >= hi {
+                orow.fill(0.0);
+                continue;
+            }
+            let ih = oh * g.stride + kh - g.pad;
+            orow[..lo * n].fill(0.0);
+            orow[hi * n..].fill(0.0);
+            for ow in lo..hi {
+                let iw = ow * g.stride + kw - g.pad;
+                orow[ow * n..][..n].copy_from_slice(&plane[(ih * g.w + iw) * n..][..n]);
+            }
+        }
+    };
+    if col.len() >= PAR_MIN {
+        col.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
+    } else {
+        col.chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
+    }
+}
+
+/// `col2im` for dx [cin, h, w, n]: each channel sums its k·k rows (channels are independent).
+fn col2im_chwn(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
+    let (n, cols, kk) = (g.n, g.col_cols(), g.k * g.k);
+    assert_eq!(dx.len(), g.cin * g.h * g.w * n, "col2im: dx length");
+    assert_eq!(dcol.len(), g.col_rows() * cols, "col2im: dcol length");
+    let channel = |ci: usize, dxc: &mut [f32]| {
+        dxc.fill(0.0);
+        for kh in 0..g.k {
+            let (rlo, rhi) = valid_range(g.oh, g.h, g.stride, kh, g.pad);
+            for kw in 0..g.k {
+                let (lo, hi) = valid_range(g.ow, g.w, g.stride, kw, g.pad);
+                let row = &dcol[(ci * kk + kh * g.k + kw) * cols..][..cols];
+                for oh in rlo..rhi {
+                    let ih = oh * g.stride + kh - g.pad;
+                    for ow in lo..hi {
+                        let iw = ow * g.stride + kw - g.pad;
+                        let src = &row[(oh * g.ow + ow) * n..][..n];
+                        for (d, &v) in dxc[(ih * g.w + iw) * n..][..n].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let plane = g.h * g.w * n;
+    if dcol.len() >= PAR_MIN {
+        dx.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, dxc)| channel(ci, dxc));
+    } else {
+        dx.chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, dxc)| channel(ci, dxc));
+    }
+}
+
 /// dst[c, r] = src[r, c] for src of `r_n` rows and `c_n` columns, in square tiles so that
 /// both the strided reads and the writes stay in cache (a plain column walk over a
 /// 2304×256 matrix misses on nearly every read); parallel over tile rows of dst when large.
@@ -248,7 +349,7 @@ pub fn transpose(src: &[f32], r_n: usize, c_n: usize, dst: &mut [f32]) {
     }
 }
 
-/// y[cout, n, oh, ow] = conv(x, w) + bias. `w` is [cout, cin, k, k]; `col` is scratch of
+/// y[cout, n·oh·ow] (in `g.layout`) = conv(x, w) + bias. `w` is [cout, cin, k, k]; `col` is scratch of
 /// col_rows·col_cols floats (kept by the caller so backward can reuse it if it wishes).
 pub fn conv2d_forward(
     g: &ConvGeom,

@@ -180,3 +180,160 @@ pub fn global_avgpool_backward(c: usize, n: usize, hw: usize, dy: &[f32], dx: &m
             .for_each(|(p, &g)| p.fill(g * inv));
     }
 }
+
+/// `maxpool_forward` over x [c, h, w, n] (batch innermost): y [c, oh, ow, n], and for each output
+/// the in-plane pixel index ih·w + iw of its maximum (first maximum wins).
+#[allow(clippy::too_many_arguments)]
+pub fn maxpool_forward_chwn(
+    c: usize,
+    h: usize,
+    w: usize,
+    n: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    x: &[f32],
+    y: &mut [f32],
+    argmax: &mut [u32],
+) {
+    assert!(
+        k > 0 && stride > 0 && h + 2 * pad >= k && w + 2 * pad >= k,
+        "maxpool: kernel {k}/{stride} does not fit the padded {h}x{w} plane"
+    );
+    let (oh, ow) = (pool_out(h, k, stride, pad), pool_out(w, k, stride, pad));
+    assert_eq!(x.len(), c * h * w * n, "maxpool_forward: x length");
+    assert_eq!(y.len(), c * oh * ow * n, "maxpool_forward: y length");
+    assert_eq!(argmax.len(), y.len(), "maxpool_forward: argmax length");
+    assert!(
+        h * w < NO_INPUT as usize,
+        "maxpool: plane too large for u32 indices"
+    );
+    if y.is_empty() {
+        return;
+    }
+    let clip = |o: usize, size: usize| {
+        let s0 = (o * stride) as isize - pad as isize;
+        (
+            s0.max(0) as usize,
+            ((s0 + k as isize).min(size as isize)).max(0) as usize,
+        )
+    };
+    let channel = |xc: &[f32], yc: &mut [f32], ac: &mut [u32]| {
+        for (p, (yv, av)) in yc
+            .chunks_exact_mut(n)
+            .zip(ac.chunks_exact_mut(n))
+            .enumerate()
+        {
+            let ((r0, r1), (c0, c1)) = (clip(p / ow, h), clip(p % ow, w));
+            yv.fill(f32::NEG_INFINITY);
+            av.fill(NO_INPUT);
+            for ih in r0..r1 {
+                for iw in c0..c1 {
+                    let pix = (ih * w + iw) as u32;
+                    for ((o, a), &v) in yv
+                        .iter_mut()
+                        .zip(av.iter_mut())
+                        .zip(&xc[pix as usize * n..][..n])
+                    {
+                        if v > *o || *a == NO_INPUT {
+                            *o = v;
+                            *a = pix;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let (pin, pout) = (h * w * n, oh * ow * n);
+    if x.len() >= PAR_MIN {
+        x.par_chunks(pin)
+            .zip(y.par_chunks_mut(pout))
+            .zip(argmax.par_chunks_mut(pout))
+            .for_each(|((xc, yc), ac)| channel(xc, yc, ac));
+    } else {
+        x.chunks(pin)
+            .zip(y.chunks_mut(pout))
+            .zip(argmax.chunks_mut(pout))
+            .for_each(|((xc, yc), ac)| channel(xc, yc, ac));
+    }
+}
+
+/// dx [c, h, w, n] (overwritten) from dy [c, oh, ow, n] through `maxpool_forward_chwn`'s argmax.
+pub fn maxpool_backward_chwn(n: usize, hw: usize, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
+    assert_eq!(argmax.len(), dy.len(), "maxpool_backward: argmax length");
+    let c = dx.len().checked_div(hw * n).unwrap_or(0);
+    assert_eq!(dx.len(), c * hw * n, "maxpool_backward: dx length");
+    if c == 0 {
+        return;
+    }
+    let pout = dy.len() / c;
+    let channel = |dyc: &[f32], ac: &[u32], dxc: &mut [f32]| {
+        dxc.fill(0.0);
+        for (gv, av) in dyc.chunks_exact(n).zip(ac.chunks_exact(n)) {
+            for (j, (&g, &a)) in gv.iter().zip(av).enumerate() {
+                if a != NO_INPUT {
+                    dxc[a as usize * n + j] += g;
+                }
+            }
+        }
+    };
+    if dx.len() >= PAR_MIN {
+        dx.par_chunks_mut(hw * n)
+            .zip(dy.par_chunks(pout))
+            .zip(argmax.par_chunks(pout))
+            .for_each(|((dxc, dyc), ac)| channel(dyc, ac, dxc));
+    } else {
+        dx.chunks_mut(hw * n)
+            .zip(dy.chunks(pout))
+            .zip(argmax.chunks(pout))
+            .for_each(|((dxc, dyc), ac)| channel(dyc, ac, dxc));
+    }
+}
+
+/// y[c, n] = mean over the hw pixels of x [c, hw, n] (batch innermost).
+pub fn global_avgpool_forward_chwn(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), c * hw * n, "global_avgpool_forward: x length");
+    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
+    if hw == 0 {
+        y.fill(f32::NAN);
+        return;
+    }
+    let inv = 1.0 / hw as f64;
+    let channel = |xc: &[f32], yc: &mut [f32]| {
+        let mut acc = vec![0f64; n];
+        for px in xc.chunks_exact(n) {
+            for (a, &v) in acc.iter_mut().zip(px) {
+                *a += v as f64;
+            }
+        }
+        for (o, a) in yc.iter_mut().zip(acc) {
+            *o = (a * inv) as f32;
+        }
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks(hw * n)
+            .zip(y.par_chunks_mut(n))
+            .for_each(|(xc, yc)| channel(xc, yc));
+    } else {
+        x.chunks(hw * n)
+            .zip(y.chunks_mut(n))
+            .for_each(|(xc, yc)| channel(xc, yc));
+    }
+}
+
+/// dx[c, p, n] = dy[c, n] / hw (batch innermost).
+pub fn global_avgpool_backward_chwn(c: usize, n: usize, hw: usize, dy: &[f32], dx: &mut [f32]) {
+    assert_eq!(dy.len(), c * n, "global_avgpool_backward: dy length");
+    assert_eq!(dx.len(), c * hw * n, "global_avgpool_backward: dx length");
+    if hw == 0 || n == 0 {
+        return;
+    }
+    let inv = 1.0 / hw as f32;
+    for (dxc, dyc) in dx.chunks_mut(hw * n).zip(dy.chunks(n)) {
+        for px in dxc.chunks_exact_mut(n) {
+            for (d, &g) in px.iter_mut().zip(dyc) {
+                *d = g * inv;
+            }
+        }
+    }
+}
