@@ -106,22 +106,32 @@ pub fn swap01(x: &[f32], a: usize, b: usize, inner: usize, out: &mut [f32]) {
     }
 }
 
-/// out[c, j, i] = x[c, i, j] for x [c, a, b]: a batch of `c` transposes, each in tiles.
+/// out[c, j, i] = x[c, i, j] for x [c, a, b]: a batch of `c` transposes, each in blocks of
+/// T output rows (one 64-byte line of each input row per block), the blocks in parallel.
 pub fn transpose_inner(x: &[f32], c: usize, a: usize, b: usize, out: &mut [f32]) {
+    use rayon::prelude::*;
     const T: usize = 16;
     assert_eq!(x.len(), c * a * b, "transpose_inner: x length");
     assert_eq!(out.len(), c * a * b, "transpose_inner: out length");
-    for (xs, os) in x.chunks_exact(a * b).zip(out.chunks_exact_mut(a * b)) {
-        for i0 in (0..a).step_by(T) {
-            for j0 in (0..b).step_by(T) {
-                for i in i0..(i0 + T).min(a) {
-                    for j in j0..(j0 + T).min(b) {
-                        os[j * a + i] = xs[i * b + j];
-                    }
-                }
+    if x.is_empty() {
+        return;
+    }
+    let block = |xs: &[f32], j0: usize, ob: &mut [f32]| {
+        let rows = ob.len() / a;
+        for i in 0..a {
+            let src = &xs[i * b + j0..][..rows];
+            for (jj, &v) in src.iter().enumerate() {
+                ob[jj * a + i] = v;
             }
         }
-    }
+    };
+    out.par_chunks_mut(a * b)
+        .zip(x.par_chunks(a * b))
+        .for_each(|(os, xs)| {
+            os.par_chunks_mut(T * a)
+                .enumerate()
+                .for_each(|(jb, ob)| block(xs, jb * T, ob))
+        });
 }
 
 impl Drop for Tensor {

@@ -72,6 +72,8 @@ fn direct_conv_matches_naive_convolution() {
         (300, 4, 6, 6, 10, 3, 1, 1, 0.5, &[4]),
         (41, 6, 9, 9, 12, 4, 2, 1, 0.6, &[2]),
         (64, 5, 5, 7, 7, 3, 2, 1, 0.7, &[]),
+        // A pixel's input rows exceed the L2 budget: the passes sweep three channel blocks.
+        (128, 64, 8, 8, 8, 4, 2, 1, 0.1, &[6]),
     ];
     for &(n, cin, h, w, cout, k, s, pad, d, empty) in cases {
         let g = ConvGeom::new(n, cin, h, w, cout, k, s, pad).unwrap();

@@ -211,7 +211,9 @@ fn conv2d_direct(
 ) -> Result<Var> {
     let xv = tape.value_rc(x);
     let d = DirectGeom::new(g);
-    let y = d.forward(sw, xv.data(), bias);
+    // Kept for the weight gradient.
+    let plan = d.output_plan(sw);
+    let y = d.forward_planned(&plan, xv.data(), bias);
     let out = Tensor::from_vec(&[g.cout, g.oh, g.ow, g.n], y)?;
     let g = *g;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
@@ -232,7 +234,7 @@ fn conv2d_direct(
             ctx.grads.dense[w.0] = Some(dw);
             gv
         } else {
-            d.weight_grad(sw, dy, xv.data())
+            d.weight_grad_planned(sw, &plan, dy, xv.data())
         };
         let dx = ctx.wants(x).then(|| d.input_grad(sw, dy));
         ctx.grads.add(w, &gv);
@@ -451,13 +453,15 @@ pub fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usize) -> 
         pool::pool_out(h, k, stride, pad),
         pool::pool_out(w, k, stride, pad),
     );
-    let mut y = vec![0.0; c * oh * ow * n];
-    let mut argmax = vec![0u32; y.len()];
-    pool::maxpool_forward_chwn(c, h, w, n, k, stride, pad, xv.data(), &mut y, &mut argmax);
+    let mut argmax = vec![0u32; c * oh * ow * n];
+    let y = overwritten(argmax.len(), |y| {
+        pool::maxpool_forward_chwn(c, h, w, n, k, stride, pad, xv.data(), y, &mut argmax)
+    });
     let out = Tensor::from_vec(&[c, oh, ow, n], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
-        let mut dx = vec![0.0; c * h * w * n];
-        pool::maxpool_backward_chwn(n, h * w, dy.data(), &argmax, &mut dx);
+        let dx = overwritten(c * h * w * n, |dx| {
+            pool::maxpool_backward_chwn(n, h * w, dy.data(), &argmax, dx)
+        });
         ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
     });
     Ok(tape.push(out, &[x], false, backward))
@@ -477,8 +481,9 @@ pub fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
     pool::global_avgpool_forward_chwn(c, n, hw, xv.data(), &mut y);
     let out = Tensor::from_vec(&[c, n], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
-        let mut dx = vec![0.0; c * n * hw];
-        pool::global_avgpool_backward_chwn(c, n, hw, dy.data(), &mut dx);
+        let dx = overwritten(c * n * hw, |dx| {
+            pool::global_avgpool_backward_chwn(c, n, hw, dy.data(), dx)
+        });
         ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
     });
     Ok(tape.push(out, &[x], false, backward))

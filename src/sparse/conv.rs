@@ -20,13 +20,15 @@
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::csr::dot_lanes8_avx512;
+use super::csr::dots_into_avx512;
 use super::csr::{acc_vec, dot_lanes, hsum, Kernels, SparseWeight, LANES};
 use crate::device::cpu::conv::{ConvGeom, Layout};
 use crate::tensor::overwritten;
 
 /// Below this many multiply-adds a pass runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 16;
+/// What one pixel's input rows of one channel block may take (see `Plan::blocks`).
+const FIELD_BYTES: usize = 1 << 40;
 /// Tasks per thread, for load balance.
 const TASKS_PER_THREAD: usize = 2;
 
@@ -57,6 +59,8 @@ impl TapMask {
 /// the CSR order (forward lists only).
 #[derive(Default)]
 struct Lists {
+    /// Per row, `blocks` consecutive ranges (see `Plan::blocks`).
+    blocks: usize,
     ptr: Vec<usize>,
     off: Vec<usize>,
     val: Vec<f32>,
@@ -64,16 +68,23 @@ struct Lists {
 }
 
 impl Lists {
-    fn row(&self, r: usize) -> std::ops::Range<usize> {
-        self.ptr[r]..self.ptr[r + 1]
+    /// Entries of row r in block b of the plan's `blocks`.
+    fn block(&self, r: usize, b: usize) -> std::ops::Range<usize> {
+        let i = r * self.blocks + b;
+        self.ptr[i]..self.ptr[i + 1]
     }
 }
 
 /// Pixels grouped by their `TapMask`: pixel p uses `lists[class[p]]` from base offset `base[p]`.
-struct Plan {
+/// The forward's plan (`DirectGeom::output_plan`) serves the weight gradient of the same step.
+pub struct Plan {
     class: Vec<usize>,
     base: Vec<usize>,
     lists: Vec<Lists>,
+    /// Each row's entries are split into this many blocks of input channels, so that the rows
+    /// one pixel reads from a block (its channels × k² taps × N) fit in L2 while every output
+    /// channel reuses them; the passes sweep the pixels once per block.
+    blocks: usize,
 }
 
 impl Plan {
@@ -93,10 +104,12 @@ impl Plan {
                 })
             })
             .collect();
+        let lists: Vec<Lists> = masks.into_par_iter().map(lists).collect();
         Plan {
             class,
             base: (0..npix).map(base).collect(),
-            lists: masks.into_par_iter().map(lists).collect(),
+            blocks: lists.first().map_or(1, |l| l.blocks),
+            lists,
         }
     }
 
@@ -135,8 +148,9 @@ impl DirectGeom {
     }
 
     /// Output pixels by the taps that read the input; per class, each output channel's entries
-    /// at those taps (offset (ci·H + kh)·W + kw rows of N from the window's corner).
-    fn output_plan(&self, w: &SparseWeight) -> Plan {
+    /// at those taps (offset (ci·H + kh)·W + kw rows of N from the window's corner), with the
+    /// weights' current values.
+    pub fn output_plan(&self, w: &SparseWeight) -> Plan {
         let g = &self.g;
         let (n, s, pad) = (g.n as isize, g.stride as isize, g.pad as isize);
         let inside = |o: usize, t: usize, size: usize| {
@@ -145,15 +159,26 @@ impl DirectGeom {
         };
         // Each entry's offset and tap, computed once for all classes.
         let kk = g.k * g.k;
-        let ents: Vec<(usize, u8, u8)> = w
+        let ents: Vec<(usize, u32, u8, u8)> = w
             .col_idx
             .iter()
             .map(|&c| {
                 let c = c as usize;
                 let (ci, kh, kw) = (c / kk, (c / g.k) % g.k, c % g.k);
-                (((ci * g.h + kh) * g.w + kw) * g.n, kh as u8, kw as u8)
+                (
+                    ((ci * g.h + kh) * g.w + kw) * g.n,
+                    ci as u32,
+                    kh as u8,
+                    kw as u8,
+                )
             })
             .collect();
+        // Blocks of input channels whose rows for one pixel (channels · k² · N floats) fit in
+        // L2 beside the rest.
+        let field = g.cin * kk * g.n * std::mem::size_of::<f32>();
+        let blocks = field.div_ceil(FIELD_BYTES).clamp(1, g.cin);
+        let per_block = g.cin.div_ceil(blocks);
+        let blocks = g.cin.div_ceil(per_block);
         Plan::new(
             g.oh * g.ow,
             |p| TapMask {
@@ -165,30 +190,31 @@ impl DirectGeom {
                 ((r0 * g.w as isize + c0) * n) as usize
             },
             |m| {
-                let all = (1u64 << g.k) - 1;
                 let mut l = Lists {
-                    ptr: Vec::with_capacity(g.cout + 1),
+                    blocks,
+                    ptr: Vec::with_capacity(g.cout * blocks + 1),
                     ..Lists::default()
                 };
-                if m.rows == all && m.cols == all {
-                    // Every tap reads the input (the inside pixels): the whole CSR.
-                    l.off = ents.iter().map(|e| e.0).collect();
-                    l.val = w.values.clone();
-                    l.slot = (0..w.nnz() as u32).collect();
-                    l.ptr = w.row_ptr.iter().map(|&p| p as usize).collect();
-                    return l;
-                }
                 l.ptr.push(0);
                 for r in 0..g.cout {
                     let row = w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize;
-                    for (e, &(off, kh, kw)) in row.clone().zip(&ents[row]) {
+                    let mut b = 0;
+                    for (e, &(off, ci, kh, kw)) in row.clone().zip(&ents[row]) {
+                        // Entries come by ascending column, so by block.
+                        while ci as usize >= (b + 1) * per_block {
+                            l.ptr.push(l.off.len());
+                            b += 1;
+                        }
                         if m.has(kh as usize, kw as usize) {
                             l.off.push(off);
                             l.val.push(w.values[e]);
                             l.slot.push(e as u32);
                         }
                     }
-                    l.ptr.push(l.off.len());
+                    while b < blocks {
+                        l.ptr.push(l.off.len());
+                        b += 1;
+                    }
                 }
                 l
             },
@@ -223,7 +249,10 @@ impl DirectGeom {
                     m.rows.trailing_zeros() as usize % s,
                     m.cols.trailing_zeros() as usize % s,
                 );
-                let mut l = Lists::default();
+                let mut l = Lists {
+                    blocks: 1,
+                    ..Lists::default()
+                };
                 l.ptr.push(0);
                 for ci in 0..g.cin {
                     for kh in (0..g.k).filter(|&kh| m.rows >> kh & 1 == 1) {
@@ -246,13 +275,23 @@ impl DirectGeom {
 
     /// y [cout, oh, ow, n] = W ∗ x (+ bias) for x [cin, h, w, n].
     pub fn forward(&self, w: &SparseWeight, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        let g = &self.g;
         self.checks(w);
+        self.forward_planned(&self.output_plan(w), x, bias)
+    }
+
+    /// `forward` with the plan of `output_plan`.
+    pub fn forward_planned(&self, plan: &Plan, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let g = &self.g;
+        assert_eq!(
+            plan.lists[0].ptr.len(),
+            g.cout * plan.blocks + 1,
+            "direct conv: plan rows"
+        );
         assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
         if let Some(b) = bias {
             assert_eq!(b.len(), g.cout, "direct conv: bias length");
         }
-        let plan = self.output_plan(w);
+        let nnz = plan.lists.iter().map(|l| l.off.len()).max().unwrap_or(0);
         let plane = g.oh * g.ow * g.n;
         let k = self.kernels;
         overwritten(g.cout * plane, |y| {
@@ -267,7 +306,7 @@ impl DirectGeom {
                 };
                 run_variant(k, &mut pass);
             };
-            if w.nnz() * plane < SERIAL_WORK || y.is_empty() {
+            if nnz * plane < SERIAL_WORK || y.is_empty() {
                 rows(0, y);
             } else {
                 let per = g.cout.div_ceil(tasks()).max(1);
@@ -280,15 +319,31 @@ impl DirectGeom {
 
     /// Gradient at the active weights (CSR order) from dy [cout, oh, ow, n] and x [cin, h, w, n].
     pub fn weight_grad(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> Vec<f32> {
+        self.checks(w);
+        self.weight_grad_planned(w, &self.output_plan(w), dy, x)
+    }
+
+    /// `weight_grad` with the plan `output_plan` made for `w`'s topology.
+    pub fn weight_grad_planned(
+        &self,
+        w: &SparseWeight,
+        plan: &Plan,
+        dy: &[f32],
+        x: &[f32],
+    ) -> Vec<f32> {
         let g = &self.g;
         self.checks(w);
+        assert_eq!(
+            plan.lists[0].ptr.len(),
+            g.cout * plan.blocks + 1,
+            "direct conv: plan rows"
+        );
         assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
         assert_eq!(
             dy.len(),
             g.cout * g.oh * g.ow * g.n,
             "direct conv: dy length"
         );
-        let plan = self.output_plan(w);
         let k = self.kernels;
         let mut gv = vec![0f32; w.nnz()];
         // Row groups of roughly equal entry counts, each writing its own range of gv.
@@ -315,7 +370,7 @@ impl DirectGeom {
         let run = |(r0, r1, out): (usize, usize, &mut [f32])| {
             let mut pass = WeightGrad {
                 g,
-                plan: &plan,
+                plan,
                 x,
                 dy,
                 rows: (r0, r1),
@@ -375,7 +430,7 @@ fn tasks() -> usize {
 /// One pass over a slice of the output, built for each instruction set: `CH` is how many
 /// columns `acc_vec` sums in registers (256 = 16 AVX-512 registers, 128 = 16 AVX2 ones).
 trait Pass {
-    fn run<const FMA: bool, const CH: usize>(&mut self);
+    fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self);
 }
 
 /// Runs the AVX-512, AVX2 or portable build of `p`; `k` is at most what `Kernels::detect` found.
@@ -387,7 +442,7 @@ fn run_variant(k: Kernels, p: &mut impl Pass) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, the CPU has AVX2 and FMA.
         Kernels::Avx2 => unsafe { run_avx2(p) },
-        _ => p.run::<false, 64>(),
+        _ => p.run::<false, 64, false>(),
     }
 }
 
@@ -395,13 +450,13 @@ fn run_variant(k: Kernels, p: &mut impl Pass) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn run_avx512(p: &mut impl Pass) {
-    p.run::<true, 256>()
+    p.run::<true, 256, true>()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn run_avx2(p: &mut impl Pass) {
-    p.run::<true, 128>()
+    p.run::<true, 128, false>()
 }
 
 /// Forward of the output channels r0.. in `yr` ([rows, oh, ow, n]), pixel by pixel.
@@ -416,18 +471,28 @@ struct Forward<'a> {
 
 impl Pass for Forward<'_> {
     #[inline(always)]
-    fn run<const FMA: bool, const CH: usize>(&mut self) {
+    fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
         let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
         let rows = self.yr.len() / (npix * n).max(1);
-        for px in 0..npix {
-            let (l, at) = self.plan.at(px);
-            for i in 0..rows {
-                let r = self.r0 + i;
-                let e = l.row(r);
-                let out = &mut self.yr[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.x, at, out);
-                if let Some(b) = self.bias {
-                    out.iter_mut().for_each(|o| *o += b[r]);
+        let blocks = self.plan.blocks;
+        for b in 0..blocks {
+            for px in 0..npix {
+                let (l, at) = self.plan.at(px);
+                for i in 0..rows {
+                    let r = self.r0 + i;
+                    let e = l.block(r, b);
+                    let out = &mut self.yr[(i * npix + px) * n..][..n];
+                    let (off, val) = (&l.off[e.clone()], &l.val[e]);
+                    if b == 0 {
+                        acc_vec::<FMA, CH, false>(off, val, self.x, at, out);
+                    } else {
+                        acc_vec::<FMA, CH, true>(off, val, self.x, at, out);
+                    }
+                    if b + 1 == blocks {
+                        if let Some(bias) = self.bias {
+                            out.iter_mut().for_each(|o| *o += bias[r]);
+                        }
+                    }
                 }
             }
         }
@@ -449,46 +514,45 @@ struct WeightGrad<'a> {
 
 impl Pass for WeightGrad<'_> {
     #[inline(always)]
-    fn run<const FMA: bool, const CH: usize>(&mut self) {
+    fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
         let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
         let mut part = vec![[0f32; LANES]; self.out.len()];
-        for px in 0..npix {
-            let (l, at) = self.plan.at(px);
-            for r in self.rows.0..self.rows.1 {
-                let a = &self.dy[(r * npix + px) * n..][..n];
-                let e = l.row(r);
-                let (offs, slots) = (&l.off[e.clone()], &l.slot[e]);
-                let src = |q: usize| &self.x[offs[q].wrapping_add(at)..][..n];
-                let mut q = 0;
-                while q < offs.len() {
-                    let m = (offs.len() - q).min(8);
-                    let mut acc = [[0f32; LANES]; 8];
-                    if m == 8 {
-                        let srcs = std::array::from_fn(|t| src(q + t));
-                        #[cfg(target_arch = "x86_64")]
-                        if CH == 256 {
-                            // SAFETY: CH = 256 is only the AVX-512 build (`run_avx512`), run
-                            // only where the CPU has AVX-512F.
-                            unsafe { dot_lanes8_avx512(a, srcs, &mut acc) };
+        for b in 0..self.plan.blocks {
+            for px in 0..npix {
+                let (l, at) = self.plan.at(px);
+                for r in self.rows.0..self.rows.1 {
+                    let a = &self.dy[(r * npix + px) * n..][..n];
+                    let e = l.block(r, b);
+                    let (offs, slots) = (&l.off[e.clone()], &l.slot[e]);
+                    #[cfg(target_arch = "x86_64")]
+                    if AVX512 {
+                        // SAFETY: only the AVX-512 build (`run_avx512`) has AVX512 set, and it
+                        // runs only where the CPU has AVX-512F.
+                        unsafe { dots_into_avx512(a, self.x, offs, at, slots, self.e0, &mut part) };
+                        continue;
+                    }
+                    let src = |q: usize| &self.x[offs[q].wrapping_add(at)..][..n];
+                    let mut q = 0;
+                    while q < offs.len() {
+                        let m = (offs.len() - q).min(8);
+                        let mut acc = [[0f32; LANES]; 8];
+                        if m == 8 {
+                            dot_lanes::<FMA, 8>(a, std::array::from_fn(|t| src(q + t)), &mut acc);
                         } else {
-                            dot_lanes::<FMA, 8>(a, srcs, &mut acc);
+                            for (t, acc) in acc[..m].iter_mut().enumerate() {
+                                let one: &mut [[f32; LANES]; 1] = std::slice::from_mut(acc)
+                                    .try_into()
+                                    .expect("one accumulator");
+                                dot_lanes::<FMA, 1>(a, [src(q + t)], one);
+                            }
                         }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        dot_lanes::<FMA, 8>(a, srcs, &mut acc);
-                    } else {
-                        for (t, acc) in acc[..m].iter_mut().enumerate() {
-                            let one: &mut [[f32; LANES]; 1] = std::slice::from_mut(acc)
-                                .try_into()
-                                .expect("one accumulator");
-                            dot_lanes::<FMA, 1>(a, [src(q + t)], one);
+                        for (&slot, acc) in slots[q..q + m].iter().zip(&acc) {
+                            for (o, v) in part[slot as usize - self.e0].iter_mut().zip(acc) {
+                                *o += v;
+                            }
                         }
+                        q += m;
                     }
-                    for (&slot, acc) in slots[q..q + m].iter().zip(&acc) {
-                        for (o, v) in part[slot as usize - self.e0].iter_mut().zip(acc) {
-                            *o += v;
-                        }
-                    }
-                    q += m;
                 }
             }
         }
@@ -509,15 +573,15 @@ struct InputGrad<'a> {
 
 impl Pass for InputGrad<'_> {
     #[inline(always)]
-    fn run<const FMA: bool, const CH: usize>(&mut self) {
+    fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
         let (n, npix) = (self.g.n, self.g.h * self.g.w);
         let chans = self.dxc.len() / (npix * n).max(1);
         for px in 0..npix {
             let (l, at) = self.plan.at(px);
             for i in 0..chans {
-                let e = l.row(self.c0 + i);
+                let e = l.block(self.c0 + i, 0);
                 let out = &mut self.dxc[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.dy, at, out);
+                acc_vec::<FMA, CH, false>(&l.off[e.clone()], &l.val[e], self.dy, at, out);
             }
         }
     }

@@ -322,7 +322,7 @@ fn gather_tile<const FMA: bool, const CH: usize>(g: &Gather, tile: &mut Tile) {
     for (i, o) in tile.outs.iter_mut().enumerate() {
         let r = tile.row0 + i;
         let (s, e) = (g.ptr[r] as usize, g.ptr[r + 1] as usize);
-        acc_vec::<FMA, CH>(&g.off[s..e], &g.val[s..e], g.src, tile.j0, o);
+        acc_vec::<FMA, CH, false>(&g.off[s..e], &g.val[s..e], g.src, tile.j0, o);
     }
 }
 
@@ -330,12 +330,12 @@ fn gather_tile<const FMA: bool, const CH: usize>(g: &Gather, tile: &mut Tile) {
 /// hardware prefetcher cannot predict.
 const PREFETCH_AHEAD: usize = 4;
 
-/// out = Σ_q val[q] · src[idx[q] + at..][..out.len()] (idx[q] + at wrapping, so offsets may be
+/// out (+ out, with ADD) = Σ_q val[q] · src[idx[q] + at..][..out.len()] (idx[q] + at wrapping, so offsets may be
 /// relative to a base on either side): CH columns at a time summed in registers
 /// over every entry and stored once (CH = 256 fills 16 AVX-512 registers), the narrower tail 16
 /// at a time, then one by one.
 #[inline(always)]
-pub(crate) fn acc_vec<const FMA: bool, const CH: usize>(
+pub(crate) fn acc_vec<const FMA: bool, const CH: usize, const ADD: bool>(
     idx: &[usize],
     val: &[f32],
     src: &[f32],
@@ -345,15 +345,15 @@ pub(crate) fn acc_vec<const FMA: bool, const CH: usize>(
     let w = out.len();
     let mut c = 0;
     while c + CH <= w {
-        acc_chunk::<FMA, CH>(idx, val, src, at + c, &mut out[c..c + CH]);
+        acc_chunk::<FMA, CH, ADD>(idx, val, src, at.wrapping_add(c), &mut out[c..c + CH]);
         c += CH;
     }
     while c + 16 <= w {
-        acc_chunk::<FMA, 16>(idx, val, src, at + c, &mut out[c..c + 16]);
+        acc_chunk::<FMA, 16, ADD>(idx, val, src, at.wrapping_add(c), &mut out[c..c + 16]);
         c += 16;
     }
     while c < w {
-        let mut a = 0.0;
+        let mut a = if ADD { out[c] } else { 0.0 };
         for (&ix, &v) in idx.iter().zip(val) {
             a = fmadd::<FMA>(v, src[ix.wrapping_add(at) + c], a);
         }
@@ -364,7 +364,7 @@ pub(crate) fn acc_vec<const FMA: bool, const CH: usize>(
 
 /// out[..W] = Σ_q val[q] · src[idx[q] + at..][..W] (wrapping sum), summed in registers.
 #[inline(always)]
-fn acc_chunk<const FMA: bool, const W: usize>(
+fn acc_chunk<const FMA: bool, const W: usize, const ADD: bool>(
     idx: &[usize],
     val: &[f32],
     src: &[f32],
@@ -372,9 +372,12 @@ fn acc_chunk<const FMA: bool, const W: usize>(
     out: &mut [f32],
 ) {
     let mut acc = [0f32; W];
+    if ADD {
+        acc.copy_from_slice(&out[..W]);
+    }
     for (q, (&ix, &v)) in idx.iter().zip(val).enumerate() {
         if let Some(&ahead) = idx.get(q + PREFETCH_AHEAD) {
-            prefetch_window(src, ahead.wrapping_add(at), W);
+            prefetch_window::<W>(src, ahead.wrapping_add(at));
         }
         let i = ix.wrapping_add(at);
         let x: &[f32; W] = src[i..i + W].try_into().unwrap();
@@ -385,26 +388,25 @@ fn acc_chunk<const FMA: bool, const W: usize>(
     out[..W].copy_from_slice(&acc);
 }
 
-/// Hints that `src[at..at + len]` will be read soon (one hint per 64-byte line).
+/// Hints that the `W` floats at `src[at..]` will be read soon: one hint per 64-byte line, a
+/// fixed count so the compiler unrolls it.
 #[inline(always)]
-pub(crate) fn prefetch_window(src: &[f32], at: usize, len: usize) {
+pub(crate) fn prefetch_window<const W: usize>(src: &[f32], at: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        let end = at.saturating_add(len).min(src.len());
-        let mut i = at;
-        while i < end {
-            // SAFETY: `i < src.len()`, so the address is inside `src`; a prefetch never faults
-            // and has no architectural effect.
+        let p = src.as_ptr().wrapping_add(at);
+        for l in 0..W.div_ceil(16) {
+            // SAFETY: a prefetch is only a hint: it never faults and has no architectural
+            // effect, whatever the address (wrapping_add computes it without UB).
             unsafe {
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    src.as_ptr().add(i) as *const i8,
+                    p.wrapping_add(16 * l) as *const i8,
                 )
             };
-            i += 16;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (src, at, len);
+    let _ = (src, at);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -583,38 +585,88 @@ pub(crate) fn dot_lanes<const FMA: bool, const M: usize>(
     *acc = loc;
 }
 
-/// `dot_lanes` for eight operands with AVX-512 instructions: the compiler's own code for the
-/// generic form kept a bounds check per operand and chunk and spilled the sums to the stack,
-/// which made the weight gradient of the direct convolution its slowest pass.
+/// For each entry q: part[slots[q] − e0] += the lanes of a · x[offs[q] + at..][..a.len()]
+/// (offs[q] + at wrapping), with AVX-512 instructions: eight entries at a time against one load
+/// of `a`, their sums in registers. The compiler's code for the generic form (`dot_lanes`) kept
+/// a bounds check per entry and chunk and spilled the sums, which made the weight gradient of the
+/// direct convolution its slowest pass.
+///
+/// Panics if a row leaves `x` or a slot leaves `part`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) fn dot_lanes8_avx512(a: &[f32], b: [&[f32]; 8], acc: &mut [[f32; LANES]; 8]) {
+pub(crate) fn dots_into_avx512(
+    a: &[f32],
+    x: &[f32],
+    offs: &[usize],
+    at: usize,
+    slots: &[u32],
+    e0: usize,
+    part: &mut [[f32; LANES]],
+) {
     use std::arch::x86_64::*;
-    for y in &b {
-        assert!(y.len() >= a.len(), "dot_lanes8: operand shorter than a");
-    }
-    let full = a.len() / LANES * LANES;
-    let bp: [*const f32; 8] = b.map(|y| y.as_ptr());
-    // SAFETY (every load and store below): the sums are read from and written back to `acc`'s
-    // own 16-float rows; the loop reads 16 floats at t < full ≤ a.len() ≤ b[q].len() (asserted
-    // above) from each slice; the unaligned forms need no alignment.
-    unsafe {
-        let mut s: [__m512; 8] = std::array::from_fn(|q| _mm512_loadu_ps(acc[q].as_ptr()));
-        let mut t = 0;
-        while t < full {
-            let x = _mm512_loadu_ps(a.as_ptr().add(t));
-            for q in 0..8 {
-                s[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(bp[q].add(t)), s[q]);
+    let n = a.len();
+    let full = n / LANES * LANES;
+    let rows: Vec<*const f32> = offs
+        .iter()
+        .map(|&o| {
+            let i = o.wrapping_add(at);
+            x[i..i + n].as_ptr()
+        })
+        .collect();
+    let dst: Vec<usize> = slots.iter().map(|&s| s as usize - e0).collect();
+    assert!(
+        dst.iter().all(|&d| d < part.len()),
+        "dots_into: slot outside part"
+    );
+    /// M entries against one load of a per chunk.
+    #[inline(always)]
+    unsafe fn group<const M: usize>(
+        a: &[f32],
+        full: usize,
+        rows: &[*const f32],
+        dst: &[usize],
+        part: &mut [[f32; LANES]],
+    ) {
+        // SAFETY (caller): every row pointer has a.len() ≥ full readable floats, every dst
+        // index is inside part; the unaligned loads and stores need no alignment.
+        unsafe {
+            let mut s: [__m512; M] =
+                std::array::from_fn(|q| _mm512_loadu_ps(part[dst[q]].as_ptr()));
+            let mut t = 0;
+            while t < full {
+                let v = _mm512_loadu_ps(a.as_ptr().add(t));
+                for q in 0..M {
+                    s[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(rows[q].add(t)), s[q]);
+                }
+                t += LANES;
             }
-            t += LANES;
-        }
-        for q in 0..8 {
-            _mm512_storeu_ps(acc[q].as_mut_ptr(), s[q]);
+            for q in 0..M {
+                _mm512_storeu_ps(part[dst[q]].as_mut_ptr(), s[q]);
+            }
         }
     }
-    for (acc, y) in acc.iter_mut().zip(&b) {
-        for (l, (&x, &y)) in a[full..].iter().zip(&y[full..]).enumerate() {
-            acc[l] = x.mul_add(y, acc[l]);
+    let mut q = 0;
+    // SAFETY: rows come from slices of n ≥ full floats of x, dst indices were checked against
+    // part above.
+    unsafe {
+        while q + 8 <= rows.len() {
+            group::<8>(a, full, &rows[q..], &dst[q..], part);
+            q += 8;
+        }
+        if q + 4 <= rows.len() {
+            group::<4>(a, full, &rows[q..], &dst[q..], part);
+            q += 4;
+        }
+        while q < rows.len() {
+            group::<1>(a, full, &rows[q..], &dst[q..], part);
+            q += 1;
+        }
+    }
+    // The tail columns (n not a multiple of 16) lane by lane.
+    for (&o, &d) in offs.iter().zip(&dst) {
+        let i = o.wrapping_add(at);
+        for (l, (&u, &v)) in a[full..].iter().zip(&x[i + full..i + n]).enumerate() {
+            part[d][l] = u.mul_add(v, part[d][l]);
         }
     }
 }
