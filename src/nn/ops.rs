@@ -211,9 +211,7 @@ fn conv2d_direct(
 ) -> Result<Var> {
     let xv = tape.value_rc(x);
     let d = DirectGeom::new(g);
-    // Kept for the weight gradient.
-    let plan = d.output_plan(sw);
-    let y = d.forward_planned(&plan, xv.data(), bias);
+    let y = d.forward(sw, xv.data(), bias);
     let out = Tensor::from_vec(&[g.cout, g.oh, g.ow, g.n], y)?;
     let g = *g;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
@@ -223,6 +221,8 @@ fn conv2d_direct(
             unreachable!("conv2d_direct: {} is no longer sparse", p.name)
         };
         let n = g.col_cols();
+        // Both gradients walk the input pixels with the same entry lists.
+        let plan = d.input_plan(sw);
         let gv = if ctx.grads.dense_for_sparse {
             // Topology-update step: the dense weight gradient needs the im2col buffer.
             let col = overwritten(g.col_rows() * n, |col| conv::im2col(&g, xv.data(), col));
@@ -236,7 +236,7 @@ fn conv2d_direct(
         } else {
             d.weight_grad_planned(sw, &plan, dy, xv.data())
         };
-        let dx = ctx.wants(x).then(|| d.input_grad(sw, dy));
+        let dx = ctx.wants(x).then(|| d.input_grad_planned(sw, &plan, dy));
         ctx.grads.add(w, &gv);
         if let Some(bid) = b {
             ctx.grads.add(bid, &row_sums(dy, n));

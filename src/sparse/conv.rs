@@ -27,8 +27,6 @@ use crate::tensor::overwritten;
 
 /// Below this many multiply-adds a pass runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 16;
-/// What one pixel's input rows of one channel block may take (see `Plan::blocks`).
-const FIELD_BYTES: usize = 1 << 40;
 /// Tasks per thread, for load balance.
 const TASKS_PER_THREAD: usize = 2;
 
@@ -56,11 +54,9 @@ impl TapMask {
 /// The active weights that one class of pixels uses, compressed by row (output channel for the
 /// forward and the weight gradient, input channel for the input gradient). `off` is relative to
 /// the pixel's base and wraps (only base + off is an index); `slot` is the entry's position in
-/// the CSR order (forward lists only).
+/// the CSC order (input-pixel lists only, for the weight gradient).
 #[derive(Default)]
 struct Lists {
-    /// Per row, `blocks` consecutive ranges (see `Plan::blocks`).
-    blocks: usize,
     ptr: Vec<usize>,
     off: Vec<usize>,
     val: Vec<f32>,
@@ -68,23 +64,17 @@ struct Lists {
 }
 
 impl Lists {
-    /// Entries of row r in block b of the plan's `blocks`.
-    fn block(&self, r: usize, b: usize) -> std::ops::Range<usize> {
-        let i = r * self.blocks + b;
-        self.ptr[i]..self.ptr[i + 1]
+    fn row(&self, r: usize) -> std::ops::Range<usize> {
+        self.ptr[r]..self.ptr[r + 1]
     }
 }
 
 /// Pixels grouped by their `TapMask`: pixel p uses `lists[class[p]]` from base offset `base[p]`.
-/// The forward's plan (`DirectGeom::output_plan`) serves the weight gradient of the same step.
+/// The input plan (`DirectGeom::input_plan`) serves both gradients of a step.
 pub struct Plan {
     class: Vec<usize>,
     base: Vec<usize>,
     lists: Vec<Lists>,
-    /// Each row's entries are split into this many blocks of input channels, so that the rows
-    /// one pixel reads from a block (its channels × k² taps × N) fit in L2 while every output
-    /// channel reuses them; the passes sweep the pixels once per block.
-    blocks: usize,
 }
 
 impl Plan {
@@ -104,12 +94,10 @@ impl Plan {
                 })
             })
             .collect();
-        let lists: Vec<Lists> = masks.into_par_iter().map(lists).collect();
         Plan {
             class,
             base: (0..npix).map(base).collect(),
-            blocks: lists.first().map_or(1, |l| l.blocks),
-            lists,
+            lists: masks.into_par_iter().map(lists).collect(),
         }
     }
 
@@ -159,26 +147,15 @@ impl DirectGeom {
         };
         // Each entry's offset and tap, computed once for all classes.
         let kk = g.k * g.k;
-        let ents: Vec<(usize, u32, u8, u8)> = w
+        let ents: Vec<(usize, u8, u8)> = w
             .col_idx
             .iter()
             .map(|&c| {
                 let c = c as usize;
                 let (ci, kh, kw) = (c / kk, (c / g.k) % g.k, c % g.k);
-                (
-                    ((ci * g.h + kh) * g.w + kw) * g.n,
-                    ci as u32,
-                    kh as u8,
-                    kw as u8,
-                )
+                (((ci * g.h + kh) * g.w + kw) * g.n, kh as u8, kw as u8)
             })
             .collect();
-        // Blocks of input channels whose rows for one pixel (channels · k² · N floats) fit in
-        // L2 beside the rest.
-        let field = g.cin * kk * g.n * std::mem::size_of::<f32>();
-        let blocks = field.div_ceil(FIELD_BYTES).clamp(1, g.cin);
-        let per_block = g.cin.div_ceil(blocks);
-        let blocks = g.cin.div_ceil(per_block);
         Plan::new(
             g.oh * g.ow,
             |p| TapMask {
@@ -191,30 +168,19 @@ impl DirectGeom {
             },
             |m| {
                 let mut l = Lists {
-                    blocks,
-                    ptr: Vec::with_capacity(g.cout * blocks + 1),
+                    ptr: Vec::with_capacity(g.cout + 1),
                     ..Lists::default()
                 };
                 l.ptr.push(0);
                 for r in 0..g.cout {
                     let row = w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize;
-                    let mut b = 0;
-                    for (e, &(off, ci, kh, kw)) in row.clone().zip(&ents[row]) {
-                        // Entries come by ascending column, so by block.
-                        while ci as usize >= (b + 1) * per_block {
-                            l.ptr.push(l.off.len());
-                            b += 1;
-                        }
+                    for (e, &(off, kh, kw)) in row.clone().zip(&ents[row]) {
                         if m.has(kh as usize, kw as usize) {
                             l.off.push(off);
                             l.val.push(w.values[e]);
-                            l.slot.push(e as u32);
                         }
                     }
-                    while b < blocks {
-                        l.ptr.push(l.off.len());
-                        b += 1;
-                    }
+                    l.ptr.push(l.off.len());
                 }
                 l
             },
@@ -225,7 +191,7 @@ impl DirectGeom {
     /// output row (r + pad − kh)/s when that divides and lies in [0, OH). Per class, each input
     /// channel's entries (the CSC index) with offsets from the output pixel of the class's
     /// first tap.
-    fn input_plan(&self, w: &SparseWeight) -> Plan {
+    pub fn input_plan(&self, w: &SparseWeight) -> Plan {
         let g = &self.g;
         let (s, n) = (g.stride, g.n);
         let reads = |x: usize, t: usize, o_n: usize| {
@@ -249,10 +215,7 @@ impl DirectGeom {
                     m.rows.trailing_zeros() as usize % s,
                     m.cols.trailing_zeros() as usize % s,
                 );
-                let mut l = Lists {
-                    blocks: 1,
-                    ..Lists::default()
-                };
+                let mut l = Lists::default();
                 l.ptr.push(0);
                 for ci in 0..g.cin {
                     for kh in (0..g.k).filter(|&kh| m.rows >> kh & 1 == 1) {
@@ -263,6 +226,7 @@ impl DirectGeom {
                                 l.off
                                     .push((w.csc_row[t] as usize * opix).wrapping_sub(back));
                                 l.val.push(w.values[w.csc_pos[t] as usize]);
+                                l.slot.push(t as u32);
                             }
                         }
                     }
@@ -284,7 +248,7 @@ impl DirectGeom {
         let g = &self.g;
         assert_eq!(
             plan.lists[0].ptr.len(),
-            g.cout * plan.blocks + 1,
+            g.cout + 1,
             "direct conv: plan rows"
         );
         assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
@@ -298,7 +262,7 @@ impl DirectGeom {
             let rows = |r0: usize, yr: &mut [f32]| {
                 let mut pass = Forward {
                     g,
-                    plan: &plan,
+                    plan,
                     x,
                     bias,
                     r0,
@@ -320,10 +284,13 @@ impl DirectGeom {
     /// Gradient at the active weights (CSR order) from dy [cout, oh, ow, n] and x [cin, h, w, n].
     pub fn weight_grad(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> Vec<f32> {
         self.checks(w);
-        self.weight_grad_planned(w, &self.output_plan(w), dy, x)
+        self.weight_grad_planned(w, &self.input_plan(w), dy, x)
     }
 
-    /// `weight_grad` with the plan `output_plan` made for `w`'s topology.
+    /// `weight_grad` with the plan of `input_plan` for `w`'s topology. It runs like the input
+    /// gradient, input pixel by input pixel: each input row x[ci, pixel, :] is read once and
+    /// dotted with the dy rows of every active weight whose tap lands on it, whose dy rows (four
+    /// output pixels' worth for a 4×4/2 kernel) stay in L2.
     pub fn weight_grad_planned(
         &self,
         w: &SparseWeight,
@@ -333,11 +300,7 @@ impl DirectGeom {
     ) -> Vec<f32> {
         let g = &self.g;
         self.checks(w);
-        assert_eq!(
-            plan.lists[0].ptr.len(),
-            g.cout * plan.blocks + 1,
-            "direct conv: plan rows"
-        );
+        assert_eq!(plan.lists[0].ptr.len(), g.cin + 1, "direct conv: plan rows");
         assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
         assert_eq!(
             dy.len(),
@@ -345,44 +308,36 @@ impl DirectGeom {
             "direct conv: dy length"
         );
         let k = self.kernels;
+        let kk = g.k * g.k;
+        // Tasks over input channels; channel range [c0, c1) owns CSC positions [t0, t1).
+        let per = if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK {
+            g.cin
+        } else {
+            g.cin.div_ceil(tasks()).max(1)
+        };
+        let parts: Vec<(usize, Vec<[f32; LANES]>)> = (0..g.cin.div_ceil(per))
+            .into_par_iter()
+            .map(|t| {
+                let (c0, c1) = (t * per, ((t + 1) * per).min(g.cin));
+                let (t0, t1) = (w.col_ptr[c0 * kk] as usize, w.col_ptr[c1 * kk] as usize);
+                let mut pass = WeightGrad {
+                    g,
+                    plan,
+                    x,
+                    dy,
+                    chans: (c0, c1),
+                    t0,
+                    part: vec![[0f32; LANES]; t1 - t0],
+                };
+                run_variant(k, &mut pass);
+                (t0, pass.part)
+            })
+            .collect();
         let mut gv = vec![0f32; w.nnz()];
-        // Row groups of roughly equal entry counts, each writing its own range of gv.
-        let ngroups = if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK {
-            1
-        } else {
-            tasks()
-        };
-        let target = w.nnz().div_ceil(ngroups).max(1);
-        let mut groups: Vec<(usize, usize, &mut [f32])> = Vec::new();
-        let mut rest: &mut [f32] = &mut gv;
-        let mut r0 = 0;
-        while r0 < g.cout {
-            let start = w.row_ptr[r0] as usize;
-            let mut r1 = r0 + 1;
-            while r1 < g.cout && (w.row_ptr[r1] as usize - start) < target {
-                r1 += 1;
+        for (t0, part) in parts {
+            for (t, lanes) in part.into_iter().enumerate() {
+                gv[w.csc_pos[t0 + t] as usize] = hsum(lanes);
             }
-            let (head, tail) = rest.split_at_mut(w.row_ptr[r1] as usize - start);
-            groups.push((r0, r1, head));
-            rest = tail;
-            r0 = r1;
-        }
-        let run = |(r0, r1, out): (usize, usize, &mut [f32])| {
-            let mut pass = WeightGrad {
-                g,
-                plan,
-                x,
-                dy,
-                rows: (r0, r1),
-                e0: w.row_ptr[r0] as usize,
-                out,
-            };
-            run_variant(k, &mut pass);
-        };
-        if groups.len() == 1 {
-            groups.into_iter().for_each(run);
-        } else {
-            groups.into_par_iter().for_each(run);
         }
         gv
     }
@@ -390,21 +345,27 @@ impl DirectGeom {
     /// dx [cin, h, w, n] from dy [cout, oh, ow, n]: for each input pixel and channel, the sum
     /// over the active weights whose tap lands on it.
     pub fn input_grad(&self, w: &SparseWeight, dy: &[f32]) -> Vec<f32> {
+        self.checks(w);
+        self.input_grad_planned(w, &self.input_plan(w), dy)
+    }
+
+    /// `input_grad` with the plan of `input_plan` for `w`'s topology.
+    pub fn input_grad_planned(&self, w: &SparseWeight, plan: &Plan, dy: &[f32]) -> Vec<f32> {
         let g = &self.g;
         self.checks(w);
+        assert_eq!(plan.lists[0].ptr.len(), g.cin + 1, "direct conv: plan rows");
         assert_eq!(
             dy.len(),
             g.cout * g.oh * g.ow * g.n,
             "direct conv: dy length"
         );
-        let plan = self.input_plan(w);
         let plane = g.h * g.w * g.n;
         let k = self.kernels;
         overwritten(g.cin * plane, |dx| {
             let chans = |c0: usize, dxc: &mut [f32]| {
                 let mut pass = InputGrad {
                     g,
-                    plan: &plan,
+                    plan,
                     dy,
                     c0,
                     dxc,
@@ -474,90 +435,76 @@ impl Pass for Forward<'_> {
     fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
         let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
         let rows = self.yr.len() / (npix * n).max(1);
-        let blocks = self.plan.blocks;
-        for b in 0..blocks {
-            for px in 0..npix {
-                let (l, at) = self.plan.at(px);
-                for i in 0..rows {
-                    let r = self.r0 + i;
-                    let e = l.block(r, b);
-                    let out = &mut self.yr[(i * npix + px) * n..][..n];
-                    let (off, val) = (&l.off[e.clone()], &l.val[e]);
-                    if b == 0 {
-                        acc_vec::<FMA, CH, false>(off, val, self.x, at, out);
-                    } else {
-                        acc_vec::<FMA, CH, true>(off, val, self.x, at, out);
-                    }
-                    if b + 1 == blocks {
-                        if let Some(bias) = self.bias {
-                            out.iter_mut().for_each(|o| *o += bias[r]);
-                        }
-                    }
+        for px in 0..npix {
+            let (l, at) = self.plan.at(px);
+            for i in 0..rows {
+                let r = self.r0 + i;
+                let e = l.row(r);
+                let out = &mut self.yr[(i * npix + px) * n..][..n];
+                acc_vec::<FMA, CH, false>(&l.off[e.clone()], &l.val[e], self.x, at, out);
+                if let Some(bias) = self.bias {
+                    out.iter_mut().for_each(|o| *o += bias[r]);
                 }
             }
         }
     }
 }
 
-/// Weight gradient of output channels `rows` (entries e0.. of the CSR order, in `out`), pixel by
-/// pixel: per entry, the lanes of its dot product of the pixel's dy row with its input row,
-/// eight entries against one load of dy, reduced once at the end.
+/// Weight gradient of the entries of input channels `chans` (CSC positions t0.., lanes in
+/// `part`), input pixel by input pixel: the pixel's input row against the dy row of each entry
+/// whose tap lands there, eight entries against one load of the input row, reduced at the end.
 struct WeightGrad<'a> {
     g: &'a ConvGeom,
     plan: &'a Plan,
     x: &'a [f32],
     dy: &'a [f32],
-    rows: (usize, usize),
-    e0: usize,
-    out: &'a mut [f32],
+    chans: (usize, usize),
+    t0: usize,
+    part: Vec<[f32; LANES]>,
 }
 
 impl Pass for WeightGrad<'_> {
     #[inline(always)]
     fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
-        let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
-        let mut part = vec![[0f32; LANES]; self.out.len()];
-        for b in 0..self.plan.blocks {
-            for px in 0..npix {
-                let (l, at) = self.plan.at(px);
-                for r in self.rows.0..self.rows.1 {
-                    let a = &self.dy[(r * npix + px) * n..][..n];
-                    let e = l.block(r, b);
-                    let (offs, slots) = (&l.off[e.clone()], &l.slot[e]);
-                    #[cfg(target_arch = "x86_64")]
-                    if AVX512 {
-                        // SAFETY: only the AVX-512 build (`run_avx512`) has AVX512 set, and it
-                        // runs only where the CPU has AVX-512F.
-                        unsafe { dots_into_avx512(a, self.x, offs, at, slots, self.e0, &mut part) };
-                        continue;
-                    }
-                    let src = |q: usize| &self.x[offs[q].wrapping_add(at)..][..n];
-                    let mut q = 0;
-                    while q < offs.len() {
-                        let m = (offs.len() - q).min(8);
-                        let mut acc = [[0f32; LANES]; 8];
-                        if m == 8 {
-                            dot_lanes::<FMA, 8>(a, std::array::from_fn(|t| src(q + t)), &mut acc);
-                        } else {
-                            for (t, acc) in acc[..m].iter_mut().enumerate() {
-                                let one: &mut [[f32; LANES]; 1] = std::slice::from_mut(acc)
-                                    .try_into()
-                                    .expect("one accumulator");
-                                dot_lanes::<FMA, 1>(a, [src(q + t)], one);
-                            }
+        let (n, npix) = (self.g.n, self.g.h * self.g.w);
+        for px in 0..npix {
+            let (l, at) = self.plan.at(px);
+            for ci in self.chans.0..self.chans.1 {
+                let a = &self.x[(ci * npix + px) * n..][..n];
+                let e = l.row(ci);
+                let (offs, slots) = (&l.off[e.clone()], &l.slot[e]);
+                #[cfg(target_arch = "x86_64")]
+                if AVX512 {
+                    // SAFETY: only the AVX-512 build (`run_avx512`) has AVX512 set, and it
+                    // runs only where the CPU has AVX-512F.
+                    unsafe {
+                        dots_into_avx512(a, self.dy, offs, at, slots, self.t0, &mut self.part)
+                    };
+                    continue;
+                }
+                let src = |q: usize| &self.dy[offs[q].wrapping_add(at)..][..n];
+                let mut q = 0;
+                while q < offs.len() {
+                    let m = (offs.len() - q).min(8);
+                    let mut acc = [[0f32; LANES]; 8];
+                    if m == 8 {
+                        dot_lanes::<FMA, 8>(a, std::array::from_fn(|t| src(q + t)), &mut acc);
+                    } else {
+                        for (t, acc) in acc[..m].iter_mut().enumerate() {
+                            let one: &mut [[f32; LANES]; 1] = std::slice::from_mut(acc)
+                                .try_into()
+                                .expect("one accumulator");
+                            dot_lanes::<FMA, 1>(a, [src(q + t)], one);
                         }
-                        for (&slot, acc) in slots[q..q + m].iter().zip(&acc) {
-                            for (o, v) in part[slot as usize - self.e0].iter_mut().zip(acc) {
-                                *o += v;
-                            }
-                        }
-                        q += m;
                     }
+                    for (&slot, acc) in slots[q..q + m].iter().zip(&acc) {
+                        for (o, v) in self.part[slot as usize - self.t0].iter_mut().zip(acc) {
+                            *o += v;
+                        }
+                    }
+                    q += m;
                 }
             }
-        }
-        for (o, lanes) in self.out.iter_mut().zip(part) {
-            *o = hsum(lanes);
         }
     }
 }
@@ -579,7 +526,7 @@ impl Pass for InputGrad<'_> {
         for px in 0..npix {
             let (l, at) = self.plan.at(px);
             for i in 0..chans {
-                let e = l.block(self.c0 + i, 0);
+                let e = l.row(self.c0 + i);
                 let out = &mut self.dxc[(i * npix + px) * n..][..n];
                 acc_vec::<FMA, CH, false>(&l.off[e.clone()], &l.val[e], self.dy, at, out);
             }

@@ -606,25 +606,29 @@ pub(crate) fn dots_into_avx512(
     use std::arch::x86_64::*;
     let n = a.len();
     let full = n / LANES * LANES;
-    let rows: Vec<*const f32> = offs
-        .iter()
-        .map(|&o| {
-            let i = o.wrapping_add(at);
-            x[i..i + n].as_ptr()
-        })
-        .collect();
-    let dst: Vec<usize> = slots.iter().map(|&s| s as usize - e0).collect();
-    assert!(
-        dst.iter().all(|&d| d < part.len()),
-        "dots_into: slot outside part"
+    assert_eq!(
+        offs.len(),
+        slots.len(),
+        "dots_into: offsets and slots differ"
     );
+    // The checked row start and part index of entry q.
+    let row = |q: usize| {
+        let i = offs[q].wrapping_add(at);
+        x[i..i + n].as_ptr()
+    };
+    let plen = part.len();
+    let dst = |q: usize| {
+        let d = slots[q] as usize - e0;
+        assert!(d < plen, "dots_into: slot outside part");
+        d
+    };
     /// M entries against one load of a per chunk.
     #[inline(always)]
     unsafe fn group<const M: usize>(
         a: &[f32],
         full: usize,
-        rows: &[*const f32],
-        dst: &[usize],
+        rows: [*const f32; M],
+        dst: [usize; M],
         part: &mut [[f32; LANES]],
     ) {
         // SAFETY (caller): every row pointer has a.len() ≥ full readable floats, every dst
@@ -645,28 +649,39 @@ pub(crate) fn dots_into_avx512(
             }
         }
     }
+    let len = offs.len();
     let mut q = 0;
-    // SAFETY: rows come from slices of n ≥ full floats of x, dst indices were checked against
-    // part above.
+    // SAFETY: `row` hands out pointers to slices of n ≥ full floats of x, and `dst` indices
+    // checked against part.
     unsafe {
-        while q + 8 <= rows.len() {
-            group::<8>(a, full, &rows[q..], &dst[q..], part);
+        while q + 8 <= len {
+            let (r, d) = (
+                std::array::from_fn(|t| row(q + t)),
+                std::array::from_fn(|t| dst(q + t)),
+            );
+            group::<8>(a, full, r, d, part);
             q += 8;
         }
-        if q + 4 <= rows.len() {
-            group::<4>(a, full, &rows[q..], &dst[q..], part);
+        if q + 4 <= len {
+            let (r, d) = (
+                std::array::from_fn(|t| row(q + t)),
+                std::array::from_fn(|t| dst(q + t)),
+            );
+            group::<4>(a, full, r, d, part);
             q += 4;
         }
-        while q < rows.len() {
-            group::<1>(a, full, &rows[q..], &dst[q..], part);
+        while q < len {
+            group::<1>(a, full, [row(q)], [dst(q)], part);
             q += 1;
         }
     }
     // The tail columns (n not a multiple of 16) lane by lane.
-    for (&o, &d) in offs.iter().zip(&dst) {
-        let i = o.wrapping_add(at);
-        for (l, (&u, &v)) in a[full..].iter().zip(&x[i + full..i + n]).enumerate() {
-            part[d][l] = u.mul_add(v, part[d][l]);
+    if full < n {
+        for (q, &o) in offs.iter().enumerate() {
+            let (i, d) = (o.wrapping_add(at), dst(q));
+            for (l, (&u, &v)) in a[full..].iter().zip(&x[i + full..i + n]).enumerate() {
+                part[d][l] = u.mul_add(v, part[d][l]);
+            }
         }
     }
 }
