@@ -441,7 +441,7 @@ impl Pass for Forward<'_> {
                 let r = self.r0 + i;
                 let e = l.row(r);
                 let out = &mut self.yr[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH, false>(&l.off[e.clone()], &l.val[e], self.x, at, out);
+                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.x, at, out);
                 if let Some(bias) = self.bias {
                     out.iter_mut().for_each(|o| *o += bias[r]);
                 }
@@ -528,7 +528,7 @@ impl Pass for InputGrad<'_> {
             for i in 0..chans {
                 let e = l.row(self.c0 + i);
                 let out = &mut self.dxc[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH, false>(&l.off[e.clone()], &l.val[e], self.dy, at, out);
+                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.dy, at, out);
             }
         }
     }

@@ -322,7 +322,7 @@ fn gather_tile<const FMA: bool, const CH: usize>(g: &Gather, tile: &mut Tile) {
     for (i, o) in tile.outs.iter_mut().enumerate() {
         let r = tile.row0 + i;
         let (s, e) = (g.ptr[r] as usize, g.ptr[r + 1] as usize);
-        acc_vec::<FMA, CH, false>(&g.off[s..e], &g.val[s..e], g.src, tile.j0, o);
+        acc_vec::<FMA, CH>(&g.off[s..e], &g.val[s..e], g.src, tile.j0, o);
     }
 }
 
@@ -330,12 +330,12 @@ fn gather_tile<const FMA: bool, const CH: usize>(g: &Gather, tile: &mut Tile) {
 /// hardware prefetcher cannot predict.
 const PREFETCH_AHEAD: usize = 4;
 
-/// out (+ out, with ADD) = Σ_q val[q] · src[idx[q] + at..][..out.len()] (idx[q] + at wrapping, so offsets may be
+/// out = Σ_q val[q] · src[idx[q] + at..][..out.len()] (idx[q] + at wrapping, so offsets may be
 /// relative to a base on either side): CH columns at a time summed in registers
-/// over every entry and stored once (CH = 256 fills 16 AVX-512 registers), the narrower tail 16
-/// at a time, then one by one.
+/// over every entry and stored once (CH = 256 fills 16 AVX-512 registers), the narrower rest in
+/// chunks of 128, 64, 32 and 16, then one by one.
 #[inline(always)]
-pub(crate) fn acc_vec<const FMA: bool, const CH: usize, const ADD: bool>(
+pub(crate) fn acc_vec<const FMA: bool, const CH: usize>(
     idx: &[usize],
     val: &[f32],
     src: &[f32],
@@ -345,15 +345,25 @@ pub(crate) fn acc_vec<const FMA: bool, const CH: usize, const ADD: bool>(
     let w = out.len();
     let mut c = 0;
     while c + CH <= w {
-        acc_chunk::<FMA, CH, ADD>(idx, val, src, at.wrapping_add(c), &mut out[c..c + CH]);
+        acc_chunk::<FMA, CH>(idx, val, src, at.wrapping_add(c), &mut out[c..c + CH]);
         c += CH;
     }
-    while c + 16 <= w {
-        acc_chunk::<FMA, 16, ADD>(idx, val, src, at.wrapping_add(c), &mut out[c..c + 16]);
-        c += 16;
+    // The rest in halving chunks (a batch of 64 is one 64-wide chunk: four independent sums
+    // per entry, where 16-wide chunks would be four passes of one dependent chain each).
+    macro_rules! tier {
+        ($wd:literal) => {
+            if $wd < CH && c + $wd <= w {
+                acc_chunk::<FMA, $wd>(idx, val, src, at.wrapping_add(c), &mut out[c..c + $wd]);
+                c += $wd;
+            }
+        };
     }
+    tier!(128);
+    tier!(64);
+    tier!(32);
+    tier!(16);
     while c < w {
-        let mut a = if ADD { out[c] } else { 0.0 };
+        let mut a = 0.0;
         for (&ix, &v) in idx.iter().zip(val) {
             a = fmadd::<FMA>(v, src[ix.wrapping_add(at) + c], a);
         }
@@ -364,7 +374,7 @@ pub(crate) fn acc_vec<const FMA: bool, const CH: usize, const ADD: bool>(
 
 /// out[..W] = Σ_q val[q] · src[idx[q] + at..][..W] (wrapping sum), summed in registers.
 #[inline(always)]
-fn acc_chunk<const FMA: bool, const W: usize, const ADD: bool>(
+fn acc_chunk<const FMA: bool, const W: usize>(
     idx: &[usize],
     val: &[f32],
     src: &[f32],
@@ -372,9 +382,6 @@ fn acc_chunk<const FMA: bool, const W: usize, const ADD: bool>(
     out: &mut [f32],
 ) {
     let mut acc = [0f32; W];
-    if ADD {
-        acc.copy_from_slice(&out[..W]);
-    }
     for (q, (&ix, &v)) in idx.iter().zip(val).enumerate() {
         if let Some(&ahead) = idx.get(q + PREFETCH_AHEAD) {
             prefetch_window::<W>(src, ahead.wrapping_add(at));
