@@ -48,8 +48,9 @@ pub struct CpuArgs {
         default_value = "1,0.5,0.2,0.1,0.05,0.01,0.005,0.001"
     )]
     pub densities: Vec<f64>,
-    /// Timed training steps per setting (after one warm-up step).
-    #[arg(long, default_value_t = 3)]
+    /// Timed training steps (and inference passes) per setting, after one warm-up each; the
+    /// settings take turns step by step, and each reports its median step
+    #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Batch size of the CNN (28 px) runs; ResNet-18 (32 px) uses a quarter of it.
     #[arg(long, default_value_t = 256)]
@@ -160,13 +161,35 @@ pub fn train_step(
     Ok(grads)
 }
 
-fn time_per_call(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?; // warm-up
-    let t = Instant::now();
-    for _ in 0..reps {
-        f()?;
+/// Per item, the median time of `reps` calls of `f`, after one warm-up call each; the calls go
+/// round by round over the items.
+fn rounds<T>(
+    reps: usize,
+    items: &mut [T],
+    mut f: impl FnMut(&mut T) -> Result<()>,
+) -> Result<Vec<f64>> {
+    for it in items.iter_mut() {
+        f(it)?;
     }
-    Ok(t.elapsed().as_secs_f64() / reps as f64)
+    let mut times = vec![Vec::with_capacity(reps); items.len()];
+    for _ in 0..reps {
+        for (it, t) in items.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            f(it)?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times.into_iter().map(median).collect())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 fn checkpoint_bytes(model: &Model, state: Option<dst::SparseState>) -> Result<usize> {
@@ -236,26 +259,27 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             "×dense",
             "update ms"
         );
-        let mut base: Option<(f64, f64, usize)> = None;
+        // Every density's model first; then the timed steps in rounds, one step of each density
+        // per round, so a slow spell of this (shared, noisy) machine hits all densities alike;
+        // each density's time is the median of its steps.
+        let mut runs = Vec::new();
         for &d in &args.densities {
-            let (mut model, state) = build(arch, d, batch, size)?;
-            let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
-            let t_train = time_per_call(args.steps, || {
-                train_step(
-                    &mut model,
-                    &mut opt,
-                    &inp.images,
-                    &inp.labels,
-                    &inp.weights,
-                    false,
-                )
-                .map(|_| ())
-            })?;
-            let t_infer = time_per_call(args.steps, || {
-                let mut tape = Tape::no_grad();
-                let x = tape.input(inp.images.clone());
-                model.forward(&mut tape, x, false).map(|_| ())
-            })?;
+            let (model, state) = build(arch, d, batch, size)?;
+            let opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
+            runs.push((d, model, opt, state));
+        }
+        let train_times = rounds(args.steps, &mut runs, |(_, model, opt, _)| {
+            train_step(model, opt, &inp.images, &inp.labels, &inp.weights, false).map(|_| ())
+        })?;
+        let infer_times = rounds(args.steps, &mut runs, |(_, model, _, _)| {
+            let mut tape = Tape::no_grad();
+            let x = tape.input(inp.images.clone());
+            model.forward(&mut tape, x, false).map(|_| ())
+        })?;
+        let mut base: Option<(f64, f64, usize)> = None;
+        for (((d, mut model, mut opt, state), t_train), t_infer) in
+            runs.into_iter().zip(train_times).zip(infer_times)
+        {
             let update_ms = match state.clone() {
                 Some(mut s) => {
                     let mut rng = Rng::new(5);

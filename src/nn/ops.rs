@@ -221,8 +221,6 @@ fn conv2d_direct(
             unreachable!("conv2d_direct: {} is no longer sparse", p.name)
         };
         let n = g.col_cols();
-        // Both gradients walk the input pixels with the same entry lists.
-        let plan = d.input_plan(sw);
         let gv = if ctx.grads.dense_for_sparse {
             // Topology-update step: the dense weight gradient needs the im2col buffer.
             let col = overwritten(g.col_rows() * n, |col| conv::im2col(&g, xv.data(), col));
@@ -234,9 +232,9 @@ fn conv2d_direct(
             ctx.grads.dense[w.0] = Some(dw);
             gv
         } else {
-            d.weight_grad_planned(sw, &plan, dy, xv.data())
+            d.weight_grad(sw, dy, xv.data())
         };
-        let dx = ctx.wants(x).then(|| d.input_grad_planned(sw, &plan, dy));
+        let dx = ctx.wants(x).then(|| d.input_grad(sw, dy));
         ctx.grads.add(w, &gv);
         if let Some(bid) = b {
             ctx.grads.add(bid, &row_sums(dy, n));

@@ -52,14 +52,14 @@ impl TapMask {
 }
 
 /// The active weights that one class of pixels uses, compressed by row (output channel for the
-/// forward and the weight gradient, input channel for the input gradient). `off` is relative to
-/// the pixel's base and wraps (only base + off is an index); `slot` is the entry's position in
-/// the CSC order (input-pixel lists only, for the weight gradient).
+/// forward, input channel for both gradients). `off` is relative to the pixel's base and wraps
+/// (only base + off is an index); `slot` is the entry's position in the CSR order (output lists)
+/// or the CSC order (input lists). Values are not kept: they change every step
+/// (`Plan::values`).
 #[derive(Default)]
 struct Lists {
     ptr: Vec<usize>,
     off: Vec<usize>,
-    val: Vec<f32>,
     slot: Vec<u32>,
 }
 
@@ -70,15 +70,20 @@ impl Lists {
 }
 
 /// Pixels grouped by their `TapMask`: pixel p uses `lists[class[p]]` from base offset `base[p]`.
-/// The input plan (`DirectGeom::input_plan`) serves both gradients of a step.
+/// A plan depends only on the geometry and the positions of the active weights, so each layer
+/// keeps its plans with its index (`SparseWeight::plans`) until the next topology update; the
+/// input plan serves both gradients.
 pub struct Plan {
     class: Vec<usize>,
     base: Vec<usize>,
     lists: Vec<Lists>,
+    /// Whether `slot` is a CSC position (input plans) rather than a CSR one.
+    input: bool,
 }
 
 impl Plan {
     fn new(
+        input: bool,
         npix: usize,
         mask: impl Fn(usize) -> TapMask,
         base: impl Fn(usize) -> usize,
@@ -98,11 +103,30 @@ impl Plan {
             class,
             base: (0..npix).map(base).collect(),
             lists: masks.into_par_iter().map(lists).collect(),
+            input,
         }
     }
 
-    fn at(&self, p: usize) -> (&Lists, usize) {
-        (&self.lists[self.class[p]], self.base[p])
+    /// Pixel p's class, its lists and its base offset.
+    fn at(&self, p: usize) -> (usize, &Lists, usize) {
+        let c = self.class[p];
+        (c, &self.lists[c], self.base[p])
+    }
+
+    /// The current values of `w` in the order of each class's lists.
+    fn values(&self, w: &SparseWeight) -> Vec<Vec<f32>> {
+        self.lists
+            .iter()
+            .map(|l| {
+                l.slot
+                    .iter()
+                    .map(|&s| {
+                        let e = if self.input { w.csc_pos[s as usize] } else { s };
+                        w.values[e as usize]
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -138,7 +162,7 @@ impl DirectGeom {
     /// Output pixels by the taps that read the input; per class, each output channel's entries
     /// at those taps (offset (ci·H + kh)·W + kw rows of N from the window's corner), with the
     /// weights' current values.
-    pub fn output_plan(&self, w: &SparseWeight) -> Plan {
+    fn output_plan(&self, w: &SparseWeight) -> Plan {
         let g = &self.g;
         let (n, s, pad) = (g.n as isize, g.stride as isize, g.pad as isize);
         let inside = |o: usize, t: usize, size: usize| {
@@ -157,6 +181,7 @@ impl DirectGeom {
             })
             .collect();
         Plan::new(
+            false,
             g.oh * g.ow,
             |p| TapMask {
                 rows: bits(g.k, |kh| inside(p / g.ow, kh, g.h)),
@@ -177,7 +202,7 @@ impl DirectGeom {
                     for (e, &(off, kh, kw)) in row.clone().zip(&ents[row]) {
                         if m.has(kh as usize, kw as usize) {
                             l.off.push(off);
-                            l.val.push(w.values[e]);
+                            l.slot.push(e as u32);
                         }
                     }
                     l.ptr.push(l.off.len());
@@ -191,7 +216,7 @@ impl DirectGeom {
     /// output row (r + pad − kh)/s when that divides and lies in [0, OH). Per class, each input
     /// channel's entries (the CSC index) with offsets from the output pixel of the class's
     /// first tap.
-    pub fn input_plan(&self, w: &SparseWeight) -> Plan {
+    fn input_plan(&self, w: &SparseWeight) -> Plan {
         let g = &self.g;
         let (s, n) = (g.stride, g.n);
         let reads = |x: usize, t: usize, o_n: usize| {
@@ -200,6 +225,7 @@ impl DirectGeom {
         };
         let opix = g.oh * g.ow * n;
         Plan::new(
+            true,
             g.h * g.w,
             |p| TapMask {
                 rows: bits(g.k, |kh| reads(p / g.w, kh, g.oh)),
@@ -225,7 +251,6 @@ impl DirectGeom {
                             for t in w.col_ptr[col] as usize..w.col_ptr[col + 1] as usize {
                                 l.off
                                     .push((w.csc_row[t] as usize * opix).wrapping_sub(back));
-                                l.val.push(w.values[w.csc_pos[t] as usize]);
                                 l.slot.push(t as u32);
                             }
                         }
@@ -240,17 +265,10 @@ impl DirectGeom {
     /// y [cout, oh, ow, n] = W ∗ x (+ bias) for x [cin, h, w, n].
     pub fn forward(&self, w: &SparseWeight, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         self.checks(w);
-        self.forward_planned(&self.output_plan(w), x, bias)
-    }
-
-    /// `forward` with the plan of `output_plan`.
-    pub fn forward_planned(&self, plan: &Plan, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let plan = w.plans.get(self.g, false, || self.output_plan(w));
+        let vals = plan.values(w);
+        let (plan, vals) = (&*plan, &vals[..]);
         let g = &self.g;
-        assert_eq!(
-            plan.lists[0].ptr.len(),
-            g.cout + 1,
-            "direct conv: plan rows"
-        );
         assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
         if let Some(b) = bias {
             assert_eq!(b.len(), g.cout, "direct conv: bias length");
@@ -263,6 +281,7 @@ impl DirectGeom {
                 let mut pass = Forward {
                     g,
                     plan,
+                    vals,
                     x,
                     bias,
                     r0,
@@ -282,25 +301,15 @@ impl DirectGeom {
     }
 
     /// Gradient at the active weights (CSR order) from dy [cout, oh, ow, n] and x [cin, h, w, n].
+    ///
+    /// It runs like the input gradient, input pixel by input pixel: each input row
+    /// x[ci, pixel, :] is read once and dotted with the dy rows of every active weight whose tap
+    /// lands on it, whose dy rows (four output pixels' worth for a 4×4/2 kernel) stay in L2.
     pub fn weight_grad(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> Vec<f32> {
         self.checks(w);
-        self.weight_grad_planned(w, &self.input_plan(w), dy, x)
-    }
-
-    /// `weight_grad` with the plan of `input_plan` for `w`'s topology. It runs like the input
-    /// gradient, input pixel by input pixel: each input row x[ci, pixel, :] is read once and
-    /// dotted with the dy rows of every active weight whose tap lands on it, whose dy rows (four
-    /// output pixels' worth for a 4×4/2 kernel) stay in L2.
-    pub fn weight_grad_planned(
-        &self,
-        w: &SparseWeight,
-        plan: &Plan,
-        dy: &[f32],
-        x: &[f32],
-    ) -> Vec<f32> {
+        let plan = w.plans.get(self.g, true, || self.input_plan(w));
+        let plan = &*plan;
         let g = &self.g;
-        self.checks(w);
-        assert_eq!(plan.lists[0].ptr.len(), g.cin + 1, "direct conv: plan rows");
         assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
         assert_eq!(
             dy.len(),
@@ -309,16 +318,23 @@ impl DirectGeom {
         );
         let k = self.kernels;
         let kk = g.k * g.k;
-        // Tasks over input channels; channel range [c0, c1) owns CSC positions [t0, t1).
-        let per = if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK {
-            g.cin
+        // Tasks over input channels (range [c0, c1) owns CSC positions [t0, t1)) and, when there
+        // are fewer channels than tasks (a first layer's 3), over ranges of pixels as well; each
+        // task sums into its own lanes.
+        let npix = g.h * g.w;
+        let want = if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK {
+            1
         } else {
-            g.cin.div_ceil(tasks()).max(1)
+            tasks()
         };
-        let parts: Vec<(usize, Vec<[f32; LANES]>)> = (0..g.cin.div_ceil(per))
+        let per = g.cin.div_ceil(want).max(1);
+        let nchan = g.cin.div_ceil(per);
+        let npx = want.div_ceil(nchan).min(npix).max(1);
+        let parts: Vec<(usize, Vec<[f32; LANES]>)> = (0..nchan * npx)
             .into_par_iter()
             .map(|t| {
-                let (c0, c1) = (t * per, ((t + 1) * per).min(g.cin));
+                let (tc, tp) = (t / npx, t % npx);
+                let (c0, c1) = (tc * per, ((tc + 1) * per).min(g.cin));
                 let (t0, t1) = (w.col_ptr[c0 * kk] as usize, w.col_ptr[c1 * kk] as usize);
                 let mut pass = WeightGrad {
                     g,
@@ -326,6 +342,7 @@ impl DirectGeom {
                     x,
                     dy,
                     chans: (c0, c1),
+                    pixels: (tp * npix / npx, (tp + 1) * npix / npx),
                     t0,
                     part: vec![[0f32; LANES]; t1 - t0],
                 };
@@ -333,11 +350,17 @@ impl DirectGeom {
                 (t0, pass.part)
             })
             .collect();
-        let mut gv = vec![0f32; w.nnz()];
+        let mut lanes = vec![[0f32; LANES]; w.nnz()];
         for (t0, part) in parts {
-            for (t, lanes) in part.into_iter().enumerate() {
-                gv[w.csc_pos[t0 + t] as usize] = hsum(lanes);
+            for (acc, p) in lanes[t0..].iter_mut().zip(part) {
+                for (a, v) in acc.iter_mut().zip(p) {
+                    *a += v;
+                }
             }
+        }
+        let mut gv = vec![0f32; w.nnz()];
+        for (&e, l) in w.csc_pos.iter().zip(lanes) {
+            gv[e as usize] = hsum(l);
         }
         gv
     }
@@ -346,14 +369,10 @@ impl DirectGeom {
     /// over the active weights whose tap lands on it.
     pub fn input_grad(&self, w: &SparseWeight, dy: &[f32]) -> Vec<f32> {
         self.checks(w);
-        self.input_grad_planned(w, &self.input_plan(w), dy)
-    }
-
-    /// `input_grad` with the plan of `input_plan` for `w`'s topology.
-    pub fn input_grad_planned(&self, w: &SparseWeight, plan: &Plan, dy: &[f32]) -> Vec<f32> {
+        let plan = w.plans.get(self.g, true, || self.input_plan(w));
+        let vals = plan.values(w);
+        let (plan, vals) = (&*plan, &vals[..]);
         let g = &self.g;
-        self.checks(w);
-        assert_eq!(plan.lists[0].ptr.len(), g.cin + 1, "direct conv: plan rows");
         assert_eq!(
             dy.len(),
             g.cout * g.oh * g.ow * g.n,
@@ -366,6 +385,7 @@ impl DirectGeom {
                 let mut pass = InputGrad {
                     g,
                     plan,
+                    vals,
                     dy,
                     c0,
                     dxc,
@@ -424,6 +444,7 @@ fn run_avx2(p: &mut impl Pass) {
 struct Forward<'a> {
     g: &'a ConvGeom,
     plan: &'a Plan,
+    vals: &'a [Vec<f32>],
     x: &'a [f32],
     bias: Option<&'a [f32]>,
     r0: usize,
@@ -436,12 +457,12 @@ impl Pass for Forward<'_> {
         let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
         let rows = self.yr.len() / (npix * n).max(1);
         for px in 0..npix {
-            let (l, at) = self.plan.at(px);
+            let (c, l, at) = self.plan.at(px);
             for i in 0..rows {
                 let r = self.r0 + i;
                 let e = l.row(r);
                 let out = &mut self.yr[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.x, at, out);
+                acc_vec::<FMA, CH>(&l.off[e.clone()], &self.vals[c][e], self.x, at, out);
                 if let Some(bias) = self.bias {
                     out.iter_mut().for_each(|o| *o += bias[r]);
                 }
@@ -459,6 +480,7 @@ struct WeightGrad<'a> {
     x: &'a [f32],
     dy: &'a [f32],
     chans: (usize, usize),
+    pixels: (usize, usize),
     t0: usize,
     part: Vec<[f32; LANES]>,
 }
@@ -467,8 +489,8 @@ impl Pass for WeightGrad<'_> {
     #[inline(always)]
     fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
         let (n, npix) = (self.g.n, self.g.h * self.g.w);
-        for px in 0..npix {
-            let (l, at) = self.plan.at(px);
+        for px in self.pixels.0..self.pixels.1 {
+            let (_, l, at) = self.plan.at(px);
             for ci in self.chans.0..self.chans.1 {
                 let a = &self.x[(ci * npix + px) * n..][..n];
                 let e = l.row(ci);
@@ -513,6 +535,7 @@ impl Pass for WeightGrad<'_> {
 struct InputGrad<'a> {
     g: &'a ConvGeom,
     plan: &'a Plan,
+    vals: &'a [Vec<f32>],
     dy: &'a [f32],
     c0: usize,
     dxc: &'a mut [f32],
@@ -524,11 +547,11 @@ impl Pass for InputGrad<'_> {
         let (n, npix) = (self.g.n, self.g.h * self.g.w);
         let chans = self.dxc.len() / (npix * n).max(1);
         for px in 0..npix {
-            let (l, at) = self.plan.at(px);
+            let (c, l, at) = self.plan.at(px);
             for i in 0..chans {
                 let e = l.row(self.c0 + i);
                 let out = &mut self.dxc[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH>(&l.off[e.clone()], &l.val[e], self.dy, at, out);
+                acc_vec::<FMA, CH>(&l.off[e.clone()], &self.vals[c][e], self.dy, at, out);
             }
         }
     }

@@ -14,6 +14,10 @@ use rayon::prelude::*;
 /// `row_ptr[r] ≤ e < row_ptr[r+1]`; columns ascend within a row. The transpose index lists, for
 /// each column c, the entries `csc_pos[col_ptr[c]..col_ptr[c+1]]` (positions into `values`) and
 /// their rows `csc_row[..]`, rows ascending.
+///
+/// The index is built once (`from_positions`); a topology update builds a new `SparseWeight`.
+/// Only `values` changes in place (the optimiser), so whatever depends on the positions alone can
+/// be cached with it (`plans`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SparseWeight {
     pub rows: usize,
@@ -24,6 +28,69 @@ pub struct SparseWeight {
     pub col_ptr: Vec<u32>,
     pub csc_row: Vec<u32>,
     pub csc_pos: Vec<u32>,
+    /// The direct convolution's entry lists for this topology (`sparse::conv`).
+    pub plans: PlanCache,
+}
+
+/// The direct convolution's plans (`sparse::conv::Plan`) for the geometries a layer has run at,
+/// built once per topology instead of at every pass (they cost about as much as a sparse
+/// pass at 0.01 density). A clone starts empty, and the cache takes no part in equality.
+#[derive(Default)]
+pub struct PlanCache(std::sync::Mutex<Vec<PlanEntry>>);
+
+/// (geometry, input plan?, plan).
+type PlanEntry = (
+    crate::device::cpu::conv::ConvGeom,
+    bool,
+    std::sync::Arc<crate::sparse::conv::Plan>,
+);
+
+/// At most this many geometries are kept per layer (training, the last short batch,
+/// evaluation: two plans each).
+const PLANS_KEPT: usize = 8;
+
+impl PlanCache {
+    /// The plan for `key`, built by `build` when absent.
+    pub fn get(
+        &self,
+        geom: crate::device::cpu::conv::ConvGeom,
+        input: bool,
+        build: impl FnOnce() -> crate::sparse::conv::Plan,
+    ) -> std::sync::Arc<crate::sparse::conv::Plan> {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, p)) = list.iter().find(|(g, i, _)| *g == geom && *i == input) {
+            return p.clone();
+        }
+        let plan = std::sync::Arc::new(build());
+        if list.len() >= PLANS_KEPT {
+            list.remove(0);
+        }
+        list.push((geom, input, plan.clone()));
+        plan
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+impl Clone for PlanCache {
+    fn clone(&self) -> Self {
+        PlanCache::default()
+    }
+}
+
+impl PartialEq for PlanCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for PlanCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |l| l.len());
+        write!(f, "PlanCache({n} plans)")
+    }
 }
 
 impl SparseWeight {
@@ -77,6 +144,7 @@ impl SparseWeight {
             col_ptr: Vec::new(),
             csc_row: Vec::new(),
             csc_pos: Vec::new(),
+            plans: PlanCache::default(),
         };
         w.rebuild_csc();
         w
@@ -164,6 +232,7 @@ impl SparseWeight {
 
     /// Rebuilds the transpose index (`col_ptr`, `csc_row`, `csc_pos`) from the CSR arrays.
     pub fn rebuild_csc(&mut self) {
+        self.plans.clear();
         let nnz = self.nnz();
         let mut col_ptr = vec![0u32; self.cols + 1];
         for &c in &self.col_idx {

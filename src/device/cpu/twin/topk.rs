@@ -276,6 +276,7 @@ impl HostTopk {
             col_ptr: self.col_ptr.clone(),
             csc_row: self.csc_row.clone(),
             csc_pos: self.csc_pos.clone(),
+            plans: Default::default(),
         }
     }
 }

@@ -255,6 +255,7 @@ impl SparseLayerBufs {
                 col_ptr: take_u32(&self.col_ptr, self.cols + 1)?,
                 csc_row: take_u32(&self.csc_row, self.nnz)?,
                 csc_pos: take_u32(&self.csc_pos, self.nnz)?,
+                plans: Default::default(),
             },
             momentum: take_f32(&self.momentum, self.nnz)?,
         })
