@@ -276,9 +276,11 @@ pub fn choose_paths(
     Ok(())
 }
 
-/// Picks each sparse layer's compute path by timing it: the sparse kernel against the dense
-/// GEMM on the masked weight, on the layer's real im2col shape for `batch` images of `h`×`w`.
-/// Forward time stands for the step (backward costs scale the same way on both paths).
+/// Picks each sparse layer's compute path by timing it: the sparse kernels against the dense
+/// GEMMs on the masked weight, on the layer's real shape for `batch` images of `h`×`w`: forward,
+/// weight gradient and (except for the first layer) input gradient, as a training step runs them.
+/// (The sparse weight gradient runs at a lower rate than the sparse forward, so the forward alone
+/// does not stand for the step.)
 pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> Result<()> {
     use crate::device::cpu::conv::{im2col, ConvGeom, Layout};
     use crate::device::cpu::gemm::matmul;
@@ -316,9 +318,16 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
                 })
                 .fold(f64::INFINITY, f64::min)
         };
-        // Both sides time the forward exactly as `ops::conv2d` runs it, input layout included.
+        let dy: Vec<f32> = (0..rows * n).map(|_| rng.uniform() - 0.5).collect();
+        let input_grad = !wg.first;
+        // Both sides run as `ops::conv2d` runs them.
         let t_sparse = best_of(&mut || {
-            std::hint::black_box(crate::nn::ops::sparse_conv_forward(&g, sw, &x, None));
+            let d = crate::sparse::conv::DirectGeom::new(&g);
+            std::hint::black_box(d.forward(sw, &x, None));
+            std::hint::black_box(d.weight_grad(sw, &dy, &x));
+            if input_grad {
+                std::hint::black_box(d.input_grad(sw, &dy));
+            }
         });
         let t_dense = best_of(&mut || {
             let mut col = vec![0.0; g.col_rows() * n];
@@ -327,7 +336,16 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
             sw.to_dense(&mut d);
             let mut c = vec![0.0; rows * n];
             matmul(rows, cols, n, &d, false, &col, false, &mut c, false);
-            std::hint::black_box(c);
+            let mut dw = vec![0.0; rows * cols];
+            matmul(rows, n, cols, &dy, false, &col, true, &mut dw, false);
+            if input_grad {
+                let mut dcol = vec![0.0; g.col_rows() * n];
+                matmul(cols, rows, n, &d, true, &dy, false, &mut dcol, false);
+                let mut dx = vec![0.0; x.len()];
+                crate::device::cpu::conv::col2im(&g, &dcol, &mut dx);
+                std::hint::black_box(dx);
+            }
+            std::hint::black_box((c, dw));
         });
         *path = if t_sparse <= t_dense {
             ComputePath::Sparse

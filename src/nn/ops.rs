@@ -187,17 +187,6 @@ pub fn conv2d(
     Ok(tape.push(out, &[x], true, backward))
 }
 
-/// The forward of `conv2d`'s sparse path without the tape (what `dst::calibrate_paths` times),
-/// x [Cin, H, W, N].
-pub fn sparse_conv_forward(
-    g: &ConvGeom,
-    sw: &csr::SparseWeight,
-    x: &[f32],
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
-    DirectGeom::new(g).forward(sw, x, bias)
-}
-
 /// The sparse path of `conv2d` as a direct convolution (`sparse::conv`): backward reads x
 /// itself, no im2col buffer is kept.
 fn conv2d_direct(
