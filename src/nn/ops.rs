@@ -210,7 +210,8 @@ fn conv2d_direct(
             unreachable!("conv2d_direct: {} is no longer sparse", p.name)
         };
         let n = g.col_cols();
-        let gv = if ctx.grads.dense_for_sparse {
+        let wants_x = ctx.wants(x);
+        let (gv, dx) = if ctx.grads.dense_for_sparse {
             // Topology-update step: the dense weight gradient needs the im2col buffer.
             let col = overwritten(g.col_rows() * n, |col| conv::im2col(&g, xv.data(), col));
             let dw = overwritten(g.cout * g.col_rows(), |dw| {
@@ -219,11 +220,13 @@ fn conv2d_direct(
             let mut gv = vec![0.0; sw.nnz()];
             sw.gather_from_dense(&dw, &mut gv);
             ctx.grads.dense[w.0] = Some(dw);
-            gv
+            (gv, wants_x.then(|| d.input_grad(sw, dy)))
+        } else if wants_x {
+            let (gv, dx) = d.backward(sw, dy, xv.data());
+            (gv, Some(dx))
         } else {
-            d.weight_grad(sw, dy, xv.data())
+            (d.weight_grad(sw, dy, xv.data()), None)
         };
-        let dx = ctx.wants(x).then(|| d.input_grad(sw, dy));
         ctx.grads.add(w, &gv);
         if let Some(bid) = b {
             ctx.grads.add(bid, &row_sums(dy, n));

@@ -762,6 +762,122 @@ pub(crate) fn dots_into_avx512(
     }
 }
 
+/// One input pixel and channel of the direct convolution's backward, both gradients in one
+/// read of each output-gradient row (AVX-512): out[..n] = Σ_q vals[q] · dy[offs[q] + at..][..n]
+/// (the input gradient) and part[slots[q] − t0] += the lanes of x · dy[offs[q] + at..][..n] (the
+/// weight gradient), with n = out.len() = x.len() and offs[q] + at wrapping. The two separate
+/// passes read every row twice; they run at L2 bandwidth, so sharing the read is what saves time.
+///
+/// Panics if a row leaves `dy` or a slot leaves `part`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gather_and_dots_avx512(
+    x: &[f32],
+    dy: &[f32],
+    offs: &[usize],
+    vals: &[f32],
+    at: usize,
+    slots: &[u32],
+    t0: usize,
+    part: &mut [[f32; LANES]],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    assert_eq!(x.len(), n, "gather_and_dots: x and out differ");
+    assert!(
+        offs.len() == vals.len() && offs.len() == slots.len(),
+        "gather_and_dots: entry lists differ"
+    );
+    for (&o, &sl) in offs.iter().zip(slots) {
+        let i = o.wrapping_add(at);
+        assert!(
+            i <= dy.len() && dy.len() - i >= n,
+            "gather_and_dots: a row leaves dy"
+        );
+        assert!(
+            (sl as usize).wrapping_sub(t0) < part.len(),
+            "gather_and_dots: slot outside part"
+        );
+    }
+    let full = n / LANES * LANES;
+    /// Columns c..c + 16·M of every entry.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn chunk<const M: usize>(
+        c: usize,
+        x: &[f32],
+        dy: &[f32],
+        offs: &[usize],
+        vals: &[f32],
+        at: usize,
+        slots: &[u32],
+        t0: usize,
+        part: &mut [[f32; LANES]],
+        out: &mut [f32],
+    ) {
+        // SAFETY (caller): c + 16·M ≤ n; every row offs[q] + at has n floats in dy and every
+        // slot − t0 indexes part (checked above); the unaligned forms need no alignment.
+        unsafe {
+            let xs: [__m512; M] =
+                std::array::from_fn(|k| _mm512_loadu_ps(x.as_ptr().add(c + 16 * k)));
+            let mut acc: [__m512; M] = [_mm512_setzero_ps(); M];
+            let base = dy.as_ptr();
+            for (q, ((&o, &v), &sl)) in offs.iter().zip(vals).zip(slots).enumerate() {
+                if let Some(&ahead) = offs.get(q + PREFETCH_AHEAD) {
+                    for k in 0..M {
+                        prefetch_window::<LANES>(dy, ahead.wrapping_add(at) + c + 16 * k);
+                    }
+                }
+                let p = base.add(o.wrapping_add(at) + c);
+                let vv = _mm512_set1_ps(v);
+                let mut s = _mm512_setzero_ps();
+                for k in 0..M {
+                    let d = _mm512_loadu_ps(p.add(16 * k));
+                    acc[k] = _mm512_fmadd_ps(vv, d, acc[k]);
+                    s = _mm512_fmadd_ps(xs[k], d, s);
+                }
+                let pp = part.as_mut_ptr().add(sl as usize - t0) as *mut f32;
+                _mm512_storeu_ps(pp, _mm512_add_ps(_mm512_loadu_ps(pp), s));
+            }
+            for (k, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * k), *a);
+            }
+        }
+    }
+    let mut c = 0;
+    // SAFETY: each call covers columns below `full` ≤ n; rows and slots were checked above.
+    unsafe {
+        while c + 128 <= full {
+            chunk::<8>(c, x, dy, offs, vals, at, slots, t0, part, out);
+            c += 128;
+        }
+        if c + 64 <= full {
+            chunk::<4>(c, x, dy, offs, vals, at, slots, t0, part, out);
+            c += 64;
+        }
+        if c + 32 <= full {
+            chunk::<2>(c, x, dy, offs, vals, at, slots, t0, part, out);
+            c += 32;
+        }
+        if c + 16 <= full {
+            chunk::<1>(c, x, dy, offs, vals, at, slots, t0, part, out);
+        }
+    }
+    // The tail columns (n not a multiple of 16) one by one.
+    for col in full..n {
+        let mut a = 0.0f32;
+        for ((&o, &v), &sl) in offs.iter().zip(vals).zip(slots) {
+            let d = dy[o.wrapping_add(at) + col];
+            a = v.mul_add(d, a);
+            let lane = &mut part[sl as usize - t0][col - full];
+            *lane = x[col].mul_add(d, *lane);
+        }
+        out[col] = a;
+    }
+}
+
 /// The operands of one sddmm: entry e of row r is the dot product of
 /// `a[a_base + r·a_stride..][..n]` with `b[off[e]..][..n]`.
 struct Sddmm<'a> {
