@@ -27,6 +27,9 @@ use crate::tensor::overwritten;
 
 /// Below this many multiply-adds a pass runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 16;
+/// Up to this size of one output pixel's input window the weight gradient walks output pixels
+/// (see `DirectGeom::weight_grad`): about L1.
+const L1_WINDOW_BYTES: usize = 48 << 10;
 /// Active weights per input channel from which `DirectGeom::backward` fuses its two passes.
 const FUSED_MIN_PER_CHANNEL: usize = 64;
 /// Tasks per thread, for load balance.
@@ -302,15 +305,18 @@ impl DirectGeom {
         })
     }
 
-    /// Gradient at the active weights (CSR order) from dy [cout, oh, ow, n] and x [cin, h, w, n].
-    ///
-    /// It runs like the input gradient, input pixel by input pixel: each input row
-    /// x[ci, pixel, :] is read once and dotted with the dy rows of every active weight whose tap
-    /// lands on it, whose dy rows (four output pixels' worth for a 4×4/2 kernel) stay in L2.
+    /// Gradient at the active weights (CSR order) from dy [cout, oh, ow, n] and x [cin, h, w, n]:
+    /// per entry, the sum over pixels of an input row dotted with an output-gradient row, eight
+    /// entries against one load of the row they share. Two walks, chosen by where the rows the
+    /// inner loop gathers stay in cache:
+    /// - by output pixel and output channel (the forward's lists), when one output pixel's
+    ///   input window (cin·k²·N floats) fits in L1 (a first layer: 3·16·256 floats for the
+    ///   CMNIST CNN): the gathered input rows then come from L1;
+    /// - otherwise by input pixel and input channel (the input gradient's lists): each input
+    ///   row is read once, the gathered dy rows (four output pixels' worth for a 4×4/2 kernel)
+    ///   stay in L2.
     pub fn weight_grad(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> Vec<f32> {
         self.checks(w);
-        let plan = w.plans.get(self.g, true, || self.input_plan(w));
-        let plan = &*plan;
         let g = &self.g;
         assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
         assert_eq!(
@@ -318,32 +324,51 @@ impl DirectGeom {
             g.cout * g.oh * g.ow * g.n,
             "direct conv: dy length"
         );
+        let by_output = g.cin * g.k * g.k * g.n * std::mem::size_of::<f32>() <= L1_WINDOW_BYTES;
+        let plan = if by_output {
+            w.plans.get(self.g, false, || self.output_plan(w))
+        } else {
+            w.plans.get(self.g, true, || self.input_plan(w))
+        };
+        let plan = &*plan;
         let k = self.kernels;
         let kk = g.k * g.k;
-        // Tasks over input channels (range [c0, c1) owns CSC positions [t0, t1)) and, when there
-        // are fewer channels than tasks (a first layer's 3), over ranges of pixels as well; each
-        // task sums into its own lanes.
-        let npix = g.h * g.w;
+        // Tasks over rows (output or input channels; a row range owns a contiguous range of CSR
+        // or CSC positions [t0, t1)) and, when there are fewer rows than tasks (a first layer's
+        // 3 input channels), over ranges of pixels as well; each task sums into its own lanes.
+        let (rows, npix, a, b) = if by_output {
+            (g.cout, g.oh * g.ow, dy, x)
+        } else {
+            (g.cin, g.h * g.w, x, dy)
+        };
+        let pos = |r: usize| {
+            if by_output {
+                w.row_ptr[r] as usize
+            } else {
+                w.col_ptr[r * kk] as usize
+            }
+        };
         let want = if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK {
             1
         } else {
             tasks()
         };
-        let per = g.cin.div_ceil(want).max(1);
-        let nchan = g.cin.div_ceil(per);
-        let npx = want.div_ceil(nchan).min(npix).max(1);
-        let parts: Vec<(usize, Vec<[f32; LANES]>)> = (0..nchan * npx)
+        let per = rows.div_ceil(want).max(1);
+        let nrow = rows.div_ceil(per);
+        let npx = want.div_ceil(nrow).min(npix).max(1);
+        let parts: Vec<(usize, Vec<[f32; LANES]>)> = (0..nrow * npx)
             .into_par_iter()
             .map(|t| {
-                let (tc, tp) = (t / npx, t % npx);
-                let (c0, c1) = (tc * per, ((tc + 1) * per).min(g.cin));
-                let (t0, t1) = (w.col_ptr[c0 * kk] as usize, w.col_ptr[c1 * kk] as usize);
+                let (tr, tp) = (t / npx, t % npx);
+                let (r0, r1) = (tr * per, ((tr + 1) * per).min(rows));
+                let (t0, t1) = (pos(r0), pos(r1));
                 let mut pass = WeightGrad {
-                    g,
+                    n: g.n,
                     plan,
-                    x,
-                    dy,
-                    chans: (c0, c1),
+                    a,
+                    b,
+                    npix,
+                    rows: (r0, r1),
                     pixels: (tp * npix / npx, (tp + 1) * npix / npx),
                     t0,
                     part: vec![[0f32; LANES]; t1 - t0],
@@ -352,7 +377,7 @@ impl DirectGeom {
                 (t0, pass.part)
             })
             .collect();
-        lanes_to_values(w, parts)
+        lanes_to_values(w, parts, !by_output)
     }
 
     /// Both gradients of a step: (gradient at the active weights, dx), as `weight_grad` and
@@ -429,7 +454,7 @@ impl DirectGeom {
                 .map(|(t, d)| task(t, d))
                 .collect();
         });
-        (lanes_to_values(w, parts), dx)
+        (lanes_to_values(w, parts, true), dx)
     }
 
     /// dx [cin, h, w, n] from dy [cout, oh, ow, n]: for each input pixel and channel, the sum
@@ -471,9 +496,13 @@ impl DirectGeom {
     }
 }
 
-/// The weight gradient in CSR order from per-task lanes (task parts start at CSC position t0;
-/// parts of the same positions add up).
-fn lanes_to_values(w: &SparseWeight, parts: Vec<(usize, Vec<[f32; LANES]>)>) -> Vec<f32> {
+/// The weight gradient in CSR order from per-task lanes (task parts start at position t0, in
+/// CSC order when `csc`, else CSR; parts of the same positions add up).
+fn lanes_to_values(
+    w: &SparseWeight,
+    parts: Vec<(usize, Vec<[f32; LANES]>)>,
+    csc: bool,
+) -> Vec<f32> {
     let mut lanes = vec![[0f32; LANES]; w.nnz()];
     for (t0, part) in parts {
         for (acc, p) in lanes[t0..].iter_mut().zip(part) {
@@ -481,6 +510,9 @@ fn lanes_to_values(w: &SparseWeight, parts: Vec<(usize, Vec<[f32; LANES]>)>) -> 
                 *a += v;
             }
         }
+    }
+    if !csc {
+        return lanes.into_iter().map(hsum).collect();
     }
     let mut gv = vec![0f32; w.nnz()];
     for (&e, l) in w.csc_pos.iter().zip(lanes) {
@@ -556,15 +588,19 @@ impl Pass for Forward<'_> {
     }
 }
 
-/// Weight gradient of the entries of input channels `chans` (CSC positions t0.., lanes in
-/// `part`), input pixel by input pixel: the pixel's input row against the dy row of each entry
-/// whose tap lands there, eight entries against one load of the input row, reduced at the end.
+/// Weight gradient of the entries of rows `rows` of a plan (positions t0.., lanes in `part`),
+/// pixel by pixel: each row's operand `a` at the pixel against the rows of `b` its entries
+/// gather, eight entries against one load of `a`, reduced at the end.
 struct WeightGrad<'a> {
-    g: &'a ConvGeom,
+    n: usize,
     plan: &'a Plan,
-    x: &'a [f32],
-    dy: &'a [f32],
-    chans: (usize, usize),
+    /// The operand read once per (row, pixel): x for input-pixel lists, dy for output-pixel ones.
+    a: &'a [f32],
+    /// The operand the lists gather from.
+    b: &'a [f32],
+    /// Pixels of the plan.
+    npix: usize,
+    rows: (usize, usize),
     pixels: (usize, usize),
     t0: usize,
     part: Vec<[f32; LANES]>,
@@ -573,23 +609,23 @@ struct WeightGrad<'a> {
 impl Pass for WeightGrad<'_> {
     #[inline(always)]
     fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
-        let (n, npix) = (self.g.n, self.g.h * self.g.w);
+        let (n, npix) = (self.n, self.npix);
         for px in self.pixels.0..self.pixels.1 {
             let (_, l, at) = self.plan.at(px);
-            for ci in self.chans.0..self.chans.1 {
-                let a = &self.x[(ci * npix + px) * n..][..n];
-                let e = l.row(ci);
+            for r in self.rows.0..self.rows.1 {
+                let a = &self.a[(r * npix + px) * n..][..n];
+                let e = l.row(r);
                 let (offs, slots) = (&l.off[e.clone()], &l.slot[e]);
                 #[cfg(target_arch = "x86_64")]
                 if AVX512 {
                     // SAFETY: only the AVX-512 build (`run_avx512`) has AVX512 set, and it
                     // runs only where the CPU has AVX-512F.
                     unsafe {
-                        dots_into_avx512(a, self.dy, offs, at, slots, self.t0, &mut self.part)
+                        dots_into_avx512(a, self.b, offs, at, slots, self.t0, &mut self.part)
                     };
                     continue;
                 }
-                let src = |q: usize| &self.dy[offs[q].wrapping_add(at)..][..n];
+                let src = |q: usize| &self.b[offs[q].wrapping_add(at)..][..n];
                 let mut q = 0;
                 while q < offs.len() {
                     let m = (offs.len() - q).min(8);
