@@ -283,14 +283,15 @@ impl DirectGeom {
         let k = self.kernels;
         overwritten(g.cout * plane, |y| {
             let rows = |r0: usize, yr: &mut [f32]| {
-                let mut pass = Forward {
-                    g,
+                let mut pass = Gather {
+                    n: g.n,
+                    npix: g.oh * g.ow,
                     plan,
                     vals,
-                    x,
+                    src: x,
                     bias,
                     r0,
-                    yr,
+                    out: yr,
                 };
                 run_variant(k, &mut pass);
             };
@@ -474,13 +475,15 @@ impl DirectGeom {
         let k = self.kernels;
         overwritten(g.cin * plane, |dx| {
             let chans = |c0: usize, dxc: &mut [f32]| {
-                let mut pass = InputGrad {
-                    g,
+                let mut pass = Gather {
+                    n: g.n,
+                    npix: g.h * g.w,
                     plan,
                     vals,
-                    dy,
-                    c0,
-                    dxc,
+                    src: dy,
+                    bias: None,
+                    r0: c0,
+                    out: dxc,
                 };
                 run_variant(k, &mut pass);
             };
@@ -557,29 +560,32 @@ fn run_avx2(p: &mut impl Pass) {
     p.run::<true, 128, false>()
 }
 
-/// Forward of the output channels r0.. in `yr` ([rows, oh, ow, n]), pixel by pixel.
-struct Forward<'a> {
-    g: &'a ConvGeom,
+/// The gathering pass: for rows r0.. of a plan (output channels for the forward, input
+/// channels for the input gradient) and every pixel, out[row, pixel, :] = the sum of the rows
+/// of `src` its entries gather, weighted by their values (+ the row's bias).
+struct Gather<'a> {
+    n: usize,
+    npix: usize,
     plan: &'a Plan,
     vals: &'a [Vec<f32>],
-    x: &'a [f32],
+    src: &'a [f32],
     bias: Option<&'a [f32]>,
     r0: usize,
-    yr: &'a mut [f32],
+    out: &'a mut [f32],
 }
 
-impl Pass for Forward<'_> {
+impl Pass for Gather<'_> {
     #[inline(always)]
     fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
-        let (n, npix) = (self.g.n, self.g.oh * self.g.ow);
-        let rows = self.yr.len() / (npix * n).max(1);
+        let (n, npix) = (self.n, self.npix);
+        let rows = self.out.len() / (npix * n).max(1);
         for px in 0..npix {
             let (c, l, at) = self.plan.at(px);
             for i in 0..rows {
                 let r = self.r0 + i;
                 let e = l.row(r);
-                let out = &mut self.yr[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH>(&l.off[e.clone()], &self.vals[c][e], self.x, at, out);
+                let out = &mut self.out[(i * npix + px) * n..][..n];
+                acc_vec::<FMA, CH>(&l.off[e.clone()], &self.vals[c][e], self.src, at, out);
                 if let Some(bias) = self.bias {
                     out.iter_mut().for_each(|o| *o += bias[r]);
                 }
@@ -647,32 +653,6 @@ impl Pass for WeightGrad<'_> {
                     }
                     q += m;
                 }
-            }
-        }
-    }
-}
-
-/// Input gradient of the channels c0.. in `dxc` ([chans, h, w, n]), pixel by pixel.
-struct InputGrad<'a> {
-    g: &'a ConvGeom,
-    plan: &'a Plan,
-    vals: &'a [Vec<f32>],
-    dy: &'a [f32],
-    c0: usize,
-    dxc: &'a mut [f32],
-}
-
-impl Pass for InputGrad<'_> {
-    #[inline(always)]
-    fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
-        let (n, npix) = (self.g.n, self.g.h * self.g.w);
-        let chans = self.dxc.len() / (npix * n).max(1);
-        for px in 0..npix {
-            let (c, l, at) = self.plan.at(px);
-            for i in 0..chans {
-                let e = l.row(self.c0 + i);
-                let out = &mut self.dxc[(i * npix + px) * n..][..n];
-                acc_vec::<FMA, CH>(&l.off[e.clone()], &self.vals[c][e], self.dy, at, out);
             }
         }
     }

@@ -802,18 +802,21 @@ pub(crate) fn gather_and_dots_avx512(
         );
     }
     let full = n / LANES * LANES;
+    /// The operands every chunk reads.
+    struct Rows<'a> {
+        x: &'a [f32],
+        dy: &'a [f32],
+        offs: &'a [usize],
+        vals: &'a [f32],
+        slots: &'a [u32],
+        at: usize,
+        t0: usize,
+    }
     /// Columns c..c + 16·M of every entry.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn chunk<const M: usize>(
+        r: &Rows,
         c: usize,
-        x: &[f32],
-        dy: &[f32],
-        offs: &[usize],
-        vals: &[f32],
-        at: usize,
-        slots: &[u32],
-        t0: usize,
         part: &mut [[f32; LANES]],
         out: &mut [f32],
     ) {
@@ -821,16 +824,16 @@ pub(crate) fn gather_and_dots_avx512(
         // slot − t0 indexes part (checked above); the unaligned forms need no alignment.
         unsafe {
             let xs: [__m512; M] =
-                std::array::from_fn(|k| _mm512_loadu_ps(x.as_ptr().add(c + 16 * k)));
+                std::array::from_fn(|k| _mm512_loadu_ps(r.x.as_ptr().add(c + 16 * k)));
             let mut acc: [__m512; M] = [_mm512_setzero_ps(); M];
-            let base = dy.as_ptr();
-            for (q, ((&o, &v), &sl)) in offs.iter().zip(vals).zip(slots).enumerate() {
-                if let Some(&ahead) = offs.get(q + PREFETCH_AHEAD) {
+            let base = r.dy.as_ptr();
+            for (q, ((&o, &v), &sl)) in r.offs.iter().zip(r.vals).zip(r.slots).enumerate() {
+                if let Some(&ahead) = r.offs.get(q + PREFETCH_AHEAD) {
                     for k in 0..M {
-                        prefetch_window::<LANES>(dy, ahead.wrapping_add(at) + c + 16 * k);
+                        prefetch_window::<LANES>(r.dy, ahead.wrapping_add(r.at) + c + 16 * k);
                     }
                 }
-                let p = base.add(o.wrapping_add(at) + c);
+                let p = base.add(o.wrapping_add(r.at) + c);
                 let vv = _mm512_set1_ps(v);
                 let mut s = _mm512_setzero_ps();
                 for k in 0..M {
@@ -838,7 +841,7 @@ pub(crate) fn gather_and_dots_avx512(
                     acc[k] = _mm512_fmadd_ps(vv, d, acc[k]);
                     s = _mm512_fmadd_ps(xs[k], d, s);
                 }
-                let pp = part.as_mut_ptr().add(sl as usize - t0) as *mut f32;
+                let pp = part.as_mut_ptr().add(sl as usize - r.t0) as *mut f32;
                 _mm512_storeu_ps(pp, _mm512_add_ps(_mm512_loadu_ps(pp), s));
             }
             for (k, a) in acc.iter().enumerate() {
@@ -846,23 +849,32 @@ pub(crate) fn gather_and_dots_avx512(
             }
         }
     }
+    let r = Rows {
+        x,
+        dy,
+        offs,
+        vals,
+        slots,
+        at,
+        t0,
+    };
     let mut c = 0;
     // SAFETY: each call covers columns below `full` ≤ n; rows and slots were checked above.
     unsafe {
         while c + 128 <= full {
-            chunk::<8>(c, x, dy, offs, vals, at, slots, t0, part, out);
+            chunk::<8>(&r, c, part, out);
             c += 128;
         }
         if c + 64 <= full {
-            chunk::<4>(c, x, dy, offs, vals, at, slots, t0, part, out);
+            chunk::<4>(&r, c, part, out);
             c += 64;
         }
         if c + 32 <= full {
-            chunk::<2>(c, x, dy, offs, vals, at, slots, t0, part, out);
+            chunk::<2>(&r, c, part, out);
             c += 32;
         }
         if c + 16 <= full {
-            chunk::<1>(c, x, dy, offs, vals, at, slots, t0, part, out);
+            chunk::<1>(&r, c, part, out);
         }
     }
     // The tail columns (n not a multiple of 16) one by one.

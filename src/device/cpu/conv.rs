@@ -152,15 +152,7 @@ pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
             }
         }
     };
-    if rows * cols >= PAR_MIN {
-        col.par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
-    } else {
-        col.chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
-    }
+    super::for_each_chunk(col, cols, rows * cols >= PAR_MIN, fill_row);
 }
 
 /// The output positions o in [lo, hi) (with lo ≤ hi ≤ out) whose input coordinate
@@ -231,15 +223,7 @@ pub fn col2im(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
         }
     };
     let plane = g.n * g.h * g.w;
-    if g.col_rows() * cols >= PAR_MIN {
-        dx.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(ci, dxc)| channel(ci, dxc));
-    } else {
-        dx.chunks_mut(plane)
-            .enumerate()
-            .for_each(|(ci, dxc)| channel(ci, dxc));
-    }
+    super::for_each_chunk(dx, plane, g.col_rows() * cols >= PAR_MIN, channel);
 }
 
 /// `im2col` for x [cin, h, w, n]: col[(ci, kh, kw), (oh, ow, n)] = x[ci, ih, iw, :], one copy
@@ -267,15 +251,7 @@ fn im2col_chwn(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
             }
         }
     };
-    if col.len() >= PAR_MIN {
-        col.par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
-    } else {
-        col.chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
-    }
+    super::for_each_chunk(col, cols, col.len() >= PAR_MIN, fill_row);
 }
 
 /// `col2im` for dx [cin, h, w, n]: each channel sums its k·k rows (channels are independent).
@@ -304,15 +280,7 @@ fn col2im_chwn(g: &ConvGeom, dcol: &[f32], dx: &mut [f32]) {
         }
     };
     let plane = g.h * g.w * n;
-    if dcol.len() >= PAR_MIN {
-        dx.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(ci, dxc)| channel(ci, dxc));
-    } else {
-        dx.chunks_mut(plane)
-            .enumerate()
-            .for_each(|(ci, dxc)| channel(ci, dxc));
-    }
+    super::for_each_chunk(dx, plane, dcol.len() >= PAR_MIN, channel);
 }
 
 /// dst[c, r] = src[r, c] for src of `r_n` rows and `c_n` columns, in square tiles so that
