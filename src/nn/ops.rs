@@ -33,12 +33,6 @@ impl BnStats {
 pub const BN_EPS: f32 = 1e-5;
 pub const BN_MOMENTUM: f32 = 0.1;
 
-fn add_bias_rows(y: &mut [f32], bias: &[f32], cols: usize) {
-    for (row, &b) in y.chunks_mut(cols).zip(bias) {
-        row.iter_mut().for_each(|v| *v += b);
-    }
-}
-
 fn row_sums(x: &[f32], cols: usize) -> Vec<f32> {
     x.chunks(cols).map(|r| r.iter().sum()).collect()
 }
@@ -79,32 +73,23 @@ pub fn conv2d(
         .with_layout(Layout::Chwn);
     let n = g.col_cols();
     let bias = b.map(|id| store.get(id).data());
-    if let Values::Sparse(sw, ComputePath::Sparse) = &p.values {
-        return conv2d_direct(tape, sw, x, w, b, bias, &g);
-    }
-    // im2col, the GEMM and spmm overwrite their outputs (conv2d_forward's y included: it is
-    // set to the bias, or the GEMM does not read it).
+    // A dense-masked weight is materialised once per step, here, and kept for backward.
+    let masked = match &p.values {
+        Values::Sparse(sw, ComputePath::Sparse) => {
+            return conv2d_direct(tape, sw, x, w, b, bias, &g);
+        }
+        Values::Sparse(_, ComputePath::DenseMasked) => Some(p.to_dense()),
+        Values::Dense(_) => None,
+    };
+    // im2col and the GEMM overwrite their outputs (conv2d_forward's y included: it is set to
+    // the bias, or the GEMM does not read it).
     let col_len = g.col_rows() * n;
     let mut col = Pooled::default();
-    let y = overwritten(cout * n, |y| match &p.values {
-        Values::Dense(wv) => {
-            col = pooled(col_len, |col| {
-                conv::conv2d_forward(&g, xv.data(), wv, bias, col, y)
-            })
-        }
-        Values::Sparse(_, ComputePath::DenseMasked) => {
-            let wd = p.to_dense();
-            col = pooled(col_len, |col| {
-                conv::conv2d_forward(&g, xv.data(), &wd, bias, col, y)
-            })
-        }
-        Values::Sparse(sw, ComputePath::Sparse) => {
-            col = pooled(col_len, |col| conv::im2col(&g, xv.data(), col));
-            csr::spmm(sw, &col, n, y);
-            if let Some(bv) = bias {
-                add_bias_rows(y, bv, n);
-            }
-        }
+    let y = overwritten(cout * n, |y| {
+        let wv = masked.as_deref().unwrap_or_else(|| p.data());
+        col = pooled(col_len, |col| {
+            conv::conv2d_forward(&g, xv.data(), wv, bias, col, y)
+        })
     });
     let out = Tensor::from_vec(&[cout, g.oh, g.ow, g.n], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
@@ -114,65 +99,31 @@ pub fn conv2d(
         let dx_len = g.cin * g.n * g.h * g.w;
         let col_len = g.col_rows() * n;
         let mut dx = Vec::new();
-        // conv2d_backward overwrites dw and dx and writes dcol (scratch) before reading it;
-        // matmul, spmm_t and col2im overwrite theirs.
+        // conv2d_backward overwrites dw and dx and writes dcol (scratch) before reading it. A
+        // dense-masked weight takes the dense path with its materialised copy (the GEMM
+        // orientations of `conv2d_backward` included) and keeps the gradient's active entries.
+        let wv = masked.as_deref().unwrap_or_else(|| p.data());
+        let dw = overwritten(wv.len(), |dw| {
+            if wants_x {
+                dx = overwritten(dx_len, |dx| {
+                    pooled(col_len, |dcol| {
+                        conv::conv2d_backward(&g, &col, wv, dy, Some(dw), None, dcol, Some(dx))
+                    });
+                })
+            } else {
+                conv::conv2d_backward(&g, &col, wv, dy, Some(dw), None, &mut [], None)
+            }
+        });
         match &p.values {
-            Values::Dense(wv) => {
-                let dw = overwritten(wv.len(), |dw| {
-                    if wants_x {
-                        dx = overwritten(dx_len, |dx| {
-                            pooled(col_len, |dcol| {
-                                conv::conv2d_backward(
-                                    &g,
-                                    &col,
-                                    wv,
-                                    dy,
-                                    Some(dw),
-                                    None,
-                                    dcol,
-                                    Some(dx),
-                                )
-                            });
-                        })
-                    } else {
-                        conv::conv2d_backward(&g, &col, wv, dy, Some(dw), None, &mut [], None)
-                    }
-                });
-                ctx.grads.add(w, &dw);
-            }
-            Values::Sparse(sw, path) => {
-                let need_dense = ctx.grads.dense_for_sparse || *path == ComputePath::DenseMasked;
+            Values::Sparse(sw, _) => {
                 let mut gv = vec![0.0; sw.nnz()];
-                if need_dense {
-                    let dw = overwritten(cout * g.col_rows(), |dw| {
-                        matmul(cout, n, g.col_rows(), dy, false, &col, true, dw, false)
-                    });
-                    sw.gather_from_dense(&dw, &mut gv);
-                    if ctx.grads.dense_for_sparse {
-                        ctx.grads.dense[w.0] = Some(dw);
-                    }
-                } else {
-                    csr::sddmm(sw, dy, &col, n, &mut gv);
-                }
+                sw.gather_from_dense(&dw, &mut gv);
                 ctx.grads.add(w, &gv);
-                if wants_x {
-                    let dcol = pooled(col_len, |dcol| match path {
-                        ComputePath::Sparse => csr::spmm_t(sw, dy, n, dcol),
-                        ComputePath::DenseMasked => matmul(
-                            g.col_rows(),
-                            cout,
-                            n,
-                            &p.to_dense(),
-                            true,
-                            dy,
-                            false,
-                            dcol,
-                            false,
-                        ),
-                    });
-                    dx = overwritten(dx_len, |dx| conv::col2im(&g, &dcol, dx));
+                if ctx.grads.dense_for_sparse {
+                    ctx.grads.dense[w.0] = Some(dw);
                 }
             }
+            Values::Dense(_) => ctx.grads.add(w, &dw),
         }
         if let Some(bid) = b {
             ctx.grads.add(bid, &row_sums(dy, n));
