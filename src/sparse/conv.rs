@@ -7,7 +7,8 @@
 //! weights, N at a time in registers (256 for the CMNIST CNN: 16 AVX-512 registers), and stores
 //! the result once. The input gradient is the same gather over the transpose index (for each
 //! input pixel and channel, the active weights whose tap lands on it), and the weight gradient is
-//! a dot product of an output-gradient row with an input row per active weight and output pixel.
+//! a dot product of an output-gradient row with an input row per active weight and pixel; on
+//! AVX-512 the two gradients can share one pass (`DirectGeom::backward`).
 //!
 //! Pixels differ only in which taps of their window read the input rather than the zero padding
 //! (all of them, inside). Pixels are grouped into classes by that set, and each class gets its own
@@ -15,7 +16,8 @@
 //! so no pass tests a tap or pads a buffer.
 //!
 //! Loops run over pixels outermost and channels inside, so the rows one pixel's window reads
-//! (every channel's k² taps) stay in L2 while every output channel reuses them.
+//! (every channel's k² taps) stay in cache while every channel reuses them. The plans depend on
+//! the positions only and are kept with the layer's index (`SparseWeight::plans`).
 
 use rayon::prelude::*;
 
