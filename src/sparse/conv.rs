@@ -32,8 +32,6 @@ const SERIAL_WORK: usize = 1 << 16;
 /// Up to this size of one output pixel's input window the weight gradient walks output pixels
 /// (see `DirectGeom::weight_grad`): about L1.
 const L1_WINDOW_BYTES: usize = 48 << 10;
-/// Active weights per input channel from which `DirectGeom::backward` fuses its two passes.
-const FUSED_MIN_PER_CHANNEL: usize = 64;
 /// Tasks per thread, for load balance.
 const TASKS_PER_THREAD: usize = 2;
 
@@ -384,15 +382,15 @@ impl DirectGeom {
     }
 
     /// Both gradients of a step: (gradient at the active weights, dx), as `weight_grad` and
-    /// `input_grad` compute them. On AVX-512, for layers with many active weights per input
-    /// channel, one pass computes both, each output-gradient row read once for the two (the
-    /// passes run at L2 bandwidth); otherwise the two passes. Measured on the CMNIST CNN: the
-    /// fused pass takes 15–25 % off conv2's backward at density 0.05 (145 weights per input
-    /// channel) and adds 10–20 % at 0.01 (22 per channel), where its 128-column chunks (the
-    /// input row and the sums fill the registers) walk each short list twice.
+    /// `input_grad` compute them. On AVX-512 one pass computes both, each output-gradient row
+    /// read once for the two (the passes run at L2 bandwidth); elsewhere the two passes.
+    /// Measured on the CMNIST CNN (`cargo bench --bench sparse_conv`): conv2 at 0.05 3.6–4.0 ms
+    /// against 4.9 as two passes, conv3 at 0.05 1.1 against 1.6, conv3 at 0.01 0.34 against
+    /// 0.48, conv2 at 0.01 the same. (Chunks of 256 columns, the input row then read from L1
+    /// instead of held in registers, were slower.)
     pub fn backward(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         #[cfg(target_arch = "x86_64")]
-        if self.kernels == Kernels::Avx512 && w.nnz() >= FUSED_MIN_PER_CHANNEL * self.g.cin {
+        if self.kernels == Kernels::Avx512 {
             return self.backward_fused(w, dy, x);
         }
         (self.weight_grad(w, dy, x), self.input_grad(w, dy))
