@@ -282,8 +282,7 @@ pub fn choose_paths(
 /// (The sparse weight gradient runs at a lower rate than the sparse forward, so the forward alone
 /// does not stand for the step.)
 pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> Result<()> {
-    use crate::device::cpu::conv::{im2col, ConvGeom, Layout};
-    use crate::device::cpu::gemm::matmul;
+    use crate::device::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeom, Layout};
     use std::time::Instant;
     for wg in model.weight_geometry(h, w) {
         let p = &mut model.params.params[wg.param];
@@ -320,32 +319,39 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
         };
         let dy: Vec<f32> = (0..rows * n).map(|_| rng.uniform() - 0.5).collect();
         let input_grad = !wg.first;
-        // Both sides run as `ops::conv2d` runs them.
+        // Both sides call what `ops::conv2d` calls.
         let t_sparse = best_of(&mut || {
             let d = crate::sparse::conv::DirectGeom::new(&g);
             std::hint::black_box(d.forward(sw, &x, None));
-            std::hint::black_box(d.weight_grad(sw, &dy, &x));
             if input_grad {
-                std::hint::black_box(d.input_grad(sw, &dy));
+                std::hint::black_box(d.backward(sw, &dy, &x));
+            } else {
+                std::hint::black_box(d.weight_grad(sw, &dy, &x));
             }
         });
         let t_dense = best_of(&mut || {
-            let mut col = vec![0.0; g.col_rows() * n];
-            im2col(&g, &x, &mut col);
             let mut d = vec![0.0; rows * cols];
             sw.to_dense(&mut d);
-            let mut c = vec![0.0; rows * n];
-            matmul(rows, cols, n, &d, false, &col, false, &mut c, false);
+            let (mut col, mut y) = (vec![0.0; g.col_rows() * n], vec![0.0; rows * n]);
+            conv2d_forward(&g, &x, &d, None, &mut col, &mut y);
             let mut dw = vec![0.0; rows * cols];
-            matmul(rows, n, cols, &dy, false, &col, true, &mut dw, false);
             if input_grad {
-                let mut dcol = vec![0.0; g.col_rows() * n];
-                matmul(cols, rows, n, &d, true, &dy, false, &mut dcol, false);
-                let mut dx = vec![0.0; x.len()];
-                crate::device::cpu::conv::col2im(&g, &dcol, &mut dx);
+                let (mut dcol, mut dx) = (vec![0.0; col.len()], vec![0.0; x.len()]);
+                conv2d_backward(
+                    &g,
+                    &col,
+                    &d,
+                    &dy,
+                    Some(&mut dw),
+                    None,
+                    &mut dcol,
+                    Some(&mut dx),
+                );
                 std::hint::black_box(dx);
+            } else {
+                conv2d_backward(&g, &col, &d, &dy, Some(&mut dw), None, &mut [], None);
             }
-            std::hint::black_box((c, dw));
+            std::hint::black_box((y, dw));
         });
         *path = if t_sparse <= t_dense {
             ComputePath::Sparse

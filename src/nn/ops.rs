@@ -6,7 +6,7 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::cpu::conv::Layout;
-use crate::device::cpu::{conv, elementwise, gemm::matmul, norm, pool, xent, ConvGeom};
+use crate::device::cpu::{conv, elementwise, norm, pool, xent, ConvGeom};
 use crate::nn::param::{ComputePath, ParamId, ParamStore, Values};
 use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
@@ -166,7 +166,7 @@ fn conv2d_direct(
             // Topology-update step: the dense weight gradient needs the im2col buffer.
             let col = overwritten(g.col_rows() * n, |col| conv::im2col(&g, xv.data(), col));
             let dw = overwritten(g.cout * g.col_rows(), |dw| {
-                matmul(g.cout, n, g.col_rows(), dy, false, &col, true, dw, false)
+                conv::conv2d_weight_grad(&g, &col, dy, dw)
             });
             let mut gv = vec![0.0; sw.nnz()];
             sw.gather_from_dense(&dw, &mut gv);
@@ -192,7 +192,8 @@ fn conv2d_direct(
     Ok(tape.push(out, &[x], true, backward))
 }
 
-/// Batch normalisation of x [C, N, H, W] (or [C, N]). In training mode it normalises with the
+/// Batch normalisation of x [C, …] (image activations [C, H, W, N], or features [C, N]): per
+/// channel over its contiguous row. In training mode it normalises with the
 /// batch statistics and updates `stats`; in evaluation mode it uses `stats` and cannot be
 /// differentiated.
 pub fn batchnorm(

@@ -158,15 +158,27 @@ impl DirectGeom {
         }
     }
 
-    fn checks(&self, w: &SparseWeight) {
+    /// Panics unless `w`, and x and dy where given, fit this geometry.
+    fn checks(&self, w: &SparseWeight, x: Option<&[f32]>, dy: Option<&[f32]>) {
         let g = &self.g;
         assert_eq!(w.rows, g.cout, "direct conv: weight rows");
         assert_eq!(w.cols, g.col_rows(), "direct conv: weight columns");
+        if let Some(x) = x {
+            assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
+        }
+        if let Some(dy) = dy {
+            let len = g.cout * g.oh * g.ow * g.n;
+            assert_eq!(dy.len(), len, "direct conv: dy length");
+        }
+    }
+
+    /// Whether a pass over `w` is too small to share out over threads.
+    fn serial(&self, w: &SparseWeight) -> bool {
+        w.nnz() * self.g.oh * self.g.ow * self.g.n < SERIAL_WORK
     }
 
     /// Output pixels by the taps that read the input; per class, each output channel's entries
-    /// at those taps (offset (ci·H + kh)·W + kw rows of N from the window's corner), with the
-    /// weights' current values.
+    /// at those taps (offset (ci·H + kh)·W + kw rows of N from the window's corner).
     fn output_plan(&self, w: &SparseWeight) -> Plan {
         let g = &self.g;
         let (n, s, pad) = (g.n as isize, g.stride as isize, g.pad as isize);
@@ -269,16 +281,14 @@ impl DirectGeom {
 
     /// y [cout, oh, ow, n] = W ∗ x (+ bias) for x [cin, h, w, n].
     pub fn forward(&self, w: &SparseWeight, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        self.checks(w);
-        let plan = w.plans.get(self.g, false, || self.output_plan(w));
-        let vals = plan.values(w);
-        let (plan, vals) = (&*plan, &vals[..]);
+        self.checks(w, Some(x), None);
         let g = &self.g;
-        assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
         if let Some(b) = bias {
             assert_eq!(b.len(), g.cout, "direct conv: bias length");
         }
-        let nnz = plan.lists.iter().map(|l| l.off.len()).max().unwrap_or(0);
+        let plan = w.plans.get(self.g, false, || self.output_plan(w));
+        let vals = plan.values(w);
+        let (plan, vals) = (&*plan, &vals[..]);
         let plane = g.oh * g.ow * g.n;
         let k = self.kernels;
         overwritten(g.cout * plane, |y| {
@@ -295,7 +305,7 @@ impl DirectGeom {
                 };
                 run_variant(k, &mut pass);
             };
-            if nnz * plane < SERIAL_WORK || y.is_empty() {
+            if self.serial(w) || y.is_empty() {
                 rows(0, y);
             } else {
                 let per = g.cout.div_ceil(tasks()).max(1);
@@ -317,14 +327,8 @@ impl DirectGeom {
     ///   row is read once, the gathered dy rows (four output pixels' worth for a 4×4/2 kernel)
     ///   stay in L2.
     pub fn weight_grad(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> Vec<f32> {
-        self.checks(w);
+        self.checks(w, Some(x), Some(dy));
         let g = &self.g;
-        assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
-        assert_eq!(
-            dy.len(),
-            g.cout * g.oh * g.ow * g.n,
-            "direct conv: dy length"
-        );
         let by_output = g.cin * g.k * g.k * g.n * std::mem::size_of::<f32>() <= L1_WINDOW_BYTES;
         let plan = if by_output {
             w.plans.get(self.g, false, || self.output_plan(w))
@@ -349,11 +353,7 @@ impl DirectGeom {
                 w.col_ptr[r * kk] as usize
             }
         };
-        let want = if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK {
-            1
-        } else {
-            tasks()
-        };
+        let want = if self.serial(w) { 1 } else { tasks() };
         let per = rows.div_ceil(want).max(1);
         let nrow = rows.div_ceil(per);
         let npx = want.div_ceil(nrow).min(npix).max(1);
@@ -398,20 +398,14 @@ impl DirectGeom {
 
     #[cfg(target_arch = "x86_64")]
     fn backward_fused(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        self.checks(w);
+        self.checks(w, Some(x), Some(dy));
         let g = &self.g;
-        assert_eq!(x.len(), g.cin * g.h * g.w * g.n, "direct conv: x length");
-        assert_eq!(
-            dy.len(),
-            g.cout * g.oh * g.ow * g.n,
-            "direct conv: dy length"
-        );
         let plan = w.plans.get(self.g, true, || self.input_plan(w));
         let vals = plan.values(w);
         let (plan, vals) = (&*plan, &vals[..]);
         let (n, npix, kk) = (g.n, g.h * g.w, g.k * g.k);
         let plane = npix * n;
-        let per = if w.nnz() * g.oh * g.ow * n < SERIAL_WORK {
+        let per = if self.serial(w) {
             g.cin
         } else {
             g.cin.div_ceil(tasks()).max(1)
@@ -461,16 +455,11 @@ impl DirectGeom {
     /// dx [cin, h, w, n] from dy [cout, oh, ow, n]: for each input pixel and channel, the sum
     /// over the active weights whose tap lands on it.
     pub fn input_grad(&self, w: &SparseWeight, dy: &[f32]) -> Vec<f32> {
-        self.checks(w);
+        self.checks(w, None, Some(dy));
         let plan = w.plans.get(self.g, true, || self.input_plan(w));
         let vals = plan.values(w);
         let (plan, vals) = (&*plan, &vals[..]);
         let g = &self.g;
-        assert_eq!(
-            dy.len(),
-            g.cout * g.oh * g.ow * g.n,
-            "direct conv: dy length"
-        );
         let plane = g.h * g.w * g.n;
         let k = self.kernels;
         overwritten(g.cin * plane, |dx| {
@@ -487,7 +476,7 @@ impl DirectGeom {
                 };
                 run_variant(k, &mut pass);
             };
-            if w.nnz() * g.oh * g.ow * g.n < SERIAL_WORK || dx.is_empty() {
+            if self.serial(w) || dx.is_empty() {
                 chans(0, dx);
             } else {
                 let per = g.cin.div_ceil(tasks()).max(1);

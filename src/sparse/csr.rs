@@ -3,10 +3,16 @@
 //!
 //! Kernels: `spmm` and `spmm_t` compute each output row as a sum of scaled rows of the dense
 //! operand, summed in registers a chunk of columns at a time over all the row's entries (the
-//! next entries' sources prefetched), over tiles of (output rows) × (a block of n). `sddmm` computes eight dot products at a time against one row of the output
-//! gradient, block by block of n. Tiles run in parallel with rayon; small problems run serially.
-//! The inner loops are plain slice code that LLVM vectorises; they are compiled three times
-//! (portable, AVX2+FMA, AVX-512) and chosen at run time (`Kernels::preferred`).
+//! next entries' sources prefetched), over tiles of (output rows) × (a block of n). `sddmm`
+//! computes eight dot products at a time against one row of the output gradient, block by block
+//! of n. Tiles run in parallel with rayon; small problems run serially. These three work over an
+//! im2col matrix: the tests' reference beside the direct convolution (`sparse::conv`), which the
+//! engine runs and which shares the building blocks below (`acc_vec`, `dot_lanes`, and the
+//! AVX-512 kernels `dots_into_avx512` and `gather_and_dots_avx512`).
+//!
+//! The slice-code loops are compiled three times (portable, AVX2+FMA, AVX-512) and chosen at run
+//! time (`Kernels::preferred`); the two AVX-512 kernels use intrinsics, where the compiler's code
+//! for the slice form kept bounds checks in the loop and spilled its sums.
 
 use rayon::prelude::*;
 
@@ -50,7 +56,7 @@ type PlanEntry = (
 const PLANS_KEPT: usize = 8;
 
 impl PlanCache {
-    /// The plan for `key`, built by `build` when absent.
+    /// The plan (input plan when `input`) for `geom`, built by `build` when absent.
     pub fn get(
         &self,
         geom: crate::device::cpu::conv::ConvGeom,
@@ -589,7 +595,6 @@ pub fn spmm_t_with(k: Kernels, w: &SparseWeight, dc: &[f32], n: usize, db: &mut 
     run_gather(k.resolve(), &g, w.cols, db);
 }
 
-/// out[i, 0..n] = Σ_{e ∈ ptr[i]..ptr[i+1]} val[e] · src[off[e]..off[e] + n] for the
 /// Lanes per accumulator in the dot products.
 pub(crate) const LANES: usize = 16;
 
@@ -730,26 +735,19 @@ pub(crate) fn dots_into_avx512(
     // SAFETY: `row` hands out pointers to slices of n ≥ full floats of x, and `dst` indices
     // checked against part.
     unsafe {
-        while q + 8 <= len {
-            let (r, d) = (
-                std::array::from_fn(|t| row(q + t)),
-                std::array::from_fn(|t| dst(q + t)),
-            );
-            group::<8>(a, full, r, d, part);
-            q += 8;
+        // Groups of eight entries, then of four, then one by one.
+        macro_rules! groups {
+            ($m:literal) => {
+                while len - q >= $m {
+                    let rows = std::array::from_fn(|t| row(q + t));
+                    group::<$m>(a, full, rows, std::array::from_fn(|t| dst(q + t)), part);
+                    q += $m;
+                }
+            };
         }
-        if q + 4 <= len {
-            let (r, d) = (
-                std::array::from_fn(|t| row(q + t)),
-                std::array::from_fn(|t| dst(q + t)),
-            );
-            group::<4>(a, full, r, d, part);
-            q += 4;
-        }
-        while q < len {
-            group::<1>(a, full, [row(q)], [dst(q)], part);
-            q += 1;
-        }
+        groups!(8);
+        groups!(4);
+        groups!(1);
     }
     // The tail columns (n not a multiple of 16) lane by lane.
     if full < n {
@@ -890,14 +888,12 @@ pub(crate) fn gather_and_dots_avx512(
     }
 }
 
-/// The operands of one sddmm: entry e of row r is the dot product of
-/// `a[a_base + r·a_stride..][..n]` with `b[off[e]..][..n]`.
+/// The operands of one sddmm: entry e of row r is the dot product of `a[r·n..][..n]` with
+/// `b[off[e]..][..n]`.
 struct Sddmm<'a> {
     row_ptr: &'a [u32],
     off: &'a [usize],
     a: &'a [f32],
-    a_base: usize,
-    a_stride: usize,
     b: &'a [f32],
     n: usize,
 }
@@ -912,7 +908,7 @@ fn sddmm_tile<const FMA: bool>(m: &Sddmm, task: SddmmTask, dv: &mut [f32]) {
     while j0 < cols.1 {
         let wd = width.min(cols.1 - j0);
         for r in rows.0..rows.1 {
-            let a = &m.a[m.a_base + r * m.a_stride + j0..][..wd];
+            let a = &m.a[r * m.n + j0..][..wd];
             let (s, end) = (m.row_ptr[r] as usize, m.row_ptr[r + 1] as usize);
             let brow = |e: usize| &m.b[m.off[e] + j0..][..wd];
             let mut e = s;
@@ -1009,8 +1005,6 @@ pub fn sddmm_with(
         row_ptr: &w.row_ptr,
         off: &off,
         a: dc,
-        a_base: 0,
-        a_stride: n,
         b,
         n,
     };

@@ -345,6 +345,27 @@ pub fn conv2d_forward(
     matmul(g.cout, rows, cols, w, false, col, false, y, bias.is_some());
 }
 
+/// dw [cout, cin·k·k] (overwritten) = dY[cout, cols] · col[rows, cols]ᵀ: the weight gradient
+/// of `conv2d_backward`, also the dense gradient a sparse layer needs on topology-update steps.
+pub fn conv2d_weight_grad(g: &ConvGeom, col: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (rows, cols) = (g.col_rows(), g.col_cols());
+    assert_eq!(col.len(), rows * cols, "conv2d_weight_grad: col length");
+    assert_eq!(dy.len(), g.cout * cols, "conv2d_weight_grad: dy length");
+    assert_eq!(dw.len(), g.cout * rows, "conv2d_weight_grad: dw length");
+    // With a long reduction (cols) and enough rows the GEMM kernel runs this 1.3–3.5x faster
+    // in the transposed orientation dWᵀ[rows, cout] = col · dYᵀ, so compute that and transpose
+    // the result. With short reductions (ResNet's 4×4..1×1 maps) or few rows the transpose
+    // costs more than it saves (measured: direct 2x faster at cols = 64, equal at 256; trick
+    // 1.3–3.5x faster at cols ≥ 1024 with rows ≥ 147, 1.4–1.7x slower with rows ≤ 64).
+    if cols >= 512 && rows >= 128 {
+        let mut dwt = vec![0f32; rows * g.cout];
+        matmul(rows, cols, g.cout, col, false, dy, true, &mut dwt, false);
+        transpose(&dwt, rows, g.cout, dw);
+    } else {
+        matmul(g.cout, cols, rows, dy, false, col, true, dw, false);
+    }
+}
+
 /// Gradients of `conv2d_forward`. `col` holds im2col(x) as forward left it. Overwrites `dw`,
 /// `db` and `dx` (each computed only when given). `dcol` is scratch of the col's size.
 #[allow(clippy::too_many_arguments)]
@@ -363,20 +384,7 @@ pub fn conv2d_backward(
     assert_eq!(w.len(), g.cout * rows, "conv2d_backward: w length");
     assert_eq!(dy.len(), g.cout * cols, "conv2d_backward: dy length");
     if let Some(dw) = dw {
-        assert_eq!(dw.len(), g.cout * rows, "conv2d_backward: dw length");
-        // dW[cout, rows] = dY[cout, cols] · col[rows, cols]ᵀ. With a long reduction (cols)
-        // and enough rows the GEMM kernel runs this 1.3–3.5x faster in the transposed
-        // orientation dWᵀ[rows, cout] = col · dYᵀ, so compute that and transpose the result.
-        // With short reductions (ResNet's 4×4..1×1 maps) or few rows the transpose costs more
-        // than it saves (measured: direct 2x faster at cols = 64, equal at 256; trick 1.3–3.5x
-        // faster at cols ≥ 1024 with rows ≥ 147, 1.4–1.7x slower with rows ≤ 64).
-        if cols >= 512 && rows >= 128 {
-            let mut dwt = vec![0f32; rows * g.cout];
-            matmul(rows, cols, g.cout, col, false, dy, true, &mut dwt, false);
-            transpose(&dwt, rows, g.cout, dw);
-        } else {
-            matmul(g.cout, cols, rows, dy, false, col, true, dw, false);
-        }
+        conv2d_weight_grad(g, col, dy, dw);
     }
     if let Some(db) = db {
         assert_eq!(db.len(), g.cout, "conv2d_backward: db length");
