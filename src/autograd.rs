@@ -8,6 +8,7 @@
 use crate::nn::param::{Grads, ParamStore};
 use crate::tensor::Tensor;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// A value on the tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,15 +43,35 @@ impl BackwardCtx<'_> {
 type BackwardFn = Box<dyn FnOnce(&Tensor, &mut BackwardCtx)>;
 
 struct Node {
+    name: &'static str,
     value: Rc<Tensor>,
     requires_grad: bool,
     backward: Option<BackwardFn>,
+}
+
+/// The wall time one recorded op took, forward and backward (`Tape::profiled`).
+#[derive(Clone, Debug)]
+pub struct OpTime {
+    pub name: &'static str,
+    /// The op's output shape, which tells the layers apart.
+    pub shape: Vec<usize>,
+    pub forward_s: f64,
+    pub backward_s: f64,
+}
+
+/// Per-node times of a profiled tape. An op computes its output before it is pushed, so its
+/// forward time is the time since the previous push.
+struct Profile {
+    last: Instant,
+    forward_s: Vec<f64>,
+    backward_s: Vec<f64>,
 }
 
 /// The record of one forward pass.
 pub struct Tape {
     nodes: Vec<Node>,
     recording: bool,
+    profile: Option<Profile>,
 }
 
 impl Default for Tape {
@@ -65,7 +86,54 @@ impl Tape {
         Self {
             nodes: Vec::new(),
             recording: true,
+            profile: None,
         }
+    }
+
+    /// A recording tape that also times each op (`rest bench cpu --profile`).
+    pub fn profiled() -> Self {
+        Self {
+            profile: Some(Profile {
+                last: Instant::now(),
+                forward_s: Vec::new(),
+                backward_s: Vec::new(),
+            }),
+            ..Self::new()
+        }
+    }
+
+    /// The times of every op pushed so far (empty unless `profiled`). Inputs are left out.
+    pub fn op_times(&self) -> Vec<OpTime> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.name.is_empty())
+            .map(|(i, n)| OpTime {
+                name: n.name,
+                shape: n.value.shape().to_vec(),
+                forward_s: p.forward_s[i],
+                backward_s: p.backward_s[i],
+            })
+            .collect()
+    }
+
+    /// Starts the clock of a profiled tape's next forward op.
+    fn mark(&mut self, forward_s: f64) {
+        if let Some(p) = &mut self.profile {
+            let now = Instant::now();
+            p.forward_s.push(forward_s);
+            p.backward_s.push(0.0);
+            p.last = now;
+        }
+    }
+
+    fn since_mark(&self) -> f64 {
+        self.profile
+            .as_ref()
+            .map_or(0.0, |p| p.last.elapsed().as_secs_f64())
     }
 
     /// A tape that records nothing: forward only, intermediate buffers freed early.
@@ -73,6 +141,7 @@ impl Tape {
         Self {
             nodes: Vec::new(),
             recording: false,
+            profile: None,
         }
     }
 
@@ -83,10 +152,12 @@ impl Tape {
     /// A constant input (needs no gradient).
     pub fn input(&mut self, t: Tensor) -> Var {
         self.nodes.push(Node {
+            name: "",
             value: Rc::new(t),
             requires_grad: false,
             backward: None,
         });
+        self.mark(0.0);
         Var(self.nodes.len() - 1)
     }
 
@@ -104,9 +175,10 @@ impl Tape {
         self.recording && (has_params || inputs.iter().any(|v| self.nodes[v.0].requires_grad))
     }
 
-    /// Records an op's output. `backward` is dropped when nothing needs a gradient.
+    /// Records the output of op `name`. `backward` is dropped when nothing needs a gradient.
     pub fn push(
         &mut self,
+        name: &'static str,
         value: Tensor,
         inputs: &[Var],
         has_params: bool,
@@ -114,10 +186,13 @@ impl Tape {
     ) -> Var {
         let record = self.needs_record(inputs, has_params);
         self.nodes.push(Node {
+            name,
             value: Rc::new(value),
             requires_grad: record,
             backward: record.then_some(backward),
         });
+        let forward_s = self.since_mark();
+        self.mark(forward_s);
         Var(self.nodes.len() - 1)
     }
 
@@ -141,7 +216,41 @@ impl Tape {
                 node_grads: &mut node_grads,
                 requires_grad: &requires_grad,
             };
+            let start = self.profile.is_some().then(Instant::now);
             f(&g, &mut ctx);
+            if let (Some(p), Some(t)) = (&mut self.profile, start) {
+                p.backward_s[i] = t.elapsed().as_secs_f64();
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ops;
+
+    #[test]
+    fn a_profiled_tape_times_each_op_once() {
+        let store = ParamStore::default();
+        let mut tape = Tape::profiled();
+        let x = tape.input(Tensor::full(&[4, 3], -1.0));
+        let y = ops::relu(&mut tape, x);
+        let z = ops::transpose01(&mut tape, y);
+        let mut grads = Grads::zeros(&store, false);
+        tape.backward(z, Tensor::full(&[3, 4], 1.0), &store, &mut grads);
+        let ops = tape.op_times();
+        let names: Vec<_> = ops.iter().map(|o| (o.name, o.shape.clone())).collect();
+        assert_eq!(names, [("relu", vec![4, 3]), ("transpose", vec![3, 4])]);
+        assert!(ops
+            .iter()
+            .all(|o| o.forward_s >= 0.0 && o.backward_s >= 0.0));
+        // An input needs no gradient: nothing recorded, nothing run backward.
+        assert!(ops.iter().all(|o| o.backward_s == 0.0));
+        // A plain tape keeps no times.
+        let mut plain = Tape::new();
+        let x = plain.input(Tensor::full(&[2], 1.0));
+        ops::relu(&mut plain, x);
+        assert!(plain.op_times().is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! measured in one run and reported as images/s and as ratios to dense; checkpoint sizes; the
 //! cost of a topology update; peak memory of a training run (each in its own process).
 
-use crate::autograd::Tape;
+use crate::autograd::{OpTime, Tape};
 use crate::checkpoint::Checkpoint;
 use crate::data::loader::Augment;
 use crate::data::synthetic::{generate, SyntheticConfig};
@@ -58,6 +58,10 @@ pub struct CpuArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// After the table, time every op of the training step (forward and backward, per layer)
+    /// at each density, as the mean of --steps extra steps.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -151,14 +155,87 @@ pub fn train_step(
     weights: &[f32],
     dense_grads: bool,
 ) -> Result<Grads> {
-    let mut tape = Tape::new();
+    train_step_on(Tape::new(), model, opt, x, labels, weights, dense_grads).map(|(g, _)| g)
+}
+
+/// `train_step` on a given tape (a profiled one), also returning the ops' times.
+fn train_step_on(
+    mut tape: Tape,
+    model: &mut Model,
+    opt: &mut Sgd,
+    x: &Tensor,
+    labels: &[u32],
+    weights: &[f32],
+    dense_grads: bool,
+) -> Result<(Grads, Vec<OpTime>)> {
     let xv = tape.input(x.clone());
     let logits = model.forward(&mut tape, xv, true)?;
     let (loss, _) = ops::cross_entropy(&mut tape, logits, labels, weights)?;
     let mut grads = Grads::zeros(&model.params, dense_grads);
     tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads);
     opt.step(&mut model.params, &grads);
-    Ok(grads)
+    Ok((grads, tape.op_times()))
+}
+
+/// Prints the mean time of each op of `steps` profiled training steps, in forward order, and
+/// what the step spends outside the ops (gradient buffers, the optimiser).
+fn print_profile(
+    density: f64,
+    steps: usize,
+    model: &mut Model,
+    opt: &mut Sgd,
+    inp: &Inputs,
+) -> Result<()> {
+    // A warm-up step: the topology update before it dropped the cached plans.
+    train_step(model, opt, &inp.images, &inp.labels, &inp.weights, false)?;
+    let mut sums: Vec<OpTime> = Vec::new();
+    let mut total = 0.0;
+    for _ in 0..steps {
+        let t = Instant::now();
+        let (_, ops) = train_step_on(
+            Tape::profiled(),
+            model,
+            opt,
+            &inp.images,
+            &inp.labels,
+            &inp.weights,
+            false,
+        )?;
+        total += t.elapsed().as_secs_f64();
+        if sums.is_empty() {
+            sums = ops;
+        } else {
+            for (s, o) in sums.iter_mut().zip(ops) {
+                s.forward_s += o.forward_s;
+                s.backward_s += o.backward_s;
+            }
+        }
+    }
+    let ms = |s: f64| 1e3 * s / steps as f64;
+    println!("\n  density {density}: mean of {steps} steps, ms");
+    println!(
+        "  {:<20} {:<20} {:>8} {:>8} {:>8}",
+        "op", "output", "forward", "backward", "share"
+    );
+    for o in &sums {
+        println!(
+            "  {:<20} {:<20} {:>8.3} {:>8.3} {:>7.1}%",
+            o.name,
+            format!("{:?}", o.shape),
+            ms(o.forward_s),
+            ms(o.backward_s),
+            100.0 * (o.forward_s + o.backward_s) / total
+        );
+    }
+    let in_ops: f64 = sums.iter().map(|o| o.forward_s + o.backward_s).sum();
+    println!(
+        "  {:<41} {:>17.3} {:>7.1}%",
+        "outside the ops (gradients, optimiser)",
+        ms(total - in_ops),
+        100.0 * (total - in_ops) / total
+    );
+    println!("  {:<41} {:>17.3}", "step", ms(total));
+    Ok(())
 }
 
 /// Per item, the median time of `reps` calls of `f`, after one warm-up call each; the calls go
@@ -277,27 +354,22 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             model.forward(&mut tape, x, false).map(|_| ())
         })?;
         let mut base: Option<(f64, f64, usize)> = None;
-        for (((d, mut model, mut opt, state), t_train), t_infer) in
-            runs.into_iter().zip(train_times).zip(infer_times)
+        for (((d, model, opt, state), t_train), t_infer) in
+            runs.iter_mut().zip(train_times).zip(infer_times)
         {
+            let d = *d;
             let update_ms = match state.clone() {
                 Some(mut s) => {
                     let mut rng = Rng::new(5);
                     let t = Instant::now();
-                    let grads = train_step(
-                        &mut model,
-                        &mut opt,
-                        &inp.images,
-                        &inp.labels,
-                        &inp.weights,
-                        true,
-                    )?;
-                    s.update(&mut model, &mut opt, &grads, 1000, 100_000, &mut rng)?;
+                    let grads =
+                        train_step(model, opt, &inp.images, &inp.labels, &inp.weights, true)?;
+                    s.update(model, opt, &grads, 1000, 100_000, &mut rng)?;
                     Some(1e3 * (t.elapsed().as_secs_f64() - t_train))
                 }
                 None => None,
             };
-            let ck = checkpoint_bytes(&model, state)?;
+            let ck = checkpoint_bytes(model, state.clone())?;
             let (train_ips, infer_ips) = (batch as f64 / t_train, batch as f64 / t_infer);
             let b = *base.get_or_insert((train_ips, infer_ips, ck));
             let r = CpuResult {
@@ -324,6 +396,11 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
                 r.update_ms.map_or("-".into(), |m| format!("{m:.1}"))
             );
             results.push(r);
+        }
+        if args.profile {
+            for (d, model, opt, _) in &mut runs {
+                print_profile(*d, args.steps, model, opt, &inp)?;
+            }
         }
         if args.densities.first() != Some(&1.0) {
             println!(

@@ -92,6 +92,11 @@ pub fn conv2d(
         })
     });
     let out = Tensor::from_vec(&[cout, g.oh, g.ow, g.n], y)?;
+    let name = if masked.is_some() {
+        "conv2d masked"
+    } else {
+        "conv2d"
+    };
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let dy = dy.data();
         let p = ctx.params.get(w);
@@ -135,7 +140,7 @@ pub fn conv2d(
             );
         }
     });
-    Ok(tape.push(out, &[x], true, backward))
+    Ok(tape.push(name, out, &[x], true, backward))
 }
 
 /// The sparse path of `conv2d` as a direct convolution (`sparse::conv`): backward reads x
@@ -189,7 +194,7 @@ fn conv2d_direct(
             );
         }
     });
-    Ok(tape.push(out, &[x], true, backward))
+    Ok(tape.push("conv2d sparse", out, &[x], true, backward))
 }
 
 /// Batch normalisation of x [C, …] (image activations [C, H, W, N], or features [C, N]): per
@@ -340,7 +345,17 @@ fn batchnorm_train(
         ctx.grads.add(beta, &db);
         ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
     });
-    Ok(tape.push(out, &[x], true, backward))
+    Ok(tape.push(
+        if fused_relu {
+            "batchnorm+relu"
+        } else {
+            "batchnorm"
+        },
+        out,
+        &[x],
+        true,
+        backward,
+    ))
 }
 
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
@@ -354,7 +369,7 @@ pub fn relu(tape: &mut Tape, x: Var) -> Var {
         });
         ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
     });
-    tape.push(out, &[x], false, backward)
+    tape.push("relu", out, &[x], false, backward)
 }
 
 pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
@@ -373,7 +388,7 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
         ctx.accumulate(a, dy.clone());
         ctx.accumulate(b, dy.clone());
     });
-    Ok(tape.push(out, &[a, b], false, backward))
+    Ok(tape.push("add", out, &[a, b], false, backward))
 }
 
 /// Max-pooling of x [C, H, W, N] with a k×k window.
@@ -406,7 +421,7 @@ pub fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usize) -> 
         });
         ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
     });
-    Ok(tape.push(out, &[x], false, backward))
+    Ok(tape.push("maxpool", out, &[x], false, backward))
 }
 
 /// Global average pooling: x [C, H, W, N] → features [C, N].
@@ -428,7 +443,7 @@ pub fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
         });
         ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
     });
-    Ok(tape.push(out, &[x], false, backward))
+    Ok(tape.push("global_avgpool", out, &[x], false, backward))
 }
 
 /// Images [C, N, H, W] (the loader's layout) → [C, H, W, N], the layout of every op above.
@@ -443,7 +458,7 @@ pub fn to_batch_innermost(tape: &mut Tape, x: Var) -> Result<Var> {
         let dx = overwritten(dy.numel(), |dx| transpose_inner(dy.data(), c, hw, n, dx));
         ctx.accumulate(x, Tensor::from_vec(&s, dx).expect("dx shape"));
     });
-    Ok(tape.push(out, &[x], false, backward))
+    Ok(tape.push("to_batch_innermost", out, &[x], false, backward))
 }
 
 /// Linear layer on features x [F, N] with weight [K, F] (dense or sparse) → logits [N, K].
@@ -472,7 +487,7 @@ pub fn reshape(tape: &mut Tape, x: Var, shape: &[usize]) -> Result<Var> {
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         ctx.accumulate(x, dy.clone().reshape(&old).expect("reshape back"));
     });
-    Ok(tape.push(out, &[x], false, backward))
+    Ok(tape.push("reshape", out, &[x], false, backward))
 }
 
 /// [A, B] → [B, A].
@@ -487,7 +502,7 @@ pub fn transpose01(tape: &mut Tape, x: Var) -> Var {
         swap01(dy.data(), b, a, 1, &mut dx);
         ctx.accumulate(x, Tensor::from_vec(&[a, b], dx).expect("dx shape"));
     });
-    tape.push(out, &[x], false, backward)
+    tape.push("transpose", out, &[x], false, backward)
 }
 
 /// The checks every cross-entropy (CPU or GPU) makes on a batch: one label and one weight per
@@ -531,5 +546,8 @@ pub fn cross_entropy(
         let d: Vec<f32> = dlogits.iter().map(|v| v * scale).collect();
         ctx.accumulate(logits, Tensor::from_vec(&[n, k], d).expect("dlogits shape"));
     });
-    Ok((tape.push(out, &[logits], false, backward), losses))
+    Ok((
+        tape.push("cross_entropy", out, &[logits], false, backward),
+        losses,
+    ))
 }

@@ -20,6 +20,38 @@ pub mod xent;
 
 pub use conv::ConvGeom;
 
+use crate::sparse::csr::Kernels;
+
+/// Runs `f` as code built for this CPU's widest vectors: `f`, and the `#[inline(always)]` loops
+/// it calls, are inlined into a copy compiled with AVX-512 (or AVX2 + FMA) where the CPU has it.
+/// The crate targets baseline x86-64, which gives loops SSE2 only; the memory-bound passes of
+/// batch norm, pooling and the elementwise ops ran twice as long that way. The loops use no
+/// fused multiply-add and keep their own lane order, so every build gives the same bits.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match Kernels::detect() {
+        // SAFETY: `detect` saw AVX-512F, AVX2 and FMA on this CPU.
+        Kernels::Avx512 => return unsafe { with_avx512(f) },
+        // SAFETY: `detect` saw AVX2 and FMA on this CPU.
+        Kernels::Avx2 => return unsafe { with_avx2(f) },
+        Kernels::Portable => {}
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// f(i, chunk i) over the `size`-float chunks of `data`, on rayon's threads when `parallel`.
 pub(crate) fn for_each_chunk(
     data: &mut [f32],

@@ -13,15 +13,15 @@ const LANES: usize = 16;
 
 /// Σ f(x_i) with f32 lane accumulators inside blocks and f64 across blocks (vectorises, and
 /// accurate for the ~10⁵-element channels of a CNN batch).
-#[inline]
+#[inline(always)]
 fn blocked_sum(x: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
     let mut total = 0f64;
     for block in x.chunks(BLOCK) {
         let mut acc = [0f32; LANES];
         let mut it = block.chunks_exact(LANES);
         for c in &mut it {
-            for (a, &v) in acc.iter_mut().zip(c) {
-                *a += f(v);
+            for l in 0..LANES {
+                acc[l] += f(c[l]);
             }
         }
         let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
@@ -31,19 +31,21 @@ fn blocked_sum(x: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
 }
 
 /// Σ x_i, accumulated as `blocked_sum` does. Shared with the convolution's bias gradient.
+#[inline(always)]
 pub(crate) fn sum_f64(x: &[f32]) -> f64 {
     blocked_sum(x, |v| v)
 }
 
 /// Σ a_i·(b_i − shift) with the same blocking as `blocked_sum`.
+#[inline(always)]
 fn dot_centered_f64(a: &[f32], b: &[f32], shift: f32) -> f64 {
     let mut total = 0f64;
     for (ba, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
         let mut acc = [0f32; LANES];
         let (mut ia, mut ib) = (ba.chunks_exact(LANES), bb.chunks_exact(LANES));
         for (ca, cb) in (&mut ia).zip(&mut ib) {
-            for ((s, &u), &v) in acc.iter_mut().zip(ca).zip(cb) {
-                *s += u * (v - shift);
+            for l in 0..LANES {
+                acc[l] += ca[l] * (cb[l] - shift);
             }
         }
         let tail: f32 = ia
@@ -58,26 +60,19 @@ fn dot_centered_f64(a: &[f32], b: &[f32], shift: f32) -> f64 {
 }
 
 /// (Σ dy', Σ dy'·(x − shift)) with dy' = dy where `keep(x)`, else 0, blocked as `blocked_sum`.
+/// dy' is written to a block-sized buffer first: a plain map vectorises, while the select inside
+/// the lane loops became a masked scalar load per element.
+#[inline(always)]
 fn masked_sums(dy: &[f32], x: &[f32], keep: impl Fn(f32) -> bool, shift: f32) -> (f64, f64) {
     let (mut s_total, mut d_total) = (0f64, 0f64);
+    let mut buf = [0f32; BLOCK];
     for (bd, bx) in dy.chunks(BLOCK).zip(x.chunks(BLOCK)) {
-        let (mut sa, mut da) = ([0f32; LANES], [0f32; LANES]);
-        let (mut id, mut ix) = (bd.chunks_exact(LANES), bx.chunks_exact(LANES));
-        for (cd, cx) in (&mut id).zip(&mut ix) {
-            for (((s, d), &g), &v) in sa.iter_mut().zip(da.iter_mut()).zip(cd).zip(cx) {
-                let g = if keep(v) { g } else { 0.0 };
-                *s += g;
-                *d += g * (v - shift);
-            }
+        let kept = &mut buf[..bd.len()];
+        for ((o, &g), &v) in kept.iter_mut().zip(bd).zip(bx) {
+            *o = if keep(v) { g } else { 0.0 };
         }
-        let (mut st, mut dt) = (0f32, 0f32);
-        for (&g, &v) in id.remainder().iter().zip(ix.remainder()) {
-            let g = if keep(v) { g } else { 0.0 };
-            st += g;
-            dt += g * (v - shift);
-        }
-        s_total += sa.iter().map(|&a| a as f64).sum::<f64>() + st as f64;
-        d_total += da.iter().map(|&a| a as f64).sum::<f64>() + dt as f64;
+        s_total += sum_f64(kept);
+        d_total += dot_centered_f64(kept, bx, shift);
     }
     (s_total, d_total)
 }
@@ -96,6 +91,12 @@ fn per_channel<T: Send>(
     if m == 0 {
         return (0..c).map(|ci| f(ci, &[], &mut [])).collect();
     }
+    let f = |ci, xc: &[f32], yc: &mut [f32]| {
+        super::simd(
+            #[inline(always)]
+            || f(ci, xc, yc),
+        )
+    };
     if c * m >= PAR_MIN {
         x.par_chunks(m)
             .zip(y.par_chunks_mut(m))
@@ -112,7 +113,7 @@ fn per_channel<T: Send>(
 }
 
 /// y = (x − center)·scale + shift (centring first keeps precision when |mean| ≫ std).
-#[inline]
+#[inline(always)]
 fn affine(x: &[f32], y: &mut [f32], center: f32, scale: f32, shift: f32) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = (v - center) * scale + shift;
@@ -120,7 +121,7 @@ fn affine(x: &[f32], y: &mut [f32], center: f32, scale: f32, shift: f32) {
 }
 
 /// y = max((x − center)·scale + shift, 0): `affine` and ReLU in one pass.
-#[inline]
+#[inline(always)]
 fn affine_relu(x: &[f32], y: &mut [f32], center: f32, scale: f32, shift: f32) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = ((v - center) * scale + shift).max(0.0);
@@ -226,21 +227,28 @@ fn train_forward<const RELU: bool>(
         assert_eq!(v.len(), c, "batchnorm: {name} length");
     }
     // Two passes per channel (mean, then Σ(x − mean)²) for a stable variance.
-    let stats = per_channel(c, m, x, y, |ci, xc, yc| {
-        let mean = sum_f64(xc) / m as f64;
-        let mean32 = mean as f32;
-        let var = blocked_sum(xc, |v| (v - mean32) * (v - mean32)) / m as f64;
-        let invstd = 1.0 / (var + eps as f64).sqrt();
-        // The fused backward knows invstd only as the saved f32: build the scale from that
-        // value so its recomputed ReLU mask matches this output bit for bit.
-        let scale = bn_scale(gamma[ci], if RELU { invstd as f32 as f64 } else { invstd });
-        if RELU {
-            affine_relu(xc, yc, mean32, scale, beta[ci]);
-        } else {
-            affine(xc, yc, mean32, scale, beta[ci]);
-        }
-        (mean, var, invstd)
-    });
+    let stats = per_channel(
+        c,
+        m,
+        x,
+        y,
+        #[inline(always)]
+        |ci, xc, yc| {
+            let mean = sum_f64(xc) / m as f64;
+            let mean32 = mean as f32;
+            let var = blocked_sum(xc, |v| (v - mean32) * (v - mean32)) / m as f64;
+            let invstd = 1.0 / (var + eps as f64).sqrt();
+            // The fused backward knows invstd only as the saved f32: build the scale from that
+            // value so its recomputed ReLU mask matches this output bit for bit.
+            let scale = bn_scale(gamma[ci], if RELU { invstd as f32 as f64 } else { invstd });
+            if RELU {
+                affine_relu(xc, yc, mean32, scale, beta[ci]);
+            } else {
+                affine(xc, yc, mean32, scale, beta[ci]);
+            }
+            (mean, var, invstd)
+        },
+    );
     // PyTorch puts the unbiased variance into the running estimate (m = 1 has none: keep var).
     let unbias = if m > 1 {
         m as f64 / (m - 1) as f64
@@ -277,10 +285,17 @@ pub fn batchnorm_eval_forward(
     ] {
         assert_eq!(v.len(), c, "batchnorm: {name} length");
     }
-    per_channel(c, m, x, y, |ci, xc, yc| {
-        let scale = gamma[ci] as f64 / (running_var[ci] as f64 + eps as f64).sqrt();
-        affine(xc, yc, running_mean[ci], scale as f32, beta[ci]);
-    });
+    per_channel(
+        c,
+        m,
+        x,
+        y,
+        #[inline(always)]
+        |ci, xc, yc| {
+            let scale = gamma[ci] as f64 / (running_var[ci] as f64 + eps as f64).sqrt();
+            affine(xc, yc, running_mean[ci], scale as f32, beta[ci]);
+        },
+    );
 }
 
 /// Backward of the training-mode forward. Overwrites dx, dgamma, dbeta.
@@ -373,41 +388,90 @@ fn backward<const RELU: bool>(
     //   dbeta = Σ dy,  dgamma = Σ dy·xhat,
     //   dx = gamma·invstd·(dy − dbeta/m − xhat·dgamma/m),
     // which is dx = a·dy + b·(x − mean) + c0 with the per-channel constants below.
-    let grads = per_channel(c, m, x, dx, |ci, xc, dxc| {
-        let dyc = &dy[ci * m..][..m];
-        let mean = save_mean[ci] as f64;
-        let invstd = save_invstd[ci] as f64;
-        let (sum_dy, dot) = if RELU {
-            // The forward's output was positive where (x − mean)·scale + beta > 0.
-            let (scale, shift, mean32) = (bn_scale(gamma[ci], invstd), beta[ci], mean as f32);
-            masked_sums(dyc, xc, |v| (v - mean32) * scale + shift > 0.0, mean32)
-        } else {
-            (sum_f64(dyc), dot_centered_f64(dyc, xc, mean as f32))
-        };
-        let dg = dot * invstd;
-        let a = gamma[ci] as f64 * invstd;
-        let b = -a * invstd * dg / m as f64;
-        let c0 = -a * sum_dy / m as f64;
-        let (a, b, c0, mean) = (a as f32, b as f32, c0 as f32, mean as f32);
-        if RELU {
-            let (scale, shift) = (bn_scale(gamma[ci], invstd), beta[ci]);
-            for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
-                let g = if (v - mean) * scale + shift > 0.0 {
-                    g
-                } else {
-                    0.0
-                };
-                *o = a * g + b * (v - mean) + c0;
+    let grads = per_channel(
+        c,
+        m,
+        x,
+        dx,
+        #[inline(always)]
+        |ci, xc, dxc| {
+            let dyc = &dy[ci * m..][..m];
+            let mean = save_mean[ci] as f64;
+            let invstd = save_invstd[ci] as f64;
+            let (sum_dy, dot) = if RELU {
+                // The forward's output was positive where (x − mean)·scale + beta > 0.
+                let (scale, shift, mean32) = (bn_scale(gamma[ci], invstd), beta[ci], mean as f32);
+                masked_sums(dyc, xc, |v| (v - mean32) * scale + shift > 0.0, mean32)
+            } else {
+                (sum_f64(dyc), dot_centered_f64(dyc, xc, mean as f32))
+            };
+            let dg = dot * invstd;
+            let a = gamma[ci] as f64 * invstd;
+            let b = -a * invstd * dg / m as f64;
+            let c0 = -a * sum_dy / m as f64;
+            let (a, b, c0, mean) = (a as f32, b as f32, c0 as f32, mean as f32);
+            if RELU {
+                let (scale, shift) = (bn_scale(gamma[ci], invstd), beta[ci]);
+                for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
+                    let g = if (v - mean) * scale + shift > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    };
+                    *o = a * g + b * (v - mean) + c0;
+                }
+            } else {
+                for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
+                    *o = a * g + b * (v - mean) + c0;
+                }
             }
-        } else {
-            for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
-                *o = a * g + b * (v - mean) + c0;
-            }
-        }
-        (dg, sum_dy)
-    });
+            (dg, sum_dy)
+        },
+    );
     for (ci, &(dg, db)) in grads.iter().enumerate() {
         dgamma[ci] = dg as f32;
         dbeta[ci] = db as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loops give the same bits built for AVX-512 / AVX2 (`simd`) as for the baseline target:
+    /// no fused multiply-adds, the same lane order.
+    #[test]
+    fn vector_builds_give_the_same_bits() {
+        let mut r = crate::rng::Rng::new(3);
+        let n = 3 * BLOCK + 37;
+        let x: Vec<f32> = (0..n).map(|_| r.normal() * 2.0 + 0.5).collect();
+        let dy: Vec<f32> = (0..n).map(|_| r.normal()).collect();
+        let keep = |v: f32| (v - 0.25) * 1.5 + 0.1 > 0.0;
+        let sums = || {
+            let mut y = vec![0f32; n];
+            affine_relu(&x, &mut y, 0.25, 1.5, 0.1);
+            (
+                sum_f64(&x),
+                dot_centered_f64(&dy, &x, 0.25),
+                masked_sums(&dy, &x, keep, 0.25),
+                y,
+            )
+        };
+        let plain = sums();
+        let vector = crate::device::cpu::simd(sums);
+        assert_eq!(plain, vector);
+        // The masked sums equal the plain definition.
+        let (s, d) = plain.2;
+        let (mut s0, mut d0) = (0f64, 0f64);
+        for (&g, &v) in dy.iter().zip(&x) {
+            if keep(v) {
+                s0 += g as f64;
+                d0 += g as f64 * (v - 0.25) as f64;
+            }
+        }
+        assert!(
+            (s - s0).abs() < 1e-3 && (d - d0).abs() < 1e-3,
+            "{s} {s0} {d} {d0}"
+        );
     }
 }
