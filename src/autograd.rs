@@ -7,6 +7,7 @@
 
 use crate::nn::param::{Grads, ParamStore};
 use crate::tensor::Tensor;
+use std::any::Any;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -20,9 +21,24 @@ pub struct BackwardCtx<'a> {
     pub grads: &'a mut Grads,
     node_grads: &'a mut [Option<Tensor>],
     requires_grad: &'a [bool],
+    /// How many gradients have been added into each node so far.
+    contributions: &'a mut [u32],
+    /// The node whose backward is running.
+    current: Var,
 }
 
 impl BackwardCtx<'_> {
+    /// The node whose backward is running (the output of the op).
+    pub fn current(&self) -> Var {
+        self.current
+    }
+
+    /// How many ops have added a gradient into `v` (one: its gradient is exactly what that
+    /// one consumer computed).
+    pub fn contributions(&self, v: Var) -> u32 {
+        self.contributions[v.0]
+    }
+
     /// Whether input `v` needs a gradient (false for data and for values computed from data only).
     pub fn wants(&self, v: Var) -> bool {
         self.requires_grad[v.0]
@@ -33,6 +49,7 @@ impl BackwardCtx<'_> {
         if !self.requires_grad[v.0] {
             return;
         }
+        self.contributions[v.0] += 1;
         match &mut self.node_grads[v.0] {
             Some(acc) => acc.add_assign(&g),
             slot @ None => *slot = Some(g),
@@ -47,6 +64,8 @@ struct Node {
     value: Rc<Tensor>,
     requires_grad: bool,
     backward: Option<BackwardFn>,
+    /// What the op that made the value tells the ops that consume it (`Tape::set_hint`).
+    hint: Option<Rc<dyn Any>>,
 }
 
 /// The wall time one recorded op took, forward and backward (`Tape::profiled`).
@@ -156,6 +175,7 @@ impl Tape {
             value: Rc::new(t),
             requires_grad: false,
             backward: None,
+            hint: None,
         });
         self.mark(0.0);
         Var(self.nodes.len() - 1)
@@ -163,6 +183,17 @@ impl Tape {
 
     pub fn value(&self, v: Var) -> &Tensor {
         &self.nodes[v.0].value
+    }
+
+    /// Attaches `hint` to `v` for the ops that will consume it: a fused pair of ops meets this
+    /// way (batch norm + ReLU tells the convolution after it where its input came from).
+    pub fn set_hint(&mut self, v: Var, hint: Rc<dyn Any>) {
+        self.nodes[v.0].hint = Some(hint);
+    }
+
+    /// The hint attached to `v`, if it has one of type `T`.
+    pub fn hint<T: 'static>(&self, v: Var) -> Option<Rc<T>> {
+        self.nodes[v.0].hint.clone()?.downcast().ok()
     }
 
     /// A shared handle on a value, for closures that need it in backward.
@@ -190,6 +221,7 @@ impl Tape {
             value: Rc::new(value),
             requires_grad: record,
             backward: record.then_some(backward),
+            hint: None,
         });
         let forward_s = self.since_mark();
         self.mark(forward_s);
@@ -202,6 +234,7 @@ impl Tape {
         assert!(self.recording, "backward on a no_grad tape");
         let requires_grad: Vec<bool> = self.nodes.iter().map(|n| n.requires_grad).collect();
         let mut node_grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
+        let mut contributions = vec![0u32; self.nodes.len()];
         node_grads[root.0] = Some(seed);
         for i in (0..=root.0).rev() {
             let Some(g) = node_grads[i].take() else {
@@ -215,6 +248,8 @@ impl Tape {
                 grads,
                 node_grads: &mut node_grads,
                 requires_grad: &requires_grad,
+                contributions: &mut contributions,
+                current: Var(i),
             };
             let start = self.profile.is_some().then(Instant::now);
             f(&g, &mut ctx);

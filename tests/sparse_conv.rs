@@ -86,6 +86,7 @@ fn direct_conv_matches_naive_convolution() {
         sw.to_dense(&mut wd);
         let x: Vec<f32> = (0..cin * n * h * w).map(|_| rng.normal()).collect();
         let bias: Vec<f32> = (0..cout).map(|_| rng.normal()).collect();
+        let beta: Vec<f32> = (0..cin).map(|_| rng.normal() * 0.5).collect();
         let dy: Vec<f32> = (0..cout * n * g.oh * g.ow).map(|_| rng.normal()).collect();
         // Naive f64 reference.
         let xi = |ci: usize, img: usize, r: isize, c: isize| -> f64 {
@@ -155,6 +156,42 @@ fn direct_conv_matches_naive_convolution() {
             let (gv, gx) = dg.backward(&sw, &dy, &x);
             close(&gv, &want, &scale, &format!("backward dw {what}"));
             close(&gx, &dx, &dxs, &format!("backward dx {what}"));
+            // With x taken as a batch norm + ReLU output of shift beta: also each input
+            // channel's (Σ dx', Σ dx'·(x − beta)), dx' = dx where x > 0 (AVX-512 only).
+            let fused = dg.backward_with_relu_sums(&sw, &dy, &x, &beta);
+            let avx512 = k.resolve() == Kernels::Avx512;
+            assert_eq!(
+                fused.is_some(),
+                avx512,
+                "relu sums run on AVX-512 only ({what})"
+            );
+            if let Some((gv, gx, sums)) = fused {
+                close(&gv, &want, &scale, &format!("relu-sums dw {what}"));
+                close(&gx, &dx, &dxs, &format!("relu-sums dx {what}"));
+                assert_eq!(sums.len(), cin, "{what}: one pair per input channel");
+                let plane = h * w * n;
+                for (ci, &(s1, s2)) in sums.iter().enumerate() {
+                    let (mut w1, mut w2, mut scale1, mut scale2) = (0f64, 0f64, 0f64, 0f64);
+                    for i in ci * plane..(ci + 1) * plane {
+                        if x[i] > 0.0 {
+                            let t = (x[i] - beta[ci]) as f64;
+                            w1 += dx[i];
+                            w2 += dx[i] * t;
+                            scale1 += dxs[i];
+                            scale2 += dxs[i] * t.abs();
+                        }
+                    }
+                    let (t1, t2) = (1e-5 * scale1 + 1e-6, 1e-5 * scale2 + 1e-6);
+                    assert!(
+                        (s1 - w1).abs() <= t1,
+                        "{what} channel {ci}: Σdx' {s1} vs {w1}"
+                    );
+                    assert!(
+                        (s2 - w2).abs() <= t2,
+                        "{what} channel {ci}: Σdx'(x−β) {s2} vs {w2}"
+                    );
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
 use crate::tensor::{overwritten, pooled, swap01, transpose_inner, Pooled, Tensor};
 use anyhow::{bail, ensure, Result};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Running statistics of one batch-norm layer.
@@ -155,6 +156,7 @@ fn conv2d_direct(
     g: &ConvGeom,
 ) -> Result<Var> {
     let xv = tape.value_rc(x);
+    let link = tape.hint::<ReluBnLink>(x);
     let d = DirectGeom::new(g);
     let y = d.forward(sw, xv.data(), bias);
     let out = Tensor::from_vec(&[g.cout, g.oh, g.ow, g.n], y)?;
@@ -178,8 +180,21 @@ fn conv2d_direct(
             ctx.grads.dense[w.0] = Some(dw);
             (gv, wants_x.then(|| d.input_grad(sw, dy)))
         } else if wants_x {
-            let (gv, dx) = d.backward(sw, dy, xv.data());
-            (gv, Some(dx))
+            let fused = link.as_ref().and_then(|l| {
+                let beta = ctx.params.get(l.beta).data();
+                let r = d.backward_with_relu_sums(sw, dy, xv.data(), beta)?;
+                Some((l, r))
+            });
+            match fused {
+                Some((l, (gv, dx, sums))) => {
+                    l.sums.replace(Some(sums));
+                    (gv, Some(dx))
+                }
+                None => {
+                    let (gv, dx) = d.backward(sw, dy, xv.data());
+                    (gv, Some(dx))
+                }
+            }
         } else {
             (d.weight_grad(sw, dy, xv.data()), None)
         };
@@ -195,6 +210,15 @@ fn conv2d_direct(
         }
     });
     Ok(tape.push("conv2d sparse", out, &[x], true, backward))
+}
+
+/// What a training batch norm + ReLU tells the sparse convolution that consumes its output: its
+/// shift β, and a place for the two sums of its backward, which that convolution's backward
+/// takes while it computes the gradient (`DirectGeom::backward_with_relu_sums`); the batch norm
+/// then reads its input and gradient once, not twice.
+struct ReluBnLink {
+    beta: ParamId,
+    sums: RefCell<Option<Vec<(f64, f64)>>>,
 }
 
 /// Batch normalisation of x [C, …] (image activations [C, H, W, N], or features [C, N]): per
@@ -307,19 +331,45 @@ fn batchnorm_train(
         )
     });
     let out = Tensor::from_vec(xv.shape(), y)?;
+    let link = Rc::new(ReluBnLink {
+        beta,
+        sums: RefCell::new(None),
+    });
+    let hint = Rc::clone(&link);
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let gv = ctx.params.get(gamma).data();
         let bv = ctx.params.get(beta).data();
+        let mean = &mean;
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+        // The sums hold only if dy is exactly what the convolution that took them computed.
+        let given = link
+            .sums
+            .take()
+            .filter(|_| ctx.contributions(ctx.current()) == 1);
         let dx = overwritten(xv.numel(), |dx| {
-            if fused_relu {
+            if let Some(sums) = &given {
+                norm::batchnorm_relu_backward_given(
+                    sums,
+                    c,
+                    m,
+                    xv.data(),
+                    gv,
+                    bv,
+                    mean,
+                    &invstd,
+                    dy.data(),
+                    dx,
+                    &mut dg,
+                    &mut db,
+                )
+            } else if fused_relu {
                 norm::batchnorm_relu_backward(
                     c,
                     m,
                     xv.data(),
                     gv,
                     bv,
-                    &mean,
+                    mean,
                     &invstd,
                     dy.data(),
                     dx,
@@ -332,7 +382,7 @@ fn batchnorm_train(
                     m,
                     xv.data(),
                     gv,
-                    &mean,
+                    mean,
                     &invstd,
                     dy.data(),
                     dx,
@@ -345,17 +395,16 @@ fn batchnorm_train(
         ctx.grads.add(beta, &db);
         ctx.accumulate(x, Tensor::from_vec(xv.shape(), dx).expect("dx shape"));
     });
-    Ok(tape.push(
-        if fused_relu {
-            "batchnorm+relu"
-        } else {
-            "batchnorm"
-        },
-        out,
-        &[x],
-        true,
-        backward,
-    ))
+    let name = if fused_relu {
+        "batchnorm+relu"
+    } else {
+        "batchnorm"
+    };
+    let v = tape.push(name, out, &[x], true, backward);
+    if fused_relu {
+        tape.set_hint(v, hint);
+    }
+    Ok(v)
 }
 
 pub fn relu(tape: &mut Tape, x: Var) -> Var {

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::csr::{acc_vec, dot_lanes, hsum, Kernels, SparseWeight, LANES};
 #[cfg(target_arch = "x86_64")]
-use super::csr::{dots_into_avx512, gather_and_dots_avx512};
+use super::csr::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
 use crate::device::cpu::conv::{ConvGeom, Layout};
 use crate::tensor::overwritten;
 
@@ -391,13 +391,46 @@ impl DirectGeom {
     pub fn backward(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         #[cfg(target_arch = "x86_64")]
         if self.kernels == Kernels::Avx512 {
-            return self.backward_fused(w, dy, x);
+            let (gv, dx, _) = self.backward_fused(w, dy, x, None);
+            return (gv, dx);
         }
         (self.weight_grad(w, dy, x), self.input_grad(w, dy))
     }
 
+    /// `backward` where the input is x = relu(batchnorm(·)) and `beta` is that batch norm's
+    /// shift (one per input channel): also, per input channel, (Σ dx', Σ dx'·(x − β)) with
+    /// dx' = dx where x > 0, else 0, taken in the same pass from rows already in registers.
+    /// Batch norm's backward turns them into its two reductions
+    /// (`norm::batchnorm_relu_backward_given`), so it reads its input once instead of twice.
+    /// None where the fused pass does not run (no AVX-512).
+    #[allow(clippy::type_complexity)]
+    pub fn backward_with_relu_sums(
+        &self,
+        w: &SparseWeight,
+        dy: &[f32],
+        x: &[f32],
+        beta: &[f32],
+    ) -> Option<(Vec<f32>, Vec<f32>, Vec<(f64, f64)>)> {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernels == Kernels::Avx512 {
+            assert_eq!(beta.len(), self.g.cin, "direct conv: beta length");
+            return Some(self.backward_fused(w, dy, x, Some(beta)));
+        }
+        let _ = (w, dy, x, beta);
+        None
+    }
+
+    /// The fused backward; with `relu` = β per input channel, also the sums of
+    /// `backward_with_relu_sums` (else an empty vector).
     #[cfg(target_arch = "x86_64")]
-    fn backward_fused(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    #[allow(clippy::type_complexity)]
+    fn backward_fused(
+        &self,
+        w: &SparseWeight,
+        dy: &[f32],
+        x: &[f32],
+        relu: Option<&[f32]>,
+    ) -> (Vec<f32>, Vec<f32>, Vec<(f64, f64)>) {
         self.checks(w, Some(x), Some(dy));
         let g = &self.g;
         let plan = w.plans.get(self.g, true, || self.input_plan(w));
@@ -410,20 +443,26 @@ impl DirectGeom {
         } else {
             g.cin.div_ceil(tasks()).max(1)
         };
-        let mut parts: Vec<(usize, Vec<[f32; LANES]>)> = Vec::new();
+        let mut parts: Vec<(usize, Vec<[f32; LANES]>, Vec<(f64, f64)>)> = Vec::new();
         let dx = overwritten(g.cin * plane, |dx| {
             // Tasks over input channels: range [c0, c1) writes its dx planes and owns CSC
-            // positions [t0, t1).
+            // positions [t0, t1) (and its channels' relu sums).
             let task = |t: usize, dxc: &mut [f32]| {
                 let (c0, c1) = (t * per, ((t + 1) * per).min(g.cin));
                 let (t0, t1) = (w.col_ptr[c0 * kk] as usize, w.col_ptr[c1 * kk] as usize);
                 let mut part = vec![[0f32; LANES]; t1 - t0];
+                let mut sums = vec![(0f64, 0f64); if relu.is_some() { c1 - c0 } else { 0 }];
                 for px in 0..npix {
                     let (c, l, at) = plan.at(px);
                     for ci in c0..c1 {
                         let e = l.row(ci);
                         let out = &mut dxc[((ci - c0) * npix + px) * n..][..n];
                         let xr = &x[(ci * npix + px) * n..][..n];
+                        let mut rs = relu.map(|beta| ReluSums {
+                            beta: beta[ci],
+                            s1: [0.0; LANES],
+                            s2: [0.0; LANES],
+                        });
                         // SAFETY: this runs only with `Kernels::Avx512`, which `with_kernels`
                         // and `new` set only where the CPU has AVX-512F.
                         unsafe {
@@ -437,11 +476,17 @@ impl DirectGeom {
                                 t0,
                                 &mut part,
                                 out,
+                                rs.as_mut(),
                             )
                         };
+                        if let Some(r) = rs {
+                            let s = &mut sums[ci - c0];
+                            s.0 += hsum64(r.s1);
+                            s.1 += hsum64(r.s2);
+                        }
                     }
                 }
-                (t0, part)
+                (t0, part, sums)
             };
             parts = dx
                 .par_chunks_mut(per * plane)
@@ -449,7 +494,15 @@ impl DirectGeom {
                 .map(|(t, d)| task(t, d))
                 .collect();
         });
-        (lanes_to_values(w, parts, true), dx)
+        let mut sums = Vec::new();
+        let lanes = parts
+            .into_iter()
+            .map(|(t0, part, s)| {
+                sums.extend(s);
+                (t0, part)
+            })
+            .collect();
+        (lanes_to_values(w, lanes, true), dx, sums)
     }
 
     /// dx [cin, h, w, n] from dy [cout, oh, ow, n]: for each input pixel and channel, the sum
@@ -486,6 +539,12 @@ impl DirectGeom {
             }
         })
     }
+}
+
+/// The lanes' sum in f64 (the sums of batch norm's backward are f64 across rows).
+#[cfg(target_arch = "x86_64")]
+fn hsum64(l: [f32; LANES]) -> f64 {
+    l.iter().map(|&v| v as f64).sum()
 }
 
 /// The weight gradient in CSR order from per-task lanes (task parts start at position t0, in

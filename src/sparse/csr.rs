@@ -766,6 +766,11 @@ pub(crate) fn dots_into_avx512(
 /// weight gradient), with n = out.len() = x.len() and offs[q] + at wrapping. The two separate
 /// passes read every row twice; they run at L2 bandwidth, so sharing the read is what saves time.
 ///
+/// With `relu`, where x = relu(batchnorm(·)) with shift β = `relu.beta`, also adds to `relu.s1`
+/// the lanes of Σ out' and to `relu.s2` those of Σ out'·(x − β), with out' = out where x > 0,
+/// else 0: what batch norm's backward sums over its output gradient, here while both rows are
+/// in registers (no extra read).
+///
 /// Panics if a row leaves `dy` or a slot leaves `part`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -780,6 +785,7 @@ pub(crate) fn gather_and_dots_avx512(
     t0: usize,
     part: &mut [[f32; LANES]],
     out: &mut [f32],
+    mut relu: Option<&mut ReluSums>,
 ) {
     use std::arch::x86_64::*;
     let n = out.len();
@@ -817,6 +823,7 @@ pub(crate) fn gather_and_dots_avx512(
         c: usize,
         part: &mut [[f32; LANES]],
         out: &mut [f32],
+        relu: Option<&mut ReluSums>,
     ) {
         // SAFETY (caller): c + 16·M ≤ n; every row offs[q] + at has n floats in dy and every
         // slot − t0 indexes part (checked above); the unaligned forms need no alignment.
@@ -845,6 +852,21 @@ pub(crate) fn gather_and_dots_avx512(
             for (k, a) in acc.iter().enumerate() {
                 _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * k), *a);
             }
+            if let Some(b) = relu {
+                let (mut s1, mut s2) = (
+                    _mm512_loadu_ps(b.s1.as_ptr()),
+                    _mm512_loadu_ps(b.s2.as_ptr()),
+                );
+                let beta = _mm512_set1_ps(b.beta);
+                for k in 0..M {
+                    let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(xs[k], _mm512_setzero_ps());
+                    let t = _mm512_sub_ps(xs[k], beta);
+                    s1 = _mm512_mask_add_ps(s1, keep, s1, acc[k]);
+                    s2 = _mm512_mask_add_ps(s2, keep, s2, _mm512_mul_ps(acc[k], t));
+                }
+                _mm512_storeu_ps(b.s1.as_mut_ptr(), s1);
+                _mm512_storeu_ps(b.s2.as_mut_ptr(), s2);
+            }
         }
     }
     let r = Rows {
@@ -860,19 +882,19 @@ pub(crate) fn gather_and_dots_avx512(
     // SAFETY: each call covers columns below `full` ≤ n; rows and slots were checked above.
     unsafe {
         while c + 128 <= full {
-            chunk::<8>(&r, c, part, out);
+            chunk::<8>(&r, c, part, out, relu.as_deref_mut());
             c += 128;
         }
         if c + 64 <= full {
-            chunk::<4>(&r, c, part, out);
+            chunk::<4>(&r, c, part, out, relu.as_deref_mut());
             c += 64;
         }
         if c + 32 <= full {
-            chunk::<2>(&r, c, part, out);
+            chunk::<2>(&r, c, part, out, relu.as_deref_mut());
             c += 32;
         }
         if c + 16 <= full {
-            chunk::<1>(&r, c, part, out);
+            chunk::<1>(&r, c, part, out, relu.as_deref_mut());
         }
     }
     // The tail columns (n not a multiple of 16) one by one.
@@ -885,7 +907,22 @@ pub(crate) fn gather_and_dots_avx512(
             *lane = x[col].mul_add(d, *lane);
         }
         out[col] = a;
+        if let Some(b) = relu.as_deref_mut() {
+            if x[col] > 0.0 {
+                b.s1[col - full] += a;
+                b.s2[col - full] += a * (x[col] - b.beta);
+            }
+        }
     }
+}
+
+/// Where the convolution's input is x = relu(batchnorm(·)): the channel's batch-norm shift β,
+/// and the lanes of the two sums `gather_and_dots_avx512` adds for batch norm's backward.
+#[derive(Debug)]
+pub(crate) struct ReluSums {
+    pub beta: f32,
+    pub s1: [f32; LANES],
+    pub s2: [f32; LANES],
 }
 
 /// The operands of one sddmm: entry e of row r is the dot product of `a[r·n..][..n]` with

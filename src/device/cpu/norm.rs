@@ -313,6 +313,7 @@ pub fn batchnorm_backward(
     dbeta: &mut [f32],
 ) {
     backward::<false>(
+        None,
         c,
         m,
         x,
@@ -346,6 +347,7 @@ pub fn batchnorm_relu_backward(
 ) {
     assert_eq!(beta.len(), c, "batchnorm: beta length");
     backward::<true>(
+        None,
         c,
         m,
         x,
@@ -360,8 +362,56 @@ pub fn batchnorm_relu_backward(
     )
 }
 
+/// `batchnorm_relu_backward` with its two reductions taken by the op that computed dy
+/// (`DirectGeom::backward_with_relu_sums`): per channel (Σ dy', Σ dy'·(out − β)) over the
+/// forward's output `out`, with dy' = dy where out > 0. One pass, for dx, on each channel where
+/// these sums are accurate (see `from_relu_sums`); the others take theirs from x as usual.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_backward_given(
+    sums: &[(f64, f64)],
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    assert_eq!(beta.len(), c, "batchnorm: beta length");
+    assert_eq!(sums.len(), c, "batchnorm: sums length");
+    backward::<true>(
+        Some(sums),
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        save_mean,
+        save_invstd,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+    )
+}
+
+/// (Σ dy', Σ dy'·(x − mean)) from (Σ dy', Σ dy'·(out − β)): where out > 0, out − β is
+/// (x − mean)·scale up to the rounding of the forward's f32 arithmetic, an error of about
+/// 2⁻²⁴·(2 + |β/γ|) relative to each term. So these sums are used while |β| ≤ 16·|γ| (about the
+/// error of the f32 sums themselves) and γ ≠ 0; None otherwise.
+fn from_relu_sums((s1, s2): (f64, f64), gamma: f32, beta: f32, invstd: f64) -> Option<(f64, f64)> {
+    let scale = bn_scale(gamma, invstd) as f64;
+    let accurate = gamma != 0.0 && scale.is_normal() && beta.abs() <= 16.0 * gamma.abs();
+    accurate.then(|| (s1, s2 / scale))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn backward<const RELU: bool>(
+    given: Option<&[(f64, f64)]>,
     c: usize,
     m: usize,
     x: &[f32],
@@ -398,7 +448,10 @@ fn backward<const RELU: bool>(
             let dyc = &dy[ci * m..][..m];
             let mean = save_mean[ci] as f64;
             let invstd = save_invstd[ci] as f64;
-            let (sum_dy, dot) = if RELU {
+            let from_given = given.and_then(|g| from_relu_sums(g[ci], gamma[ci], beta[ci], invstd));
+            let (sum_dy, dot) = if let Some(sums) = from_given {
+                sums
+            } else if RELU {
                 // The forward's output was positive where (x − mean)·scale + beta > 0.
                 let (scale, shift, mean32) = (bn_scale(gamma[ci], invstd), beta[ci], mean as f32);
                 masked_sums(dyc, xc, |v| (v - mean32) * scale + shift > 0.0, mean32)
@@ -473,5 +526,76 @@ mod tests {
             (s - s0).abs() < 1e-3 && (d - d0).abs() < 1e-3,
             "{s} {s0} {d} {d0}"
         );
+    }
+    /// The backward from sums over the output (`batchnorm_relu_backward_given`) matches the one
+    /// that takes them from x; channels where those sums are not accurate enough (|β| > 16|γ|,
+    /// γ = 0) take theirs from x, bit for bit as the plain backward.
+    #[test]
+    fn backward_from_output_sums_matches() {
+        let (c, m) = (5, 3000);
+        let mut r = crate::rng::Rng::new(9);
+        let x: Vec<f32> = (0..c * m).map(|_| r.normal() * 3.0 + 1.0).collect();
+        let dy: Vec<f32> = (0..c * m).map(|_| r.normal()).collect();
+        // The last two channels: |β| > 16|γ|, and γ = 0.
+        let gamma = [1.3, -0.7, 0.2, 0.1, 0.0];
+        let beta = [0.4, 0.3, -1.5, 2.0, 0.5];
+        let (mut rm, mut rv) = (vec![0.0; c], vec![1.0; c]);
+        let (mut out, mut mean, mut invstd) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c]);
+        batchnorm_relu_train_forward(
+            c,
+            m,
+            &x,
+            &gamma,
+            &beta,
+            1e-5,
+            0.1,
+            &mut rm,
+            &mut rv,
+            &mut out,
+            &mut mean,
+            &mut invstd,
+        );
+        let sums: Vec<(f64, f64)> = (0..c)
+            .map(|ci| {
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for i in ci * m..(ci + 1) * m {
+                    if out[i] > 0.0 {
+                        s1 += dy[i] as f64;
+                        s2 += dy[i] as f64 * (out[i] - beta[ci]) as f64;
+                    }
+                }
+                (s1, s2)
+            })
+            .collect();
+        let run = |given: Option<&[(f64, f64)]>| {
+            let (mut dx, mut dg, mut db) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c]);
+            match given {
+                Some(s) => batchnorm_relu_backward_given(
+                    s, c, m, &x, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dg, &mut db,
+                ),
+                None => batchnorm_relu_backward(
+                    c, m, &x, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dg, &mut db,
+                ),
+            }
+            (dx, dg, db)
+        };
+        let (want_dx, want_dg, want_db) = run(None);
+        let (dx, dg, db) = run(Some(&sums));
+        for ci in 0..c {
+            let range = ci * m..(ci + 1) * m;
+            if ci >= 3 {
+                assert_eq!(dx[range.clone()], want_dx[range], "channel {ci}: from x");
+                assert_eq!((dg[ci], db[ci]), (want_dg[ci], want_db[ci]));
+                continue;
+            }
+            assert!((dg[ci] - want_dg[ci]).abs() <= 1e-4 * want_dg[ci].abs().max(1.0));
+            assert!((db[ci] - want_db[ci]).abs() <= 1e-4 * want_db[ci].abs().max(1.0));
+            let big = want_dx[range.clone()]
+                .iter()
+                .fold(0f32, |a, v| a.max(v.abs()));
+            for i in range {
+                assert!((dx[i] - want_dx[i]).abs() <= 1e-4 * big, "dx[{i}]");
+            }
+        }
     }
 }
