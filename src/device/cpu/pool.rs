@@ -300,15 +300,20 @@ pub fn global_avgpool_forward_chwn(c: usize, n: usize, hw: usize, x: &[f32], y: 
     }
     let inv = 1.0 / hw as f64;
     let channel = |xc: &[f32], yc: &mut [f32]| {
-        let mut acc = vec![0f64; n];
-        for px in xc.chunks_exact(n) {
-            for (a, &v) in acc.iter_mut().zip(px) {
-                *a += v as f64;
-            }
-        }
-        for (o, a) in yc.iter_mut().zip(acc) {
-            *o = (a * inv) as f32;
-        }
+        super::simd(
+            #[inline(always)]
+            || {
+                let mut acc = vec![0f64; n];
+                for px in xc.chunks_exact(n) {
+                    for (a, &v) in acc.iter_mut().zip(px) {
+                        *a += v as f64;
+                    }
+                }
+                for (o, a) in yc.iter_mut().zip(acc) {
+                    *o = (a * inv) as f32;
+                }
+            },
+        )
     };
     if x.len() >= PAR_MIN {
         x.par_chunks(hw * n)
@@ -329,11 +334,20 @@ pub fn global_avgpool_backward_chwn(c: usize, n: usize, hw: usize, dy: &[f32], d
         return;
     }
     let inv = 1.0 / hw as f32;
-    for (dxc, dyc) in dx.chunks_mut(hw * n).zip(dy.chunks(n)) {
+    let channel = |dxc: &mut [f32], dyc: &[f32]| {
         for px in dxc.chunks_exact_mut(n) {
             for (d, &g) in px.iter_mut().zip(dyc) {
                 *d = g * inv;
             }
+        }
+    };
+    if dx.len() >= PAR_MIN {
+        dx.par_chunks_mut(hw * n)
+            .zip(dy.par_chunks(n))
+            .for_each(|(dxc, dyc)| channel(dxc, dyc));
+    } else {
+        for (dxc, dyc) in dx.chunks_mut(hw * n).zip(dy.chunks(n)) {
+            channel(dxc, dyc);
         }
     }
 }
