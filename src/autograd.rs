@@ -23,6 +23,8 @@ pub struct BackwardCtx<'a> {
     requires_grad: &'a [bool],
     /// How many gradients have been added into each node so far.
     contributions: &'a mut [u32],
+    /// How many recorded ops took each node as an input.
+    uses: &'a [u32],
     /// The node whose backward is running.
     current: Var,
 }
@@ -31,6 +33,12 @@ impl BackwardCtx<'_> {
     /// The node whose backward is running (the output of the op).
     pub fn current(&self) -> Var {
         self.current
+    }
+
+    /// How many recorded ops took `v` as an input: with one, the op whose backward is running
+    /// may be the only one that will send `v` a gradient.
+    pub fn uses(&self, v: Var) -> u32 {
+        self.uses[v.0]
     }
 
     /// How many ops have added a gradient into `v` (one: its gradient is exactly what that
@@ -66,6 +74,8 @@ struct Node {
     backward: Option<BackwardFn>,
     /// What the op that made the value tells the ops that consume it (`Tape::set_hint`).
     hint: Option<Rc<dyn Any>>,
+    /// The inputs of the op, when it recorded a backward.
+    inputs: Vec<Var>,
 }
 
 /// The wall time one recorded op took, forward and backward (`Tape::profiled`).
@@ -176,6 +186,7 @@ impl Tape {
             requires_grad: false,
             backward: None,
             hint: None,
+            inputs: Vec::new(),
         });
         self.mark(0.0);
         Var(self.nodes.len() - 1)
@@ -194,6 +205,22 @@ impl Tape {
     /// The hint attached to `v`, if it has one of type `T`.
     pub fn hint<T: 'static>(&self, v: Var) -> Option<Rc<T>> {
         self.nodes[v.0].hint.clone()?.downcast().ok()
+    }
+
+    /// Whether `v` gets a gradient (false for data, and for values computed from data only).
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.nodes[v.0].requires_grad
+    }
+
+    /// How many recorded ops took each node as an input.
+    fn uses(&self) -> Vec<u32> {
+        let mut uses = vec![0u32; self.nodes.len()];
+        for n in &self.nodes {
+            for v in &n.inputs {
+                uses[v.0] += 1;
+            }
+        }
+        uses
     }
 
     /// A shared handle on a value, for closures that need it in backward.
@@ -222,6 +249,7 @@ impl Tape {
             requires_grad: record,
             backward: record.then_some(backward),
             hint: None,
+            inputs: if record { inputs.to_vec() } else { Vec::new() },
         });
         let forward_s = self.since_mark();
         self.mark(forward_s);
@@ -235,6 +263,7 @@ impl Tape {
         let requires_grad: Vec<bool> = self.nodes.iter().map(|n| n.requires_grad).collect();
         let mut node_grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
         let mut contributions = vec![0u32; self.nodes.len()];
+        let uses = self.uses();
         node_grads[root.0] = Some(seed);
         for i in (0..=root.0).rev() {
             let Some(g) = node_grads[i].take() else {
@@ -249,6 +278,7 @@ impl Tape {
                 node_grads: &mut node_grads,
                 requires_grad: &requires_grad,
                 contributions: &mut contributions,
+                uses: &uses,
                 current: Var(i),
             };
             let start = self.profile.is_some().then(Instant::now);

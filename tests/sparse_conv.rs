@@ -195,3 +195,55 @@ fn direct_conv_matches_naive_convolution() {
         }
     }
 }
+
+/// A first layer's weight gradient through the batch norm + ReLU after it, each output-gradient
+/// row computed from the batch norm's coefficients as the walk needs it, equals the weight
+/// gradient of the stored batch-norm dx bit for bit (the same row arithmetic, the same walk).
+#[test]
+fn weight_gradient_through_batch_norm_equals_the_stored_gradient() {
+    use rest::device::cpu::norm;
+    let mut rng = Rng::new(11);
+    for (n, h, cout, d) in [(64, 12, 16, 0.3), (256, 10, 8, 0.2), (37, 9, 5, 0.5)] {
+        let g = ConvGeom::new(n, 3, h, h, cout, 4, 2, 1).unwrap();
+        let dg = DirectGeom::new(&g);
+        assert!(dg.walks_output_pixels(), "a first layer's window fits L1");
+        let sw = random_weight(cout, 3 * 16, d, &[], &mut rng);
+        let x: Vec<f32> = (0..3 * h * h * n).map(|_| rng.normal()).collect();
+        let y = dg.forward(&sw, &x, None);
+        let m = g.oh * g.ow * n;
+        let gamma: Vec<f32> = (0..cout).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+        let beta: Vec<f32> = (0..cout).map(|_| 0.3 * rng.normal()).collect();
+        let (mut rm, mut rv) = (vec![0.0; cout], vec![1.0; cout]);
+        let (mut out, mut mean, mut invstd) =
+            (vec![0.0; y.len()], vec![0.0; cout], vec![0.0; cout]);
+        norm::batchnorm_relu_train_forward(
+            cout,
+            m,
+            &y,
+            &gamma,
+            &beta,
+            1e-5,
+            0.1,
+            &mut rm,
+            &mut rv,
+            &mut out,
+            &mut mean,
+            &mut invstd,
+        );
+        let dy: Vec<f32> = (0..y.len()).map(|_| rng.normal()).collect();
+        let (mut dx, mut dga, mut dba) = (vec![0.0; y.len()], vec![0.0; cout], vec![0.0; cout]);
+        norm::batchnorm_relu_backward(
+            cout, m, &y, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dga, &mut dba,
+        );
+        let want = dg.weight_grad(&sw, &dx, &x);
+        let (mut dgb, mut dbb) = (vec![0.0; cout], vec![0.0; cout]);
+        let coefs = norm::batchnorm_backward_coefs(
+            true, None, cout, m, &y, &gamma, &beta, &mean, &invstd, &dy, &mut dgb, &mut dbb,
+        );
+        let got = dg
+            .weight_grad_through_bn(&sw, &dy, &y, &coefs, &x)
+            .expect("the output walk");
+        assert_eq!(got, want, "n {n}: weight gradient");
+        assert_eq!((dgb, dbb), (dga, dba), "n {n}: dgamma, dbeta");
+    }
+}

@@ -156,6 +156,7 @@ fn conv2d_direct(
     g: &ConvGeom,
 ) -> Result<Var> {
     let xv = tape.value_rc(x);
+    let xv_hint = Rc::clone(&xv);
     let link = tape.hint::<ReluBnLink>(x);
     let d = DirectGeom::new(g);
     let y = d.forward(sw, xv.data(), bias);
@@ -209,7 +210,16 @@ fn conv2d_direct(
             );
         }
     });
-    Ok(tape.push("conv2d sparse", out, &[x], true, backward))
+    let first = (!tape.requires_grad(x) && b.is_none()).then(|| FirstConv {
+        w,
+        x: Rc::clone(&xv_hint),
+        g: d.g,
+    });
+    let v = tape.push("conv2d sparse", out, &[x], true, backward);
+    if let Some(f) = first {
+        tape.set_hint(v, Rc::new(f));
+    }
+    Ok(v)
 }
 
 /// What a training batch norm + ReLU tells the sparse convolution that consumes its output: its
@@ -219,6 +229,65 @@ fn conv2d_direct(
 struct ReluBnLink {
     beta: ParamId,
     sums: RefCell<Option<Vec<(f64, f64)>>>,
+}
+
+/// What a sparse convolution whose input needs no gradient (a first layer) and that has no bias
+/// tells the batch norm after it: its backward is the weight gradient alone, which that batch
+/// norm's backward can compute itself through its own coefficients
+/// (`DirectGeom::weight_grad_through_bn`), so the batch norm's dx is never stored.
+struct FirstConv {
+    w: ParamId,
+    x: Rc<Tensor>,
+    g: ConvGeom,
+}
+
+/// A batch norm's backward, as `FirstConv::backward_through` needs it.
+struct BnBackward<'a> {
+    relu: bool,
+    given: Option<&'a [(f64, f64)]>,
+    c: usize,
+    m: usize,
+    /// The batch norm's input (the convolution's output).
+    y: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    mean: &'a [f32],
+    invstd: &'a [f32],
+    /// The gradient of the batch norm's output.
+    dy: &'a [f32],
+}
+
+impl FirstConv {
+    /// Adds the convolution's weight gradient through the batch norm `bn` whose input `y` is
+    /// this convolution's output, and returns (dgamma, dbeta). None, with nothing added, unless
+    /// the batch norm is y's only consumer, the weight is on the sparse path, this is not a
+    /// topology-update step (which needs the dense gradient) and the weight gradient walks
+    /// output pixels; the convolution's own backward then runs as usual.
+    fn backward_through(
+        &self,
+        ctx: &mut crate::autograd::BackwardCtx,
+        y: Var,
+        bn: &BnBackward,
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
+        if ctx.grads.dense_for_sparse || ctx.uses(y) != 1 {
+            return None;
+        }
+        let Values::Sparse(sw, ComputePath::Sparse) = &ctx.params.get(self.w).values else {
+            return None;
+        };
+        let d = DirectGeom::new(&self.g);
+        if !d.walks_output_pixels() {
+            return None;
+        }
+        let (mut dg, mut db) = (vec![0.0; bn.c], vec![0.0; bn.c]);
+        let coefs = norm::batchnorm_backward_coefs(
+            bn.relu, bn.given, bn.c, bn.m, bn.y, bn.gamma, bn.beta, bn.mean, bn.invstd, bn.dy,
+            &mut dg, &mut db,
+        );
+        let gv = d.weight_grad_through_bn(sw, bn.dy, bn.y, &coefs, self.x.data())?;
+        ctx.grads.add(self.w, &gv);
+        Some((dg, db))
+    }
 }
 
 /// Batch normalisation of x [C, …] (image activations [C, H, W, N], or features [C, N]): per
@@ -335,6 +404,7 @@ fn batchnorm_train(
         beta,
         sums: RefCell::new(None),
     });
+    let first_conv = tape.hint::<FirstConv>(x);
     let hint = Rc::clone(&link);
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let gv = ctx.params.get(gamma).data();
@@ -346,6 +416,25 @@ fn batchnorm_train(
             .sums
             .take()
             .filter(|_| ctx.contributions(ctx.current()) == 1);
+        if let Some(conv) = &first_conv {
+            let bn = BnBackward {
+                relu: fused_relu,
+                given: given.as_deref(),
+                c,
+                m,
+                y: xv.data(),
+                gamma: gv,
+                beta: bv,
+                mean,
+                invstd: &invstd,
+                dy: dy.data(),
+            };
+            if let Some((dg, db)) = conv.backward_through(ctx, x, &bn) {
+                ctx.grads.add(gamma, &dg);
+                ctx.grads.add(beta, &db);
+                return;
+            }
+        }
         let dx = overwritten(xv.numel(), |dx| {
             if let Some(sums) = &given {
                 norm::batchnorm_relu_backward_given(

@@ -21,10 +21,11 @@
 
 use rayon::prelude::*;
 
-use super::csr::{acc_vec, dot_lanes, hsum, Kernels, SparseWeight, LANES};
+use super::csr::{acc_vec, dot_lanes, hsum, prefetch_window, Kernels, SparseWeight, LANES};
 #[cfg(target_arch = "x86_64")]
 use super::csr::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
 use crate::device::cpu::conv::{ConvGeom, Layout};
+use crate::device::cpu::norm::DxCoefs;
 use crate::tensor::overwritten;
 
 /// Below this many multiply-adds a pass runs on the calling thread.
@@ -327,9 +328,51 @@ impl DirectGeom {
     ///   row is read once, the gathered dy rows (four output pixels' worth for a 4×4/2 kernel)
     ///   stay in L2.
     pub fn weight_grad(&self, w: &SparseWeight, dy: &[f32], x: &[f32]) -> Vec<f32> {
+        self.weight_grad_impl(w, dy, x, None)
+    }
+
+    /// Whether the weight gradient walks output pixels (see `weight_grad`).
+    pub fn walks_output_pixels(&self) -> bool {
+        let g = &self.g;
+        g.cin * g.k * g.k * g.n * std::mem::size_of::<f32>() <= L1_WINDOW_BYTES
+    }
+
+    /// `weight_grad` where this convolution's output y feeds a batch norm whose backward is
+    /// given by `coefs` (`norm::batchnorm_backward_coefs`, one per output channel) and the
+    /// gradient of that batch norm's output is `dy_bn`: each output-gradient row is computed
+    /// (`DxCoefs::apply`) as the walk needs it, so the batch norm never writes it and this
+    /// pass never reads it back. Only when the walk is by output pixel (a first layer); None
+    /// otherwise.
+    pub fn weight_grad_through_bn(
+        &self,
+        w: &SparseWeight,
+        dy_bn: &[f32],
+        y: &[f32],
+        coefs: &[DxCoefs],
+        x: &[f32],
+    ) -> Option<Vec<f32>> {
+        if !self.walks_output_pixels() {
+            return None;
+        }
+        assert_eq!(y.len(), dy_bn.len(), "direct conv: y length");
+        assert_eq!(coefs.len(), self.g.cout, "direct conv: coefficients");
+        Some(self.weight_grad_impl(w, dy_bn, x, Some((y, coefs))))
+    }
+
+    fn weight_grad_impl(
+        &self,
+        w: &SparseWeight,
+        dy: &[f32],
+        x: &[f32],
+        bn: Option<(&[f32], &[DxCoefs])>,
+    ) -> Vec<f32> {
         self.checks(w, Some(x), Some(dy));
         let g = &self.g;
-        let by_output = g.cin * g.k * g.k * g.n * std::mem::size_of::<f32>() <= L1_WINDOW_BYTES;
+        let by_output = self.walks_output_pixels();
+        assert!(
+            by_output || bn.is_none(),
+            "direct conv: batch norm rows need the output walk"
+        );
         let plan = if by_output {
             w.plans.get(self.g, false, || self.output_plan(w))
         } else {
@@ -373,6 +416,8 @@ impl DirectGeom {
                     pixels: (tp * npix / npx, (tp + 1) * npix / npx),
                     t0,
                     part: vec![[0f32; LANES]; t1 - t0],
+                    bn,
+                    row: vec![0.0; if bn.is_some() { g.n } else { 0 }],
                 };
                 run_variant(k, &mut pass);
                 (t0, pass.part)
@@ -541,6 +586,16 @@ impl DirectGeom {
     }
 }
 
+/// Hints that the n floats at `v[at..]` will be read soon (a hint: any `at` is fine).
+#[inline(always)]
+fn prefetch_row(v: &[f32], at: usize, n: usize) {
+    let mut c = 0;
+    while c < n {
+        prefetch_window::<LANES>(v, at + c);
+        c += LANES;
+    }
+}
+
 /// The lanes' sum in f64 (the sums of batch norm's backward are f64 across rows).
 #[cfg(target_arch = "x86_64")]
 fn hsum64(l: [f32; LANES]) -> f64 {
@@ -658,6 +713,11 @@ struct WeightGrad<'a> {
     pixels: (usize, usize),
     t0: usize,
     part: Vec<[f32; LANES]>,
+    /// With output-pixel lists, where `a` is the gradient of a batch norm's output: that batch
+    /// norm's input y and backward coefficients, from which each row of the gradient is
+    /// computed into `row` as it is needed.
+    bn: Option<(&'a [f32], &'a [DxCoefs])>,
+    row: Vec<f32>,
 }
 
 impl Pass for WeightGrad<'_> {
@@ -667,7 +727,22 @@ impl Pass for WeightGrad<'_> {
         for px in self.pixels.0..self.pixels.1 {
             let (_, l, at) = self.plan.at(px);
             for r in self.rows.0..self.rows.1 {
-                let a = &self.a[(r * npix + px) * n..][..n];
+                let at_row = (r * npix + px) * n;
+                let a = match self.bn {
+                    Some((y, coefs)) => {
+                        // The rows come one channel plane apart: start the next ones now.
+                        let next = if r + 1 < self.rows.1 {
+                            at_row + npix * n
+                        } else {
+                            (self.rows.0 * npix + px + 1) * n
+                        };
+                        prefetch_row(self.a, next, n);
+                        prefetch_row(y, next, n);
+                        coefs[r].apply(&self.a[at_row..][..n], &y[at_row..][..n], &mut self.row);
+                        &self.row[..]
+                    }
+                    None => &self.a[at_row..][..n],
+                };
                 let e = l.row(r);
                 let (offs, slots) = (&l.off[e.clone()], &l.slot[e]);
                 #[cfg(target_arch = "x86_64")]

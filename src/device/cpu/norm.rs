@@ -409,6 +409,189 @@ fn from_relu_sums((s1, s2): (f64, f64), gamma: f32, beta: f32, invstd: f64) -> O
     accurate.then(|| (s1, s2 / scale))
 }
 
+/// One channel of batch norm's backward as a map: dx = a·dy' + b·(x − mean) + c0, with dy' = dy
+/// where the forward's ReLU kept the value ((x − mean)·scale + shift > 0; every value without
+/// the ReLU). `batchnorm_backward_coefs` gives them, so that another op can compute dx rows as
+/// it needs them (`DirectGeom::weight_grad_through_bn`) instead of reading a stored dx.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DxCoefs {
+    pub a: f32,
+    pub b: f32,
+    pub c0: f32,
+    pub mean: f32,
+    /// The forward's ReLU mask: (scale, shift).
+    pub relu: Option<(f32, f32)>,
+}
+
+impl DxCoefs {
+    /// dx = a·dy' + b·(x − mean) + c0 over one row (the same arithmetic wherever it runs).
+    #[inline(always)]
+    pub fn apply(&self, dy: &[f32], x: &[f32], dx: &mut [f32]) {
+        let (a, b, c0, mean) = (self.a, self.b, self.c0, self.mean);
+        match self.relu {
+            Some((scale, shift)) => {
+                for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+                    let g = if (v - mean) * scale + shift > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    };
+                    *o = a * g + b * (v - mean) + c0;
+                }
+            }
+            None => {
+                for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+                    *o = a * g + b * (v - mean) + c0;
+                }
+            }
+        }
+    }
+}
+
+/// One channel's coefficients and (dgamma, dbeta), its sums from `given` where accurate, else
+/// from its x and dy (one read).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn channel_coefs<const RELU: bool>(
+    ci: usize,
+    m: usize,
+    xc: &[f32],
+    dyc: &[f32],
+    given: Option<&[(f64, f64)]>,
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+) -> (DxCoefs, f64, f64) {
+    // With xhat = (x − mean)·invstd and y = gamma·xhat + beta:
+    //   dbeta = Σ dy,  dgamma = Σ dy·xhat,
+    //   dx = gamma·invstd·(dy − dbeta/m − xhat·dgamma/m),
+    // which is dx = a·dy + b·(x − mean) + c0 with the per-channel constants below.
+    let mean = save_mean[ci] as f64;
+    let invstd = save_invstd[ci] as f64;
+    // The forward's output was positive where (x − mean)·scale + beta > 0.
+    let relu = RELU.then(|| (bn_scale(gamma[ci], invstd), beta[ci]));
+    let from_given = given.and_then(|g| from_relu_sums(g[ci], gamma[ci], beta[ci], invstd));
+    let (sum_dy, dot) = match (from_given, relu) {
+        (Some(sums), _) => sums,
+        (None, Some((scale, shift))) => {
+            let mean32 = mean as f32;
+            masked_sums(dyc, xc, |v| (v - mean32) * scale + shift > 0.0, mean32)
+        }
+        (None, None) => (sum_f64(dyc), dot_centered_f64(dyc, xc, mean as f32)),
+    };
+    let dg = dot * invstd;
+    let a = gamma[ci] as f64 * invstd;
+    let b = -a * invstd * dg / m as f64;
+    let c0 = -a * sum_dy / m as f64;
+    let coefs = DxCoefs {
+        a: a as f32,
+        b: b as f32,
+        c0: c0 as f32,
+        mean: mean as f32,
+        relu,
+    };
+    (coefs, dg, sum_dy)
+}
+
+/// The coefficients of batch norm's backward per channel (`DxCoefs`), and dgamma and dbeta,
+/// without computing dx: `relu` for `batchnorm_relu_backward` (beta then used), `given` as
+/// `batchnorm_relu_backward_given` takes it. One read of x and dy for the channels whose sums
+/// are not given.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_coefs(
+    relu: bool,
+    given: Option<&[(f64, f64)]>,
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Vec<DxCoefs> {
+    check_backward(c, m, gamma, save_mean, save_invstd, dy, dgamma, dbeta);
+    assert_eq!(x.len(), c * m, "batchnorm: input length");
+    if relu {
+        assert_eq!(beta.len(), c, "batchnorm: beta length");
+    }
+    if let Some(g) = given {
+        assert_eq!(g.len(), c, "batchnorm: sums length");
+    }
+    let one = |ci: usize| {
+        let (xc, dyc) = (&x[ci * m..][..m], &dy[ci * m..][..m]);
+        super::simd(
+            #[inline(always)]
+            || {
+                if relu {
+                    channel_coefs::<true>(
+                        ci,
+                        m,
+                        xc,
+                        dyc,
+                        given,
+                        gamma,
+                        beta,
+                        save_mean,
+                        save_invstd,
+                    )
+                } else {
+                    channel_coefs::<false>(
+                        ci,
+                        m,
+                        xc,
+                        dyc,
+                        given,
+                        gamma,
+                        beta,
+                        save_mean,
+                        save_invstd,
+                    )
+                }
+            },
+        )
+    };
+    let all: Vec<(DxCoefs, f64, f64)> = if c * m >= PAR_MIN {
+        (0..c).into_par_iter().map(one).collect()
+    } else {
+        (0..c).map(one).collect()
+    };
+    all.into_iter()
+        .enumerate()
+        .map(|(ci, (coefs, dg, db))| {
+            dgamma[ci] = dg as f32;
+            dbeta[ci] = db as f32;
+            coefs
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_backward(
+    c: usize,
+    m: usize,
+    gamma: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dgamma: &[f32],
+    dbeta: &[f32],
+) {
+    for (name, v) in [
+        ("gamma", gamma),
+        ("save_mean", save_mean),
+        ("save_invstd", save_invstd),
+        ("dgamma", dgamma),
+        ("dbeta", dbeta),
+    ] {
+        assert_eq!(v.len(), c, "batchnorm: {name} length");
+    }
+    assert_eq!(dy.len(), c * m, "batchnorm: dy length");
+}
+
 #[allow(clippy::too_many_arguments)]
 fn backward<const RELU: bool>(
     given: Option<&[(f64, f64)]>,
@@ -424,20 +607,8 @@ fn backward<const RELU: bool>(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    for (name, v) in [
-        ("gamma", gamma),
-        ("save_mean", save_mean),
-        ("save_invstd", save_invstd),
-        ("dgamma", &*dgamma),
-        ("dbeta", &*dbeta),
-    ] {
-        assert_eq!(v.len(), c, "batchnorm: {name} length");
-    }
-    assert_eq!(dy.len(), c * m, "batchnorm: dy length");
-    // With xhat = (x − mean)·invstd and y = gamma·xhat + beta:
-    //   dbeta = Σ dy,  dgamma = Σ dy·xhat,
-    //   dx = gamma·invstd·(dy − dbeta/m − xhat·dgamma/m),
-    // which is dx = a·dy + b·(x − mean) + c0 with the per-channel constants below.
+    check_backward(c, m, gamma, save_mean, save_invstd, dy, dgamma, dbeta);
+    // Per channel, the sums (where not given) and then dx, while the channel is in L2.
     let grads = per_channel(
         c,
         m,
@@ -446,39 +617,10 @@ fn backward<const RELU: bool>(
         #[inline(always)]
         |ci, xc, dxc| {
             let dyc = &dy[ci * m..][..m];
-            let mean = save_mean[ci] as f64;
-            let invstd = save_invstd[ci] as f64;
-            let from_given = given.and_then(|g| from_relu_sums(g[ci], gamma[ci], beta[ci], invstd));
-            let (sum_dy, dot) = if let Some(sums) = from_given {
-                sums
-            } else if RELU {
-                // The forward's output was positive where (x − mean)·scale + beta > 0.
-                let (scale, shift, mean32) = (bn_scale(gamma[ci], invstd), beta[ci], mean as f32);
-                masked_sums(dyc, xc, |v| (v - mean32) * scale + shift > 0.0, mean32)
-            } else {
-                (sum_f64(dyc), dot_centered_f64(dyc, xc, mean as f32))
-            };
-            let dg = dot * invstd;
-            let a = gamma[ci] as f64 * invstd;
-            let b = -a * invstd * dg / m as f64;
-            let c0 = -a * sum_dy / m as f64;
-            let (a, b, c0, mean) = (a as f32, b as f32, c0 as f32, mean as f32);
-            if RELU {
-                let (scale, shift) = (bn_scale(gamma[ci], invstd), beta[ci]);
-                for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
-                    let g = if (v - mean) * scale + shift > 0.0 {
-                        g
-                    } else {
-                        0.0
-                    };
-                    *o = a * g + b * (v - mean) + c0;
-                }
-            } else {
-                for ((o, &g), &v) in dxc.iter_mut().zip(dyc).zip(xc) {
-                    *o = a * g + b * (v - mean) + c0;
-                }
-            }
-            (dg, sum_dy)
+            let (coefs, dg, db) =
+                channel_coefs::<RELU>(ci, m, xc, dyc, given, gamma, beta, save_mean, save_invstd);
+            coefs.apply(dyc, xc, dxc);
+            (dg, db)
         },
     );
     for (ci, &(dg, db)) in grads.iter().enumerate() {
