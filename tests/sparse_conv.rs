@@ -75,6 +75,8 @@ fn direct_conv_matches_naive_convolution() {
         // Enough active weights per input channel for the fused backward (≥ 64), on a batch
         // that reaches its 128-, 64-, 32- and 16-column chunks and a scalar tail.
         (245, 4, 7, 7, 40, 4, 2, 1, 0.5, &[6]),
+        // Fewer pixels than twice the tasks: the fused backward splits input channels.
+        (512, 16, 2, 2, 32, 3, 1, 1, 0.5, &[]),
         // A window of 3·16·256 floats (48 KiB): the weight gradient walks output pixels.
         (256, 3, 12, 12, 16, 4, 2, 1, 0.3, &[2]),
     ];

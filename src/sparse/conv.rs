@@ -35,6 +35,41 @@ const SERIAL_WORK: usize = 1 << 16;
 const L1_WINDOW_BYTES: usize = 48 << 10;
 /// Tasks per thread, for load balance.
 const TASKS_PER_THREAD: usize = 2;
+/// The fused backward splits pixels among tasks while their lanes (one per active weight per
+/// task) take at most this much memory.
+#[cfg(target_arch = "x86_64")]
+const PIXEL_TASK_LANES_BYTES: usize = 16 << 20;
+
+/// Rows of one output buffer that parallel tasks write, each task its own rows.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct SharedRows<'a>(*mut f32, usize, std::marker::PhantomData<&'a mut [f32]>);
+
+// SAFETY: `SharedRows` only hands out rows through `row`, whose callers guarantee that no two
+// tasks take the same row; the pointer itself is plain data.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for SharedRows<'_> {}
+// SAFETY: as above.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SharedRows<'_> {}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> SharedRows<'a> {
+    fn new(buf: &'a mut [f32]) -> Self {
+        SharedRows(buf.as_mut_ptr(), buf.len(), std::marker::PhantomData)
+    }
+
+    /// The `len` floats at `at`.
+    ///
+    /// # Safety
+    /// No other live reference may cover these floats.
+    unsafe fn row(self, at: usize, len: usize) -> &'a mut [f32] {
+        assert!(at + len <= self.1, "shared rows: out of bounds");
+        // SAFETY: in bounds (checked) of a buffer borrowed for 'a; exclusive by the caller's
+        // guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
 
 /// One convolution over [C, H, W, N] activations.
 #[derive(Clone, Copy, Debug)]
@@ -482,26 +517,40 @@ impl DirectGeom {
         let vals = plan.values(w);
         let (plan, vals) = (&*plan, &vals[..]);
         let (n, npix, kk) = (g.n, g.h * g.w, g.k * g.k);
-        let plane = npix * n;
-        let per = if self.serial(w) {
-            g.cin
+        // Tasks over input channels, or over ranges of input pixels: each channel task reads
+        // nearly all of dy (every output channel has entries at most input channels), so on a
+        // layer with more pixels than tasks, pixel ranges read each dy row about once (plus the
+        // rows at their edges); each such task then keeps lanes for every active weight.
+        let want = if self.serial(w) { 1 } else { tasks() };
+        let by_pixels =
+            want > 1 && npix >= 2 * want && w.nnz() * LANES * 4 * want <= PIXEL_TASK_LANES_BYTES;
+        let (nc, np) = if by_pixels {
+            (1, want)
         } else {
-            g.cin.div_ceil(tasks()).max(1)
+            (want.min(g.cin).max(1), 1)
         };
-        let mut parts: Vec<(usize, Vec<[f32; LANES]>, Vec<(f64, f64)>)> = Vec::new();
-        let dx = overwritten(g.cin * plane, |dx| {
-            // Tasks over input channels: range [c0, c1) writes its dx planes and owns CSC
-            // positions [t0, t1) (and its channels' relu sums).
-            let task = |t: usize, dxc: &mut [f32]| {
-                let (c0, c1) = (t * per, ((t + 1) * per).min(g.cin));
+        let per_c = g.cin.div_ceil(nc);
+        let nc = g.cin.div_ceil(per_c).max(1);
+        let mut parts: Vec<(usize, usize, Vec<[f32; LANES]>, Vec<(f64, f64)>)> = Vec::new();
+        let dx = overwritten(g.cin * npix * n, |dx| {
+            let out_rows = SharedRows::new(dx);
+            // Task (tc, tp): input channels [c0, c1) at input pixels [p0, p1). It writes those
+            // dx rows, keeps lanes for the CSC positions [t0, t1) of its channels, and the
+            // relu sums of its channels over its pixels.
+            let task = |t: usize| {
+                let (tc, tp) = (t / np, t % np);
+                let (c0, c1) = (tc * per_c, ((tc + 1) * per_c).min(g.cin));
+                let (p0, p1) = (tp * npix / np, (tp + 1) * npix / np);
                 let (t0, t1) = (w.col_ptr[c0 * kk] as usize, w.col_ptr[c1 * kk] as usize);
                 let mut part = vec![[0f32; LANES]; t1 - t0];
                 let mut sums = vec![(0f64, 0f64); if relu.is_some() { c1 - c0 } else { 0 }];
-                for px in 0..npix {
+                for px in p0..p1 {
                     let (c, l, at) = plan.at(px);
                     for ci in c0..c1 {
                         let e = l.row(ci);
-                        let out = &mut dxc[((ci - c0) * npix + px) * n..][..n];
+                        // SAFETY: the tasks partition (channel, pixel) pairs, so this row of
+                        // dx is written by this task alone.
+                        let out = unsafe { out_rows.row((ci * npix + px) * n, n) };
                         let xr = &x[(ci * npix + px) * n..][..n];
                         let mut rs = relu.map(|beta| ReluSums {
                             beta: beta[ci],
@@ -531,19 +580,24 @@ impl DirectGeom {
                         }
                     }
                 }
-                (t0, part, sums)
+                (c0, t0, part, sums)
             };
-            parts = dx
-                .par_chunks_mut(per * plane)
-                .enumerate()
-                .map(|(t, d)| task(t, d))
-                .collect();
+            parts = (0..nc * np).into_par_iter().map(task).collect();
         });
-        let mut sums = Vec::new();
+        // Each channel's sums over the pixel tasks, in task order.
+        let mut sums = vec![(0f64, 0f64); if relu.is_some() { g.cin } else { 0 }];
         let lanes = parts
             .into_iter()
-            .map(|(t0, part, s)| {
-                sums.extend(s);
+            .map(|(c0, t0, part, s)| {
+                let mine = if s.is_empty() {
+                    &mut [][..]
+                } else {
+                    &mut sums[c0..]
+                };
+                for (acc, v) in mine.iter_mut().zip(s) {
+                    acc.0 += v.0;
+                    acc.1 += v.1;
+                }
                 (t0, part)
             })
             .collect();
