@@ -306,21 +306,39 @@ pub fn batchnorm(
     if train {
         return batchnorm_train(tape, store, stats, x, gamma, beta, false);
     }
+    batchnorm_eval(tape, store, stats, x, gamma, beta, false)
+}
+
+/// Evaluation-mode batch norm (ReLU fused when `relu`): not differentiable.
+fn batchnorm_eval(
+    tape: &mut Tape,
+    store: &ParamStore,
+    stats: &BnStats,
+    x: Var,
+    gamma: ParamId,
+    beta: ParamId,
+    relu: bool,
+) -> Result<Var> {
     ensure!(
         !tape.is_recording(),
         "batch norm in evaluation mode cannot be differentiated: use a no_grad tape"
     );
     let (xv, c, m) = bn_input(tape, store, x, gamma)?;
     let (gv, bv) = (store.get(gamma).data(), store.get(beta).data());
+    let forward = if relu {
+        norm::batchnorm_relu_eval_forward
+    } else {
+        norm::batchnorm_eval_forward
+    };
     let y = overwritten(xv.numel(), |y| {
-        norm::batchnorm_eval_forward(c, m, xv.data(), gv, bv, &stats.mean, &stats.var, BN_EPS, y)
+        forward(c, m, xv.data(), gv, bv, &stats.mean, &stats.var, BN_EPS, y)
     });
     Ok(tape.input(Tensor::from_vec(xv.shape(), y)?))
 }
 
-/// `relu(batchnorm(x))`. In training mode one op: one pass over the activations forward and two
-/// backward (the ReLU mask is recomputed from x), instead of a batch-norm output, a ReLU output
-/// and a masked gradient each written and read again. Evaluation mode runs the two ops.
+/// `relu(batchnorm(x))` as one op: one pass over the activations forward (in both modes) and,
+/// in training, at most two backward (the ReLU mask is recomputed from x), instead of a
+/// batch-norm output, a ReLU output and a masked gradient each written and read again.
 pub fn batchnorm_relu(
     tape: &mut Tape,
     store: &ParamStore,
@@ -333,8 +351,7 @@ pub fn batchnorm_relu(
     if train {
         return batchnorm_train(tape, store, stats, x, gamma, beta, true);
     }
-    let y = batchnorm(tape, store, stats, x, gamma, beta, false)?;
-    Ok(relu(tape, y))
+    batchnorm_eval(tape, store, stats, x, gamma, beta, true)
 }
 
 /// The input of a batch norm with its channel count c and values per channel m, checked

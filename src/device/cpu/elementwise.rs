@@ -11,9 +11,14 @@ const CHUNK: usize = 1 << 14;
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "relu_forward: length mismatch");
     let kernel = |x: &[f32], y: &mut [f32]| {
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o = v.max(0.0);
-        }
+        super::simd(
+            #[inline(always)]
+            || {
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = v.max(0.0);
+                }
+            },
+        )
     };
     if y.len() >= PAR_MIN {
         y.par_chunks_mut(CHUNK)
@@ -29,9 +34,14 @@ pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert_eq!(y.len(), dx.len(), "relu_backward: y/dx length mismatch");
     assert_eq!(dy.len(), dx.len(), "relu_backward: dy/dx length mismatch");
     let kernel = |y: &[f32], dy: &[f32], dx: &mut [f32]| {
-        for ((o, &v), &g) in dx.iter_mut().zip(y).zip(dy) {
-            *o = if v > 0.0 { g } else { 0.0 };
-        }
+        super::simd(
+            #[inline(always)]
+            || {
+                for ((o, &v), &g) in dx.iter_mut().zip(y).zip(dy) {
+                    *o = if v > 0.0 { g } else { 0.0 };
+                }
+            },
+        )
     };
     if dx.len() >= PAR_MIN {
         dx.par_chunks_mut(CHUNK)
@@ -48,9 +58,14 @@ pub fn add_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
     assert_eq!(a.len(), y.len(), "add_forward: a/y length mismatch");
     assert_eq!(b.len(), y.len(), "add_forward: b/y length mismatch");
     let kernel = |a: &[f32], b: &[f32], y: &mut [f32]| {
-        for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
-            *o = u + v;
-        }
+        super::simd(
+            #[inline(always)]
+            || {
+                for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
+                    *o = u + v;
+                }
+            },
+        )
     };
     if y.len() >= PAR_MIN {
         y.par_chunks_mut(CHUNK)

@@ -277,6 +277,37 @@ pub fn batchnorm_eval_forward(
     eps: f32,
     y: &mut [f32],
 ) {
+    eval_forward::<false>(c, m, x, gamma, beta, running_mean, running_var, eps, y)
+}
+
+/// `batchnorm_eval_forward` followed by ReLU, in the same pass (the same bits as the two ops).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_eval_forward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
+    eval_forward::<true>(c, m, x, gamma, beta, running_mean, running_var, eps, y)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_forward<const RELU: bool>(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
     for (name, v) in [
         ("gamma", gamma),
         ("beta", beta),
@@ -293,7 +324,11 @@ pub fn batchnorm_eval_forward(
         #[inline(always)]
         |ci, xc, yc| {
             let scale = gamma[ci] as f64 / (running_var[ci] as f64 + eps as f64).sqrt();
-            affine(xc, yc, running_mean[ci], scale as f32, beta[ci]);
+            if RELU {
+                affine_relu(xc, yc, running_mean[ci], scale as f32, beta[ci]);
+            } else {
+                affine(xc, yc, running_mean[ci], scale as f32, beta[ci]);
+            }
         },
     );
 }
@@ -669,6 +704,26 @@ mod tests {
             "{s} {s0} {d} {d0}"
         );
     }
+    /// The fused evaluation forward gives the bits of batch norm, then ReLU.
+    #[test]
+    fn fused_eval_forward_is_batchnorm_then_relu() {
+        let (c, m) = (3, 2000);
+        let mut r = crate::rng::Rng::new(4);
+        let x: Vec<f32> = (0..c * m).map(|_| r.normal()).collect();
+        let (g, b, rm, rv) = (
+            [1.2, -0.4, 0.9],
+            [0.1, 0.3, -0.2],
+            [0.05, -0.1, 0.2],
+            [0.8, 1.5, 0.3],
+        );
+        let (mut y, mut yr) = (vec![0.0; c * m], vec![0.0; c * m]);
+        batchnorm_eval_forward(c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut y);
+        batchnorm_relu_eval_forward(c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut yr);
+        let want: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
+        assert_eq!(yr, want);
+        assert!(yr.iter().any(|&v| v == 0.0) && yr.iter().any(|&v| v > 0.0));
+    }
+
     /// The backward from sums over the output (`batchnorm_relu_backward_given`) matches the one
     /// that takes them from x; channels where those sums are not accurate enough (|β| > 16|γ|,
     /// γ = 0) take theirs from x, bit for bit as the plain backward.
