@@ -168,6 +168,7 @@ fn train_step_on(
     weights: &[f32],
     dense_grads: bool,
 ) -> Result<(Grads, Vec<OpTime>)> {
+    let _awake = crate::device::cpu::KeepAwake::new();
     let xv = tape.input(x.clone());
     let logits = model.forward(&mut tape, xv, true)?;
     let (loss, _) = ops::cross_entropy(&mut tape, logits, labels, weights)?;
@@ -349,6 +350,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             train_step(model, opt, &inp.images, &inp.labels, &inp.weights, false).map(|_| ())
         })?;
         let infer_times = rounds(args.steps, &mut runs, |(_, model, _, _)| {
+            let _awake = crate::device::cpu::KeepAwake::new();
             let mut tape = Tape::no_grad();
             let x = tape.input(inp.images.clone());
             model.forward(&mut tape, x, false).map(|_| ())

@@ -107,6 +107,7 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<(GroupMetrics, Vec<bool>)> {
     evaluate_with(ds, batch_size, |images| {
+        let _awake = crate::device::cpu::KeepAwake::new();
         let mut tape = Tape::no_grad();
         let x = tape.input(images);
         let logits = model.forward(&mut tape, x, false)?;

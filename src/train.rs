@@ -248,6 +248,7 @@ pub fn cpu_step(
             labels.len()
         );
     }
+    let _awake = crate::device::cpu::KeepAwake::new();
     let mut tape = Tape::new();
     let x = tape.input(images);
     let logits = model.forward(&mut tape, x, true)?;

@@ -21,6 +21,74 @@ pub mod xent;
 pub use conv::ConvGeom;
 
 use crate::sparse::csr::Kernels;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Keeps the other threads of the current rayon pool spinning until dropped, each taking pool
+/// work the moment it appears (`rayon::yield_now`), as OpenMP's active wait does.
+///
+/// A training step runs some forty parallel loops with short serial stretches between them
+/// (the ops' bookkeeping, the small layers). A rayon thread that finds no work goes to sleep
+/// within microseconds, and waking it costs 35–40 µs on the 2-vCPU VM we measure on: about a
+/// millisecond per step, a sixth of a sparse CMNIST step. While a `KeepAwake` lives, that cost
+/// is about 1 µs. The price is that the other cores spin through the serial stretches.
+///
+/// Only from inside a pool (the binary runs every command on one, `main.rs`): called from
+/// outside, it does nothing.
+pub struct KeepAwake {
+    stop: Arc<AtomicBool>,
+    /// Spinners that have returned, and how many there are.
+    done: Arc<AtomicUsize>,
+    spinners: usize,
+}
+
+impl KeepAwake {
+    pub fn new() -> KeepAwake {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let Some(me) = rayon::current_thread_index() else {
+            return KeepAwake {
+                stop,
+                done,
+                spinners: 0,
+            };
+        };
+        let (flag, exits) = (Arc::clone(&stop), Arc::clone(&done));
+        rayon::spawn_broadcast(move |ctx| {
+            if ctx.index() == me {
+                return;
+            }
+            while !flag.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+            exits.fetch_add(1, Ordering::Release);
+        });
+        KeepAwake {
+            stop,
+            done,
+            spinners: rayon::current_num_threads() - 1,
+        }
+    }
+}
+
+impl Default for KeepAwake {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for KeepAwake {
+    /// Stops the spinners and waits for them to return, so that the next `KeepAwake`'s never
+    /// start inside these (a spinner runs whatever pool work it finds, a new spinner included).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        while self.done.load(Ordering::Acquire) < self.spinners {
+            std::thread::yield_now();
+        }
+    }
+}
 
 /// Runs `f` as code built for this CPU's widest vectors: `f`, and the `#[inline(always)]` loops
 /// it calls, are inlined into a copy compiled with AVX-512 (or AVX2 + FMA) where the CPU has it.
