@@ -784,15 +784,13 @@ impl Pass for WeightGrad<'_> {
             let (_, l, at) = self.plan.at(px);
             for r in self.rows.0..self.rows.1 {
                 let at_row = (r * npix + px) * n;
+                // Consecutive rows are a channel plane apart, from memory: start this
+                // channel's row at the next pixel, read a pass over the rows later (measured
+                // better than the next row's: that one is too close to hide the latency).
+                let next = at_row + n;
+                prefetch_row(self.a, next, n);
                 let a = match self.bn {
                     Some((y, coefs)) => {
-                        // The rows come one channel plane apart: start the next ones now.
-                        let next = if r + 1 < self.rows.1 {
-                            at_row + npix * n
-                        } else {
-                            (self.rows.0 * npix + px + 1) * n
-                        };
-                        prefetch_row(self.a, next, n);
                         prefetch_row(y, next, n);
                         coefs[r].apply(&self.a[at_row..][..n], &y[at_row..][..n], &mut self.row);
                         &self.row[..]
