@@ -21,7 +21,9 @@
 
 use rayon::prelude::*;
 
-use super::csr::{acc_vec, dot_lanes, hsum, prefetch_window, Kernels, SparseWeight, LANES};
+use super::csr::{
+    acc_vec, dot_lanes, hsum, prefetch_window, Kernels, SparseWeight, LANES, PREFETCH_AHEAD,
+};
 #[cfg(target_arch = "x86_64")]
 use super::csr::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
 use crate::device::cpu::conv::{ConvGeom, Layout};
@@ -554,6 +556,9 @@ impl DirectGeom {
                         // dx is written by this task alone.
                         let out = unsafe { out_rows.row((ci * npix + px) * n, n) };
                         let xr = &x[(ci * npix + px) * n..][..n];
+                        if ci + 1 < c1 {
+                            prefetch_entries(dy, &l.off[l.row(ci + 1)], at, n);
+                        }
                         let mut rs = relu.map(|beta| ReluSums {
                             beta: beta[ci],
                             s1: [0.0; LANES],
@@ -639,6 +644,15 @@ impl DirectGeom {
                     .for_each(|(t, d)| chans(t * per, d));
             }
         })
+    }
+}
+
+/// Hints that the rows of the first `PREFETCH_AHEAD` entries of a list (n floats at
+/// `off + at`, wrapping) will be read soon.
+#[inline(always)]
+fn prefetch_entries(src: &[f32], off: &[usize], at: usize, n: usize) {
+    for &o in off.iter().take(PREFETCH_AHEAD) {
+        prefetch_row(src, o.wrapping_add(at), n);
     }
 }
 
@@ -743,6 +757,11 @@ impl Pass for Gather<'_> {
             for i in 0..rows {
                 let r = self.r0 + i;
                 let e = l.row(r);
+                // The row's list prefetches its own entries a few ahead; start the next row's
+                // first ones now, or they would all wait on memory.
+                if i + 1 < rows {
+                    prefetch_entries(self.src, &l.off[l.row(r + 1)], at, n);
+                }
                 let out = &mut self.out[(i * npix + px) * n..][..n];
                 acc_vec::<FMA, CH>(&l.off[e.clone()], &self.vals[c][e], self.src, at, out);
                 if let Some(bias) = self.bias {

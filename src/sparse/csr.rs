@@ -403,7 +403,7 @@ fn gather_tile<const FMA: bool, const CH: usize>(g: &Gather, tile: &mut Tile) {
 
 /// Entries ahead whose source chunk is prefetched: the sources are scattered windows that the
 /// hardware prefetcher cannot predict.
-const PREFETCH_AHEAD: usize = 4;
+pub(crate) const PREFETCH_AHEAD: usize = 4;
 
 /// out = Σ_q val[q] · src[idx[q] + at..][..out.len()] (idx[q] + at wrapping, so offsets may be
 /// relative to a base on either side): CH columns at a time summed in registers
