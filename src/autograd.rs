@@ -180,9 +180,14 @@ impl Tape {
 
     /// A constant input (needs no gradient).
     pub fn input(&mut self, t: Tensor) -> Var {
+        self.input_shared(Rc::new(t))
+    }
+
+    /// `input` for a tensor held elsewhere too (a benchmark's fixed batch), without a copy.
+    pub fn input_shared(&mut self, t: Rc<Tensor>) -> Var {
         self.nodes.push(Node {
             name: "",
-            value: Rc::new(t),
+            value: t,
             requires_grad: false,
             backward: None,
             hint: None,

@@ -15,6 +15,7 @@ use crate::tensor::Tensor;
 use crate::train::{Reweight, ReweightMode, TrainConfig, Trainer};
 use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -128,7 +129,8 @@ pub fn build(
 }
 
 struct Inputs {
-    images: Tensor,
+    /// Shared with each step's tape: a training step takes its batch without a copy.
+    images: Rc<Tensor>,
     labels: Vec<u32>,
     weights: Vec<f32>,
 }
@@ -136,11 +138,13 @@ struct Inputs {
 fn inputs(batch: usize, size: usize) -> Inputs {
     let mut r = Rng::new(2);
     Inputs {
-        images: Tensor::from_vec(
-            &[3, batch, size, size],
-            (0..3 * batch * size * size).map(|_| r.uniform()).collect(),
-        )
-        .expect("shape"),
+        images: Rc::new(
+            Tensor::from_vec(
+                &[3, batch, size, size],
+                (0..3 * batch * size * size).map(|_| r.uniform()).collect(),
+            )
+            .expect("shape"),
+        ),
         labels: (0..batch).map(|_| r.below(10) as u32).collect(),
         weights: vec![1.0; batch],
     }
@@ -150,7 +154,7 @@ fn inputs(batch: usize, size: usize) -> Inputs {
 pub fn train_step(
     model: &mut Model,
     opt: &mut Sgd,
-    x: &Tensor,
+    x: &Rc<Tensor>,
     labels: &[u32],
     weights: &[f32],
     dense_grads: bool,
@@ -163,13 +167,13 @@ fn train_step_on(
     mut tape: Tape,
     model: &mut Model,
     opt: &mut Sgd,
-    x: &Tensor,
+    x: &Rc<Tensor>,
     labels: &[u32],
     weights: &[f32],
     dense_grads: bool,
 ) -> Result<(Grads, Vec<OpTime>)> {
     let _awake = crate::device::cpu::KeepAwake::new();
-    let xv = tape.input(x.clone());
+    let xv = tape.input_shared(Rc::clone(x));
     let logits = model.forward(&mut tape, xv, true)?;
     let (loss, _) = ops::cross_entropy(&mut tape, logits, labels, weights)?;
     let mut grads = Grads::zeros(&model.params, dense_grads);
@@ -352,7 +356,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         let infer_times = rounds(args.steps, &mut runs, |(_, model, _, _)| {
             let _awake = crate::device::cpu::KeepAwake::new();
             let mut tape = Tape::no_grad();
-            let x = tape.input(inp.images.clone());
+            let x = tape.input_shared(Rc::clone(&inp.images));
             model.forward(&mut tape, x, false).map(|_| ())
         })?;
         let mut base: Option<(f64, f64, usize)> = None;
