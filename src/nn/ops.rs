@@ -453,49 +453,21 @@ fn batchnorm_train(
             }
         }
         let dx = overwritten(xv.numel(), |dx| {
-            if let Some(sums) = &given {
-                norm::batchnorm_relu_backward_given(
-                    sums,
-                    c,
-                    m,
-                    xv.data(),
-                    gv,
-                    bv,
-                    mean,
-                    &invstd,
-                    dy.data(),
-                    dx,
-                    &mut dg,
-                    &mut db,
-                )
-            } else if fused_relu {
-                norm::batchnorm_relu_backward(
-                    c,
-                    m,
-                    xv.data(),
-                    gv,
-                    bv,
-                    mean,
-                    &invstd,
-                    dy.data(),
-                    dx,
-                    &mut dg,
-                    &mut db,
-                )
-            } else {
-                norm::batchnorm_backward(
-                    c,
-                    m,
-                    xv.data(),
-                    gv,
-                    mean,
-                    &invstd,
-                    dy.data(),
-                    dx,
-                    &mut dg,
-                    &mut db,
-                )
-            }
+            norm::batchnorm_backward_with(
+                fused_relu,
+                given.as_deref(),
+                c,
+                m,
+                xv.data(),
+                gv,
+                bv,
+                mean,
+                &invstd,
+                dy.data(),
+                dx,
+                &mut dg,
+                &mut db,
+            )
         });
         ctx.grads.add(gamma, &dg);
         ctx.grads.add(beta, &db);

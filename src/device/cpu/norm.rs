@@ -397,6 +397,51 @@ pub fn batchnorm_relu_backward(
     )
 }
 
+/// The backward of either training forward: `batchnorm_relu_backward` when `relu`, else
+/// `batchnorm_backward`; with `given` sums as `batchnorm_relu_backward_given` takes them.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_with(
+    relu: bool,
+    given: Option<&[(f64, f64)]>,
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    if relu {
+        assert_eq!(beta.len(), c, "batchnorm: beta length");
+    }
+    if let Some(g) = given {
+        assert_eq!(g.len(), c, "batchnorm: sums length");
+    }
+    let run = if relu {
+        backward::<true>
+    } else {
+        backward::<false>
+    };
+    run(
+        given,
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        save_mean,
+        save_invstd,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+    )
+}
+
 /// `batchnorm_relu_backward` with its two reductions taken by the op that computed dy
 /// (`DirectGeom::backward_with_relu_sums`): per channel (Σ dy', Σ dy'·(out − β)) over the
 /// forward's output `out`, with dy' = dy where out > 0. One pass, for dx, on each channel where
@@ -416,9 +461,8 @@ pub fn batchnorm_relu_backward_given(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    assert_eq!(beta.len(), c, "batchnorm: beta length");
-    assert_eq!(sums.len(), c, "batchnorm: sums length");
-    backward::<true>(
+    batchnorm_backward_with(
+        true,
         Some(sums),
         c,
         m,
