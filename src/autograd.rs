@@ -202,7 +202,8 @@ impl Tape {
     }
 
     /// Attaches `hint` to `v` for the ops that will consume it: a fused pair of ops meets this
-    /// way (batch norm + ReLU tells the convolution after it where its input came from).
+    /// way (batch norm + ReLU tells the convolution after it where its input came from). A value
+    /// has one hint, set by the op that made it.
     pub fn set_hint(&mut self, v: Var, hint: Rc<dyn Any>) {
         self.nodes[v.0].hint = Some(hint);
     }

@@ -156,10 +156,14 @@ fn conv2d_direct(
     g: &ConvGeom,
 ) -> Result<Var> {
     let xv = tape.value_rc(x);
-    let xv_hint = Rc::clone(&xv);
     let link = tape.hint::<ReluBnLink>(x);
     let d = DirectGeom::new(g);
     let y = d.forward(sw, xv.data(), bias);
+    let first = (!tape.requires_grad(x) && b.is_none()).then(|| FirstConv {
+        w,
+        x: Rc::clone(&xv),
+        g: d.g,
+    });
     let out = Tensor::from_vec(&[g.cout, g.oh, g.ow, g.n], y)?;
     let g = *g;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
@@ -209,11 +213,6 @@ fn conv2d_direct(
                 Tensor::from_vec(&[g.cin, g.h, g.w, g.n], dx).expect("dx shape"),
             );
         }
-    });
-    let first = (!tape.requires_grad(x) && b.is_none()).then(|| FirstConv {
-        w,
-        x: Rc::clone(&xv_hint),
-        g: d.g,
     });
     let v = tape.push("conv2d sparse", out, &[x], true, backward);
     if let Some(f) = first {
