@@ -283,7 +283,7 @@ impl FirstConv {
             bn.relu, bn.given, bn.c, bn.m, bn.y, bn.gamma, bn.beta, bn.mean, bn.invstd, bn.dy,
             &mut dg, &mut db,
         );
-        let gv = d.weight_grad_through_bn(sw, bn.dy, bn.y, &coefs, self.x.data())?;
+        let gv = d.weight_grad_through_bn(sw, bn.dy, &coefs, self.x.data())?;
         ctx.grads.add(self.w, &gv);
         Some((dg, db))
     }

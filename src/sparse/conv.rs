@@ -376,26 +376,25 @@ impl DirectGeom {
         g.cin * g.k * g.k * g.n * std::mem::size_of::<f32>() <= L1_WINDOW_BYTES
     }
 
-    /// `weight_grad` where this convolution's output y feeds a batch norm whose backward is
-    /// given by `coefs` (`norm::batchnorm_backward_coefs`, one per output channel) and the
-    /// gradient of that batch norm's output is `dy_bn`: each output-gradient row is computed
-    /// (`DxCoefs::apply`) as the walk needs it, so the batch norm never writes it and this
-    /// pass never reads it back. Only when the walk is by output pixel (a first layer); None
-    /// otherwise.
+    /// `weight_grad` where this convolution's output y (without bias) feeds a batch norm whose
+    /// backward is given by `coefs` (`norm::batchnorm_backward_coefs`, one per output channel)
+    /// and the gradient of that batch norm's output is `dy_bn`: each output-gradient row is
+    /// computed (`DxCoefs::apply`) as the walk needs it, so the batch norm never writes it and
+    /// this pass never reads it back; the row of y it needs is computed again from the input
+    /// window the walk holds in L1 (the forward's arithmetic, so the same bits), not read from
+    /// memory. Only when the walk is by output pixel (a first layer); None otherwise.
     pub fn weight_grad_through_bn(
         &self,
         w: &SparseWeight,
         dy_bn: &[f32],
-        y: &[f32],
         coefs: &[DxCoefs],
         x: &[f32],
     ) -> Option<Vec<f32>> {
         if !self.walks_output_pixels() {
             return None;
         }
-        assert_eq!(y.len(), dy_bn.len(), "direct conv: y length");
         assert_eq!(coefs.len(), self.g.cout, "direct conv: coefficients");
-        Some(self.weight_grad_impl(w, dy_bn, x, Some((y, coefs))))
+        Some(self.weight_grad_impl(w, dy_bn, x, Some(coefs)))
     }
 
     fn weight_grad_impl(
@@ -403,7 +402,7 @@ impl DirectGeom {
         w: &SparseWeight,
         dy: &[f32],
         x: &[f32],
-        bn: Option<(&[f32], &[DxCoefs])>,
+        bn: Option<&[DxCoefs]>,
     ) -> Vec<f32> {
         self.checks(w, Some(x), Some(dy));
         let g = &self.g;
@@ -418,6 +417,9 @@ impl DirectGeom {
             w.plans.get(self.g, true, || self.input_plan(w))
         };
         let plan = &*plan;
+        // Through batch norm, the forward's values to compute rows of y again.
+        let vals = bn.map(|_| plan.values(w));
+        let bn = bn.zip(vals.as_deref());
         let k = self.kernels;
         let kk = g.k * g.k;
         // Tasks over rows (output or input channels; a row range owns a contiguous range of CSR
@@ -456,7 +458,7 @@ impl DirectGeom {
                     t0,
                     part: vec![[0f32; LANES]; t1 - t0],
                     bn,
-                    row: vec![0.0; if bn.is_some() { g.n } else { 0 }],
+                    row: vec![0.0; if bn.is_some() { 2 * g.n } else { 0 }],
                 };
                 run_variant(k, &mut pass);
                 (t0, pass.part)
@@ -789,9 +791,10 @@ struct WeightGrad<'a> {
     t0: usize,
     part: Vec<[f32; LANES]>,
     /// With output-pixel lists, where `a` is the gradient of a batch norm's output: that batch
-    /// norm's input y and backward coefficients, from which each row of the gradient is
-    /// computed into `row` as it is needed.
-    bn: Option<(&'a [f32], &'a [DxCoefs])>,
+    /// norm's backward coefficients and the forward's values, from which each row of y (the
+    /// batch norm's input) and then of the gradient are computed into `row` as needed.
+    bn: Option<(&'a [DxCoefs], &'a [Vec<f32>])>,
+    /// Two rows of scratch: y, then the gradient.
     row: Vec<f32>,
 }
 
@@ -800,7 +803,7 @@ impl Pass for WeightGrad<'_> {
     fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
         let (n, npix) = (self.n, self.npix);
         for px in self.pixels.0..self.pixels.1 {
-            let (_, l, at) = self.plan.at(px);
+            let (class, l, at) = self.plan.at(px);
             for r in self.rows.0..self.rows.1 {
                 let at_row = (r * npix + px) * n;
                 // Consecutive rows are a channel plane apart, from memory: start this
@@ -809,10 +812,12 @@ impl Pass for WeightGrad<'_> {
                 let next = at_row + n;
                 prefetch_row(self.a, next, n);
                 let a = match self.bn {
-                    Some((y, coefs)) => {
-                        prefetch_row(y, next, n);
-                        coefs[r].apply(&self.a[at_row..][..n], &y[at_row..][..n], &mut self.row);
-                        &self.row[..]
+                    Some((coefs, vals)) => {
+                        let (yr, dr) = self.row.split_at_mut(n);
+                        let e = l.row(r);
+                        acc_vec::<FMA, CH>(&l.off[e.clone()], &vals[class][e], self.b, at, yr);
+                        coefs[r].apply(&self.a[at_row..][..n], yr, dr);
+                        &self.row[n..]
                     }
                     None => &self.a[at_row..][..n],
                 };
