@@ -487,7 +487,7 @@ impl DirectGeom {
     /// shift (one per input channel): also, per input channel, (Σ dx', Σ dx'·(x − β)) with
     /// dx' = dx where x > 0, else 0, taken in the same pass from rows already in registers.
     /// Batch norm's backward turns them into its two reductions
-    /// (`norm::batchnorm_relu_backward_given`), so it reads its input once instead of twice.
+    /// (`norm::batchnorm_backward_with`), so it reads its input once instead of twice.
     /// None where the fused pass does not run (no AVX-512).
     #[allow(clippy::type_complexity)]
     pub fn backward_with_relu_sums(

@@ -398,7 +398,11 @@ pub fn batchnorm_relu_backward(
 }
 
 /// The backward of either training forward: `batchnorm_relu_backward` when `relu`, else
-/// `batchnorm_backward`; with `given` sums as `batchnorm_relu_backward_given` takes them.
+/// `batchnorm_backward`. With `relu`, `given` may hold its two reductions as the op that
+/// computed dy took them (`DirectGeom::backward_with_relu_sums`): per channel (Σ dy',
+/// Σ dy'·(out − β)) over the forward's output `out`, with dy' = dy where out > 0. Then it makes
+/// one pass, for dx, on each channel where these sums are accurate (see `from_relu_sums`); the
+/// others take theirs from x as usual.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_with(
     relu: bool,
@@ -428,42 +432,6 @@ pub fn batchnorm_backward_with(
     };
     run(
         given,
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        save_mean,
-        save_invstd,
-        dy,
-        dx,
-        dgamma,
-        dbeta,
-    )
-}
-
-/// `batchnorm_relu_backward` with its two reductions taken by the op that computed dy
-/// (`DirectGeom::backward_with_relu_sums`): per channel (Σ dy', Σ dy'·(out − β)) over the
-/// forward's output `out`, with dy' = dy where out > 0. One pass, for dx, on each channel where
-/// these sums are accurate (see `from_relu_sums`); the others take theirs from x as usual.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_backward_given(
-    sums: &[(f64, f64)],
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    batchnorm_backward_with(
-        true,
-        Some(sums),
         c,
         m,
         x,
@@ -575,7 +543,7 @@ fn channel_coefs<const RELU: bool>(
 
 /// The coefficients of batch norm's backward per channel (`DxCoefs`), and dgamma and dbeta,
 /// without computing dx: `relu` for `batchnorm_relu_backward` (beta then used), `given` as
-/// `batchnorm_relu_backward_given` takes it. One read of x and dy for the channels whose sums
+/// `batchnorm_backward_with` takes it. One read of x and dy for the channels whose sums
 /// are not given.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_coefs(
@@ -768,7 +736,7 @@ mod tests {
         assert!(yr.contains(&0.0) && yr.iter().any(|&v| v > 0.0));
     }
 
-    /// The backward from sums over the output (`batchnorm_relu_backward_given`) matches the one
+    /// The backward from sums over the output (`batchnorm_backward_with`) matches the one
     /// that takes them from x; channels where those sums are not accurate enough (|β| > 16|γ|,
     /// γ = 0) take theirs from x, bit for bit as the plain backward.
     #[test]
@@ -811,8 +779,20 @@ mod tests {
         let run = |given: Option<&[(f64, f64)]>| {
             let (mut dx, mut dg, mut db) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c]);
             match given {
-                Some(s) => batchnorm_relu_backward_given(
-                    s, c, m, &x, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dg, &mut db,
+                Some(s) => batchnorm_backward_with(
+                    true,
+                    Some(s),
+                    c,
+                    m,
+                    &x,
+                    &gamma,
+                    &beta,
+                    &mean,
+                    &invstd,
+                    &dy,
+                    &mut dx,
+                    &mut dg,
+                    &mut db,
                 ),
                 None => batchnorm_relu_backward(
                     c, m, &x, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dg, &mut db,
