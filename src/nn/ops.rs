@@ -324,13 +324,19 @@ fn batchnorm_eval(
     );
     let (xv, c, m) = bn_input(tape, store, x, gamma)?;
     let (gv, bv) = (store.get(gamma).data(), store.get(beta).data());
-    let forward = if relu {
-        norm::batchnorm_relu_eval_forward
-    } else {
-        norm::batchnorm_eval_forward
-    };
     let y = overwritten(xv.numel(), |y| {
-        forward(c, m, xv.data(), gv, bv, &stats.mean, &stats.var, BN_EPS, y)
+        norm::batchnorm_eval_forward_with(
+            relu,
+            c,
+            m,
+            xv.data(),
+            gv,
+            bv,
+            &stats.mean,
+            &stats.var,
+            BN_EPS,
+            y,
+        )
     });
     Ok(tape.input(Tensor::from_vec(xv.shape(), y)?))
 }
@@ -416,12 +422,15 @@ fn batchnorm_train(
         )
     });
     let out = Tensor::from_vec(xv.shape(), y)?;
-    let link = Rc::new(ReluBnLink {
-        beta,
-        sums: RefCell::new(None),
+    // Only a batch norm + ReLU offers its sums to the convolution after it.
+    let link = fused_relu.then(|| {
+        Rc::new(ReluBnLink {
+            beta,
+            sums: RefCell::new(None),
+        })
     });
     let first_conv = tape.hint::<FirstConv>(x);
-    let hint = Rc::clone(&link);
+    let hint = link.clone();
     let backward = Box::new(move |dy: &Tensor, ctx: &mut crate::autograd::BackwardCtx| {
         let gv = ctx.params.get(gamma).data();
         let bv = ctx.params.get(beta).data();
@@ -429,8 +438,8 @@ fn batchnorm_train(
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
         // The sums hold only if dy is exactly what the convolution that took them computed.
         let given = link
-            .sums
-            .take()
+            .as_ref()
+            .and_then(|l| l.sums.take())
             .filter(|_| ctx.contributions(ctx.current()) == 1);
         if let Some(conv) = &first_conv {
             let bn = BnBackward {
@@ -478,8 +487,8 @@ fn batchnorm_train(
         "batchnorm"
     };
     let v = tape.push(name, out, &[x], true, backward);
-    if fused_relu {
-        tape.set_hint(v, hint);
+    if let Some(h) = hint {
+        tape.set_hint(v, h);
     }
     Ok(v)
 }

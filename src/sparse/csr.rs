@@ -826,7 +826,8 @@ pub(crate) fn gather_and_dots_avx512(
         relu: Option<&mut ReluSums>,
     ) {
         // SAFETY (caller): c + 16·M ≤ n; every row offs[q] + at has n floats in dy and every
-        // slot − t0 indexes part (checked above); the unaligned forms need no alignment.
+        // slot − t0 indexes part (checked above); `relu`'s lanes are LANES = 16 floats, one
+        // vector each; the unaligned forms need no alignment.
         unsafe {
             let xs: [__m512; M] =
                 std::array::from_fn(|k| _mm512_loadu_ps(r.x.as_ptr().add(c + 16 * k)));

@@ -277,12 +277,25 @@ pub fn batchnorm_eval_forward(
     eps: f32,
     y: &mut [f32],
 ) {
-    eval_forward::<false>(c, m, x, gamma, beta, running_mean, running_var, eps, y)
+    batchnorm_eval_forward_with(
+        false,
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        eps,
+        y,
+    )
 }
 
-/// `batchnorm_eval_forward` followed by ReLU, in the same pass (the same bits as the two ops).
+/// `batchnorm_eval_forward`, followed by ReLU in the same pass when `relu` (the same bits as
+/// the two ops).
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_eval_forward(
+pub fn batchnorm_eval_forward_with(
+    relu: bool,
     c: usize,
     m: usize,
     x: &[f32],
@@ -293,7 +306,12 @@ pub fn batchnorm_relu_eval_forward(
     eps: f32,
     y: &mut [f32],
 ) {
-    eval_forward::<true>(c, m, x, gamma, beta, running_mean, running_var, eps, y)
+    let run = if relu {
+        eval_forward::<true>
+    } else {
+        eval_forward::<false>
+    };
+    run(c, m, x, gamma, beta, running_mean, running_var, eps, y)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -730,7 +748,7 @@ mod tests {
         );
         let (mut y, mut yr) = (vec![0.0; c * m], vec![0.0; c * m]);
         batchnorm_eval_forward(c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut y);
-        batchnorm_relu_eval_forward(c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut yr);
+        batchnorm_eval_forward_with(true, c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut yr);
         let want: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
         assert_eq!(yr, want);
         assert!(yr.contains(&0.0) && yr.iter().any(|&v| v > 0.0));

@@ -334,20 +334,13 @@ pub fn global_avgpool_backward_chwn(c: usize, n: usize, hw: usize, dy: &[f32], d
         return;
     }
     let inv = 1.0 / hw as f32;
-    let channel = |dxc: &mut [f32], dyc: &[f32]| {
+    let parallel = dx.len() >= PAR_MIN;
+    super::for_each_chunk(dx, hw * n, parallel, |ci, dxc| {
+        let dyc = &dy[ci * n..][..n];
         for px in dxc.chunks_exact_mut(n) {
             for (d, &g) in px.iter_mut().zip(dyc) {
                 *d = g * inv;
             }
         }
-    };
-    if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(hw * n)
-            .zip(dy.par_chunks(n))
-            .for_each(|(dxc, dyc)| channel(dxc, dyc));
-    } else {
-        for (dxc, dyc) in dx.chunks_mut(hw * n).zip(dy.chunks(n)) {
-            channel(dxc, dyc);
-        }
-    }
+    });
 }
