@@ -55,7 +55,12 @@ fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
 
 #[test]
 fn sparse_kernels_equal_dense_masked_compute_in_both_models() {
-    for (arch, size) in [(Arch::Cnn, 16), (Arch::Resnet18, 32)] {
+    // Batches of 6 (every kernel's column tail) and 40 (whole AVX-512 chunks as well).
+    for (arch, size, batch) in [
+        (Arch::Cnn, 16, 6),
+        (Arch::Cnn, 16, 40),
+        (Arch::Resnet18, 32, 6),
+    ] {
         let cfg = ModelConfig {
             arch,
             width: 8,
@@ -66,18 +71,19 @@ fn sparse_kernels_equal_dense_masked_compute_in_both_models() {
         dst::sparsify(&mut model, &sparse_cfg(0.1, 10), 3).unwrap();
         let mut r = Rng::new(9);
         let x = Tensor::from_vec(
-            &[3, 6, size, size],
-            (0..3 * 6 * size * size).map(|_| r.normal()).collect(),
+            &[3, batch, size, size],
+            (0..3 * batch * size * size).map(|_| r.normal()).collect(),
         )
         .unwrap();
-        let labels: Vec<u32> = (0..6).map(|_| r.below(10) as u32).collect();
+        let labels: Vec<u32> = (0..batch).map(|_| r.below(10) as u32).collect();
         let mut a = model.clone();
         set_paths(&mut a, ComputePath::Sparse);
         let mut b = model.clone();
         set_paths(&mut b, ComputePath::DenseMasked);
         // A plain step: on AVX-512 the sparse path fuses batch norm's backward with the convs
-        // around it (the sums taken in the next conv's backward, the first conv's weight
-        // gradient computed through the batch norm's coefficients).
+        // around it (the CNN: the second conv's backward computes the first batch norm's and
+        // the first conv's gradients too; ResNet: the first conv's weight gradient through
+        // the batch norm's coefficients).
         assert!(
             a.params.params[0].sparse().is_some(),
             "the first conv should be sparse here, so that its fused backward is checked"
