@@ -81,9 +81,8 @@ fn sparse_kernels_equal_dense_masked_compute_in_both_models() {
         let mut b = model.clone();
         set_paths(&mut b, ComputePath::DenseMasked);
         // A plain step: on AVX-512 the sparse path fuses batch norm's backward with the convs
-        // around it (the CNN: the second conv's backward computes the first batch norm's and
-        // the first conv's gradients too; ResNet: the first conv's weight gradient through
-        // the batch norm's coefficients).
+        // around it (the sums taken in the next conv's backward, the first conv's weight
+        // gradient computed through the batch norm's coefficients).
         assert!(
             a.params.params[0].sparse().is_some(),
             "the first conv should be sparse here, so that its fused backward is checked"
