@@ -45,19 +45,15 @@ const TASKS_PER_THREAD: usize = 2;
 const PIXEL_TASK_LANES_BYTES: usize = 256 << 10;
 
 /// Rows of one output buffer that parallel tasks write, each task its own rows.
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct SharedRows<'a>(*mut f32, usize, std::marker::PhantomData<&'a mut [f32]>);
 
 // SAFETY: `SharedRows` only hands out rows through `row`, whose callers guarantee that no two
 // tasks take the same row; the pointer itself is plain data.
-#[cfg(target_arch = "x86_64")]
 unsafe impl Send for SharedRows<'_> {}
 // SAFETY: as above.
-#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for SharedRows<'_> {}
 
-#[cfg(target_arch = "x86_64")]
 impl<'a> SharedRows<'a> {
     fn new(buf: &'a mut [f32]) -> Self {
         SharedRows(buf.as_mut_ptr(), buf.len(), std::marker::PhantomData)
@@ -332,26 +328,37 @@ impl DirectGeom {
         let plane = g.oh * g.ow * g.n;
         let k = self.kernels;
         overwritten(g.cout * plane, |y| {
-            let rows = |r0: usize, yr: &mut [f32]| {
+            let npix = g.oh * g.ow;
+            let out = SharedRows::new(y);
+            let run = |rows: (usize, usize), pixels: (usize, usize)| {
                 let mut pass = Gather {
                     n: g.n,
-                    npix: g.oh * g.ow,
+                    npix,
                     plan,
                     vals,
                     src: x,
                     bias,
-                    r0,
-                    out: yr,
+                    rows,
+                    pixels,
+                    out,
                 };
                 run_variant(k, &mut pass);
             };
-            if self.serial(w) || y.is_empty() {
-                rows(0, y);
+            let want = tasks();
+            if self.serial(w) || plane == 0 {
+                run((0, g.cout), (0, npix));
+            } else if self.walks_output_pixels() && npix >= want {
+                // A first layer: each task takes every channel over a range of pixels, so the
+                // window of a pixel (in L1) serves all channels, not a quarter of them
+                // (CMNIST conv1 at 0.01: 0.56 → 0.46 ms).
+                (0..want)
+                    .into_par_iter()
+                    .for_each(|t| run((0, g.cout), (t * npix / want, (t + 1) * npix / want)));
             } else {
-                let per = g.cout.div_ceil(tasks()).max(1);
-                y.par_chunks_mut(per * plane)
-                    .enumerate()
-                    .for_each(|(t, yr)| rows(t * per, yr));
+                let per = g.cout.div_ceil(want).max(1);
+                (0..g.cout.div_ceil(per))
+                    .into_par_iter()
+                    .for_each(|t| run((t * per, ((t + 1) * per).min(g.cout)), (0, npix)));
             }
         })
     }
@@ -624,26 +631,29 @@ impl DirectGeom {
         let plane = g.h * g.w * g.n;
         let k = self.kernels;
         overwritten(g.cin * plane, |dx| {
-            let chans = |c0: usize, dxc: &mut [f32]| {
+            let npix = g.h * g.w;
+            let out = SharedRows::new(dx);
+            let chans = |c0: usize, c1: usize| {
                 let mut pass = Gather {
                     n: g.n,
-                    npix: g.h * g.w,
+                    npix,
                     plan,
                     vals,
                     src: dy,
                     bias: None,
-                    r0: c0,
-                    out: dxc,
+                    rows: (c0, c1),
+                    pixels: (0, npix),
+                    out,
                 };
                 run_variant(k, &mut pass);
             };
-            if self.serial(w) || dx.is_empty() {
-                chans(0, dx);
+            if self.serial(w) || plane == 0 {
+                chans(0, g.cin);
             } else {
                 let per = g.cin.div_ceil(tasks()).max(1);
-                dx.par_chunks_mut(per * plane)
-                    .enumerate()
-                    .for_each(|(t, d)| chans(t * per, d));
+                (0..g.cin.div_ceil(per))
+                    .into_par_iter()
+                    .for_each(|t| chans(t * per, ((t + 1) * per).min(g.cin)));
             }
         })
     }
@@ -735,9 +745,10 @@ fn run_avx2(p: &mut impl Pass) {
     p.run::<true, 128, false>()
 }
 
-/// The gathering pass: for rows r0.. of a plan (output channels for the forward, input
-/// channels for the input gradient) and every pixel, out[row, pixel, :] = the sum of the rows
-/// of `src` its entries gather, weighted by their values (+ the row's bias).
+/// The gathering pass: for rows `rows` of a plan (output channels for the forward, input
+/// channels for the input gradient) and pixels `pixels`, out[row, pixel, :] = the sum of the
+/// rows of `src` its entries gather, weighted by their values (+ the row's bias). Tasks write
+/// disjoint (row, pixel) ranges of `out` ([rows of the plan, npix, n]).
 struct Gather<'a> {
     n: usize,
     npix: usize,
@@ -745,26 +756,27 @@ struct Gather<'a> {
     vals: &'a [Vec<f32>],
     src: &'a [f32],
     bias: Option<&'a [f32]>,
-    r0: usize,
-    out: &'a mut [f32],
+    rows: (usize, usize),
+    pixels: (usize, usize),
+    out: SharedRows<'a>,
 }
 
 impl Pass for Gather<'_> {
     #[inline(always)]
     fn run<const FMA: bool, const CH: usize, const AVX512: bool>(&mut self) {
         let (n, npix) = (self.n, self.npix);
-        let rows = self.out.len() / (npix * n).max(1);
-        for px in 0..npix {
+        let (r0, r1) = self.rows;
+        for px in self.pixels.0..self.pixels.1 {
             let (c, l, at) = self.plan.at(px);
-            for i in 0..rows {
-                let r = self.r0 + i;
+            for r in r0..r1 {
                 let e = l.row(r);
                 // The row's list prefetches its own entries a few ahead; start the next row's
                 // first ones now, or they would all wait on memory.
-                if i + 1 < rows {
+                if r + 1 < r1 {
                     prefetch_entries(self.src, &l.off[l.row(r + 1)], at, n);
                 }
-                let out = &mut self.out[(i * npix + px) * n..][..n];
+                // SAFETY: the callers give each task its own (row, pixel) ranges.
+                let out = unsafe { self.out.row((r * npix + px) * n, n) };
                 acc_vec::<FMA, CH>(&l.off[e.clone()], &self.vals[c][e], self.src, at, out);
                 if let Some(bias) = self.bias {
                     out.iter_mut().for_each(|o| *o += bias[r]);
