@@ -14,7 +14,7 @@ use rest::device::cpu::conv::{
 use rest::device::cpu::elementwise::{add_forward, relu_backward, relu_forward};
 use rest::device::cpu::gemm::matmul;
 use rest::device::cpu::norm::{
-    batchnorm_backward, batchnorm_eval_forward, batchnorm_relu_backward,
+    batchnorm_backward, batchnorm_eval_forward_with, batchnorm_relu_backward,
     batchnorm_relu_train_forward, batchnorm_train_forward,
 };
 use rest::device::cpu::pool::{
@@ -530,7 +530,7 @@ fn batchnorm_known_values() {
     // Eval mode uses the running statistics: y = gamma·(x − rm)/sqrt(rv + eps) + beta.
     let (rm, rv) = ([1.0f32, -1.0], [4.0f32, 0.25]);
     let mut ye = vec![0f32; 8];
-    batchnorm_eval_forward(c, m, &x, &gamma, &beta, &rm, &rv, 0.0, &mut ye);
+    batchnorm_eval_forward_with(false, c, m, &x, &gamma, &beta, &rm, &rv, 0.0, &mut ye);
     assert_close(
         "eval y",
         &ye,

@@ -264,35 +264,8 @@ fn train_forward<const RELU: bool>(
     }
 }
 
-/// Evaluation-mode forward with the running statistics.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_eval_forward(
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
-    eps: f32,
-    y: &mut [f32],
-) {
-    batchnorm_eval_forward_with(
-        false,
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        running_mean,
-        running_var,
-        eps,
-        y,
-    )
-}
-
-/// `batchnorm_eval_forward`, followed by ReLU in the same pass when `relu` (the same bits as
-/// the two ops).
+/// Evaluation-mode forward with the running statistics, followed by ReLU in the same pass when
+/// `relu` (the same bits as the two ops).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_eval_forward_with(
     relu: bool,
@@ -747,7 +720,7 @@ mod tests {
             [0.8, 1.5, 0.3],
         );
         let (mut y, mut yr) = (vec![0.0; c * m], vec![0.0; c * m]);
-        batchnorm_eval_forward(c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut y);
+        batchnorm_eval_forward_with(false, c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut y);
         batchnorm_eval_forward_with(true, c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut yr);
         let want: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
         assert_eq!(yr, want);

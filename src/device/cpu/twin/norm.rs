@@ -76,7 +76,18 @@ pub fn norm_fwd_eval_f32(
     y: &mut [f32],
 ) {
     let (c, m) = dims(p);
-    norm::batchnorm_eval_forward(c, m, x, gamma, beta, running_mean, running_var, p.eps, y)
+    norm::batchnorm_eval_forward_with(
+        false,
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        p.eps,
+        y,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
