@@ -279,26 +279,6 @@ pub fn batchnorm_eval_forward_with(
     eps: f32,
     y: &mut [f32],
 ) {
-    let run = if relu {
-        eval_forward::<true>
-    } else {
-        eval_forward::<false>
-    };
-    run(c, m, x, gamma, beta, running_mean, running_var, eps, y)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn eval_forward<const RELU: bool>(
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
-    eps: f32,
-    y: &mut [f32],
-) {
     for (name, v) in [
         ("gamma", gamma),
         ("beta", beta),
@@ -315,7 +295,8 @@ fn eval_forward<const RELU: bool>(
         #[inline(always)]
         |ci, xc, yc| {
             let scale = gamma[ci] as f64 / (running_var[ci] as f64 + eps as f64).sqrt();
-            if RELU {
+            // One branch per channel; each arm is its own vector loop.
+            if relu {
                 affine_relu(xc, yc, running_mean[ci], scale as f32, beta[ci]);
             } else {
                 affine(xc, yc, running_mean[ci], scale as f32, beta[ci]);
