@@ -49,8 +49,9 @@ pub struct CpuArgs {
         default_value = "1,0.5,0.2,0.1,0.05,0.01,0.005,0.001"
     )]
     pub densities: Vec<f64>,
-    /// Timed training steps (and inference passes) per setting, after one warm-up each; the
-    /// settings take turns step by step, and each reports its median step
+    /// Timed training steps (and inference passes) per density, after one warm-up each. The
+    /// densities take turns step by step (a round); each reports its median step, and its ratio
+    /// to the first density as the median of the per-round ratios, with their range
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Batch size of the CNN (28 px) runs; ResNet-18 (32 px) uses a quarter of it.
@@ -94,10 +95,15 @@ pub struct CpuResult {
     pub model: String,
     pub density: f64,
     pub batch: usize,
+    /// From the median step time.
     pub train_images_per_s: f64,
+    /// Median over the rounds of (the baseline's step time / this density's) in that round.
     pub train_speedup: f64,
+    /// The smallest and largest of those per-round ratios.
+    pub train_speedup_range: (f64, f64),
     pub infer_images_per_s: f64,
     pub infer_speedup: f64,
+    pub infer_speedup_range: (f64, f64),
     pub checkpoint_bytes: usize,
     pub checkpoint_ratio: f64,
     /// Time of one topology update (dense-gradient step + prune/regrow), in ms.
@@ -243,13 +249,13 @@ fn print_profile(
     Ok(())
 }
 
-/// Per item, the median time of `reps` calls of `f`, after one warm-up call each; the calls go
-/// round by round over the items.
+/// Per item, the times of `reps` calls of `f`, after one warm-up call each; the calls go round
+/// by round over the items, so round r's times were taken back to back.
 fn rounds<T>(
     reps: usize,
     items: &mut [T],
     mut f: impl FnMut(&mut T) -> Result<()>,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Vec<f64>>> {
     for it in items.iter_mut() {
         f(it)?;
     }
@@ -261,7 +267,21 @@ fn rounds<T>(
             t.push(start.elapsed().as_secs_f64());
         }
     }
-    Ok(times.into_iter().map(median).collect())
+    Ok(times)
+}
+
+/// The speed-up of `item` over `base` round by round (base time / item time, from the same
+/// round): its median, smallest and largest. A slow spell of this shared machine that lasts
+/// longer than a round slows both alike and cancels out of the ratio, and the range shows how
+/// far the ratio moved during the run.
+pub fn speedup_spread(base: &[f64], item: &[f64]) -> (f64, f64, f64) {
+    assert_eq!(base.len(), item.len(), "speedup_spread: rounds differ");
+    assert!(!base.is_empty(), "speedup_spread: no rounds");
+    let r: Vec<f64> = base.iter().zip(item).map(|(b, i)| b / i).collect();
+    let (lo, hi) = r.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    });
+    (median(r), lo, hi)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -331,19 +351,22 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         let inp = inputs(batch, size);
         println!("\n{name}, {size}x{size} px, batch {batch}");
         println!(
-            "{:>9} {:>12} {:>8} {:>12} {:>8} {:>12} {:>8} {:>11}",
+            "{:>9} {:>12} {:>8} {:>11} {:>12} {:>8} {:>11} {:>12} {:>8} {:>11}",
             "density",
             "train img/s",
             "×dense",
+            "range",
             "infer img/s",
             "×dense",
+            "range",
             "ckpt bytes",
             "×dense",
             "update ms"
         );
         // Every density's model first; then the timed steps in rounds, one step of each density
         // per round, so a slow spell of this (shared, noisy) machine hits all densities alike;
-        // each density's time is the median of its steps.
+        // each density's speed is from its median step, its ratio the median of its per-round
+        // ratios to the first density's step (with their range).
         let mut runs = Vec::new();
         for &d in &args.densities {
             let (model, state) = build(arch, d, batch, size)?;
@@ -359,11 +382,18 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             let x = tape.input_shared(Rc::clone(&inp.images));
             model.forward(&mut tape, x, false).map(|_| ())
         })?;
-        let mut base: Option<(f64, f64, usize)> = None;
-        for (((d, model, opt, state), t_train), t_infer) in
-            runs.iter_mut().zip(train_times).zip(infer_times)
+        let (train_base, infer_base) = (train_times[0].clone(), infer_times[0].clone());
+        let mut base_ckpt = None;
+        for (i, (((d, model, opt, state), t_train), t_infer)) in runs
+            .iter_mut()
+            .zip(train_times)
+            .zip(infer_times)
+            .enumerate()
         {
             let d = *d;
+            let (train_x, train_lo, train_hi) = speedup_spread(&train_base, &t_train);
+            let (infer_x, infer_lo, infer_hi) = speedup_spread(&infer_base, &t_infer);
+            let (t_train, t_infer) = (median(t_train), median(t_infer));
             let update_ms = match state.clone() {
                 Some(mut s) => {
                     let mut rng = Rng::new(5);
@@ -376,27 +406,35 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
                 None => None,
             };
             let ck = checkpoint_bytes(model, state.clone())?;
-            let (train_ips, infer_ips) = (batch as f64 / t_train, batch as f64 / t_infer);
-            let b = *base.get_or_insert((train_ips, infer_ips, ck));
+            let b_ck = *base_ckpt.get_or_insert(ck);
             let r = CpuResult {
                 model: name.clone(),
                 density: d,
                 batch,
-                train_images_per_s: train_ips,
-                train_speedup: train_ips / b.0,
-                infer_images_per_s: infer_ips,
-                infer_speedup: infer_ips / b.1,
+                train_images_per_s: batch as f64 / t_train,
+                train_speedup: train_x,
+                train_speedup_range: (train_lo, train_hi),
+                infer_images_per_s: batch as f64 / t_infer,
+                infer_speedup: infer_x,
+                infer_speedup_range: (infer_lo, infer_hi),
                 checkpoint_bytes: ck,
-                checkpoint_ratio: ck as f64 / b.2 as f64,
+                checkpoint_ratio: ck as f64 / b_ck as f64,
                 update_ms,
             };
+            // The baseline's ratios are 1 by definition: no range to show.
+            let range = |(lo, hi): (f64, f64)| match i {
+                0 => "-".to_string(),
+                _ => format!("{lo:.2}–{hi:.2}"),
+            };
             println!(
-                "{:>9} {:>12.0} {:>8.2} {:>12.0} {:>8.2} {:>12} {:>8.3} {:>11}",
+                "{:>9} {:>12.0} {:>8.2} {:>11} {:>12.0} {:>8.2} {:>11} {:>12} {:>8.3} {:>11}",
                 d,
                 r.train_images_per_s,
                 r.train_speedup,
+                range(r.train_speedup_range),
                 r.infer_images_per_s,
                 r.infer_speedup,
+                range(r.infer_speedup_range),
                 r.checkpoint_bytes,
                 r.checkpoint_ratio,
                 r.update_ms.map_or("-".into(), |m| format!("{m:.1}"))
