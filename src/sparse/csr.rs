@@ -16,6 +16,9 @@
 
 use rayon::prelude::*;
 
+/// The kernels' build variants; re-exported here, where most of them are chosen.
+pub use crate::device::cpu::Kernels;
+
 /// Active weights of one layer. `values[e]` sits at row r, column `col_idx[e]` for
 /// `row_ptr[r] ≤ e < row_ptr[r+1]`; columns ascend within a row. The transpose index lists, for
 /// each column c, the entries `csc_pos[col_ptr[c]..col_ptr[c+1]]` (positions into `values`) and
@@ -298,55 +301,6 @@ impl SparseWeight {
             return Err("CSC index does not match the CSR arrays".into());
         }
         Ok(())
-    }
-}
-
-/// Which compiled variant of the kernels to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernels {
-    /// Baseline instructions only.
-    Portable,
-    /// AVX2 and FMA (x86-64).
-    Avx2,
-    /// AVX-512F, AVX2 and FMA (x86-64).
-    Avx512,
-}
-
-impl Kernels {
-    /// The best variant this CPU supports.
-    pub fn detect() -> Kernels {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma");
-            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernels::Avx512;
-            }
-            if avx2 {
-                return Kernels::Avx2;
-            }
-        }
-        Kernels::Portable
-    }
-
-    /// The variant the plain `spmm`/`spmm_t`/`sddmm` use: AVX2+FMA where available. These kernels
-    /// are load/store bound, and on the 2-core AVX-512 EPYC we measured, the AVX2 build was as
-    /// fast or faster than the AVX-512 one on every shape (up to 1.5×); use the `_with` forms to
-    /// pick AVX-512 explicitly.
-    pub fn preferred() -> Kernels {
-        match Kernels::detect() {
-            Kernels::Avx512 => Kernels::Avx2,
-            k => k,
-        }
-    }
-
-    /// `self`, lowered to what the CPU supports (so any value is safe to request).
-    pub fn resolve(self) -> Kernels {
-        match (self, Kernels::detect()) {
-            (Kernels::Portable, _) | (_, Kernels::Portable) => Kernels::Portable,
-            (Kernels::Avx2, _) | (_, Kernels::Avx2) => Kernels::Avx2,
-            _ => Kernels::Avx512,
-        }
     }
 }
 

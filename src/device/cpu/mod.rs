@@ -13,14 +13,15 @@
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod isa;
 pub mod norm;
 pub mod pool;
 pub mod twin;
 pub mod xent;
 
 pub use conv::ConvGeom;
+pub use isa::Kernels;
 
-use crate::sparse::csr::Kernels;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
