@@ -192,3 +192,28 @@ fn to_batch_innermost_transposes_and_checks_its_input() {
     let err = ops::to_batch_innermost(&mut tape, bad).unwrap_err();
     assert!(err.to_string().contains("[C, N, H, W]"), "{err}");
 }
+
+#[test]
+fn maxpool_chwn_keeps_first_maxima_and_nans_as_the_plane_pooling() {
+    // Few distinct values (many ties) and some NaNs: the first maximum and the first NaN of a
+    // window win in both layouts, bit for bit.
+    let mut rng = Rng::new(9);
+    let (c, n, h, w, k, s, p) = (4, 48, 9, 10, 3, 2, 1);
+    let (oh, ow) = (pool_out(h, k, s, p), pool_out(w, k, s, p));
+    let x: Vec<f32> = randn(&mut rng, c * n * h * w)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| if i % 37 == 5 { f32::NAN } else { v.round() })
+        .collect();
+    let (mut y, mut a) = (vec![0.0; c * n * oh * ow], vec![0u32; c * n * oh * ow]);
+    maxpool_forward(c * n, h, w, k, s, p, &x, &mut y, &mut a);
+    let xc = to_chwn(&x, c, n, h * w);
+    let (mut yc, mut ac) = (vec![0.0; y.len()], vec![0u32; y.len()]);
+    maxpool_forward_chwn(c, h, w, n, k, s, p, &xc, &mut yc, &mut ac);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert!(y.iter().any(|v| v.is_nan()), "the input reaches a NaN maximum");
+    assert_eq!(bits(&yc), bits(&to_chwn(&y, c, n, oh * ow)), "maxpool y");
+    let a_f: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+    let ac_f: Vec<f32> = ac.iter().map(|&v| v as f32).collect();
+    assert_eq!(ac_f, to_chwn(&a_f, c, n, oh * ow), "maxpool argmax");
+}

@@ -218,31 +218,43 @@ pub fn maxpool_forward_chwn(
             ((s0 + k as isize).min(size as isize)).max(0) as usize,
         )
     };
+    // Per output pixel, its first tap's row initialises the maxima, then each further tap
+    // updates them lane by lane with selects, no branch: with a branch per element the loop
+    // stayed scalar and mispredicted on every new maximum (ResNet-18's stem pool, [64, 16, 16,
+    // 64]: 2.8 ms on a 2-vCPU Xeon).
     let channel = |xc: &[f32], yc: &mut [f32], ac: &mut [u32]| {
-        for (p, (yv, av)) in yc
-            .chunks_exact_mut(n)
-            .zip(ac.chunks_exact_mut(n))
-            .enumerate()
-        {
-            let ((r0, r1), (c0, c1)) = (clip(p / ow, h), clip(p % ow, w));
-            yv.fill(f32::NEG_INFINITY);
-            av.fill(NO_INPUT);
-            for ih in r0..r1 {
-                for iw in c0..c1 {
-                    let pix = (ih * w + iw) as u32;
-                    for ((o, a), &v) in yv
-                        .iter_mut()
-                        .zip(av.iter_mut())
-                        .zip(&xc[pix as usize * n..][..n])
-                    {
-                        if v > *o || *a == NO_INPUT {
-                            *o = v;
-                            *a = pix;
+        super::simd(
+            #[inline(always)]
+            || {
+                for (p, (yv, av)) in yc
+                    .chunks_exact_mut(n)
+                    .zip(ac.chunks_exact_mut(n))
+                    .enumerate()
+                {
+                    let ((r0, r1), (c0, c1)) = (clip(p / ow, h), clip(p % ow, w));
+                    let mut taps = (r0..r1).flat_map(|ih| (c0..c1).map(move |iw| ih * w + iw));
+                    let Some(first) = taps.next() else {
+                        yv.fill(f32::NEG_INFINITY);
+                        av.fill(NO_INPUT);
+                        continue;
+                    };
+                    yv.copy_from_slice(&xc[first * n..][..n]);
+                    av.fill(first as u32);
+                    for pix in taps {
+                        let tap = pix as u32;
+                        for ((o, a), &v) in
+                            yv.iter_mut().zip(av.iter_mut()).zip(&xc[pix * n..][..n])
+                        {
+                            // The first maximum wins; a NaN wins over any number and the first
+                            // NaN is kept (as `maxpool_forward`, and PyTorch).
+                            let take = v > *o || (v.is_nan() && !o.is_nan());
+                            *o = if take { v } else { *o };
+                            *a = if take { tap } else { *a };
                         }
                     }
                 }
-            }
-        }
+            },
+        )
     };
     let (pin, pout) = (h * w * n, oh * ow * n);
     if x.len() >= PAR_MIN {
