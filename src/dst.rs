@@ -2,6 +2,7 @@
 //! counts), choosing per layer between sparse and dense-masked compute, and topology updates
 //! (prune, regrow, remap optimiser state) every ΔT steps.
 
+use crate::device::cpu::norm::DxCoefs;
 use crate::nn::param::{ComputePath, Grads, ParamKind, Values};
 use crate::nn::Model;
 use crate::optim::Sgd;
@@ -319,14 +320,32 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
         };
         let dy: Vec<f32> = (0..rows * n).map(|_| rng.uniform() - 0.5).collect();
         let input_grad = !wg.first;
-        // Both sides call what `ops::conv2d` calls.
+        // The first layer of both models feeds a batch norm + ReLU, whose backward then runs
+        // the sparse weight gradient itself, computing the rows of dx and of the convolution's
+        // output again as it walks (`DirectGeom::weight_grad_through_bn`): a forward's work on
+        // top of the plain weight gradient, so time that (with arbitrary coefficients), and on
+        // the dense side the batch norm's dx pass that this saves.
+        let coefs = vec![
+            DxCoefs {
+                a: 0.5,
+                b: -0.25,
+                c0: 0.125,
+                mean: 0.5,
+                relu: Some((1.0, -0.5)),
+            };
+            rows
+        ];
+        let direct = crate::sparse::conv::DirectGeom::new(&g);
+        let through_bn = !input_grad && direct.walks_output_pixels();
+        // Both sides call what `ops::conv2d` (and the batch norm's backward) calls.
         let t_sparse = best_of(&mut || {
-            let d = crate::sparse::conv::DirectGeom::new(&g);
-            std::hint::black_box(d.forward(sw, &x, None));
+            std::hint::black_box(direct.forward(sw, &x, None));
             if input_grad {
-                std::hint::black_box(d.backward(sw, &dy, &x));
+                std::hint::black_box(direct.backward(sw, &dy, &x));
+            } else if through_bn {
+                std::hint::black_box(direct.weight_grad_through_bn(sw, &dy, &coefs, &x));
             } else {
-                std::hint::black_box(d.weight_grad(sw, &dy, &x));
+                std::hint::black_box(direct.weight_grad(sw, &dy, &x));
             }
         });
         let t_dense = best_of(&mut || {
@@ -335,6 +354,17 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
             let (mut col, mut y) = (vec![0.0; g.col_rows() * n], vec![0.0; rows * n]);
             conv2d_forward(&g, &x, &d, None, &mut col, &mut y);
             let mut dw = vec![0.0; rows * cols];
+            if through_bn {
+                let mut dx = vec![0.0; dy.len()];
+                for ((coef, dxr), (dyr, yr)) in coefs
+                    .iter()
+                    .zip(dx.chunks_mut(n))
+                    .zip(dy.chunks(n).zip(y.chunks(n)))
+                {
+                    coef.apply(dyr, yr, dxr);
+                }
+                std::hint::black_box(dx);
+            }
             if input_grad {
                 let (mut dcol, mut dx) = (vec![0.0; col.len()], vec![0.0; x.len()]);
                 conv2d_backward(

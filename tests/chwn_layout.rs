@@ -211,7 +211,10 @@ fn maxpool_chwn_keeps_first_maxima_and_nans_as_the_plane_pooling() {
     let (mut yc, mut ac) = (vec![0.0; y.len()], vec![0u32; y.len()]);
     maxpool_forward_chwn(c, h, w, n, k, s, p, &xc, &mut yc, &mut ac);
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-    assert!(y.iter().any(|v| v.is_nan()), "the input reaches a NaN maximum");
+    assert!(
+        y.iter().any(|v| v.is_nan()),
+        "the input reaches a NaN maximum"
+    );
     assert_eq!(bits(&yc), bits(&to_chwn(&y, c, n, oh * ow)), "maxpool y");
     let a_f: Vec<f32> = a.iter().map(|&v| v as f32).collect();
     let ac_f: Vec<f32> = ac.iter().map(|&v| v as f32).collect();
