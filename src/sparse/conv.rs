@@ -448,7 +448,7 @@ impl DirectGeom {
         let per = rows.div_ceil(want).max(1);
         let nrow = rows.div_ceil(per);
         let npx = want.div_ceil(nrow).min(npix).max(1);
-        let parts: Vec<(usize, Vec<[f32; LANES]>)> = (0..nrow * npx)
+        let parts: Vec<(usize, Vec<f32>)> = (0..nrow * npx)
             .into_par_iter()
             .map(|t| {
                 let (tr, tp) = (t / npx, t % npx);
@@ -468,7 +468,7 @@ impl DirectGeom {
                     row: vec![0.0; if bn.is_some() { 2 * g.n } else { 0 }],
                 };
                 run_variant(k, &mut pass);
-                (t0, pass.part)
+                (t0, reduce_lanes(pass.part))
             })
             .collect();
         lanes_to_values(w, parts, !by_output)
@@ -544,7 +544,7 @@ impl DirectGeom {
         };
         let per_c = g.cin.div_ceil(nc);
         let nc = g.cin.div_ceil(per_c).max(1);
-        let mut parts: Vec<(usize, usize, Vec<[f32; LANES]>, Vec<(f64, f64)>)> = Vec::new();
+        let mut parts: Vec<(usize, usize, Vec<f32>, Vec<(f64, f64)>)> = Vec::new();
         let dx = overwritten(g.cin * npix * n, |dx| {
             let out_rows = SharedRows::new(dx);
             // Task (tc, tp): input channels [c0, c1) at input pixels [p0, p1). It writes those
@@ -596,7 +596,7 @@ impl DirectGeom {
                         }
                     }
                 }
-                (c0, t0, part, sums)
+                (c0, t0, reduce_lanes(part), sums)
             };
             parts = (0..nc * np).into_par_iter().map(task).collect();
         });
@@ -684,27 +684,28 @@ fn hsum64(l: [f32; LANES]) -> f64 {
     l.iter().map(|&v| v as f64).sum()
 }
 
-/// The weight gradient in CSR order from per-task lanes (task parts start at position t0, in
-/// CSC order when `csc`, else CSR; parts of the same positions add up).
-fn lanes_to_values(
-    w: &SparseWeight,
-    parts: Vec<(usize, Vec<[f32; LANES]>)>,
-    csc: bool,
-) -> Vec<f32> {
-    let mut lanes = vec![[0f32; LANES]; w.nnz()];
+/// A task's lanes reduced to one value per position, inside the task (so on its own thread,
+/// while the lanes are in its cache).
+fn reduce_lanes(part: Vec<[f32; LANES]>) -> Vec<f32> {
+    part.into_iter().map(hsum).collect()
+}
+
+/// The weight gradient in CSR order from per-task values (task parts start at position t0, in
+/// CSC order when `csc`, else CSR; parts of the same positions add up, in task order). The lanes
+/// are reduced by the tasks: merging them here, on one thread, cost 64 bytes per active weight
+/// (ResNet-18's last layers at 0.05: 0.9 ms of a 0.05 ms forward's weight gradient).
+fn lanes_to_values(w: &SparseWeight, parts: Vec<(usize, Vec<f32>)>, csc: bool) -> Vec<f32> {
+    let mut gv = vec![0f32; w.nnz()];
     for (t0, part) in parts {
-        for (acc, p) in lanes[t0..].iter_mut().zip(part) {
-            for (a, v) in acc.iter_mut().zip(p) {
-                *a += v;
+        if csc {
+            for (&e, v) in w.csc_pos[t0..].iter().zip(part) {
+                gv[e as usize] += v;
+            }
+        } else {
+            for (g, v) in gv[t0..].iter_mut().zip(part) {
+                *g += v;
             }
         }
-    }
-    if !csc {
-        return lanes.into_iter().map(hsum).collect();
-    }
-    let mut gv = vec![0f32; w.nnz()];
-    for (&e, l) in w.csc_pos.iter().zip(lanes) {
-        gv[e as usize] = hsum(l);
     }
     gv
 }
