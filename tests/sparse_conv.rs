@@ -79,6 +79,10 @@ fn direct_conv_matches_naive_convolution() {
         (512, 16, 2, 2, 32, 3, 1, 1, 0.5, &[]),
         // A window of 3·16·256 floats (48 KiB): the weight gradient walks output pixels.
         (256, 3, 12, 12, 16, 4, 2, 1, 0.3, &[2]),
+        // 1×1 maps under a 3×3 kernel (ResNet-18's last stage at 32 px): only the centre tap
+        // reads a pixel, the other weights get a zero gradient; and a strided 2×2 → 1×1 one.
+        (64, 24, 1, 1, 40, 3, 1, 1, 0.4, &[]),
+        (64, 16, 2, 2, 32, 3, 2, 1, 0.4, &[3]),
     ];
     for &(n, cin, h, w, cout, k, s, pad, d, empty) in cases {
         let g = ConvGeom::new(n, cin, h, w, cout, k, s, pad).unwrap();
