@@ -43,6 +43,12 @@ const TASKS_PER_THREAD: usize = 2;
 /// channel split was faster than 600 KiB).
 #[cfg(target_arch = "x86_64")]
 const PIXEL_TASK_LANES_BYTES: usize = 256 << 10;
+/// From this size of its input the forward splits pixels among tasks, each running every
+/// output channel: a channel task streams the whole input from L3 or memory, a pixel task only
+/// the windows of its pixels (CMNIST CNN conv2 and conv3, inputs of 12.8 and 6.4 MB: step at 0.01
+/// 6.4–6.8× → 7.5–7.7× dense on a 2-vCPU Xeon; ResNet-18's inputs at 32 px, 1 MB at most, stay
+/// in L2 and gained nothing).
+const PIXEL_SPLIT_INPUT_BYTES: usize = 4 << 20;
 
 /// Rows of one output buffer that parallel tasks write, each task its own rows.
 #[derive(Clone, Copy)]
@@ -371,10 +377,14 @@ impl DirectGeom {
             let want = tasks();
             if self.serial(w) || plane == 0 {
                 run((0, g.cout), (0, npix));
-            } else if self.walks_output_pixels() && npix >= want {
-                // A first layer: each task takes every channel over a range of pixels, so the
-                // window of a pixel (in L1) serves all channels, not a quarter of them
-                // (CMNIST conv1 at 0.01, in isolation: 0.56 → 0.46 ms).
+            } else if npix >= want
+                && (self.walks_output_pixels()
+                    || std::mem::size_of_val(x) >= PIXEL_SPLIT_INPUT_BYTES)
+            {
+                // Each task takes every channel over a range of pixels: on a first layer, the
+                // window of a pixel (in L1) then serves all channels, not a quarter of them
+                // (CMNIST conv1 at 0.01, in isolation: 0.56 → 0.46 ms); on a large input, each
+                // task reads only its pixels' windows (`PIXEL_SPLIT_INPUT_BYTES`).
                 (0..want)
                     .into_par_iter()
                     .for_each(|t| run((0, g.cout), (t * npix / want, (t + 1) * npix / want)));
