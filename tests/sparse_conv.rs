@@ -83,6 +83,8 @@ fn direct_conv_matches_naive_convolution() {
         // reads a pixel, the other weights get a zero gradient; and a strided 2×2 → 1×1 one.
         (64, 24, 1, 1, 40, 3, 1, 1, 0.4, &[]),
         (64, 16, 2, 2, 32, 3, 2, 1, 0.4, &[3]),
+        // An input of 4 MiB: the forward splits pixels among tasks on a layer after the first.
+        (256, 64, 8, 8, 4, 3, 1, 1, 0.1, &[]),
     ];
     for &(n, cin, h, w, cout, k, s, pad, d, empty) in cases {
         let g = ConvGeom::new(n, cin, h, w, cout, k, s, pad).unwrap();
