@@ -92,6 +92,8 @@ pub struct MemoryChildArgs {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CpuResult {
+    /// The CPU and kernel variant measured (`isa::cpu_description`).
+    pub cpu: String,
     pub model: String,
     pub density: f64,
     pub batch: usize,
@@ -341,7 +343,11 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         "densities must be in (0, 1]"
     );
     let mut results = Vec::new();
-    println!("rest bench cpu: {} threads; training step = forward + backward + SGD; topology fixed while timing", rayon::current_num_threads());
+    let cpu = crate::device::cpu::isa::cpu_description();
+    println!(
+        "rest bench cpu: {cpu}, {} threads; training step = forward + backward + SGD; topology fixed while timing",
+        rayon::current_num_threads()
+    );
     for &arch in &args.models {
         let (size, batch) = match arch {
             Arch::Cnn => (28, args.batch),
@@ -408,6 +414,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             let ck = checkpoint_bytes(model, state.clone())?;
             let b_ck = *base_ckpt.get_or_insert(ck);
             let r = CpuResult {
+                cpu: cpu.clone(),
                 model: name.clone(),
                 density: d,
                 batch,

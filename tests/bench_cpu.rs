@@ -64,6 +64,10 @@ fn bench_cpu_writes_ratios_with_their_range() {
             );
         }
         assert!(r["train_images_per_s"].as_f64().unwrap() > 0.0);
+        // The machine is named, in the JSON and in the header.
+        let cpu = r["cpu"].as_str().unwrap();
+        assert!(cpu.ends_with(" kernels") && cpu.len() > 10, "cpu: {cpu:?}");
+        assert!(text.contains(cpu), "the header names the CPU: {text}");
     }
     assert!(rows[1]["checkpoint_ratio"].as_f64().unwrap() < 1.0);
 }

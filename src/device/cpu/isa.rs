@@ -49,3 +49,25 @@ impl Kernels {
         }
     }
 }
+
+/// This CPU's model name (from /proc/cpuinfo on Linux; "unknown CPU" elsewhere) and the kernel
+/// variant that runs on it, for benchmark reports: speed figures mean little without the
+/// machine, and a cloud VM's machine can change from one day to the next.
+pub fn cpu_description() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let kernels = match Kernels::detect() {
+        Kernels::Portable => "portable",
+        Kernels::Avx2 => "AVX2",
+        Kernels::Avx512 => "AVX-512",
+    };
+    format!("{name}, {kernels} kernels")
+}
