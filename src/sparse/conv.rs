@@ -46,8 +46,8 @@ const PIXEL_TASK_LANES_BYTES: usize = 256 << 10;
 /// From this size of its input the forward splits pixels among tasks, each running every
 /// output channel: a channel task streams the whole input from L3 or memory, a pixel task only
 /// the windows of its pixels (CMNIST CNN conv2 and conv3, inputs of 12.8 and 6.4 MB: step at 0.01
-/// 6.4–6.8× → 7.5–7.7× dense on a 2-vCPU Xeon; ResNet-18's inputs at 32 px, 1 MB at most, stay
-/// in L2 and gained nothing).
+/// 6.8× → 7.35× dense, medians of 14 alternated runs on a 2-vCPU Xeon; ResNet-18's inputs at
+/// 32 px, 1 MB at most, stay in L2 and gained nothing).
 const PIXEL_SPLIT_INPUT_BYTES: usize = 4 << 20;
 
 /// Rows of one output buffer that parallel tasks write, each task its own rows.
@@ -171,6 +171,12 @@ impl Plan {
         }
     }
 
+    /// The CSR position in `w` of the weight at `slot`.
+    fn csr_position(&self, w: &SparseWeight, slot: usize) -> usize {
+        let p = self.used[slot];
+        (if self.input { w.csc_pos[p as usize] } else { p }) as usize
+    }
+
     /// The slots of the positions [t0, t1): a contiguous range, as `used` ascends.
     fn slots_of(&self, (t0, t1): (usize, usize)) -> (usize, usize) {
         let at = |t: usize| self.used.partition_point(|&u| (u as usize) < t);
@@ -190,11 +196,7 @@ impl Plan {
             .map(|l| {
                 l.slot
                     .iter()
-                    .map(|&s| {
-                        let p = self.used[s as usize];
-                        let e = if self.input { w.csc_pos[p as usize] } else { p };
-                        w.values[e as usize]
-                    })
+                    .map(|&s| w.values[self.csr_position(w, s as usize)])
                     .collect()
             })
             .collect()
@@ -728,14 +730,13 @@ fn reduce_lanes(part: Vec<[f32; LANES]>) -> Vec<f32> {
 /// The weight gradient in CSR order from per-task values (task parts start at slot t0 of
 /// `plan`; parts of the same slots add up, in task order; weights no slot reaches get 0). The
 /// lanes are reduced by the tasks: merging them here, on one thread, cost 64 bytes per active
-/// weight (the weight gradient of a ResNet-18 last-stage layer at 0.05: 0.9 ms, its forward
-/// 0.05 ms).
+/// weight (a 512→512 layer of ResNet-18's last stage, at density 0.025: 0.9 ms for a weight
+/// gradient whose pass took 0.3, in isolation).
 fn gradient_in_csr_order(w: &SparseWeight, plan: &Plan, parts: Vec<(usize, Vec<f32>)>) -> Vec<f32> {
     let mut gv = vec![0f32; w.nnz()];
     for (t0, part) in parts {
-        for (&p, v) in plan.used[t0..].iter().zip(part) {
-            let e = if plan.input { w.csc_pos[p as usize] } else { p };
-            gv[e as usize] += v;
+        for (slot, v) in (t0..).zip(part) {
+            gv[plan.csr_position(w, slot)] += v;
         }
     }
     gv
