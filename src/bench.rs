@@ -321,6 +321,7 @@ fn checkpoint_bytes(model: &Model, state: Option<dst::SparseState>) -> Result<us
         jtt_epochs: 1,
         augment: Augment::None,
         seed: 1,
+        synthetic_train: None,
     };
     let mut t = Trainer::new(config, &splits)?;
     t.model = model.clone();

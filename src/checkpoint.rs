@@ -19,6 +19,17 @@ pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
 const FORMAT: u32 = 1;
 
+/// The element type a rest checkpoint stores tensor `name` as.
+fn dtype_of(name: &str) -> Dtype {
+    if name.starts_with("index.") {
+        Dtype::U32
+    } else if name.starts_with("fired.") {
+        Dtype::U64
+    } else {
+        Dtype::F32
+    }
+}
+
 /// Writes `bytes` to `path` so that a reader sees either the old file or the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!(
@@ -140,13 +151,7 @@ impl Checkpoint {
         info.insert("rest".to_string(), serde_json::to_string(&meta)?);
         let mut views = Vec::new();
         for (name, (shape, bytes)) in &self.tensors {
-            let dtype = if name.starts_with("index.") {
-                Dtype::U32
-            } else if name.starts_with("fired.") {
-                Dtype::U64
-            } else {
-                Dtype::F32
-            };
+            let dtype = dtype_of(name);
             views.push((
                 name.clone(),
                 TensorView::new(dtype, shape.clone(), bytes).context("checkpoint tensor")?,
@@ -189,6 +194,13 @@ impl Checkpoint {
         );
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
+            ensure!(
+                view.dtype() == dtype_of(&name),
+                "checkpoint {}: tensor {name} is {:?}, a rest checkpoint stores it as {:?}",
+                path.display(),
+                view.dtype(),
+                dtype_of(&name)
+            );
             tensors.insert(name, (view.shape().to_vec(), view.data().to_vec()));
         }
         Ok(Self {
@@ -210,9 +222,15 @@ impl Checkpoint {
             "checkpoint tensor {name} has {} values, expected {len}",
             b.len() / 4
         );
-        Ok(b.chunks_exact(4)
+        let v: Vec<f32> = b
+            .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+            .collect();
+        ensure!(
+            v.iter().all(|x| x.is_finite()),
+            "checkpoint tensor {name} holds a value that is not finite (NaN or infinity)"
+        );
+        Ok(v)
     }
 
     /// Puts the saved weights and statistics into `model` (which must have the same
@@ -277,6 +295,10 @@ impl Checkpoint {
         for (i, bn) in model.bn.iter_mut().enumerate() {
             bn.mean = self.f32s(&format!("bn.{i}.running_mean"), bn.mean.len())?;
             bn.var = self.f32s(&format!("bn.{i}.running_var"), bn.var.len())?;
+            ensure!(
+                bn.var.iter().all(|&v| v >= 0.0),
+                "checkpoint tensor bn.{i}.running_var holds a negative variance"
+            );
         }
         Ok(())
     }

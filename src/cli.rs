@@ -34,7 +34,7 @@ pub struct DataSource {
     #[arg(long, default_value = "cmnist")]
     pub dataset: String,
     /// Percentage of bias-conflicting training samples: 0.5, 1, 2 or 5.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub ratio: f64,
     /// Where datasets are fetched and generated (env REST_DATA_DIR).
     #[arg(long, env = "REST_DATA_DIR", default_value = "datasets")]
@@ -52,37 +52,37 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub model: Option<Arch>,
     /// Channels of the first stage.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 64)]
     pub width: usize,
     /// Training epochs (the paper uses 100: see --paper).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4)]
     pub epochs: usize,
     /// The reference's full schedule: 100 epochs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "epochs")]
     pub paper: bool,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 256)]
     pub batch_size: usize,
     /// Learning rate; default: 0.01 for the CNN, 0.001 for ResNet-18 (the reference's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
     pub momentum: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub weight_decay: f32,
     /// Global density of the masked weights for sparse methods (1 = dense); default 0.05.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub density: Option<f64>,
     /// How the global density is spread over layers.
     #[arg(long, value_enum, default_value_t = DensityRule::Erk)]
     pub density_rule: DensityRule,
     /// Steps between topology updates (ΔT).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1000)]
     pub update_every: u64,
     /// Fraction of active weights pruned and regrown at the first update.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     pub death_rate: f64,
     /// Death rate at the end of training.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.005)]
     pub death_rate_end: f64,
     #[arg(long, value_enum, default_value_t = DecaySchedule::Cosine)]
     pub decay: DecaySchedule,
@@ -91,7 +91,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = GrowRule::Gradient)]
     pub grow: GrowRule,
     /// Stop topology updates after this fraction of training (1 = never).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub stop_fraction: f64,
     /// Static sparse training: keep the initial mask.
     #[arg(long)]
@@ -104,32 +104,41 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub reweight: Option<Reweight>,
     /// λ: the weight of bias-conflicting samples (the reference pairs 10, 30, 50, 80 with 0.5, 1, 2, 5 %).
-    #[arg(long, default_value_t = 80.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 80.0)]
     pub upweight: f32,
     /// Apply λ by weighted sampling (the reference's way) or inside the loss.
     #[arg(long, value_enum, default_value_t = ReweightMode::Sampler)]
     pub reweight_mode: ReweightMode,
     /// Epochs of JTT's first, plain phase.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     pub jtt_epochs: usize,
     /// auto | cpu | cuda[:N] | emu (env REST_DEVICE).
     #[arg(long, env = "REST_DEVICE", default_value = "auto")]
     pub device: String,
-    #[arg(long, default_value_t = 41)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 41)]
     pub seed: u64,
     /// Output directory (default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run saved in DIR (other training options are taken from it).
-    #[arg(long, value_name = "DIR")]
+    /// Continue the run saved in DIR with its saved configuration (only --device, --data-dir
+    /// and --quiet may be given with it).
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "method", "dataset", "ratio", "model", "width", "epochs", "paper", "batch_size", "lr",
+        "momentum", "weight_decay", "density", "density_rule", "update_every", "death_rate",
+        "death_rate_end", "decay", "prune", "grow", "stop_fraction", "fix", "sparse_compute",
+        "reweight", "upweight", "reweight_mode", "jtt_epochs", "seed", "out", "synthetic_train",
+    ])]
     pub resume: Option<PathBuf>,
     /// Samples in the synthetic training split.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = SYNTHETIC_TRAIN)]
     pub synthetic_train: usize,
     /// No progress bars or per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
 }
+
+/// The largest synthetic training split generated (its pixels, in bytes).
+const MAX_SYNTHETIC_BYTES: usize = 4 << 30;
 
 /// Loads the three splits of a dataset.
 pub fn load_splits(source: &DataSource, seed: u64, synthetic_train: usize) -> Result<Splits> {
@@ -139,6 +148,16 @@ pub fn load_splits(source: &DataSource, seed: u64, synthetic_train: usize) -> Re
         source.ratio
     );
     if source.dataset == "synthetic" {
+        // Generated in memory: refuse a size that cannot be held rather than abort on it.
+        let image = 3 * synthetic::SIZE * synthetic::SIZE;
+        ensure!(
+            synthetic_train
+                .checked_mul(image)
+                .is_some_and(|b| b <= MAX_SYNTHETIC_BYTES),
+            "--synthetic-train {synthetic_train} is too large: at most {} samples ({} GiB)",
+            MAX_SYNTHETIC_BYTES / image,
+            MAX_SYNTHETIC_BYTES >> 30
+        );
         let cfg = SyntheticConfig {
             train: synthetic_train,
             conflict_ratio: source.ratio / 100.0,
@@ -220,10 +239,62 @@ impl TrainArgs {
                 Augment::None
             },
             seed: self.seed,
+            synthetic_train: (self.source.dataset == "synthetic").then_some(self.synthetic_train),
         };
         config.validate()?;
         Ok(config)
     }
+
+    /// The options given that this run does not use (each differs from its default), so that
+    /// they are named rather than silently ignored.
+    pub fn ignored_options(&self, config: &TrainConfig) -> Vec<&'static str> {
+        let mut ignored = Vec::new();
+        if config.sparse.is_none() {
+            let sparse_only = [
+                ("--density-rule", self.density_rule != DensityRule::Erk),
+                ("--update-every", self.update_every != 1000),
+                ("--death-rate", self.death_rate != 0.5),
+                ("--death-rate-end", self.death_rate_end != 0.005),
+                ("--decay", self.decay != DecaySchedule::Cosine),
+                ("--prune", self.prune != PruneRule::Magnitude),
+                ("--grow", self.grow != GrowRule::Gradient),
+                ("--stop-fraction", self.stop_fraction != 1.0),
+                ("--fix", self.fix),
+                ("--sparse-compute", self.sparse_compute != PathChoice::Auto),
+            ];
+            ignored.extend(sparse_only.iter().filter(|o| o.1).map(|o| o.0));
+        }
+        if config.reweight == Reweight::Off {
+            ignored.extend(
+                [
+                    ("--upweight", self.upweight != 80.0),
+                    (
+                        "--reweight-mode",
+                        self.reweight_mode != ReweightMode::Sampler,
+                    ),
+                ]
+                .iter()
+                .filter(|o| o.1)
+                .map(|o| o.0),
+            );
+        }
+        if config.reweight != Reweight::Jtt && self.jtt_epochs != 1 {
+            ignored.push("--jtt-epochs");
+        }
+        if config.synthetic_train.is_none() && self.synthetic_train != SYNTHETIC_TRAIN {
+            ignored.push("--synthetic-train");
+        }
+        ignored
+    }
+}
+
+/// The default size of the synthetic training split.
+const SYNTHETIC_TRAIN: usize = 6000;
+
+/// The synthetic training split's size a run was trained on (runs saved before the size was
+/// recorded used the default).
+fn synthetic_train_of(config: &TrainConfig) -> usize {
+    config.synthetic_train.unwrap_or(SYNTHETIC_TRAIN)
 }
 
 fn choose_device(spec: &str, quiet: bool) -> Result<Device> {
@@ -258,15 +329,24 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             ratio: ck.config.ratio,
             data_dir: args.source.data_dir.clone(),
         };
-        let splits = load_splits(&source, ck.config.seed, args.synthetic_train)?;
+        let splits = load_splits(&source, ck.config.seed, synthetic_train_of(&ck.config))?;
         let mut t = Trainer::resume(dir, &splits)?.on_device(dev);
         if !args.quiet {
-            eprintln!(
-                "resuming {} at epoch {} of {}",
-                dir.display(),
-                t.progress.epoch + 1,
-                t.config.epochs
-            );
+            if t.progress.epoch < t.config.epochs {
+                eprintln!(
+                    "resuming {} at epoch {} of {}",
+                    dir.display(),
+                    t.progress.epoch + 1,
+                    t.config.epochs
+                );
+            } else {
+                eprintln!(
+                    "{} has finished its {} epoch{}: nothing to train, its summary follows",
+                    dir.display(),
+                    t.config.epochs,
+                    if t.config.epochs == 1 { "" } else { "s" }
+                );
+            }
         }
         t.train(&RunOptions {
             out: dir.clone(),
@@ -275,7 +355,16 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         })?
     } else {
         let config = args.config()?;
-        let splits = load_splits(&args.source, config.seed, args.synthetic_train)?;
+        let ignored = args.ignored_options(&config);
+        if !ignored.is_empty() && !args.quiet {
+            eprintln!(
+                "warning: {} {} no effect on a {} run",
+                ignored.join(", "),
+                if ignored.len() == 1 { "has" } else { "have" },
+                config.method()
+            );
+        }
+        let splits = load_splits(&args.source, config.seed, synthetic_train_of(&config))?;
         let out = opts_out(&config);
         if out.join(crate::checkpoint::LAST).exists() {
             bail!(
@@ -308,7 +397,7 @@ pub struct EvalArgs {
     /// Evaluate on another dataset than the one the model was trained on.
     #[arg(long)]
     pub dataset: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub ratio: Option<f64>,
     #[arg(long, env = "REST_DATA_DIR", default_value = "datasets")]
     pub data_dir: PathBuf,
@@ -319,12 +408,11 @@ pub struct EvalArgs {
 }
 
 fn metrics_row(split: &str, m: &GroupMetrics) -> String {
+    let (aligned, conflicting) = m.group_percentages();
     format!(
-        "| {split} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        "| {split} | {} | {:.2} | {aligned} | {conflicting} | {:.2} | {:.2} |\n",
         m.samples,
         100.0 * m.accuracy,
-        100.0 * m.aligned_accuracy,
-        100.0 * m.conflicting_accuracy,
         100.0 * m.unbiased_accuracy,
         100.0 * m.worst_group_accuracy
     )
@@ -342,7 +430,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         ratio: args.ratio.unwrap_or(ck.config.ratio),
         data_dir: args.data_dir.clone(),
     };
-    let splits = load_splits(&source, ck.config.seed, 6000)?;
+    let splits = load_splits(&source, ck.config.seed, synthetic_train_of(&ck.config))?;
     let mut mc = ck.config.model.clone();
     mc.in_channels = splits.test.channels;
     mc.num_classes = splits.test.num_classes;

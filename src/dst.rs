@@ -13,7 +13,7 @@ use crate::sparse::schedule::{death_rate, DecaySchedule};
 use crate::sparse::topology::{
     random_layer, update_layer, Fired, GrowRule, PruneRule, UpdateStats,
 };
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 /// Above this density a layer is computed dense-masked: the sparse kernels' per-entry cost
 /// (an indexed axpy) loses to the dense GEMM somewhere between 20 and 40 % density on AVX-512
@@ -130,6 +130,15 @@ pub fn sparsify(model: &mut Model, config: &SparseConfig, seed: u64) -> Result<S
         .map(|&id| model.params.get(id).shape.clone())
         .collect();
     let counts = layer_nnz(&shapes, config.density, config.rule)?;
+    if let Some(empty) = counts.iter().position(|&n| n == 0) {
+        bail!(
+            "density {} leaves {} with no active weight (this model needs a density of at least \
+             {:.1e} for one weight in every layer)",
+            config.density,
+            model.params.get(ids[empty]).name,
+            lowest_density_without_empty_layer(&shapes, config.rule)
+        );
+    }
     for (li, (&id, &nnz)) in ids.iter().zip(&counts).enumerate() {
         let p = model.params.get_mut(id);
         if nnz == p.numel() {
@@ -156,6 +165,23 @@ pub fn sparsify(model: &mut Model, config: &SparseConfig, seed: u64) -> Result<S
         fired,
         grad_momentum: vec![None; model.params.params.len()],
     })
+}
+
+/// The lowest global density (to two significant digits, rounded up) at which `rule` gives every
+/// layer at least one active weight.
+fn lowest_density_without_empty_layer(shapes: &[Vec<usize>], rule: DensityRule) -> f64 {
+    let none_empty = |d: f64| layer_nnz(shapes, d, rule).is_ok_and(|c| c.iter().all(|&n| n > 0));
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if none_empty(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let scale = 10f64.powf(hi.log10().floor() - 1.0);
+    (hi / scale).ceil() * scale
 }
 
 impl SparseState {

@@ -66,8 +66,19 @@ fn run_in_pool(parsed: &Cli) -> Result<(), anyhow::Error> {
     }
 }
 
+/// An environment variable set to the empty string (`REST_DEVICE= rest train`) means "not set":
+/// clap would otherwise take "" as the option's value and report an empty `--data-dir`.
+fn drop_empty_env() {
+    for var in ["REST_DEVICE", "REST_DATA_DIR"] {
+        if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(var);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    drop_empty_env();
     let parsed = Cli::parse();
     match run_in_pool(&parsed) {
         Ok(()) => ExitCode::SUCCESS,

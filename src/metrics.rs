@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GroupMetrics {
     pub samples: usize,
+    /// Bias-aligned and bias-conflicting samples evaluated (an accuracy over none reads 0).
+    #[serde(default)]
+    pub aligned_samples: usize,
+    #[serde(default)]
+    pub conflicting_samples: usize,
     pub loss: f64,
     pub accuracy: f64,
     pub aligned_accuracy: f64,
@@ -64,6 +69,8 @@ impl GroupCounter {
         };
         GroupMetrics {
             samples: self.total.1,
+            aligned_samples: self.aligned.1,
+            conflicting_samples: self.conflicting.1,
             loss: if self.total.1 > 0 {
                 self.loss_sum / self.total.1 as f64
             } else {
@@ -80,6 +87,26 @@ impl GroupCounter {
                 .fold(f64::INFINITY, f64::min)
                 .min(1.0),
         }
+    }
+}
+
+impl GroupMetrics {
+    /// The aligned and conflicting accuracies as percentages with two decimals, "n/a" for a
+    /// group without samples (a folder dataset's split may have no conflicting sample).
+    pub fn group_percentages(&self) -> (String, String) {
+        // Records written before the group counts existed have both at 0: show their numbers.
+        let counted = self.aligned_samples + self.conflicting_samples == self.samples;
+        let pct = |acc: f64, n: usize| {
+            if n > 0 || !counted {
+                format!("{:.2}", 100.0 * acc)
+            } else {
+                "n/a".to_string()
+            }
+        };
+        (
+            pct(self.aligned_accuracy, self.aligned_samples),
+            pct(self.conflicting_accuracy, self.conflicting_samples),
+        )
     }
 }
 
@@ -184,5 +211,21 @@ mod tests {
     #[test]
     fn argmax_takes_first_maximum() {
         assert_eq!(argmax_rows(&[0.0, 2.0, 2.0, 5.0, -1.0, 0.0], 3), vec![1, 0]);
+    }
+
+    #[test]
+    fn a_group_without_samples_reads_not_available() {
+        let mut c = GroupCounter::default();
+        c.add(1, 1, true, 0.5);
+        c.add(2, 2, false, 0.5);
+        let m = c.finish();
+        assert_eq!(m.group_percentages(), ("50.00".into(), "n/a".into()));
+        // A record from before the counts existed shows its numbers.
+        let old = GroupMetrics {
+            aligned_samples: 0,
+            conflicting_samples: 0,
+            ..m
+        };
+        assert_eq!(old.group_percentages(), ("50.00".into(), "0.00".into()));
     }
 }

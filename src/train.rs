@@ -18,7 +18,7 @@ use crate::rng::Rng;
 use crate::sparse::schedule::death_rate;
 use crate::sparse::topology::{GrowRule, PruneRule, UpdateStats};
 use crate::tensor::Tensor;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -67,6 +67,10 @@ pub struct TrainConfig {
     pub jtt_epochs: usize,
     pub augment: Augment,
     pub seed: u64,
+    /// Samples in the synthetic training split (synthetic runs only; `rest eval` and `--resume`
+    /// rebuild the same data from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_train: Option<usize>,
 }
 
 impl TrainConfig {
@@ -109,6 +113,44 @@ impl TrainConfig {
             (true, true) => "rest",
         }
     }
+}
+
+/// This machine's physical memory in bytes (Linux: MemTotal of /proc/meminfo; None elsewhere).
+fn physical_memory_bytes() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a model and batch whose training cannot fit in this machine's memory, before anything
+/// large is allocated (an allocation that fails aborts the process instead of reporting an error).
+/// The estimate is a lower bound: three floats per parameter (value, gradient, momentum) and two
+/// per activation (output and gradient), so a refused run could never have run here.
+pub fn check_memory(model: &ModelConfig, h: usize, w: usize, batch: usize) -> Result<()> {
+    let size_error = || anyhow!("--width {}: the model's size overflows", model.width);
+    let fp = model.footprint(h, w)?.ok_or_else(size_error)?;
+    let Some(available) = physical_memory_bytes() else {
+        return Ok(());
+    };
+    let params = fp.params.checked_mul(12).ok_or_else(size_error)?;
+    let acts = fp
+        .activations_per_image
+        .checked_mul(8 * batch as u128)
+        .ok_or_else(size_error)?;
+    let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+    ensure!(
+        params.saturating_add(acts) <= available,
+        "this model and batch need at least {:.1} GiB ({:.3e} parameters: {:.1} GiB; activations \
+         of a batch of {batch}: {:.1} GiB) and this machine has {:.1} GiB: lower --width or \
+         --batch-size",
+        gib(params.saturating_add(acts)),
+        fp.params as f64,
+        gib(params),
+        gib(acts),
+        gib(available)
+    );
+    Ok(())
 }
 
 /// One line of metrics.jsonl.
@@ -338,6 +380,8 @@ impl<'a> Trainer<'a> {
             ensure!(!ds.is_empty(), "{} has no samples", ds.name);
         }
         let mcfg = model_for(&config, splits)?;
+        let t = &splits.train;
+        check_memory(&mcfg, t.height, t.width, config.batch_size.min(t.len()))?;
         let mut model = Model::new(&mcfg, config.seed)?;
         let sparse = match &config.sparse {
             Some(s) if s.density < 1.0 => {
@@ -641,6 +685,13 @@ impl<'a> Trainer<'a> {
                 gm.download(&mut self.model, &mut self.opt)?;
             }
             let (valid, _) = self.evaluate_here(&self.splits.valid)?;
+            // A finite training loss can still come with overflowing logits on held-out data;
+            // such a run's accuracies mean nothing, and its summary could not hold the loss.
+            ensure!(
+                valid.loss.is_finite(),
+                "training diverged at epoch {epoch}: the validation loss is {}; try a lower --lr",
+                valid.loss
+            );
             // Selection as the reference: worst-group validation accuracy when reweighting,
             // overall validation accuracy otherwise. Worst-group accuracy is often tied (at 0 on
             // small validation sets), so ties go to the higher unbiased accuracy; the 1e-6 weight
@@ -655,6 +706,12 @@ impl<'a> Trainer<'a> {
             } else {
                 None
             };
+            if let Some(t) = test.as_ref().filter(|t| !t.loss.is_finite()) {
+                bail!(
+                    "training diverged at epoch {epoch}: the test loss is {}; try a lower --lr",
+                    t.loss
+                );
+            }
             if best {
                 self.progress.best_score = score;
                 self.progress.best_epoch = epoch;
@@ -811,14 +868,13 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize, quiet: bool) -> indicatif
 /// A markdown table of a summary's per-group test accuracies.
 pub fn render_summary(s: &Summary) -> String {
     let t = &s.test;
+    let (aligned, conflicting) = t.group_percentages();
     format!(
         "| method | density | aligned | conflicting | unbiased | worst group | inference MFLOPs/img | train FLOPs |\n\
          |---|---|---|---|---|---|---|---|\n\
-         | {} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3e} |\n",
+         | {} | {:.4} | {aligned} | {conflicting} | {:.2} | {:.2} | {:.3} | {:.3e} |\n",
         s.method,
         s.density,
-        100.0 * t.aligned_accuracy,
-        100.0 * t.conflicting_accuracy,
         100.0 * t.unbiased_accuracy,
         100.0 * t.worst_group_accuracy,
         s.inference_flops_per_image / 1e6,

@@ -261,6 +261,7 @@ fn summary(spec: &RunSpec, acc: [f64; 4], flops: f64, wall: f64) -> Summary {
         conflicting_accuracy: acc[1],
         unbiased_accuracy: acc[2],
         worst_group_accuracy: acc[3],
+        ..Default::default()
     };
     Summary {
         method: config.method().into(),

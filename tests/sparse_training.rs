@@ -200,6 +200,7 @@ fn run_config(method: &str, epochs: usize) -> TrainConfig {
         jtt_epochs: 1,
         augment: rest::data::loader::Augment::None,
         seed: 41,
+        synthetic_train: None,
     }
 }
 

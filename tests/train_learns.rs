@@ -26,6 +26,7 @@ pub fn dense_config(epochs: usize) -> TrainConfig {
         jtt_epochs: 1,
         augment: rest::data::loader::Augment::None,
         seed: 41,
+        synthetic_train: None,
     }
 }
 

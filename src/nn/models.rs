@@ -26,6 +26,57 @@ pub struct ModelConfig {
     pub num_classes: usize,
 }
 
+/// How much a model holds, for a memory estimate before anything large is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Parameters (weights, biases, batch-norm scales and shifts).
+    pub params: u128,
+    /// Floats of the convolution and linear outputs of one image.
+    pub activations_per_image: u128,
+}
+
+impl ModelConfig {
+    /// The footprint of this model on `h`×`w` inputs, from tiny models of the same architecture:
+    /// every channel count is a multiple of the width (save the input's and the classes), so the
+    /// parameters are a quadratic in the width and the activations linear in it. Exact, never
+    /// allocates at the requested width; None when the counts overflow.
+    pub fn footprint(&self, h: usize, w: usize) -> Result<Option<Footprint>> {
+        let at = |width: usize| -> Result<(i128, i128)> {
+            let m = Model::new(
+                &ModelConfig {
+                    width,
+                    ..self.clone()
+                },
+                0,
+            )?;
+            let params: usize = m.params.params.iter().map(|p| p.numel()).sum();
+            let acts: usize = m
+                .weight_geometry(h, w)
+                .iter()
+                .map(|g| m.params.params[g.param].shape[0] * g.out_pixels)
+                .sum();
+            Ok((params as i128, acts as i128))
+        };
+        let ((p1, a1), (p2, a2), (p3, _)) = (at(1)?, at(2)?, at(3)?);
+        let a = (p3 - 2 * p2 + p1) / 2;
+        let b = p2 - p1 - 3 * a;
+        let c = p1 - a - b;
+        let x = self.width as i128;
+        let params = x
+            .checked_mul(x)
+            .and_then(|xx| xx.checked_mul(a))
+            .and_then(|q| q.checked_add(b.checked_mul(x)?))
+            .and_then(|q| q.checked_add(c));
+        let acts = (a2 - a1)
+            .checked_mul(x)
+            .and_then(|q| q.checked_add(2 * a1 - a2));
+        Ok(params.zip(acts).map(|(p, a)| Footprint {
+            params: p as u128,
+            activations_per_image: a as u128,
+        }))
+    }
+}
+
 // The layer graph is crate-visible (read-only use) so that other engines — the CUDA backend's
 // `device::gpu::model` — run exactly this architecture without a second copy of it.
 #[derive(Clone, Debug)]
@@ -357,5 +408,44 @@ impl Model {
             pad: 0,
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footprint_matches_the_built_model() {
+        for arch in [Arch::Cnn, Arch::Resnet18] {
+            for (width, in_channels, size) in [(5, 3, 28), (16, 1, 32), (12, 3, 17)] {
+                let config = ModelConfig {
+                    arch,
+                    width,
+                    in_channels,
+                    num_classes: 10,
+                };
+                let m = Model::new(&config, 1).unwrap();
+                let params: usize = m.params.params.iter().map(|p| p.numel()).sum();
+                let acts: usize = m
+                    .weight_geometry(size, size)
+                    .iter()
+                    .map(|g| m.params.params[g.param].shape[0] * g.out_pixels)
+                    .sum();
+                let fp = config.footprint(size, size).unwrap().unwrap();
+                assert_eq!(fp.params, params as u128, "{arch:?} width {width}");
+                assert_eq!(
+                    fp.activations_per_image, acts as u128,
+                    "{arch:?} width {width}"
+                );
+            }
+        }
+        let huge = ModelConfig {
+            arch: Arch::Resnet18,
+            width: usize::MAX,
+            in_channels: 3,
+            num_classes: 10,
+        };
+        assert_eq!(huge.footprint(32, 32).unwrap(), None);
     }
 }

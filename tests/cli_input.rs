@@ -1,0 +1,235 @@
+//! More bad input: sizes that cannot fit, options that conflict or would be ignored, forged
+//! checkpoints, and what a run keeps so that `eval` and `--resume` see the same data.
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn rest_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rest"));
+    cmd.args(args).env_remove("REST_DEVICE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
+    (out.status.success(), text)
+}
+
+fn rest(args: &[&str]) -> (bool, String) {
+    rest_env(args, &[])
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let (ok, text) = rest(args);
+    assert!(!ok, "{args:?} should fail: {text}");
+    assert!(
+        text.contains(needle),
+        "{args:?}: expected '{needle}' in: {text}"
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rest-cli-input-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny synthetic training run (a second or two) into `out`; returns its output.
+fn tiny_run(out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--synthetic-train",
+        "300",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, text) = rest(&args);
+    assert!(ok, "{args:?}: {text}");
+    text
+}
+
+const SYNTH: [&str; 5] = ["train", "--dataset", "synthetic", "--epochs", "1"];
+
+fn synth<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v: Vec<&'a str> = SYNTH.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn sizes_that_cannot_fit_are_errors_not_aborts() {
+    fails_with(&synth(&["--width", "18446744073709551615"]), "overflows");
+    fails_with(&synth(&["--width", "100000"]), "need at least");
+    fails_with(
+        &synth(&["--synthetic-train", "100000000000"]),
+        "--synthetic-train 100000000000 is too large",
+    );
+}
+
+#[test]
+fn conflicting_options_are_errors() {
+    fails_with(
+        &synth(&["--paper"]),
+        "'--epochs <EPOCHS>' cannot be used with '--paper'",
+    );
+    fails_with(
+        &["train", "--resume", "somewhere", "--density", "0.5"],
+        "'--resume <DIR>' cannot be used with '--density",
+    );
+}
+
+#[test]
+fn negative_numbers_reach_the_range_checks() {
+    fails_with(
+        &synth(&["--density", "-0.1"]),
+        "--density must be in (0, 1]",
+    );
+    fails_with(&synth(&["--upweight", "-3"]), "--upweight");
+}
+
+#[test]
+fn a_density_that_empties_a_layer_is_an_error() {
+    fails_with(&synth(&["--density", "1e-9"]), "with no active weight");
+}
+
+#[test]
+fn options_a_method_does_not_use_are_named() {
+    let d = scratch("ignored");
+    let text = tiny_run(
+        &d.join("run"),
+        &["--method", "vanilla", "--fix", "--death-rate", "0.9"],
+    );
+    assert!(
+        text.contains("warning: --death-rate, --fix have no effect on a vanilla run"),
+        "{text}"
+    );
+    let text = tiny_run(&d.join("run2"), &["--method", "sparse", "--upweight", "50"]);
+    assert!(
+        text.contains("warning: --upweight has no effect on a sparse run"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn empty_environment_variables_mean_unset() {
+    let (ok, text) = rest_env(&["device"], &[("REST_DEVICE", ""), ("REST_DATA_DIR", "")]);
+    assert!(ok, "{text}");
+    assert!(text.contains("backend: cpu"), "{text}");
+}
+
+#[test]
+fn a_run_that_diverges_on_held_out_data_fails() {
+    let d = scratch("diverge");
+    let out = d.join("run");
+    let mut args = synth(&["--width", "8", "--synthetic-train", "500", "--lr", "1e10"]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (ok, text) = rest(&args);
+    assert!(!ok && text.contains("diverged"), "{text}");
+    assert!(!out.join("summary.json").exists());
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// The test row of `rest eval`'s table: (aligned, conflicting) as printed.
+fn eval_test_row(text: &str) -> Vec<String> {
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| test |"))
+        .unwrap_or_else(|| panic!("no test row in: {text}"));
+    row.split('|').map(|c| c.trim().to_string()).collect()
+}
+
+#[test]
+fn eval_and_resume_rebuild_the_synthetic_data_of_the_run() {
+    let d = scratch("synthetic-size");
+    let run = d.join("run");
+    let text = tiny_run(&run, &[]);
+    // The summary row: | rest | 0.0500 | aligned | conflicting | …
+    let summary_row: Vec<String> = text
+        .lines()
+        .find(|l| l.starts_with("| rest |"))
+        .unwrap_or_else(|| panic!("{text}"))
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .collect();
+    let best = run.join("best.safetensors");
+    let (ok, text) = rest(&["eval", "--checkpoint", best.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let row = eval_test_row(&text);
+    // eval: | test | samples | accuracy | aligned | conflicting | …
+    assert_eq!(
+        (&row[4], &row[5]),
+        (&summary_row[3], &summary_row[4]),
+        "eval saw other data than training:\n{text}"
+    );
+    let (ok, text) = rest(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(ok && text.contains("has finished its 1 epoch:"), "{text}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Rewrites checkpoint `src` into `dst` with tensor `name` replaced by (dtype, bytes).
+fn forge(src: &Path, dst: &Path, name: &str, edit: impl Fn(Dtype, &[u8]) -> (Dtype, Vec<u8>)) {
+    let bytes = std::fs::read(src).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (n, v) in st.tensors() {
+        let (dtype, data) = if n == name {
+            edit(v.dtype(), v.data())
+        } else {
+            (v.dtype(), v.data().to_vec())
+        };
+        owned.push((n, dtype, v.shape().to_vec(), data));
+    }
+    assert!(owned.iter().any(|t| t.0 == name), "no tensor {name}");
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let info: Option<HashMap<String, String>> = header.metadata().clone();
+    std::fs::write(dst, safetensors::serialize(views, info).unwrap()).unwrap();
+}
+
+#[test]
+fn forged_checkpoint_values_are_errors() {
+    let d = scratch("forged");
+    let run = d.join("run");
+    tiny_run(&run, &[]);
+    let best = run.join("best.safetensors");
+    let forged = d.join("forged.safetensors");
+    let eval =
+        |needle: &str| fails_with(&["eval", "--checkpoint", forged.to_str().unwrap()], needle);
+
+    forge(&best, &forged, "param.fc.bias", |_, b| {
+        (Dtype::I32, b.to_vec())
+    });
+    eval("tensor param.fc.bias is I32, a rest checkpoint stores it as F32");
+
+    forge(&best, &forged, "param.fc.bias", |d, b| {
+        let mut b = b.to_vec();
+        b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        (d, b)
+    });
+    eval("param.fc.bias holds a value that is not finite");
+
+    forge(&best, &forged, "bn.0.running_var", |d, b| {
+        let mut b = b.to_vec();
+        b[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
+        (d, b)
+    });
+    eval("bn.0.running_var holds a negative variance");
+    let _ = std::fs::remove_dir_all(d);
+}
