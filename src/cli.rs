@@ -120,13 +120,13 @@ pub struct TrainArgs {
     /// Output directory (default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run saved in DIR with its saved configuration (only --device, --data-dir
-    /// and --quiet may be given with it).
+    /// Continue the run saved in DIR with its saved configuration (only --device, --data-dir,
+    /// --quiet and, for runs saved before it was recorded, --synthetic-train go with it).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "method", "dataset", "ratio", "model", "width", "epochs", "paper", "batch_size", "lr",
         "momentum", "weight_decay", "density", "density_rule", "update_every", "death_rate",
         "death_rate_end", "decay", "prune", "grow", "stop_fraction", "fix", "sparse_compute",
-        "reweight", "upweight", "reweight_mode", "jtt_epochs", "seed", "out", "synthetic_train",
+        "reweight", "upweight", "reweight_mode", "jtt_epochs", "seed", "out",
     ])]
     pub resume: Option<PathBuf>,
     /// Samples in the synthetic training split.
@@ -329,7 +329,18 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             ratio: ck.config.ratio,
             data_dir: args.source.data_dir.clone(),
         };
-        let splits = load_splits(&source, ck.config.seed, synthetic_train_of(&ck.config))?;
+        let synthetic_train = match ck.config.synthetic_train {
+            Some(saved) => {
+                ensure!(
+                    args.synthetic_train == SYNTHETIC_TRAIN || args.synthetic_train == saved,
+                    "{} was trained with --synthetic-train {saved}; it continues on the same data",
+                    dir.display()
+                );
+                saved
+            }
+            None => args.synthetic_train,
+        };
+        let splits = load_splits(&source, ck.config.seed, synthetic_train)?;
         let mut t = Trainer::resume(dir, &splits)?.on_device(dev);
         if !args.quiet {
             if t.progress.epoch < t.config.epochs {
