@@ -538,6 +538,11 @@ fn a_failing_run_is_recorded_and_does_not_stop_the_grid() {
         "{text}"
     );
     assert!(text.contains("1 of 2 runs failed"), "{text}");
+    // The final message says where to look.
+    assert!(
+        error_line(&text).contains(&bad.join("failed.json").display().to_string()),
+        "{text}"
+    );
     let f: runner::Failure =
         serde_json::from_str(&std::fs::read_to_string(bad.join("failed.json")).unwrap()).unwrap();
     assert_eq!(f.key, s[0].key());
@@ -645,4 +650,202 @@ fn slurm_script_runs_one_task_per_run() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside the grid of 3 runs"));
+}
+
+/// The `error: …` line of a command's output.
+fn error_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in: {text}"))
+}
+
+#[test]
+fn collect_skips_unreadable_summaries_and_diverged_runs() {
+    let dir = tmp("collect-bad");
+    let out = tmp("collect-bad-out");
+    let s = specs(&[
+        "cmnist",
+        "--ratios",
+        "1",
+        "--methods",
+        "vanilla",
+        "--seeds",
+        "41,42,43",
+    ]);
+    for spec in &s {
+        write_summary(&dir, spec, &summary(spec, [0.9, 0.5, 0.7, 0.4], 1.0, 1.0));
+    }
+    // Seed 42 diverged: serde_json wrote its NaN test loss as null.
+    let diverged = runner::run_dir(&dir, &s[1].key()).join("summary.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&diverged).unwrap()).unwrap();
+    v["test"]["loss"] = serde_json::Value::Null;
+    std::fs::write(&diverged, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    // Seed 43's summary was cut short.
+    let cut = runner::run_dir(&dir, &s[2].key()).join("summary.json");
+    std::fs::write(&cut, "{\"method\": ").unwrap();
+    let (ok, text) = rest(&[
+        "reproduce",
+        "cmnist",
+        "--collect",
+        dir.to_str().unwrap(),
+        "--results",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "unreadable summaries are skipped, not fatal: {text}");
+    assert!(
+        text.contains(&format!(
+            "skipped {}: its test loss is not finite",
+            diverged.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("skipped {}: not JSON", cut.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 finished runs (0 failed; 2 unreadable file(s) skipped, see above)"),
+        "{text}"
+    );
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| vanilla | 1 | 1 | 90.00 ± 0.00 |"), "{md}");
+    // With nothing readable left, there is nothing to collect.
+    std::fs::remove_dir_all(runner::run_dir(&dir, &s[0].key())).unwrap();
+    let (ok, text) = rest(&["reproduce", "cmnist", "--collect", dir.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(error_line(&text).contains("no finished runs"), "{text}");
+    assert!(error_line(&text).contains("2 unreadable file(s)"), "{text}");
+}
+
+#[test]
+fn collect_without_finished_runs_is_an_error_and_writes_nothing() {
+    let a = tmp("collect-empty-a");
+    let b = tmp("collect-empty-b");
+    let out = tmp("collect-empty-out");
+    std::fs::create_dir_all(b.join("runs").join("some-run")).unwrap();
+    let (ok, text) = rest(&[
+        "reproduce",
+        "synthetic",
+        "--collect",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--results",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    let e = error_line(&text);
+    assert!(
+        e.contains(&format!(
+            "no finished runs in {}, {}",
+            a.display(),
+            b.display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("runs/<key>/summary.json"), "{e}");
+    for d in [&a, &b, &out] {
+        assert!(!d.join("results.md").exists() && !d.join("results.csv").exists());
+    }
+}
+
+#[test]
+fn training_options_are_checked_before_any_run() {
+    for (bad, problem) in [
+        (&["--width", "0"][..], "--width must be at least 1"),
+        (&["--batch-size", "0"], "--batch-size must be at least 1"),
+        (&["--lr", "0"], "--lr must be a positive number, got 0"),
+        (
+            &["--lr", "-0.1"],
+            "--lr must be a positive number, got -0.1",
+        ),
+        (&["--update-every", "0"], "--update-every"),
+        (&["--upweight", "-1"], "--upweight (λ) must be ≥ 0, got -1"),
+        (&["--upweight=-1"], "--upweight (λ) must be ≥ 0, got -1"),
+        (
+            &["--upweight", "NaN"],
+            "--upweight (λ) must be ≥ 0, got NaN",
+        ),
+        (
+            &["--synthetic-train", "0"],
+            "--synthetic-train must be at least 1",
+        ),
+        (&["--workers", "0"], "--workers must be at least 1"),
+    ] {
+        let dir = tmp("bad-options");
+        let script = dir.join("grid.sbatch");
+        let results = dir.join("results");
+        let line: Vec<String> = [
+            "reproduce",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--ratios",
+            "5",
+            "--methods",
+            "vanilla,sparse",
+            "--densities",
+            "0.5",
+            "--seeds",
+            "41",
+            "--quiet",
+            "--results",
+            results.to_str().unwrap(),
+        ]
+        .iter()
+        .chain(bad)
+        .map(|s| s.to_string())
+        .collect();
+        for mode in [
+            &[][..],
+            &["--dry-run"],
+            &["--emit-slurm", script.to_str().unwrap()],
+        ] {
+            let cmd: Vec<&str> = line
+                .iter()
+                .map(String::as_str)
+                .chain(mode.iter().copied())
+                .collect();
+            let (ok, text) = rest(&cmd);
+            assert!(!ok, "{bad:?} {mode:?} should be refused: {text}");
+            assert!(
+                error_line(&text).contains(problem),
+                "{bad:?} {mode:?}: {text}"
+            );
+            assert!(!results.exists(), "{bad:?} {mode:?}: something was run");
+            assert!(!script.exists(), "{bad:?} {mode:?}: a script was written");
+        }
+    }
+    // A negative value reaches `rest train` as one word, which clap reads as a value.
+    let mut spec = specs(&["cmnist", "--quick"])[0].clone();
+    spec.upweight = -1.0;
+    assert!(spec.train_args().contains(&"--upweight=-1".to_string()));
+}
+
+#[test]
+fn emit_slurm_into_a_directory_is_refused_and_leaves_no_file() {
+    let dir = tmp("slurm-dir");
+    let target = dir.join("scripts");
+    std::fs::create_dir_all(&target).unwrap();
+    let results = dir.join("results");
+    let (ok, text) = rest(&[
+        "reproduce",
+        "synthetic",
+        "--results",
+        results.to_str().unwrap(),
+        "--emit-slurm",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        error_line(&text).contains(&format!("--emit-slurm {} is a directory", target.display())),
+        "{text}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["scripts"], "stray files or folders");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
 }

@@ -4,7 +4,7 @@
 use super::grid::METHODS;
 use super::runner::{Failure, FAILED, SUMMARY};
 use crate::train::{Reweight, Summary};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -73,11 +73,42 @@ fn runs_folder(dir: &Path) -> PathBuf {
     }
 }
 
+/// What `load` found under the results folders.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Finished runs, sorted by key.
+    pub runs: Vec<RunResult>,
+    /// Recorded failures of runs that did not finish, sorted by key.
+    pub failures: Vec<Failure>,
+    /// Files that could not be used, each with the reason (reported, not fatal).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// A summary.json that can be aggregated.
+fn read_summary(path: &Path) -> Result<Summary> {
+    let text = std::fs::read_to_string(path).context("cannot read it")?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("not JSON")?;
+    // serde_json writes a NaN or infinite loss as null. Such a run diverged: its accuracies
+    // (of a model predicting garbage) are not results, so it is skipped rather than averaged.
+    for split in ["valid", "test"] {
+        if v.get(split)
+            .and_then(|m| m.get("loss"))
+            .is_some_and(|l| l.is_null())
+        {
+            bail!("its {split} loss is not finite (null): the run diverged");
+        }
+    }
+    serde_json::from_value(v).context("not a run summary")
+}
+
 /// Every finished run and every recorded failure under the given results folders (their union;
-/// a key found twice is taken from the first folder). Sorted by key.
-pub fn load(dirs: &[PathBuf]) -> Result<(Vec<RunResult>, Vec<Failure>)> {
+/// a key found twice is taken from the first folder that has it readable). A file that cannot
+/// be used is listed in `skipped` and does not stop the others; only an unreadable folder is an
+/// error.
+pub fn load(dirs: &[PathBuf]) -> Result<Loaded> {
     let mut done: BTreeMap<String, RunResult> = BTreeMap::new();
     let mut failed: BTreeMap<String, Failure> = BTreeMap::new();
+    let mut skipped = Vec::new();
     for dir in dirs {
         let folder = runs_folder(dir);
         let entries = std::fs::read_dir(&folder)
@@ -90,25 +121,38 @@ pub fn load(dirs: &[PathBuf]) -> Result<(Vec<RunResult>, Vec<Failure>)> {
         for p in paths {
             let key = p.file_name().unwrap().to_string_lossy().to_string();
             let summary = p.join(SUMMARY);
+            let failure = p.join(FAILED);
+            if done.contains_key(&key) {
+                continue;
+            }
             if summary.is_file() {
-                if done.contains_key(&key) {
-                    continue;
+                match read_summary(&summary) {
+                    Ok(s) => {
+                        failed.remove(&key);
+                        done.insert(key.clone(), RunResult::from_summary(&key, &s));
+                    }
+                    Err(e) => skipped.push((summary, format!("{e:#}"))),
                 }
-                let text = std::fs::read_to_string(&summary)
-                    .with_context(|| format!("cannot read {}", summary.display()))?;
-                let s: Summary = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not a run summary", summary.display()))?;
-                failed.remove(&key);
-                done.insert(key.clone(), RunResult::from_summary(&key, &s));
-            } else if p.join(FAILED).is_file() && !done.contains_key(&key) {
-                let text = std::fs::read_to_string(p.join(FAILED))?;
-                if let Ok(f) = serde_json::from_str::<Failure>(&text) {
-                    failed.entry(key).or_insert(f);
+            } else if failure.is_file() {
+                let f = std::fs::read_to_string(&failure)
+                    .context("cannot read it")
+                    .and_then(|t| {
+                        serde_json::from_str::<Failure>(&t).context("not a failure record")
+                    });
+                match f {
+                    Ok(f) => {
+                        failed.entry(key).or_insert(f);
+                    }
+                    Err(e) => skipped.push((failure, format!("{e:#}"))),
                 }
             }
         }
     }
-    Ok((done.into_values().collect(), failed.into_values().collect()))
+    Ok(Loaded {
+        runs: done.into_values().collect(),
+        failures: failed.into_values().collect(),
+        skipped,
+    })
 }
 
 /// Mean and sample standard deviation (n − 1; 0 for a single value).

@@ -1,6 +1,9 @@
 //! The paper's experiment grid: which runs, with which hyper-parameters, under which key.
 
-use anyhow::{bail, ensure, Result};
+use crate::cli::TrainArgs;
+use crate::train::TrainConfig;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 
 /// The densities of the paper's sparse runs.
@@ -133,47 +136,60 @@ impl RunSpec {
 
     /// The `rest train` arguments of a fresh run (without the executable, `--out` and data dir).
     pub fn train_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "train".into(),
-            "--method".into(),
-            self.method.clone(),
-            "--dataset".into(),
-            self.dataset.clone(),
-            "--ratio".into(),
-            num(self.ratio),
+        let mut opts: Vec<(&str, String)> = vec![
+            ("--method", self.method.clone()),
+            ("--dataset", self.dataset.clone()),
+            ("--ratio", num(self.ratio)),
         ];
         if is_sparse_method(&self.method) {
-            a.extend(["--density".into(), num(self.density)]);
+            opts.push(("--density", num(self.density)));
         }
-        a.extend([
-            "--upweight".into(),
-            format!("{}", self.upweight),
-            "--seed".into(),
-            self.seed.to_string(),
-            "--epochs".into(),
-            self.epochs.to_string(),
-            "--model".into(),
-            self.model.clone(),
-            "--width".into(),
-            self.width.to_string(),
-            "--lr".into(),
-            num(self.lr),
-            "--batch-size".into(),
-            self.batch_size.to_string(),
-            "--momentum".into(),
-            num(self.momentum),
-            "--weight-decay".into(),
-            num(self.weight_decay),
-            "--update-every".into(),
-            self.update_every.to_string(),
-            "--death-rate".into(),
-            num(self.death_rate),
+        opts.extend([
+            ("--upweight", format!("{}", self.upweight)),
+            ("--seed", self.seed.to_string()),
+            ("--epochs", self.epochs.to_string()),
+            ("--model", self.model.clone()),
+            ("--width", self.width.to_string()),
+            ("--lr", num(self.lr)),
+            ("--batch-size", self.batch_size.to_string()),
+            ("--momentum", num(self.momentum)),
+            ("--weight-decay", num(self.weight_decay)),
+            ("--update-every", self.update_every.to_string()),
+            ("--death-rate", num(self.death_rate)),
         ]);
         if let Some(n) = self.synthetic_train {
-            a.extend(["--synthetic-train".into(), n.to_string()]);
+            opts.push(("--synthetic-train", n.to_string()));
+        }
+        let mut a = vec!["train".to_string()];
+        for (flag, value) in opts {
+            // clap reads `--lr -1` as two flags: a negative value goes as `--lr=-1`, so that
+            // `rest train` can say what is wrong with it.
+            if value.starts_with('-') {
+                a.push(format!("{flag}={value}"));
+            } else {
+                a.extend([flag.to_string(), value]);
+            }
         }
         a
     }
+
+    /// The configuration that `rest train` builds from `train_args`, through its own checks
+    /// (`TrainArgs::config`): an error here is what every child of such a run would fail with.
+    pub fn train_config(&self) -> Result<TrainConfig> {
+        let line = TrainLine::try_parse_from(self.train_args()).map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            anyhow!("{}", first.trim_start_matches("error: "))
+        })?;
+        line.args.config()
+    }
+}
+
+/// `rest train`'s flags, to read a run's arguments back as its child process will.
+#[derive(clap::Parser)]
+struct TrainLine {
+    #[command(flatten)]
+    args: TrainArgs,
 }
 
 /// What to expand: every field already resolved (defaults and `--quick` applied).
@@ -201,6 +217,13 @@ impl GridConfig {
         ensure!(!self.ratios.is_empty(), "--ratios is empty");
         ensure!(!self.seeds.is_empty(), "--seeds is empty");
         ensure!(self.epochs > 0, "--epochs must be at least 1");
+        // `rest train` checks these two only when it builds the model and the data, which a
+        // check of the grid should not do (see `train_config` for the rest of its checks).
+        ensure!(self.width > 0, "--width must be at least 1");
+        ensure!(
+            self.synthetic_train != Some(0),
+            "--synthetic-train must be at least 1"
+        );
         for m in &self.methods {
             ensure!(
                 METHODS.contains(&m.as_str()),
@@ -234,7 +257,8 @@ impl GridConfig {
         Ok(())
     }
 
-    /// All runs: ratio, then method (table order), then density, then seed.
+    /// All runs: ratio, then method (table order), then density, then seed. An error when
+    /// `rest train` would refuse a run's options (the first such run's problem).
     pub fn expand(&self) -> Result<Vec<RunSpec>> {
         self.validate()?;
         let mut methods: Vec<&str> = METHODS
@@ -286,6 +310,15 @@ impl GridConfig {
             keys.len() == out.len(),
             "the grid lists a run twice (repeated values in a list?)"
         );
+        // Before any run starts: options that `rest train` refuses would fail every run.
+        for s in &out {
+            s.train_config().with_context(|| {
+                format!(
+                    "the options of run {} are not valid for `rest train`",
+                    s.key()
+                )
+            })?;
+        }
         Ok(out)
     }
 }

@@ -43,13 +43,15 @@ pub struct ReproduceArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// λ for every ratio, instead of the reference's pairing 0.5→10, 1→30, 2→50, 5→80.
-    #[arg(long)]
+    // Here and on --lr, a negative number is taken as the value (not as a flag), so that the
+    // check of the runs' options can say what is wrong with it.
+    #[arg(long, allow_negative_numbers = true)]
     pub upweight: Option<f32>,
     /// Model width; default 64.
     #[arg(long)]
     pub width: Option<usize>,
     /// Learning rate; default 0.01 (CMNIST CNN) or 0.001 (ResNet-18).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -208,11 +210,28 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Writes results.md, results.csv and the plots for the runs under `sources`, into `out`.
-/// Returns the number of finished runs and of failed ones.
-pub fn write_reports(sources: &[PathBuf], out: &Path) -> Result<(usize, usize)> {
-    let (runs, failures) = aggregate::load(sources)?;
-    let rows = aggregate::aggregate(&runs);
+/// The runs under `sources` (see `aggregate::load`); each file that could not be used is reported
+/// on stderr.
+pub fn load_reported(sources: &[PathBuf]) -> Result<aggregate::Loaded> {
+    let loaded = aggregate::load(sources)?;
+    for (path, why) in &loaded.skipped {
+        eprintln!("skipped {}: {why}", path.display());
+    }
+    Ok(loaded)
+}
+
+/// "; N unreadable file(s) skipped, see above" when there were any.
+fn skipped_note(loaded: &aggregate::Loaded) -> String {
+    match loaded.skipped.len() {
+        0 => String::new(),
+        n => format!("; {n} unreadable file(s) skipped, see above"),
+    }
+}
+
+/// Writes results.md, results.csv and the plots for the `loaded` runs, into `out`.
+pub fn write_reports(loaded: &aggregate::Loaded, out: &Path) -> Result<()> {
+    let (runs, failures) = (&loaded.runs, &loaded.failures);
+    let rows = aggregate::aggregate(runs);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut plots = Vec::new();
     let mut panels: Vec<(String, f64)> =
@@ -240,22 +259,45 @@ pub fn write_reports(sources: &[PathBuf], out: &Path) -> Result<(usize, usize)> 
     )?;
     write_atomic(
         &out.join("results.md"),
-        aggregate::render_markdown(&rows, &failures, &plots).as_bytes(),
+        aggregate::render_markdown(&rows, failures, &plots).as_bytes(),
     )?;
-    Ok((runs.len(), failures.len()))
+    Ok(())
 }
 
 /// What `rest reproduce` does.
 pub fn run(args: &ReproduceArgs) -> Result<()> {
     let results = args.results_dir();
+    ensure!(
+        args.workers >= 1,
+        "--workers must be at least 1 (the number of runs at once)"
+    );
     if !args.collect.is_empty() {
         ensure!(
             args.emit_slurm.is_none() && args.task_index.is_none(),
             "--collect builds tables from finished runs: it does not go with --emit-slurm or --task-index"
         );
-        let (done, failed) = write_reports(&args.collect, &results)?;
+        let loaded = load_reported(&args.collect)?;
+        if loaded.runs.is_empty() {
+            let folders: Vec<String> = args
+                .collect
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            bail!(
+                "no finished runs in {}: --collect reads <folder>/runs/<key>/summary.json, one \
+                 per finished run, as `rest reproduce` writes them (found {} failed run(s){}); \
+                 nothing was written",
+                folders.join(", "),
+                loaded.failures.len(),
+                skipped_note(&loaded)
+            );
+        }
+        write_reports(&loaded, &results)?;
         println!(
-            "{done} finished runs ({failed} failed) from {} folder(s): {}",
+            "{} finished runs ({} failed{}) from {} folder(s): {}",
+            loaded.runs.len(),
+            loaded.failures.len(),
+            skipped_note(&loaded),
             args.collect.len(),
             results.join("results.md").display()
         );
@@ -267,7 +309,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     let exec = Exec {
         exe: exe.clone(),
         data_dir: args.data_dir.clone(),
-        workers: args.workers.max(1),
+        workers: args.workers,
         progress: !args.quiet,
     };
     if args.dry_run {
@@ -280,6 +322,12 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(file) = &args.emit_slurm {
+        ensure!(
+            !file.is_dir(),
+            "--emit-slurm {} is a directory: give the script's file name, e.g. {}",
+            file.display(),
+            file.join(format!("{}.sbatch", g.dataset)).display()
+        );
         let results = absolute(&results)?;
         let data_dir = args.data_dir.as_deref().map(absolute).transpose()?;
         std::fs::create_dir_all(results.join("slurm"))
@@ -332,21 +380,41 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     );
     let outcomes = runner::run_grid(&specs, &results, &exec)?;
     let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
-    let (done, failed_total) = write_reports(std::slice::from_ref(&results), &results)?;
+    let loaded = load_reported(std::slice::from_ref(&results))?;
+    write_reports(&loaded, &results)?;
     println!(
-        "{} trained, {} resumed, {} skipped (already done), {} failed; {} finished runs in {}",
+        "{} trained, {} resumed, {} skipped (already done), {} failed; {} finished runs in {}{}",
         count(Outcome::Trained),
         count(Outcome::Resumed),
         count(Outcome::Skipped),
         count(Outcome::Failed),
-        done,
-        results.join("results.md").display()
+        loaded.runs.len(),
+        results.join("results.md").display(),
+        skipped_note(&loaded)
     );
-    let failed = count(Outcome::Failed);
-    if failed > 0 {
+    let failed: Vec<PathBuf> = specs
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| **o == Outcome::Failed)
+        .map(|(s, _)| runner::run_dir(&results, &s.key()).join(runner::FAILED))
+        .collect();
+    if !failed.is_empty() {
+        let mut list: Vec<String> = failed
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        if failed.len() > 3 {
+            list.push(format!("and {} more", failed.len() - 3));
+        }
         bail!(
-            "{failed} of {} runs failed ({failed_total} failures recorded in the results folder): their failed.json says why; run the same command again to retry them",
-            specs.len()
+            "{} of {} runs failed: why is in their failed.json ({}; all {} failures recorded \
+             are listed in {}); once the cause is fixed, run the same command again to retry them",
+            failed.len(),
+            specs.len(),
+            list.join(", "),
+            loaded.failures.len(),
+            results.join("results.md").display()
         );
     }
     Ok(())
