@@ -32,19 +32,29 @@ fn dtype_of(name: &str) -> Dtype {
 
 /// Writes `bytes` to `path` so that a reader sees either the old file or the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{} names no file", path.display()))?
+        .to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let write = || -> Result<()> {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    };
+    let result = write();
+    if result.is_err() {
+        // Leave nothing half-written behind (the old file, if any, is untouched).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -330,5 +340,30 @@ impl Checkpoint {
         t.opt.lr = self.progress.lr;
         t.progress = self.progress.clone();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("rest-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The destination is a directory: the rename fails after the temporary file is written.
+        let target = dir.join("out");
+        std::fs::create_dir_all(&target).unwrap();
+        assert!(write_atomic(&target, b"data").is_err());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("out")]);
+        // A name without an extension gets NAME.tmp while it is written, and the file lands.
+        let file = dir.join("plain");
+        write_atomic(&file, b"abc").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"abc");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

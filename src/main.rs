@@ -76,8 +76,19 @@ fn drop_empty_env() {
     }
 }
 
+/// Output piped into a command that stops reading (`rest reproduce --dry-run | head`) ends the
+/// process quietly, as for other Unix tools, instead of a panic in `println!` on EPIPE.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of SIGPIPE, once, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    default_sigpipe();
     drop_empty_env();
     let parsed = Cli::parse();
     match run_in_pool(&parsed) {

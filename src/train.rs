@@ -76,6 +76,10 @@ pub struct TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.epochs > 0, "--epochs must be at least 1");
+        ensure!(self.model.width > 0, "--width must be at least 1");
+        if let Some(n) = self.synthetic_train {
+            ensure!(n > 0, "--synthetic-train must be at least 1");
+        }
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(
             self.lr > 0.0 && self.lr.is_finite(),

@@ -233,3 +233,18 @@ fn forged_checkpoint_values_are_errors() {
     eval("bn.0.running_var holds a negative variance");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rest"))
+        .args(["reproduce", "synthetic", "--dry-run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the listing is written, as `| head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
