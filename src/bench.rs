@@ -13,8 +13,8 @@ use crate::optim::Sgd;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::train::{Reweight, ReweightMode, TrainConfig, Trainer};
-use anyhow::{ensure, Context, Result};
-use std::path::PathBuf;
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -334,15 +334,43 @@ fn checkpoint_bytes(model: &Model, state: Option<dst::SparseState>) -> Result<us
     Ok(n)
 }
 
+/// Checks the options `bench cpu` and `bench memory` share, before anything runs.
+fn check_run(densities: &[f64], steps: usize, batch: usize) -> Result<()> {
+    ensure!(steps > 0, "--steps must be ≥ 1, got {steps}");
+    ensure!(batch > 1, "--batch must be ≥ 2, got {batch}");
+    if let Some(d) = densities.iter().find(|&&d| !(d > 0.0 && d <= 1.0)) {
+        bail!("--densities must be in (0, 1], got {d}");
+    }
+    Ok(())
+}
+
+/// Checks a `--json` path before a bench runs, so a bad one fails at once rather than after
+/// the measurements: it must not be a directory, and its folder must exist (it is created
+/// here when missing).
+pub fn check_json_path(path: &Path) -> Result<()> {
+    ensure!(
+        !path.is_dir(),
+        "--json {}: is a directory; give a file name",
+        path.display()
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        ensure!(
+            !dir.exists() || dir.is_dir(),
+            "--json {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        );
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--json {}: cannot create its folder", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn cpu(args: &CpuArgs) -> Result<()> {
-    ensure!(
-        args.steps > 0 && args.batch > 1,
-        "--steps must be ≥ 1 and --batch ≥ 2"
-    );
-    ensure!(
-        args.densities.iter().all(|&d| d > 0.0 && d <= 1.0),
-        "densities must be in (0, 1]"
-    );
+    check_run(&args.densities, args.steps, args.batch)?;
+    if let Some(p) = &args.json {
+        check_json_path(p)?;
+    }
     let mut results = Vec::new();
     let cpu = crate::device::cpu::isa::cpu_description();
     println!(
@@ -499,6 +527,7 @@ pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
 }
 
 pub fn memory(a: &MemoryArgs) -> Result<()> {
+    check_run(&a.densities, a.steps, a.batch)?;
     let exe = std::env::current_exe()?;
     println!(
         "peak resident memory of {} training steps, {:?}, batch {} (one process each)",

@@ -283,6 +283,13 @@ pub struct StepRow {
 // ---------------------------------------------------------------------------------------------
 
 pub fn run(args: &GpuArgs) -> Result<()> {
+    ensure!(
+        args.reps != Some(0),
+        "--reps must be at least 1 (timed samples per measurement)"
+    );
+    if let Some(p) = &args.json {
+        crate::bench::check_json_path(p)?;
+    }
     let (gpu, why) = gpu_for(&args.device, "rest bench gpu")?;
     let plan = Plan::new(args.quick, args.reps);
     let emu_note = "(emulator: the CUDA kernels run on the CPU, so these times say nothing about \

@@ -132,10 +132,10 @@ pub struct ShowArgs {
     /// Which split to show.
     #[arg(long, value_enum, default_value_t = SplitName::Train)]
     pub split: SplitName,
-    /// Samples per class and group.
+    /// Samples per class and group, 1 to 64.
     #[arg(long, default_value_t = 8)]
     pub per_group: usize,
-    /// Output PNG file.
+    /// Output PNG file (its name must end in .png).
     #[arg(long, default_value = "grid.png")]
     pub out: PathBuf,
     /// Data seed of generated datasets.
@@ -171,6 +171,9 @@ fn make(a: &MakeArgs) -> Result<()> {
     } else {
         a.ratio.clone()
     };
+    for &r in &ratios {
+        gen::check_ratio(r)?;
+    }
     let opts = OpenOptions {
         seed: a.seed,
         severity: a.severity,
@@ -251,7 +254,32 @@ pub fn grid(ds: &Dataset, per_group: usize) -> Result<image::RgbImage> {
     Ok(img)
 }
 
+/// The most samples per class and group `rest data show` draws. The grid is for looking at:
+/// 64 puts 128 tiles side by side, about 8,000 pixels wide for the 28–32 px datasets, which is
+/// already more than a screen shows. A larger value is refused rather than capped at the
+/// samples a group has, as a group has thousands: 100000 once meant an 80 s run writing a
+/// 125 MB PNG.
+pub const MAX_PER_GROUP: usize = 64;
+
 fn show(a: &ShowArgs) -> Result<()> {
+    if a.per_group == 0 || a.per_group > MAX_PER_GROUP {
+        bail!(
+            "--per-group must be between 1 and {MAX_PER_GROUP} samples per class and group, got {}",
+            a.per_group
+        );
+    }
+    let is_png = a
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        bail!(
+            "--out {}: the grid is written as a PNG image, so the file name must end in .png",
+            a.out.display()
+        );
+    }
+    gen::check_ratio(a.ratio)?;
     let dd = fetch::data_dir(a.data_dir.as_deref());
     let opts = OpenOptions {
         seed: a.seed,
@@ -264,7 +292,7 @@ fn show(a: &ShowArgs) -> Result<()> {
         SplitName::Test => &splits.test,
     };
     describe(ds);
-    let img = grid(ds, a.per_group.max(1))?;
+    let img = grid(ds, a.per_group)?;
     write_png(&img, &a.out)?;
     eprintln!(
         "wrote {} ({}x{}): one row per class, {} aligned samples left, {} conflicting right",
@@ -282,6 +310,7 @@ fn write_png(img: &image::RgbImage, path: &Path) -> Result<()> {
         std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
     }
     img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(folder::image_error)
         .with_context(|| format!("{}: cannot write PNG", path.display()))
 }
 

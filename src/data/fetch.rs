@@ -29,6 +29,19 @@ pub fn data_dir(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Checks up front that the data directory, when it exists, is a directory: otherwise an
+/// error naming it, before anything is downloaded or generated.
+pub fn check_data_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{}: the data directory is not a directory; give --data-dir (or REST_DATA_DIR) a \
+             folder, or a path where one can be created",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// One regular file of a tar archive.
 #[derive(Clone, Debug)]
 pub struct TarEntry {
@@ -259,6 +272,7 @@ pub fn verify_mnist(dir: &Path, strict: bool) -> Result<()> {
 
 /// `rest data fetch mnist`: installs into `data_dir/mnist` and verifies; returns that directory.
 pub fn fetch_mnist(data_dir: &Path, from: Option<&Path>) -> Result<PathBuf> {
+    check_data_dir(data_dir)?;
     let dest = data_dir.join("mnist");
     match from {
         Some(src) => {

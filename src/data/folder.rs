@@ -86,6 +86,12 @@ pub fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// An `image` crate error as a single message. Its text already includes its source, which
+/// `{:#}` would print a second time ("Invalid PNG signature.: Invalid PNG signature.").
+pub fn image_error(e: image::ImageError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
 struct Decoded {
     channels: usize,
     width: usize,
@@ -97,6 +103,7 @@ struct Decoded {
 fn decode(path: &Path, want_channels: Option<usize>) -> Result<Decoded> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .map_err(image_error)
         .with_context(|| format!("{}: corrupt or unreadable PNG", path.display()))?;
     let grey = !img.color().has_color();
     let channels = want_channels.unwrap_or(if grey { 1 } else { 3 });
@@ -292,7 +299,8 @@ pub fn encode_png(ds: &Dataset, i: usize) -> Result<Vec<u8>> {
     let enc = image::codecs::png::PngEncoder::new(&mut out);
     use image::ImageEncoder;
     if c == 1 {
-        enc.write_image(src, w as u32, h as u32, image::ExtendedColorType::L8)?;
+        enc.write_image(src, w as u32, h as u32, image::ExtendedColorType::L8)
+            .map_err(image_error)?;
     } else if c == 3 {
         let mut hwc = vec![0u8; 3 * h * w];
         for p in 0..h * w {
@@ -300,7 +308,8 @@ pub fn encode_png(ds: &Dataset, i: usize) -> Result<Vec<u8>> {
                 hwc[3 * p + ch] = src[ch * h * w + p];
             }
         }
-        enc.write_image(&hwc, w as u32, h as u32, image::ExtendedColorType::Rgb8)?;
+        enc.write_image(&hwc, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+            .map_err(image_error)?;
     } else {
         bail!("{}: cannot write {c}-channel images as PNG", ds.name);
     }

@@ -41,9 +41,7 @@ impl GenConfig {
     }
 
     pub fn check(&self) -> Result<()> {
-        if !(0.0..=100.0).contains(&self.ratio_percent) || self.ratio_percent.is_nan() {
-            bail!("conflict ratio {}% is outside 0..100", self.ratio_percent);
-        }
+        check_ratio(self.ratio_percent)?;
         if !(1..=5).contains(&self.severity) {
             bail!("severity {} is outside 1..5", self.severity);
         }
@@ -55,6 +53,29 @@ impl GenConfig {
         }
         Ok(())
     }
+}
+
+/// Checks a conflict ratio given in percent, as `rest train` does: a biased split needs some
+/// bias-conflicting samples (above 0 %) and some aligned ones (below 100 %).
+pub fn check_ratio(ratio_percent: f64) -> Result<()> {
+    if !(ratio_percent > 0.0 && ratio_percent < 100.0) {
+        bail!("--ratio is a percentage in (0, 100), got {ratio_percent}");
+    }
+    Ok(())
+}
+
+/// How many of the `n` samples of the training split `name` are bias-conflicting at
+/// `ratio_percent`: exactly round(ratio·n). None is an error: reweighting would have nothing
+/// to upweight.
+pub fn conflicting_count(name: &str, ratio_percent: f64, n: usize) -> Result<usize> {
+    let k = ((ratio_percent / 100.0 * n as f64).round() as usize).min(n);
+    if k == 0 {
+        bail!(
+            "{name}: --ratio {ratio_percent} is too small: {ratio_percent}% of the {n} training \
+             samples rounds to 0 bias-conflicting samples; use a larger ratio"
+        );
+    }
+    Ok(k)
 }
 
 /// Splits `0..n` into (train, valid) index lists, both sorted. Depends only on the seed, so
@@ -184,6 +205,8 @@ pub fn plan_splits<'a>(
     if tr.is_empty() || va.is_empty() || test_src.is_empty() {
         bail!("{name}: the source is too small to make train, valid and test splits");
     }
+    let pct = super::folder::pct_dir(cfg.ratio_percent);
+    conflicting_count(&format!("{name}/{pct}/train"), cfg.ratio_percent, tr.len())?;
     let ratio = cfg.ratio_percent / 100.0;
     let tr_labels: Vec<u8> = tr.iter().map(|&i| train_src.labels[i]).collect();
     let va_labels: Vec<u8> = va.iter().map(|&i| train_src.labels[i]).collect();
@@ -205,7 +228,6 @@ pub fn plan_splits<'a>(
         None,
         &mut Rng::derive(cfg.seed, 0xb1a5_0003),
     );
-    let pct = super::folder::pct_dir(cfg.ratio_percent);
     Ok([
         SplitPlan {
             name: format!("{name}/{pct}/train"),
@@ -290,6 +312,8 @@ pub fn read_cache(dir: &Path, cfg: &GenConfig) -> Result<Splits> {
         }
         out.push(ds);
     }
+    // A cache made before zero conflicting training samples became an error.
+    conflicting_count(&out[0].name, cfg.ratio_percent, out[0].len())?;
     let test = out.pop().context("test split")?;
     let valid = out.pop().context("valid split")?;
     let train = out.pop().context("train split")?;
