@@ -112,6 +112,25 @@ pub struct CpuResult {
     pub update_ms: Option<f64>,
 }
 
+/// The benchmarked model of `arch`: width 64, RGB input, 10 classes.
+fn bench_config(arch: Arch) -> ModelConfig {
+    ModelConfig {
+        arch,
+        width: 64,
+        in_channels: 3,
+        num_classes: 10,
+    }
+}
+
+/// The input size of `arch` in the memory benchmark: 28 px (MNIST) for the CNN, 32 (CIFAR) else.
+fn memory_input_size(arch: Arch) -> usize {
+    if arch == Arch::Cnn {
+        28
+    } else {
+        32
+    }
+}
+
 /// A model of `arch` at `density` (1 = dense), as training would build it.
 pub fn build(
     arch: Arch,
@@ -119,12 +138,8 @@ pub fn build(
     batch: usize,
     size: usize,
 ) -> Result<(Model, Option<dst::SparseState>)> {
-    let cfg = ModelConfig {
-        arch,
-        width: 64,
-        in_channels: 3,
-        num_classes: 10,
-    };
+    let cfg = bench_config(arch);
+    crate::train::check_memory(&cfg, size, size, batch)?;
     let mut model = Model::new(&cfg, 1)?;
     let state = if density < 1.0 {
         let s = dst::sparsify(&mut model, &SparseConfig::reference(density), 1)?;
@@ -371,6 +386,15 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
     if let Some(p) = &args.json {
         check_json_path(p)?;
     }
+    let shape = |arch| match arch {
+        Arch::Cnn => (28, args.batch),
+        Arch::Resnet18 => (32, (args.batch / 4).max(2)),
+    };
+    // Every model is checked before the first is measured.
+    for &arch in &args.models {
+        let (size, batch) = shape(arch);
+        crate::train::check_memory(&bench_config(arch), size, size, batch)?;
+    }
     let mut results = Vec::new();
     let cpu = crate::device::cpu::isa::cpu_description();
     println!(
@@ -378,10 +402,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         rayon::current_num_threads()
     );
     for &arch in &args.models {
-        let (size, batch) = match arch {
-            Arch::Cnn => (28, args.batch),
-            Arch::Resnet18 => (32, (args.batch / 4).max(2)),
-        };
+        let (size, batch) = shape(arch);
         let name = format!("{arch:?}").to_lowercase();
         let inp = inputs(batch, size);
         println!("\n{name}, {size}x{size} px, batch {batch}");
@@ -505,7 +526,7 @@ fn peak_rss() -> Option<u64> {
 }
 
 pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
-    let size = if a.model == Arch::Cnn { 28 } else { 32 };
+    let size = memory_input_size(a.model);
     let (mut model, _) = build(a.model, a.density, a.batch, size)?;
     let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
     let inp = inputs(a.batch, size);
@@ -528,6 +549,8 @@ pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
 
 pub fn memory(a: &MemoryArgs) -> Result<()> {
     check_run(&a.densities, a.steps, a.batch)?;
+    let size = memory_input_size(a.model);
+    crate::train::check_memory(&bench_config(a.model), size, size, a.batch)?;
     let exe = std::env::current_exe()?;
     println!(
         "peak resident memory of {} training steps, {:?}, batch {} (one process each)",

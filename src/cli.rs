@@ -142,11 +142,7 @@ const MAX_SYNTHETIC_BYTES: usize = 4 << 30;
 
 /// Loads the three splits of a dataset.
 pub fn load_splits(source: &DataSource, seed: u64, synthetic_train: usize) -> Result<Splits> {
-    ensure!(
-        source.ratio > 0.0 && source.ratio < 100.0,
-        "--ratio is a percentage in (0, 100), got {}",
-        source.ratio
-    );
+    crate::data::gen::check_ratio(source.ratio)?;
     if source.dataset == "synthetic" {
         // Generated in memory: refuse a size that cannot be held rather than abort on it.
         let image = 3 * synthetic::SIZE * synthetic::SIZE;

@@ -146,8 +146,8 @@ pub fn check_memory(model: &ModelConfig, h: usize, w: usize, batch: usize) -> Re
     ensure!(
         params.saturating_add(acts) <= available,
         "this model and batch need at least {:.1} GiB ({:.3e} parameters: {:.1} GiB; activations \
-         of a batch of {batch}: {:.1} GiB) and this machine has {:.1} GiB: lower --width or \
-         --batch-size",
+         of a batch of {batch}: {:.1} GiB) and this machine has {:.1} GiB: lower the width or the \
+         batch size",
         gib(params.saturating_add(acts)),
         fp.params as f64,
         gib(params),

@@ -46,6 +46,7 @@ fn bench_memory_checks_its_options_like_bench_cpu() {
         refused(&with(&["--steps", "0"]), "--steps", started);
         refused(&with(&["--batch", "0"]), "--batch", started);
         refused(&with(&["--batch", "1"]), "--batch", started);
+        refused(&with(&["--batch", "100000000"]), "need at least", started);
     }
 }
 
