@@ -244,43 +244,59 @@ impl TrainArgs {
     /// The options given that this run does not use (each differs from its default), so that
     /// they are named rather than silently ignored.
     pub fn ignored_options(&self, config: &TrainConfig) -> Vec<&'static str> {
-        let mut ignored = Vec::new();
+        let d = TrainDefaults::get();
+        let mut candidates = Vec::new();
         if config.sparse.is_none() {
-            let sparse_only = [
-                ("--density-rule", self.density_rule != DensityRule::Erk),
-                ("--update-every", self.update_every != 1000),
-                ("--death-rate", self.death_rate != 0.5),
-                ("--death-rate-end", self.death_rate_end != 0.005),
-                ("--decay", self.decay != DecaySchedule::Cosine),
-                ("--prune", self.prune != PruneRule::Magnitude),
-                ("--grow", self.grow != GrowRule::Gradient),
-                ("--stop-fraction", self.stop_fraction != 1.0),
-                ("--fix", self.fix),
-                ("--sparse-compute", self.sparse_compute != PathChoice::Auto),
-            ];
-            ignored.extend(sparse_only.iter().filter(|o| o.1).map(|o| o.0));
+            candidates.extend([
+                ("--density-rule", self.density_rule != d.density_rule),
+                ("--update-every", self.update_every != d.update_every),
+                ("--death-rate", self.death_rate != d.death_rate),
+                ("--death-rate-end", self.death_rate_end != d.death_rate_end),
+                ("--decay", self.decay != d.decay),
+                ("--prune", self.prune != d.prune),
+                ("--grow", self.grow != d.grow),
+                ("--stop-fraction", self.stop_fraction != d.stop_fraction),
+                ("--fix", self.fix != d.fix),
+                ("--sparse-compute", self.sparse_compute != d.sparse_compute),
+            ]);
         }
         if config.reweight == Reweight::Off {
-            ignored.extend(
-                [
-                    ("--upweight", self.upweight != 80.0),
-                    (
-                        "--reweight-mode",
-                        self.reweight_mode != ReweightMode::Sampler,
-                    ),
-                ]
-                .iter()
-                .filter(|o| o.1)
-                .map(|o| o.0),
-            );
+            candidates.extend([
+                ("--upweight", self.upweight != d.upweight),
+                ("--reweight-mode", self.reweight_mode != d.reweight_mode),
+            ]);
         }
-        if config.reweight != Reweight::Jtt && self.jtt_epochs != 1 {
-            ignored.push("--jtt-epochs");
-        }
-        if config.synthetic_train.is_none() && self.synthetic_train != SYNTHETIC_TRAIN {
-            ignored.push("--synthetic-train");
-        }
-        ignored
+        candidates.extend([
+            (
+                "--jtt-epochs",
+                config.reweight != Reweight::Jtt && self.jtt_epochs != d.jtt_epochs,
+            ),
+            (
+                "--synthetic-train",
+                config.synthetic_train.is_none() && self.synthetic_train != d.synthetic_train,
+            ),
+        ]);
+        candidates
+            .into_iter()
+            .filter(|&(_, given)| given)
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+/// `rest train`'s options as parsed from an empty command line: their defaults, in one place.
+#[derive(clap::Parser)]
+struct TrainDefaults {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+impl TrainDefaults {
+    fn get() -> TrainArgs {
+        use clap::Parser;
+        Self::try_parse_from(["train"])
+            .expect("rest train's defaults parse")
+            .args
     }
 }
 
