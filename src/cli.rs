@@ -244,7 +244,7 @@ impl TrainArgs {
     /// The options given that this run does not use (each differs from its default), so that
     /// they are named rather than silently ignored.
     pub fn ignored_options(&self, config: &TrainConfig) -> Vec<&'static str> {
-        let d = TrainDefaults::get();
+        let d = TrainLine::defaults();
         let mut candidates = Vec::new();
         if config.sparse.is_none() {
             candidates.extend([
@@ -284,15 +284,17 @@ impl TrainArgs {
     }
 }
 
-/// `rest train`'s options as parsed from an empty command line: their defaults, in one place.
+/// `rest train`'s options on their own, to read a train command line as `rest train` would (its
+/// defaults; the arguments `rest reproduce` gives a run).
 #[derive(clap::Parser)]
-struct TrainDefaults {
+pub struct TrainLine {
     #[command(flatten)]
-    args: TrainArgs,
+    pub args: TrainArgs,
 }
 
-impl TrainDefaults {
-    fn get() -> TrainArgs {
+impl TrainLine {
+    /// The options of an empty command line: every default, in one place.
+    fn defaults() -> TrainArgs {
         use clap::Parser;
         Self::try_parse_from(["train"])
             .expect("rest train's defaults parse")

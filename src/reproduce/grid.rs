@@ -1,6 +1,6 @@
 //! The paper's experiment grid: which runs, with which hyper-parameters, under which key.
 
-use crate::cli::TrainArgs;
+use crate::cli::TrainLine;
 use crate::train::TrainConfig;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
@@ -185,13 +185,6 @@ impl RunSpec {
     }
 }
 
-/// `rest train`'s flags, to read a run's arguments back as its child process will.
-#[derive(clap::Parser)]
-struct TrainLine {
-    #[command(flatten)]
-    args: TrainArgs,
-}
-
 /// What to expand: every field already resolved (defaults and `--quick` applied).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GridConfig {
@@ -217,13 +210,6 @@ impl GridConfig {
         ensure!(!self.ratios.is_empty(), "--ratios is empty");
         ensure!(!self.seeds.is_empty(), "--seeds is empty");
         ensure!(self.epochs > 0, "--epochs must be at least 1");
-        // `rest train` checks these two only when it builds the model and the data, which a
-        // check of the grid should not do (see `train_config` for the rest of its checks).
-        ensure!(self.width > 0, "--width must be at least 1");
-        ensure!(
-            self.synthetic_train != Some(0),
-            "--synthetic-train must be at least 1"
-        );
         for m in &self.methods {
             ensure!(
                 METHODS.contains(&m.as_str()),
