@@ -282,6 +282,19 @@ pub fn describe(model: &Model) -> String {
     s
 }
 
+/// The compute path of every sparse layer, by name (dense layers are left out).
+pub fn compute_paths(model: &Model) -> std::collections::BTreeMap<String, ComputePath> {
+    model
+        .params
+        .params
+        .iter()
+        .filter_map(|p| match &p.values {
+            Values::Sparse(_, path) => Some((p.name.clone(), *path)),
+            Values::Dense(_) => None,
+        })
+        .collect()
+}
+
 /// Sets every sparse layer's compute path: timed per layer (`Auto`) or as asked.
 pub fn choose_paths(
     model: &mut Model,

@@ -19,6 +19,7 @@ pub mod nn;
 pub mod optim;
 pub mod reproduce;
 pub mod rng;
+pub mod run_lock;
 pub mod sparse;
 pub mod tensor;
 pub mod train;

@@ -11,7 +11,7 @@ use crate::device::Device;
 use crate::dst::{self, SparseConfig, SparseState};
 use crate::flops::FlopsReport;
 use crate::metrics::{argmax_rows, evaluate, GroupMetrics};
-use crate::nn::param::Grads;
+use crate::nn::param::{ComputePath, Grads};
 use crate::nn::{ops, Arch, Model, ModelConfig};
 use crate::optim::{Plateau, Sgd};
 use crate::rng::Rng;
@@ -19,6 +19,7 @@ use crate::sparse::schedule::death_rate;
 use crate::sparse::topology::{GrowRule, PruneRule, UpdateStats};
 use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -196,6 +197,10 @@ pub struct Summary {
     /// Training FLOPs of the whole run (per-image training cost × images seen).
     pub train_flops_total: f64,
     pub wall_seconds: f64,
+    /// How each sparse layer was computed (`--sparse-compute auto` picks by timing, and the two
+    /// paths round differently, so this tells whether two runs' numbers can agree bit for bit).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub compute_paths: BTreeMap<String, ComputePath>,
 }
 
 /// Everything that changes during training: what a checkpoint holds besides the weights.
@@ -519,8 +524,14 @@ impl<'a> Trainer<'a> {
     /// Trains to the configured number of epochs (or `stop_after_epochs` more), writing
     /// metrics.jsonl, checkpoints and, at the end, summary.json under `opts.out`.
     pub fn train(&mut self, opts: &RunOptions) -> Result<Option<Summary>> {
+        ensure!(
+            !opts.out.exists() || opts.out.is_dir(),
+            "the output folder {} is a file",
+            opts.out.display()
+        );
         std::fs::create_dir_all(&opts.out)
             .with_context(|| format!("cannot create output directory {}", opts.out.display()))?;
+        let _lock = crate::run_lock::RunLock::acquire(&opts.out)?;
         checkpoint::write_atomic(
             &opts.out.join("config.json"),
             serde_json::to_string_pretty(&self.config)?.as_bytes(),
@@ -771,10 +782,13 @@ impl<'a> Trainer<'a> {
             self.progress.epoch += 1;
             self.progress.wall_seconds += t0.elapsed().as_secs_f64();
             self.progress.topology_rng = rng.state();
-            Checkpoint::capture(self).save(&opts.out.join(checkpoint::LAST))?;
+            // best before last: a run stopped between the two repeats this epoch on resume and
+            // writes the same best again, while the other order could leave a stale best file
+            // behind a last one that already names this epoch as the best.
             if best {
                 Checkpoint::capture(self).save(&opts.out.join(checkpoint::BEST))?;
             }
+            Checkpoint::capture(self).save(&opts.out.join(checkpoint::LAST))?;
         }
         if self.progress.epoch < self.config.epochs {
             return Ok(None);
@@ -793,6 +807,7 @@ impl<'a> Trainer<'a> {
             dense_train_flops_per_image: flops.dense_train,
             train_flops_total: flops.sparse_train * self.progress.images_seen as f64,
             wall_seconds: self.progress.wall_seconds,
+            compute_paths: dst::compute_paths(&self.model),
         };
         checkpoint::write_atomic(
             &opts.out.join("summary.json"),

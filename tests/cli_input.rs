@@ -176,7 +176,48 @@ fn eval_and_resume_rebuild_the_synthetic_data_of_the_run() {
         "eval saw other data than training:\n{text}"
     );
     let (ok, text) = rest(&["train", "--resume", run.to_str().unwrap()]);
-    assert!(ok && text.contains("has finished its 1 epoch:"), "{text}");
+    assert!(
+        ok && text.contains("has finished: its summary follows"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn resuming_without_a_checkpoint_or_into_a_file_says_what_to_do() {
+    let d = scratch("no-checkpoint");
+    // What a run killed during its first epoch leaves.
+    std::fs::write(d.join("config.json"), "{}").unwrap();
+    std::fs::write(d.join("metrics.jsonl"), "").unwrap();
+    fails_with(
+        &["train", "--resume", d.to_str().unwrap()],
+        "start it again with its original command",
+    );
+    let file = d.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    fails_with(
+        &synth(&["--out", file.to_str().unwrap()]),
+        "the output folder",
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn a_finished_run_resumed_writes_nothing() {
+    let d = scratch("finished");
+    let run = d.join("run");
+    tiny_run(&run, &[]);
+    let before: Vec<_> = ["config.json", "summary.json", "metrics.jsonl"]
+        .iter()
+        .map(|f| std::fs::metadata(run.join(f)).unwrap().modified().unwrap())
+        .collect();
+    let (ok, text) = rest(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(ok && text.contains("| rest |"), "{text}");
+    let after: Vec<_> = ["config.json", "summary.json", "metrics.jsonl"]
+        .iter()
+        .map(|f| std::fs::metadata(run.join(f)).unwrap().modified().unwrap())
+        .collect();
+    assert_eq!(before, after);
     let _ = std::fs::remove_dir_all(d);
 }
 
@@ -247,4 +288,39 @@ fn a_closed_output_pipe_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn two_runs_never_write_one_folder() {
+    let d = scratch("locked");
+    let out = d.join("run");
+    // A run of many seconds (it is killed once the second one has been refused).
+    let mut first = Command::new(env!("CARGO_BIN_EXE_rest"))
+        .args(&SYNTH[..3])
+        .args([
+            "--epochs",
+            "50",
+            "--width",
+            "32",
+            "--synthetic-train",
+            "20000",
+        ])
+        .args(["--quiet", "--out", out.to_str().unwrap()])
+        .env_remove("REST_DEVICE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // config.json is written once the first run holds the folder.
+    let t0 = std::time::Instant::now();
+    while !out.join("config.json").exists() && t0.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (ok, text) = rest(&synth(&["--out", out.to_str().unwrap()]));
+    let still_running = first.try_wait().unwrap().is_none();
+    first.kill().ok();
+    first.wait().unwrap();
+    assert!(still_running, "the first run ended early");
+    assert!(!ok && text.contains("is in use"), "{text}");
+    let _ = std::fs::remove_dir_all(d);
 }

@@ -276,6 +276,7 @@ fn summary(spec: &RunSpec, acc: [f64; 4], flops: f64, wall: f64) -> Summary {
         dense_train_flops_per_image: 3e6,
         train_flops_total: flops,
         wall_seconds: wall,
+        compute_paths: Default::default(),
     }
 }
 

@@ -64,7 +64,13 @@ pub fn open_with(
             fetch::check_data_dir(data_dir)?;
             let dir = gen::cache_dir(data_dir, dataset, &cfg);
             if gen::cache_exists(&dir) {
-                return gen::read_cache(&dir, &cfg);
+                return gen::read_cache(&dir, &cfg).with_context(|| {
+                    format!(
+                        "the {dataset} cache in {} cannot be used: delete that folder and it is \
+                         built again (or run `rest data make {dataset} --ratio {ratio_percent}`)",
+                        dir.display()
+                    )
+                });
             }
             eprintln!(
                 "{dataset} {ratio_percent}%: no cache in {}, building it",
@@ -79,8 +85,13 @@ pub fn open_with(
                 .with_context(|| {
                     format!(
                         "bffhq: expected the BFFHQ folder layout (0.5pct/align, 0.5pct/conflict, \
-                         valid, test) under {}",
-                        root.display()
+                         valid, test) under {}{}",
+                        root.display(),
+                        if ratio_percent == 0.5 {
+                            ""
+                        } else {
+                            "; BFFHQ comes at 0.5 % only: use --ratio 0.5"
+                        }
                     )
                 })
         }
