@@ -34,7 +34,8 @@ fn fetch_from_user_files_raw_and_gz() {
     .unwrap();
     idx::write_idx(&src.join("t10k-labels-idx1-ubyte.gz"), &[4], &[2u8; 4]).unwrap();
     // A non-standard size is a warning for --from, not an error.
-    let dest = fetch::fetch_mnist(&dd, Some(&src)).unwrap();
+    let (dest, fetched) = fetch::fetch_mnist(&dd, Some(&src)).unwrap();
+    assert!(fetched);
     assert!(fetch::mnist_present(&dd));
     let (train, test) = idx::load_mnist(&dest).unwrap();
     assert_eq!((train.len(), test.len()), (20, 4));

@@ -151,12 +151,16 @@ pub fn run(args: &DataArgs) -> Result<()> {
         DataCommand::Fetch(a) => {
             let dd = fetch::data_dir(a.data_dir.as_deref());
             let t = Instant::now();
-            let dir = fetch::fetch_mnist(&dd, a.from.as_deref())?;
-            eprintln!(
-                "installed MNIST in {} ({:.1} s)",
-                dir.display(),
-                t.elapsed().as_secs_f64()
-            );
+            let (dir, fetched) = fetch::fetch_mnist(&dd, a.from.as_deref())?;
+            if !fetched {
+                eprintln!("MNIST was already in {} (verified)", dir.display());
+            } else {
+                eprintln!(
+                    "installed MNIST in {} ({:.1} s)",
+                    dir.display(),
+                    t.elapsed().as_secs_f64()
+                );
+            }
             Ok(())
         }
         DataCommand::Make(a) => make(a),

