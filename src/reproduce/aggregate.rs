@@ -323,18 +323,16 @@ pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> 
     }
     if !failures.is_empty() {
         s += &format!(
-            "\n## Failed runs ({})\n\nEach run's folder has failed.json (exit code, command, end of its standard error) and stderr.log; run the grid again to retry.\n\n",
+            "\n## Failed runs ({})\n\nEach run's folder has failed.json (exit code or signal, command, end of its standard error) and stderr.log; run the grid again to retry.\n\n",
             failures.len()
         );
         for f in failures {
-            let last = f
-                .stderr_tail
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string();
-            s += &format!("- `{}`: {}\n", f.key, last.replace('|', "\\|"));
+            s += &format!("- `{}`: {}", f.key, f.how());
+            let last = f.stderr_tail.trim().lines().last().unwrap_or("");
+            if !last.is_empty() {
+                s += &format!(" — {}", last.replace('|', "\\|"));
+            }
+            s.push('\n');
         }
     }
     s

@@ -363,11 +363,11 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         let outcome = runner::run_one(spec, &results, &exec)?;
         println!("run {i} ({key}): {outcome:?}");
         if outcome == Outcome::Failed {
+            let dir = runner::run_dir(&results, &key);
+            let how = runner::failure_how(&dir).map_or(String::new(), |h| format!(", {h}"));
             bail!(
-                "run {key} failed: see {}",
-                runner::run_dir(&results, &key)
-                    .join(runner::FAILED)
-                    .display()
+                "run {key} failed{how}: see {}",
+                dir.join(runner::FAILED).display()
             );
         }
         return Ok(());
@@ -396,25 +396,31 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         .iter()
         .zip(&outcomes)
         .filter(|(_, o)| **o == Outcome::Failed)
-        .map(|(s, _)| runner::run_dir(&results, &s.key()).join(runner::FAILED))
+        .map(|(s, _)| runner::run_dir(&results, &s.key()))
         .collect();
     if !failed.is_empty() {
         let mut list: Vec<String> = failed
             .iter()
             .take(3)
-            .map(|p| p.display().to_string())
+            .map(|dir| {
+                let file = dir.join(runner::FAILED).display().to_string();
+                match runner::failure_how(dir) {
+                    Some(how) => format!("{file}: {how}"),
+                    None => file,
+                }
+            })
             .collect();
         if failed.len() > 3 {
             list.push(format!("and {} more", failed.len() - 3));
         }
         bail!(
-            "{} of {} runs failed: why is in their failed.json ({}; all {} failures recorded \
-             are listed in {}); once the cause is fixed, run the same command again to retry them",
+            "{} of {} runs failed: why is in their failed.json ({}; {} lists all {}); once the \
+             cause is fixed, run the same command again to retry them",
             failed.len(),
             specs.len(),
-            list.join(", "),
-            loaded.failures.len(),
-            results.join("results.md").display()
+            list.join("; "),
+            results.join("results.md").display(),
+            format!("{} recorded failures", loaded.failures.len())
         );
     }
     Ok(())
