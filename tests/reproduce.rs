@@ -14,12 +14,6 @@ struct Wrap {
     a: ReproduceArgs,
 }
 
-#[derive(Parser)]
-struct TrainWrap {
-    #[command(flatten)]
-    t: rest::cli::TrainArgs,
-}
-
 fn args(line: &[&str]) -> ReproduceArgs {
     Wrap::try_parse_from(std::iter::once("reproduce").chain(line.iter().copied()))
         .unwrap()
@@ -242,17 +236,8 @@ fn train_commands_carry_the_reference_settings() {
 
 /// A summary.json as `rest train` writes it, with chosen test accuracies.
 fn summary(spec: &RunSpec, acc: [f64; 4], flops: f64, wall: f64) -> Summary {
-    let mut a: Vec<String> = vec!["train".into()];
-    let mut it = spec.train_args().into_iter().skip(1);
-    while let Some(x) = it.next() {
-        if x == "--synthetic-train" {
-            it.next();
-        } else {
-            a.push(x);
-        }
-    }
-    let t = TrainWrap::try_parse_from(a).unwrap().t;
-    let config = t.config().unwrap();
+    // The configuration `rest train` builds from the run's command line.
+    let config = spec.train_config().unwrap();
     let test = rest::metrics::GroupMetrics {
         samples: 100,
         loss: 1.0,
@@ -706,7 +691,7 @@ fn collect_skips_unreadable_summaries_and_diverged_runs() {
         "{text}"
     );
     assert!(
-        text.contains("1 finished runs (0 failed; 2 unreadable file(s) skipped, see above)"),
+        text.contains("1 finished run (0 failed; 2 unreadable file(s) skipped, see above)"),
         "{text}"
     );
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
@@ -849,4 +834,246 @@ fn emit_slurm_into_a_directory_is_refused_and_leaves_no_file() {
     left.sort();
     assert_eq!(left, vec!["scripts"], "stray files or folders");
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+}
+
+/// The tiny grid's line with another width and extra flags.
+fn tiny_width(width: usize, extra: &[&str]) -> Vec<String> {
+    let mut line = tiny(extra);
+    let i = line.iter().position(|a| a == "--width").unwrap();
+    line[i + 1] = width.to_string();
+    line
+}
+
+/// The specs of the tiny grid with a width and extra flags.
+fn tiny_specs(width: usize, extra: &[&str]) -> Vec<RunSpec> {
+    let line = tiny_width(width, extra);
+    let refs: Vec<&str> = line.iter().map(String::as_str).collect();
+    specs(&refs)
+}
+
+#[test]
+fn collect_refuses_to_average_runs_of_different_settings() {
+    let w8 = tmp("width-8");
+    let w16 = tmp("width-16");
+    let out = tmp("width-out");
+    let grid = ["--methods", "rest", "--densities", "0.05", "--seeds", "41"];
+    let s8 = &tiny_specs(8, &grid)[0];
+    let s16 = &tiny_specs(16, &grid)[0];
+    assert_eq!((s8.width, s16.width), (8, 16));
+    write_summary(&w8, s8, &summary(s8, [0.9, 0.5, 0.7, 0.4], 1.0, 1.0));
+    write_summary(&w16, s16, &summary(s16, [0.9, 0.7, 0.8, 0.6], 2.0, 1.0));
+    let (ok, text) = rest(&[
+        "reproduce",
+        "synthetic",
+        "--collect",
+        w8.to_str().unwrap(),
+        w16.to_str().unwrap(),
+        "--results",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    let e = error_line(&text);
+    for want in [
+        runner::run_dir(&w8, &s8.key()).display().to_string(),
+        runner::run_dir(&w16, &s16.key()).display().to_string(),
+        "model.width: 8 vs 16".into(),
+        "synthetic rest, ratio 5 %, density 0.05, 1 epoch)".into(),
+        "Collect the folders of one grid at a time".into(),
+    ] {
+        assert!(e.contains(&want), "{want:?} not in {e}");
+    }
+    assert!(!out.join("results.md").exists() && !out.join("results.csv").exists());
+    // One grid at a time is fine; the heading says "1 epoch".
+    let (ok, text) = rest(&[
+        "reproduce",
+        "synthetic",
+        "--collect",
+        w16.to_str().unwrap(),
+        "--results",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("1 finished run (0 failed) from 1 folder"),
+        "{text}"
+    );
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        md.contains("## synthetic, 5 % bias-conflicting, 1 epoch\n"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| rest | 0.05 | 1 | 90.00 ± 0.00 | 70.00 ± 0.00"),
+        "{md}"
+    );
+}
+
+#[test]
+fn config_differences_name_every_field_but_the_seed() {
+    let a = tiny_specs(
+        8,
+        &["--methods", "rest", "--densities", "0.05", "--seeds", "41"],
+    )[0]
+    .train_config()
+    .unwrap();
+    let mut b = a.clone();
+    b.seed = 7;
+    assert!(aggregate::config_differences(&a, &b).is_empty());
+    b.model.width = 16;
+    b.lr = 0.02;
+    b.synthetic_train = None;
+    let d = aggregate::config_differences(&a, &b);
+    assert_eq!(
+        d,
+        [
+            "lr: 0.01 vs 0.02",
+            "model.width: 8 vs 16",
+            "synthetic_train: 300 vs not set"
+        ],
+        "{d:?}"
+    );
+    b = a.clone();
+    b.sparse.as_mut().unwrap().death_rate = 0.3;
+    assert_eq!(
+        aggregate::config_differences(&a, &b),
+        ["sparse.death_rate: 0.5 vs 0.3"]
+    );
+}
+
+#[test]
+fn a_run_found_twice_is_counted_once_or_refused() {
+    let a = tmp("twice-a");
+    let b = tmp("twice-b");
+    let out = tmp("twice-out");
+    let s = tiny_specs(8, &["--methods", "vanilla", "--seeds", "41,42"]);
+    write_summary(&a, &s[0], &summary(&s[0], [0.9, 0.2, 0.55, 0.1], 1.0, 1.0));
+    write_summary(&a, &s[1], &summary(&s[1], [0.9, 0.4, 0.65, 0.3], 1.0, 1.0));
+    // The same run (same key) in both folders, as from a copied folder: taken once, from the
+    // first folder.
+    write_summary(&b, &s[0], &summary(&s[0], [0.9, 0.9, 0.9, 0.9], 1.0, 1.0));
+    let collect = |dirs: &[&Path]| {
+        let mut cmd = vec!["reproduce", "synthetic", "--collect"];
+        cmd.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+        cmd.extend(["--results", out.to_str().unwrap()]);
+        rest(&cmd)
+    };
+    let (ok, text) = collect(&[&a, &b]);
+    assert!(ok, "{text}");
+    assert!(text.contains("2 finished runs"), "{text}");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        md.contains("| vanilla | 1 | 2 | 90.00 ± 0.00 | 30.00 ± 14.14"),
+        "{md}"
+    );
+    // The same configuration and seed under another folder name would count seed 41 twice.
+    let renamed = b.join("runs").join("renamed-copy");
+    std::fs::rename(runner::run_dir(&b, &s[0].key()), &renamed).unwrap();
+    let (ok, text) = collect(&[&a, &b]);
+    assert!(!ok, "{text}");
+    let e = error_line(&text);
+    assert!(e.contains("are the same run"), "{e}");
+    assert!(e.contains("seed 41"), "{e}");
+    assert!(e.contains(&renamed.display().to_string()), "{e}");
+    assert!(
+        e.contains(&runner::run_dir(&a, &s[0].key()).display().to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_grid_with_other_settings_than_the_results_folder_holds_is_refused_before_running() {
+    let dir = tmp("other-settings");
+    let old = &tiny_specs(8, &["--methods", "vanilla", "--seeds", "41"])[0];
+    write_summary(&dir, old, &summary(old, [0.9, 0.2, 0.55, 0.1], 1.0, 1.0));
+    let line = tiny_width(
+        16,
+        &[
+            "--methods",
+            "vanilla",
+            "--seeds",
+            "42",
+            "--results",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let mut cmd = vec!["reproduce"];
+    cmd.extend(line.iter().map(String::as_str));
+    let (ok, text) = rest(&cmd);
+    assert!(!ok, "{text}");
+    let e = error_line(&text);
+    assert!(e.contains("model.width: 8 vs 16"), "{e}");
+    assert!(e.contains("its own --results folder"), "{e}");
+    assert!(
+        e.contains(&runner::run_dir(&dir, &old.key()).display().to_string()),
+        "{e}"
+    );
+    // Nothing ran.
+    let runs = std::fs::read_dir(dir.join("runs")).unwrap().count();
+    assert_eq!(runs, 1);
+    // --dry-run says so too.
+    cmd.push("--dry-run");
+    let (ok, text) = rest(&cmd);
+    assert!(
+        !ok && error_line(&text).contains("model.width: 8 vs 16"),
+        "{text}"
+    );
+    // The same settings (another seed) go into that folder.
+    let line = tiny(&[
+        "--methods",
+        "vanilla",
+        "--seeds",
+        "42",
+        "--results",
+        dir.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    let mut cmd = vec!["reproduce"];
+    cmd.extend(line.iter().map(String::as_str));
+    let (ok, text) = rest(&cmd);
+    assert!(ok, "{text}");
+    assert!(text.contains("1 run\n"), "{text}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_failure_says_how_the_child_ended() {
+    let f = |exit_code, signal| runner::Failure {
+        key: "k".into(),
+        exit_code,
+        signal,
+        command: vec![],
+        stderr_tail: String::new(),
+    };
+    for (sig, name) in [
+        (9, "SIGKILL"),
+        (15, "SIGTERM"),
+        (2, "SIGINT"),
+        (11, "SIGSEGV"),
+        (6, "SIGABRT"),
+    ] {
+        assert_eq!(
+            f(None, Some(sig)).how(),
+            format!("killed by signal {sig} ({name})")
+        );
+    }
+    assert_eq!(f(None, Some(60)).how(), "killed by signal 60");
+    assert_eq!(f(Some(1), None).how(), "exit code 1");
+    assert_eq!(f(Some(0), None).how(), "exit code 0 but no summary.json");
+    // A failed.json written before the signal was recorded still reads.
+    let old: runner::Failure = serde_json::from_str(
+        r#"{"key": "k", "exit_code": null, "command": ["rest"], "stderr_tail": ""}"#,
+    )
+    .unwrap();
+    assert_eq!(old.signal, None);
+    assert_eq!(old.how(), "no exit code");
+    // results.md lists how each run ended, and the end of its stderr when there is one.
+    let mut with_tail = f(Some(1), None);
+    with_tail.key = "k2".into();
+    with_tail.stderr_tail = "training...\nerror: out of | memory\n".into();
+    let md = aggregate::render_markdown(&[], &[f(None, Some(9)), with_tail], &[]);
+    assert!(md.contains("- `k`: killed by signal 9 (SIGKILL)\n"), "{md}");
+    assert!(
+        md.contains("- `k2`: exit code 1 — error: out of \\| memory\n"),
+        "{md}"
+    );
 }

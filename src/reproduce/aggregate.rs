@@ -3,7 +3,7 @@
 
 use super::grid::METHODS;
 use super::runner::{Failure, FAILED, SUMMARY};
-use crate::train::{Reweight, Summary};
+use crate::train::{Reweight, Summary, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunResult {
     pub key: String,
+    /// The run's folder.
+    pub dir: PathBuf,
+    /// Its whole training configuration: runs averaged into one row must agree on it, seed aside.
+    pub config: TrainConfig,
     pub dataset: String,
     pub method: String,
     pub ratio: f64,
@@ -30,11 +34,8 @@ pub struct RunResult {
 }
 
 /// The paper's method name of a run's configuration.
-pub fn method_of(s: &Summary) -> &'static str {
-    match (
-        s.config.sparse.is_some(),
-        s.config.reweight != Reweight::Off,
-    ) {
+pub fn method_of(c: &TrainConfig) -> &'static str {
+    match (c.sparse.is_some(), c.reweight != Reweight::Off) {
         (false, false) => "vanilla",
         (false, true) => "reweight",
         (true, false) => "sparse",
@@ -43,11 +44,13 @@ pub fn method_of(s: &Summary) -> &'static str {
 }
 
 impl RunResult {
-    pub fn from_summary(key: &str, s: &Summary) -> Self {
+    pub fn from_summary(key: &str, dir: &Path, s: &Summary) -> Self {
         Self {
             key: key.into(),
+            dir: dir.to_path_buf(),
+            config: s.config.clone(),
             dataset: s.config.dataset.clone(),
-            method: method_of(s).into(),
+            method: method_of(&s.config).into(),
             ratio: s.config.ratio,
             density: s.config.sparse.as_ref().map_or(1.0, |c| c.density),
             epochs: s.config.epochs,
@@ -129,7 +132,7 @@ pub fn load(dirs: &[PathBuf]) -> Result<Loaded> {
                 match read_summary(&summary) {
                     Ok(s) => {
                         failed.remove(&key);
-                        done.insert(key.clone(), RunResult::from_summary(&key, &s));
+                        done.insert(key.clone(), RunResult::from_summary(&key, &p, &s));
                     }
                     Err(e) => skipped.push((summary, format!("{e:#}"))),
                 }
@@ -194,18 +197,130 @@ fn method_rank(m: &str) -> usize {
         .unwrap_or(METHODS.len())
 }
 
-/// Groups runs over seeds; rows sorted by dataset, ratio, method (table order), density.
-pub fn aggregate(runs: &[RunResult]) -> Vec<Row> {
+/// What names a row of the tables: dataset, method, ratio, density, epochs.
+pub type RowKey = (String, String, f64, f64, usize);
+
+/// The row a run with this configuration is averaged into.
+pub fn row_key(c: &TrainConfig) -> RowKey {
+    (
+        c.dataset.clone(),
+        method_of(c).into(),
+        c.ratio,
+        c.sparse.as_ref().map_or(1.0, |s| s.density),
+        c.epochs,
+    )
+}
+
+/// A row's name in messages: "rest, ratio 1 %, density 0.05, 3 epochs".
+pub fn describe_row((dataset, method, ratio, density, epochs): &RowKey) -> String {
+    format!(
+        "{dataset} {method}, ratio {ratio} %, density {density}, {}",
+        plural(*epochs, "epoch")
+    )
+}
+
+/// "1 epoch", "3 epochs".
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Where two training configurations differ, seed aside, field by field as their JSON names them:
+/// `model.width: 8 vs 16`. Empty when they are the same run but for the seed. Every field of
+/// `TrainConfig` counts, including ones added later.
+pub fn config_differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    let without_seed = |c: &TrainConfig| {
+        // Through the text, as summary.json has it: `to_value` would widen an f32 lr of 0.01 to
+        // 0.009999999776482582.
+        let text = serde_json::to_string(c).expect("a TrainConfig always serialises");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("it reads back");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("seed");
+        }
+        v
+    };
+    let mut out = Vec::new();
+    json_differences("", Some(&without_seed(a)), Some(&without_seed(b)), &mut out);
+    out
+}
+
+fn json_differences(
+    path: &str,
+    a: Option<&serde_json::Value>,
+    b: Option<&serde_json::Value>,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    if let (Some(Value::Object(x)), Some(Value::Object(y))) = (a, b) {
+        let mut names: Vec<&String> = x.keys().chain(y.keys()).collect();
+        names.sort();
+        names.dedup();
+        for n in names {
+            let p = if path.is_empty() {
+                n.clone()
+            } else {
+                format!("{path}.{n}")
+            };
+            json_differences(&p, x.get(n), y.get(n), out);
+        }
+    } else if a != b {
+        let show = |v: Option<&Value>| v.map_or("not set".to_string(), |v| v.to_string());
+        out.push(format!("{path}: {} vs {}", show(a), show(b)));
+    }
+}
+
+/// Runs averaged into one row must be the same training configuration over different seeds: a
+/// row that mixes, say, two widths (folders of two grids collected together), or that holds one
+/// seed twice (the same run in two folders under two names), would be a wrong mean. An error
+/// names two such runs and what differs.
+pub fn check_rows(runs: &[RunResult]) -> Result<()> {
+    for (i, r) in runs.iter().enumerate() {
+        let row = row_key(&r.config);
+        let Some(first) = runs[..i].iter().find(|q| row_key(&q.config) == row) else {
+            continue;
+        };
+        let diffs = config_differences(&first.config, &r.config);
+        if !diffs.is_empty() {
+            bail!(
+                "runs {} and {} would be averaged into one row of the tables ({}), but they were \
+                 trained with different settings: {}. Collect the folders of one grid at a time \
+                 (a grid with other settings needs its own --results folder)",
+                first.dir.display(),
+                r.dir.display(),
+                describe_row(&row),
+                diffs.join(", ")
+            );
+        }
+        if let Some(twin) = runs[..i]
+            .iter()
+            .find(|q| row_key(&q.config) == row && q.config.seed == r.config.seed)
+        {
+            bail!(
+                "runs {} and {} are the same run ({}, seed {}, same settings) found twice; \
+                 averaging both would count that seed twice. Keep one of the two folders",
+                twin.dir.display(),
+                r.dir.display(),
+                describe_row(&row),
+                r.config.seed
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Groups runs over seeds; rows sorted by dataset, ratio, method (table order), density. An error
+/// when runs of one row differ in more than the seed (see `check_rows`).
+pub fn aggregate(runs: &[RunResult]) -> Result<Vec<Row>> {
+    check_rows(runs)?;
     let mut groups: Vec<Vec<&RunResult>> = Vec::new();
     for r in runs {
-        match groups.iter_mut().find(|g| {
-            let h = g[0];
-            h.dataset == r.dataset
-                && h.method == r.method
-                && h.ratio == r.ratio
-                && h.density == r.density
-                && h.epochs == r.epochs
-        }) {
+        match groups
+            .iter_mut()
+            .find(|g| row_key(&g[0].config) == row_key(&r.config))
+        {
             Some(g) => g.push(r),
             None => groups.push(vec![r]),
         }
@@ -242,7 +357,7 @@ pub fn aggregate(runs: &[RunResult]) -> Vec<Row> {
             .then(method_rank(&a.method).cmp(&method_rank(&b.method)))
             .then(b.density.total_cmp(&a.density))
     });
-    rows
+    Ok(rows)
 }
 
 fn pm((m, s): (f64, f64)) -> String {
@@ -291,10 +406,12 @@ pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> 
         let head = (r.dataset.clone(), r.ratio, r.epochs);
         if current.as_ref() != Some(&head) {
             s += &format!(
-                "\n## {}, {} % bias-conflicting, {} epochs\n\n\
+                "\n## {}, {} % bias-conflicting, {}\n\n\
                  | method | density | seeds | aligned | conflicting | unbiased | worst group | inference MFLOPs/img | train FLOPs | wall s |\n\
                  |---|---|---|---|---|---|---|---|---|---|\n",
-                r.dataset, r.ratio, r.epochs
+                r.dataset,
+                r.ratio,
+                plural(r.epochs, "epoch")
             );
             current = Some(head);
         }
@@ -323,18 +440,16 @@ pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> 
     }
     if !failures.is_empty() {
         s += &format!(
-            "\n## Failed runs ({})\n\nEach run's folder has failed.json (exit code, command, end of its standard error) and stderr.log; run the grid again to retry.\n\n",
+            "\n## Failed runs ({})\n\nEach run's folder has failed.json (exit code or signal, command, end of its standard error) and stderr.log; run the grid again to retry.\n\n",
             failures.len()
         );
         for f in failures {
-            let last = f
-                .stderr_tail
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string();
-            s += &format!("- `{}`: {}\n", f.key, last.replace('|', "\\|"));
+            s += &format!("- `{}`: {}", f.key, f.how());
+            let last = f.stderr_tail.trim().lines().last().unwrap_or("");
+            if !last.is_empty() {
+                s += &format!(" — {}", last.replace('|', "\\|"));
+            }
+            s.push('\n');
         }
     }
     s

@@ -231,7 +231,7 @@ fn skipped_note(loaded: &aggregate::Loaded) -> String {
 /// Writes results.md, results.csv and the plots for the `loaded` runs, into `out`.
 pub fn write_reports(loaded: &aggregate::Loaded, out: &Path) -> Result<()> {
     let (runs, failures) = (&loaded.runs, &loaded.failures);
-    let rows = aggregate::aggregate(runs);
+    let rows = aggregate::aggregate(runs)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut plots = Vec::new();
     let mut panels: Vec<(String, f64)> =
@@ -261,6 +261,41 @@ pub fn write_reports(loaded: &aggregate::Loaded, out: &Path) -> Result<()> {
         &out.join("results.md"),
         aggregate::render_markdown(&rows, failures, &plots).as_bytes(),
     )?;
+    Ok(())
+}
+
+/// Before running a grid into `results`: a finished run there that would share a table row with
+/// a run of the grid but was trained with other settings (another --width, say) would make the
+/// tables fail once the grid is done (see `aggregate::check_rows`), so it is an error now.
+fn check_results_folder(specs: &[RunSpec], results: &Path) -> Result<()> {
+    if !results.join("runs").is_dir() {
+        return Ok(());
+    }
+    // Unreadable files are reported when the tables are built.
+    let loaded = aggregate::load(&[results.to_path_buf()])?;
+    for spec in specs {
+        let config = spec.train_config()?;
+        let row = aggregate::row_key(&config);
+        for done in loaded
+            .runs
+            .iter()
+            .filter(|r| aggregate::row_key(&r.config) == row)
+        {
+            let diffs = aggregate::config_differences(&done.config, &config);
+            if !diffs.is_empty() {
+                bail!(
+                    "{} already holds run {}, trained with other settings than this grid's run \
+                     {} of the same row of the tables ({}): {}. Give this grid its own \
+                     --results folder, or remove that run",
+                    results.display(),
+                    done.dir.display(),
+                    spec.key(),
+                    aggregate::describe_row(&row),
+                    diffs.join(", ")
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -294,11 +329,11 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         }
         write_reports(&loaded, &results)?;
         println!(
-            "{} finished runs ({} failed{}) from {} folder(s): {}",
-            loaded.runs.len(),
+            "{} ({} failed{}) from {}: {}",
+            aggregate::plural(loaded.runs.len(), "finished run"),
             loaded.failures.len(),
             skipped_note(&loaded),
-            args.collect.len(),
+            aggregate::plural(args.collect.len(), "folder"),
             results.join("results.md").display()
         );
         return Ok(());
@@ -312,13 +347,17 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         workers: args.workers,
         progress: !args.quiet,
     };
+    // Not per Slurm task: the grid was checked when its script was written.
+    if args.task_index.is_none() || args.dry_run {
+        check_results_folder(&specs, &results)?;
+    }
     if args.dry_run {
         for (i, s) in specs.iter().enumerate() {
             let dir = runner::run_dir(&results, &s.key());
             let cmd = runner::command_for(s, &dir, runner::state(&dir), &exec);
             println!("{i}\t{:?}\t{}", runner::state(&dir), cmd.join(" "));
         }
-        println!("{} runs", specs.len());
+        println!("{}", aggregate::plural(specs.len(), "run"));
         return Ok(());
     }
     if let Some(file) = &args.emit_slurm {
@@ -343,9 +382,9 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         );
         write_atomic(file, text.as_bytes())?;
         println!(
-            "{}: a Slurm array of {} runs into {}\nsubmit: sbatch {0}\nthen:   {} reproduce {} --collect {2}",
+            "{}: a Slurm array of {} into {}\nsubmit: sbatch {0}\nthen:   {} reproduce {} --collect {2}",
             file.display(),
-            specs.len(),
+            aggregate::plural(specs.len(), "run"),
             results.display(),
             exe.display(),
             g.dataset
@@ -363,18 +402,18 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         let outcome = runner::run_one(spec, &results, &exec)?;
         println!("run {i} ({key}): {outcome:?}");
         if outcome == Outcome::Failed {
+            let dir = runner::run_dir(&results, &key);
+            let how = runner::failure_how(&dir).map_or(String::new(), |h| format!(", {h}"));
             bail!(
-                "run {key} failed: see {}",
-                runner::run_dir(&results, &key)
-                    .join(runner::FAILED)
-                    .display()
+                "run {key} failed{how}: see {}",
+                dir.join(runner::FAILED).display()
             );
         }
         return Ok(());
     }
     eprintln!(
-        "{} runs into {} ({} at once)",
-        specs.len(),
+        "{} into {} ({} at once)",
+        aggregate::plural(specs.len(), "run"),
         results.display(),
         exec.workers
     );
@@ -383,12 +422,12 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     let loaded = load_reported(std::slice::from_ref(&results))?;
     write_reports(&loaded, &results)?;
     println!(
-        "{} trained, {} resumed, {} skipped (already done), {} failed; {} finished runs in {}{}",
+        "{} trained, {} resumed, {} skipped (already done), {} failed; {} in {}{}",
         count(Outcome::Trained),
         count(Outcome::Resumed),
         count(Outcome::Skipped),
         count(Outcome::Failed),
-        loaded.runs.len(),
+        aggregate::plural(loaded.runs.len(), "finished run"),
         results.join("results.md").display(),
         skipped_note(&loaded)
     );
@@ -396,25 +435,31 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         .iter()
         .zip(&outcomes)
         .filter(|(_, o)| **o == Outcome::Failed)
-        .map(|(s, _)| runner::run_dir(&results, &s.key()).join(runner::FAILED))
+        .map(|(s, _)| runner::run_dir(&results, &s.key()))
         .collect();
     if !failed.is_empty() {
         let mut list: Vec<String> = failed
             .iter()
             .take(3)
-            .map(|p| p.display().to_string())
+            .map(|dir| {
+                let file = dir.join(runner::FAILED).display().to_string();
+                match runner::failure_how(dir) {
+                    Some(how) => format!("{file}: {how}"),
+                    None => file,
+                }
+            })
             .collect();
         if failed.len() > 3 {
             list.push(format!("and {} more", failed.len() - 3));
         }
         bail!(
-            "{} of {} runs failed: why is in their failed.json ({}; all {} failures recorded \
-             are listed in {}); once the cause is fixed, run the same command again to retry them",
+            "{} of {} runs failed: why is in their failed.json ({}; {} lists all {}); once the \
+             cause is fixed, run the same command again to retry them",
             failed.len(),
             specs.len(),
-            list.join(", "),
-            loaded.failures.len(),
-            results.join("results.md").display()
+            list.join("; "),
+            results.join("results.md").display(),
+            aggregate::plural(loaded.failures.len(), "recorded failure")
         );
     }
     Ok(())

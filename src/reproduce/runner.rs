@@ -58,10 +58,104 @@ pub enum Outcome {
 pub struct Failure {
     pub key: String,
     pub exit_code: Option<i32>,
+    /// The signal that killed the child (Unix), e.g. 9 when the out-of-memory killer or a
+    /// SIGKILL ended it. Absent in files written before it was recorded.
+    #[serde(default)]
+    pub signal: Option<i32>,
     pub command: Vec<String>,
     /// The last lines of the child's standard error.
     pub stderr_tail: String,
 }
+
+impl Failure {
+    /// How the child ended: "killed by signal 9 (SIGKILL)", "exit code 1", ...
+    pub fn how(&self) -> String {
+        match (self.signal, self.exit_code) {
+            (Some(sig), _) => match signal_name(sig) {
+                Some(name) => format!("killed by signal {sig} ({name})"),
+                None => format!("killed by signal {sig}"),
+            },
+            (None, Some(0)) => "exit code 0 but no summary.json".into(),
+            (None, Some(code)) => format!("exit code {code}"),
+            (None, None) => "no exit code".into(),
+        }
+    }
+}
+
+/// The name of a common signal ("SIGKILL"), None for others.
+#[cfg(unix)]
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return None,
+    })
+}
+
+#[cfg(not(unix))]
+pub fn signal_name(_sig: i32) -> Option<&'static str> {
+    None
+}
+
+/// The signal that ended a child, if one did.
+fn exit_signal(status: &std::process::ExitStatus) -> Option<i32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        None
+    }
+}
+
+/// How the run in `dir` failed, from its failed.json ("killed by signal 9 (SIGKILL)"); None when
+/// there is no readable record.
+pub fn failure_how(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(FAILED)).ok()?;
+    let f: Failure = serde_json::from_str(&text).ok()?;
+    Some(f.how())
+}
+
+/// On Linux, makes the child get SIGTERM when this process dies (killed, timed out, cancelled by
+/// Slurm) instead of training on as an orphan into a folder that a rerun would start over in.
+/// The kernel sends it when the *thread* that started the child ends: `run_one` starts and
+/// waits for its child on one thread, which so outlives the child.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: prctl, getppid and _exit are plain system calls that take no lock and
+    // allocate nothing, `last_os_error` only reads errno, and the closure owns a copied integer.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: no signal will come, so stop now.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 /// Options that do not change a run's result.
 #[derive(Clone, Debug)]
@@ -126,15 +220,18 @@ pub fn run_one(spec: &RunSpec, results: &Path, exec: &Exec) -> Result<Outcome> {
     let stderr_path = dir.join(STDERR);
     let stderr = std::fs::File::create(&stderr_path)
         .with_context(|| format!("cannot write {}", stderr_path.display()))?;
-    let status = Command::new(&cmd[0])
+    let mut child = Command::new(&cmd[0]);
+    child
         .args(&cmd[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(stderr)
-        .status();
-    let (ok, code, extra) = match status {
-        Ok(s) => (s.success(), s.code(), String::new()),
-        Err(e) => (false, None, format!("cannot start {}: {e}\n", cmd[0])),
+        .stderr(stderr);
+    die_with_parent(&mut child);
+    // Started and waited for on this thread (see `die_with_parent`).
+    let status = child.status();
+    let (ok, code, signal, extra) = match status {
+        Ok(s) => (s.success(), s.code(), exit_signal(&s), String::new()),
+        Err(e) => (false, None, None, format!("cannot start {}: {e}\n", cmd[0])),
     };
     if ok && dir.join(SUMMARY).is_file() {
         let _ = std::fs::remove_file(dir.join(FAILED));
@@ -152,6 +249,7 @@ pub fn run_one(spec: &RunSpec, results: &Path, exec: &Exec) -> Result<Outcome> {
     let failure = Failure {
         key,
         exit_code: code,
+        signal,
         command: cmd,
         stderr_tail,
     };
@@ -207,10 +305,12 @@ pub fn run_grid(specs: &[RunSpec], results: &Path, exec: &Exec) -> Result<Vec<Ou
                     Ok(o) => {
                         if o == Outcome::Failed {
                             failed.fetch_add(1, Ordering::SeqCst);
+                            let dir = run_dir(results, &key);
+                            let how = failure_how(&dir).map_or(String::new(), |h| format!(", {h}"));
                             bar.suspend(|| {
                                 eprintln!(
-                                    "run {key} failed: see {}",
-                                    run_dir(results, &key).join(FAILED).display()
+                                    "run {key} failed{how}: see {}",
+                                    dir.join(FAILED).display()
                                 )
                             });
                         } else if o != Outcome::Skipped && !exec.progress {
