@@ -1,27 +1,7 @@
 //! Bad input on the command line gives a clear error and a non-zero exit, never a panic.
 
-use std::process::Command;
-
-fn rest(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
-        .args(args)
-        .env_remove("REST_DEVICE")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
-    (out.status.success(), text)
-}
-
-fn fails_with(args: &[&str], needle: &str) {
-    let (ok, text) = rest(args);
-    assert!(!ok, "{args:?} should fail: {text}");
-    assert!(
-        text.contains(needle),
-        "{args:?}: expected '{needle}' in: {text}"
-    );
-}
+mod common;
+use common::{fails_with, rest};
 
 #[test]
 fn unknown_flag_is_an_error() {

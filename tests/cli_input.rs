@@ -7,31 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn rest_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rest"));
-    cmd.args(args).env_remove("REST_DEVICE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
-    (out.status.success(), text)
-}
-
-fn rest(args: &[&str]) -> (bool, String) {
-    rest_env(args, &[])
-}
-
-fn fails_with(args: &[&str], needle: &str) {
-    let (ok, text) = rest(args);
-    assert!(!ok, "{args:?} should fail: {text}");
-    assert!(
-        text.contains(needle),
-        "{args:?}: expected '{needle}' in: {text}"
-    );
-}
+mod common;
+use common::{fails_with, rest};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rest-cli-input-{name}-{}", std::process::id()));
@@ -126,8 +103,8 @@ fn options_a_method_does_not_use_are_named() {
 
 #[test]
 fn empty_environment_variables_mean_unset() {
-    let (ok, text) = rest_env(&["device"], &[("REST_DEVICE", ""), ("REST_DATA_DIR", "")]);
-    assert!(ok, "{text}");
+    let (code, text) = common::run(&["device"], &[("REST_DEVICE", ""), ("REST_DATA_DIR", "")]);
+    assert_eq!(code, 0, "{text}");
     assert!(text.contains("backend: cpu"), "{text}");
 }
 

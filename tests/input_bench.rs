@@ -1,25 +1,12 @@
 //! Bad options of `rest bench` are refused before anything is measured, with an error (exit
 //! code 1, never a panic) that names the option.
 
-use std::process::Command;
-
-/// Runs the binary; returns (exit code, stderr + stdout).
-fn rest(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
-        .args(args)
-        .env_remove("REST_DEVICE")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
-    (out.status.code().unwrap_or(-1), text)
-}
+mod common;
 
 /// Asserts `args` fail with exit code 1, naming `needle`, before any measurement was printed
 /// (`started` is the first line a bench prints).
 fn refused(args: &[&str], needle: &str, started: &str) {
-    let (code, text) = rest(args);
+    let (code, text) = common::run(args, &[]);
     assert_eq!(code, 1, "{args:?} should fail with exit code 1: {text}");
     assert!(
         text.contains(needle),
@@ -79,7 +66,7 @@ fn bench_json_path_is_checked_before_the_bench_runs() {
     }
     // A missing folder is created.
     let json = d.join("new/folder/cpu.json");
-    let (code, text) = rest(&[&cpu[..], &[json.to_str().unwrap()]].concat());
+    let (code, text) = common::run(&[&cpu[..], &[json.to_str().unwrap()]].concat(), &[]);
     assert_eq!(code, 0, "{text}");
     assert!(json.is_file());
     std::fs::remove_dir_all(&d).unwrap();

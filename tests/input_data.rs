@@ -4,7 +4,8 @@
 use rest::data::gen::{self, GenConfig};
 use rest::data::{cmnist, folder, idx, registry};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
 
 fn temp_dir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -19,17 +20,8 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// Runs the binary with `data_dir` as REST_DATA_DIR and no `npm` on the PATH (nothing is
 /// downloaded even where a check is missing); returns (exit code, stderr + stdout).
 fn rest(args: &[&str], data_dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
-        .args(args)
-        .env("REST_DATA_DIR", data_dir)
-        .env("PATH", "/nonexistent")
-        .env_remove("REST_DEVICE")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
-    (out.status.code().unwrap_or(-1), text)
+    let dir = data_dir.to_str().unwrap();
+    common::run(args, &[("REST_DATA_DIR", dir), ("PATH", "/nonexistent")])
 }
 
 /// Asserts `args` fail with exit code 1 and a message holding every word of `words`.

@@ -6,6 +6,9 @@ use rest::reproduce::grid::{self, RunSpec};
 use rest::reproduce::{runner, ReproduceArgs};
 use rest::train::Summary;
 use std::path::{Path, PathBuf};
+
+mod common;
+use common::rest;
 use std::process::Command;
 
 #[derive(Parser)]
@@ -31,16 +34,19 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn rest(a: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
-        .args(a)
-        .env_remove("REST_DEVICE")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("panicked"), "panic on {a:?}: {text}");
-    (out.status.success(), text)
+/// `rest reproduce DATASET --collect DIRS... --results OUT`.
+fn collect(dataset: &str, dirs: &[&Path], out: &Path) -> (bool, String) {
+    let mut cmd = vec!["reproduce", dataset, "--collect"];
+    cmd.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+    cmd.extend(["--results", out.to_str().unwrap()]);
+    rest(&cmd)
+}
+
+/// `rest reproduce` with the arguments `line`.
+fn reproduce(line: &[String]) -> (bool, String) {
+    let mut cmd = vec!["reproduce"];
+    cmd.extend(line.iter().map(String::as_str));
+    rest(&cmd)
 }
 
 /// A tiny synthetic grid (runs in well under a second each).
@@ -322,15 +328,7 @@ fn collect_aggregates_over_seeds_across_folders() {
         write_summary(dir, spec, &summary(spec, acc, flops, wall));
         let _ = i;
     }
-    let (ok, text) = rest(&[
-        "reproduce",
-        "cmnist",
-        "--collect",
-        a.to_str().unwrap(),
-        b.to_str().unwrap(),
-        "--results",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, text) = collect("cmnist", &[&a, &b], &out);
     assert!(ok, "{text}");
     assert!(text.contains("6 finished runs"), "{text}");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
@@ -567,9 +565,7 @@ fn slurm_script_runs_one_task_per_run() {
         script.to_str().unwrap(),
         "--sbatch=--time=00:10:00",
     ]);
-    let mut cmd = vec!["reproduce"];
-    cmd.extend(line.iter().map(String::as_str));
-    let (ok, text) = rest(&cmd);
+    let (ok, text) = reproduce(&line);
     assert!(ok, "{text}");
     let body = std::fs::read_to_string(&script).unwrap();
     assert!(body.starts_with("#!/bin/bash\n"), "{body}");
@@ -670,14 +666,7 @@ fn collect_skips_unreadable_summaries_and_diverged_runs() {
     // Seed 43's summary was cut short.
     let cut = runner::run_dir(&dir, &s[2].key()).join("summary.json");
     std::fs::write(&cut, "{\"method\": ").unwrap();
-    let (ok, text) = rest(&[
-        "reproduce",
-        "cmnist",
-        "--collect",
-        dir.to_str().unwrap(),
-        "--results",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, text) = collect("cmnist", &[&dir], &out);
     assert!(ok, "unreadable summaries are skipped, not fatal: {text}");
     assert!(
         text.contains(&format!(
@@ -710,15 +699,7 @@ fn collect_without_finished_runs_is_an_error_and_writes_nothing() {
     let b = tmp("collect-empty-b");
     let out = tmp("collect-empty-out");
     std::fs::create_dir_all(b.join("runs").join("some-run")).unwrap();
-    let (ok, text) = rest(&[
-        "reproduce",
-        "synthetic",
-        "--collect",
-        a.to_str().unwrap(),
-        b.to_str().unwrap(),
-        "--results",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, text) = collect("synthetic", &[&a, &b], &out);
     assert!(!ok, "{text}");
     let e = error_line(&text);
     assert!(
@@ -862,15 +843,7 @@ fn collect_refuses_to_average_runs_of_different_settings() {
     assert_eq!((s8.width, s16.width), (8, 16));
     write_summary(&w8, s8, &summary(s8, [0.9, 0.5, 0.7, 0.4], 1.0, 1.0));
     write_summary(&w16, s16, &summary(s16, [0.9, 0.7, 0.8, 0.6], 2.0, 1.0));
-    let (ok, text) = rest(&[
-        "reproduce",
-        "synthetic",
-        "--collect",
-        w8.to_str().unwrap(),
-        w16.to_str().unwrap(),
-        "--results",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, text) = collect("synthetic", &[&w8, &w16], &out);
     assert!(!ok, "{text}");
     let e = error_line(&text);
     for want in [
@@ -884,14 +857,7 @@ fn collect_refuses_to_average_runs_of_different_settings() {
     }
     assert!(!out.join("results.md").exists() && !out.join("results.csv").exists());
     // One grid at a time is fine; the heading says "1 epoch".
-    let (ok, text) = rest(&[
-        "reproduce",
-        "synthetic",
-        "--collect",
-        w16.to_str().unwrap(),
-        "--results",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, text) = collect("synthetic", &[&w16], &out);
     assert!(ok, "{text}");
     assert!(
         text.contains("1 finished run (0 failed) from 1 folder"),
@@ -951,13 +917,7 @@ fn a_run_found_twice_is_counted_once_or_refused() {
     // The same run (same key) in both folders, as from a copied folder: taken once, from the
     // first folder.
     write_summary(&b, &s[0], &summary(&s[0], [0.9, 0.9, 0.9, 0.9], 1.0, 1.0));
-    let collect = |dirs: &[&Path]| {
-        let mut cmd = vec!["reproduce", "synthetic", "--collect"];
-        cmd.extend(dirs.iter().map(|d| d.to_str().unwrap()));
-        cmd.extend(["--results", out.to_str().unwrap()]);
-        rest(&cmd)
-    };
-    let (ok, text) = collect(&[&a, &b]);
+    let (ok, text) = collect("synthetic", &[&a, &b], &out);
     assert!(ok, "{text}");
     assert!(text.contains("2 finished runs"), "{text}");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
@@ -968,7 +928,7 @@ fn a_run_found_twice_is_counted_once_or_refused() {
     // The same configuration and seed under another folder name would count seed 41 twice.
     let renamed = b.join("runs").join("renamed-copy");
     std::fs::rename(runner::run_dir(&b, &s[0].key()), &renamed).unwrap();
-    let (ok, text) = collect(&[&a, &b]);
+    let (ok, text) = collect("synthetic", &[&a, &b], &out);
     assert!(!ok, "{text}");
     let e = error_line(&text);
     assert!(e.contains("are the same run"), "{e}");
@@ -996,9 +956,7 @@ fn a_grid_with_other_settings_than_the_results_folder_holds_is_refused_before_ru
             dir.to_str().unwrap(),
         ],
     );
-    let mut cmd = vec!["reproduce"];
-    cmd.extend(line.iter().map(String::as_str));
-    let (ok, text) = rest(&cmd);
+    let (ok, text) = reproduce(&line);
     assert!(!ok, "{text}");
     let e = error_line(&text);
     assert!(e.contains("model.width: 8 vs 16"), "{e}");
@@ -1011,8 +969,7 @@ fn a_grid_with_other_settings_than_the_results_folder_holds_is_refused_before_ru
     let runs = std::fs::read_dir(dir.join("runs")).unwrap().count();
     assert_eq!(runs, 1);
     // --dry-run says so too.
-    cmd.push("--dry-run");
-    let (ok, text) = rest(&cmd);
+    let (ok, text) = reproduce(&[&line[..], &["--dry-run".to_string()]].concat());
     assert!(
         !ok && error_line(&text).contains("model.width: 8 vs 16"),
         "{text}"
@@ -1027,9 +984,7 @@ fn a_grid_with_other_settings_than_the_results_folder_holds_is_refused_before_ru
         dir.to_str().unwrap(),
         "--dry-run",
     ]);
-    let mut cmd = vec!["reproduce"];
-    cmd.extend(line.iter().map(String::as_str));
-    let (ok, text) = rest(&cmd);
+    let (ok, text) = reproduce(&line);
     assert!(ok, "{text}");
     assert!(text.contains("1 run\n"), "{text}");
 }
