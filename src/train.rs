@@ -109,11 +109,11 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The method's name in the paper's comparison.
+    /// The method's name in the paper's comparison, as `--method` spells it.
     pub fn method(&self) -> &'static str {
         match (self.sparse.is_some(), self.reweight != Reweight::Off) {
             (false, false) => "vanilla",
-            (false, true) => "dense-reweight",
+            (false, true) => "reweight",
             (true, false) => "sparse",
             (true, true) => "rest",
         }

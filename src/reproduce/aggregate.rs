@@ -3,7 +3,7 @@
 
 use super::grid::METHODS;
 use super::runner::{Failure, FAILED, SUMMARY};
-use crate::train::{Reweight, Summary, TrainConfig};
+use crate::train::{Summary, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,16 +33,6 @@ pub struct RunResult {
     pub wall_seconds: f64,
 }
 
-/// The paper's method name of a run's configuration.
-pub fn method_of(c: &TrainConfig) -> &'static str {
-    match (c.sparse.is_some(), c.reweight != Reweight::Off) {
-        (false, false) => "vanilla",
-        (false, true) => "reweight",
-        (true, false) => "sparse",
-        (true, true) => "rest",
-    }
-}
-
 impl RunResult {
     pub fn from_summary(key: &str, dir: &Path, s: &Summary) -> Self {
         Self {
@@ -50,7 +40,7 @@ impl RunResult {
             dir: dir.to_path_buf(),
             config: s.config.clone(),
             dataset: s.config.dataset.clone(),
-            method: method_of(&s.config).into(),
+            method: s.config.method().into(),
             ratio: s.config.ratio,
             density: s.config.sparse.as_ref().map_or(1.0, |c| c.density),
             epochs: s.config.epochs,
@@ -204,7 +194,7 @@ pub type RowKey = (String, String, f64, f64, usize);
 pub fn row_key(c: &TrainConfig) -> RowKey {
     (
         c.dataset.clone(),
-        method_of(c).into(),
+        c.method().into(),
         c.ratio,
         c.sparse.as_ref().map_or(1.0, |s| s.density),
         c.epochs,

@@ -453,13 +453,19 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             list.push(format!("and {} more", failed.len() - 3));
         }
         bail!(
-            "{} of {} runs failed: why is in their failed.json ({}; {} lists all {}); once the \
-             cause is fixed, run the same command again to retry them",
+            "{} of {} failed: why is in {} ({}; {} lists all {}); once the cause is fixed, run \
+             the same command again to retry {}",
             failed.len(),
-            specs.len(),
+            aggregate::plural(specs.len(), "run"),
+            if failed.len() == 1 {
+                "its failed.json"
+            } else {
+                "their failed.json"
+            },
             list.join("; "),
             results.join("results.md").display(),
-            aggregate::plural(loaded.failures.len(), "recorded failure")
+            aggregate::plural(loaded.failures.len(), "recorded failure"),
+            if failed.len() == 1 { "it" } else { "them" }
         );
     }
     Ok(())
