@@ -409,6 +409,17 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             );
         }
         let splits = load_splits(&args.source, config.seed, synthetic_train_of(&config))?;
+        let train = &splits.train;
+        if config.reweight == Reweight::Labels
+            && !args.quiet
+            && (0..train.len()).all(|i| train.is_aligned(i))
+        {
+            eprintln!(
+                "warning: the {} training samples hold no bias-conflicting one: --reweight labels \
+                 has nothing to upweight (raise --ratio or the number of samples)",
+                train.len()
+            );
+        }
         let out = opts_out(&config);
         if out.join(crate::checkpoint::LAST).exists() {
             bail!(

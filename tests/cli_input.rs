@@ -301,3 +301,19 @@ fn two_runs_never_write_one_folder() {
     assert!(!ok && text.contains("is in use"), "{text}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn labels_without_a_conflicting_sample_are_named() {
+    let d = scratch("no-conflicting");
+    // 1 % of 40 samples rounds to none.
+    let mut args = synth(&["--synthetic-train", "40", "--width", "4"]);
+    let out = d.join("run");
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (ok, text) = rest(&args);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("hold no bias-conflicting one: --reweight labels has nothing to upweight"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
