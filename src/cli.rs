@@ -121,8 +121,8 @@ pub struct TrainArgs {
     /// Output directory (default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run saved in DIR with its saved configuration (only --device, --data-dir,
-    /// --quiet and, for runs saved before it was recorded, --synthetic-train go with it).
+    /// Continue the run saved in DIR with its saved configuration (only --device, --data-dir and
+    /// --quiet go with it; --synthetic-train too, for runs saved before the split size was kept).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "method", "dataset", "ratio", "model", "width", "epochs", "paper", "batch_size", "lr",
         "momentum", "weight_decay", "density", "density_rule", "update_every", "death_rate",
