@@ -297,6 +297,12 @@ pub fn run(args: &GpuArgs) -> Result<()> {
     println!("bench gpu on {} ({why})", gpu.describe());
     if gpu.is_emu() {
         println!("{emu_note}");
+        if !args.quick {
+            println!(
+                "(the full-size bench takes tens of minutes on the emulator: --quick runs tiny \
+                 shapes in seconds)"
+            );
+        }
     }
     let timer = Timer {
         gpu: &gpu,
@@ -715,7 +721,7 @@ fn topo_section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopoRow> {
     );
     println!(
         "  batched:             {:.3} ms per update of every layer ({batched_launches} launches \
-         and one table copy), {:.1}× faster",
+         and one table copy), {:.1}× the speed",
         batched_secs * 1e3,
         secs / batched_secs.max(1e-12)
     );

@@ -339,8 +339,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let summary = if let Some(dir) = &args.resume {
         if !dir.join(crate::checkpoint::LAST).is_file() && dir.join("config.json").is_file() {
             bail!(
-                "{} holds no checkpoint: the run stopped before its first epoch ended (or, with \
-                 --reweight jtt, in its first phase); start it again with its original command",
+                "{} holds no checkpoint: the run stopped before its first checkpoint was written \
+                 (or, with --reweight jtt, in its first phase); start it again with its original \
+                 command",
                 dir.display()
             );
         }
@@ -399,7 +400,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         })?
     } else {
         let config = args.config()?;
-        let ignored = args.ignored_options(&config);
+        let mut ignored = args.ignored_options(&config);
+        if let (Some(s), true) = (&config.sparse, dev != Device::Cpu) {
+            // Refused before the output folder is made, rather than at the first step.
+            crate::train::ensure_gpu_topology(s)?;
+            if s.compute != PathChoice::Auto {
+                ignored.push("--sparse-compute (the GPU runs sparse layers on sparse kernels)");
+            }
+        }
         if !ignored.is_empty() && !args.quiet {
             eprintln!(
                 "warning: {} {} no effect on a {} run",
@@ -505,10 +513,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         )
     })?;
     println!(
-        "{} ({}, trained {} epochs, density {:.4})",
+        "{} ({}, trained {}, density {:.4})",
         args.checkpoint.display(),
         ck.config.method(),
-        ck.progress.epoch,
+        crate::reproduce::aggregate::plural(ck.progress.epoch, "epoch"),
         crate::dst::global_density(&model)
     );
     let mut table = String::from("| split | samples | accuracy | aligned | conflicting | unbiased | worst group |\n|---|---|---|---|---|---|---|\n");

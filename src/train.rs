@@ -8,7 +8,7 @@ use crate::data::{Dataset, Splits};
 use crate::device::gpu::model::GpuModel;
 use crate::device::gpu::Gpu;
 use crate::device::Device;
-use crate::dst::{self, SparseConfig, SparseState};
+use crate::dst::{self, PathChoice, SparseConfig, SparseState};
 use crate::flops::FlopsReport;
 use crate::metrics::{argmax_rows, evaluate, GroupMetrics};
 use crate::nn::param::{ComputePath, Grads};
@@ -81,7 +81,10 @@ impl TrainConfig {
         if let Some(n) = self.synthetic_train {
             ensure!(n > 0, "--synthetic-train must be at least 1");
         }
-        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(
+            self.batch_size >= 2,
+            "--batch-size must be at least 2 (batch norm trains on batch statistics)"
+        );
         ensure!(
             self.lr > 0.0 && self.lr.is_finite(),
             "--lr must be a positive number, got {}",
@@ -201,6 +204,9 @@ pub struct Summary {
     /// paths round differently, so this tells whether two runs' numbers can agree bit for bit).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub compute_paths: BTreeMap<String, ComputePath>,
+    /// The device the run trained on last (`cpu`, `emu`, `cuda:0`), since they round apart.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
 }
 
 /// Everything that changes during training: what a checkpoint holds besides the weights.
@@ -323,19 +329,37 @@ pub fn cpu_step(
     ))
 }
 
+/// How the command line spells a value of an option (`set`, not `Set`).
+fn cli_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
+}
+
+/// The `--sparse-compute` choice of a sparse run.
+fn s_compute(c: &TrainConfig) -> Option<PathChoice> {
+    c.sparse.as_ref().map(|s| s.compute)
+}
+
 /// Checks that a sparse configuration's topology update can run on the GPU: magnitude pruning
 /// and gradient (RigL) regrowth, the defaults, have device kernels; the others run on the CPU.
 pub fn ensure_gpu_topology(s: &SparseConfig) -> Result<()> {
     if s.fix {
         return Ok(());
     }
-    ensure!(
-        s.prune == PruneRule::Magnitude && s.grow == GrowRule::Gradient,
-        "topology updates with --prune {:?} / --grow {:?} have no GPU kernels (only magnitude \
-         pruning with gradient regrowth, the default, runs on the GPU): use --device cpu",
-        s.prune,
-        s.grow
-    );
+    if s.prune != PruneRule::Magnitude {
+        bail!(
+            "--prune {} has no GPU kernels (magnitude pruning with gradient regrowth, the \
+             default, runs on the GPU): use --device cpu",
+            cli_name(&s.prune)
+        );
+    }
+    if s.grow != GrowRule::Gradient {
+        bail!(
+            "--grow {} has no GPU kernels (magnitude pruning with gradient regrowth, the \
+             default, runs on the GPU): use --device cpu",
+            cli_name(&s.grow)
+        );
+    }
     Ok(())
 }
 
@@ -402,7 +426,7 @@ impl<'a> Trainer<'a> {
                 let choice = if device == Device::Cpu {
                     s.compute
                 } else {
-                    dst::PathChoice::Sparse
+                    PathChoice::Sparse
                 };
                 dst::choose_paths(
                     &mut model,
@@ -513,7 +537,13 @@ impl<'a> Trainer<'a> {
         let (_, correct) = first.evaluate_here(&self.splits.train)?;
         let errors = correct.iter().filter(|c| !**c).count();
         if !opts.quiet {
-            eprintln!("jtt: {} of {} training samples misclassified after {} epochs; upweighting them by {}", errors, correct.len(), self.config.jtt_epochs, self.config.upweight);
+            eprintln!(
+                "jtt: {} of {} training samples misclassified after {}; upweighting them by {}",
+                errors,
+                correct.len(),
+                crate::reproduce::aggregate::plural(self.config.jtt_epochs, "epoch"),
+                self.config.upweight
+            );
         }
         Ok(correct
             .iter()
@@ -554,7 +584,14 @@ impl<'a> Trainer<'a> {
                 self.model.params.stored_len()
             );
             if self.sparse.is_some() {
-                eprintln!("masked layers (compute path picked by timing both on this machine):");
+                let how = match (self.device, s_compute(&self.config)) {
+                    (Device::Cpu, Some(PathChoice::Auto)) => {
+                        "compute path picked by timing both on this machine"
+                    }
+                    (Device::Cpu, _) => "compute path as --sparse-compute asks",
+                    _ => "the GPU runs them on its sparse kernels",
+                };
+                eprintln!("masked layers ({how}):");
                 eprint!("{}", dst::describe(&self.model));
             }
         }
@@ -808,6 +845,7 @@ impl<'a> Trainer<'a> {
             train_flops_total: flops.sparse_train * self.progress.images_seen as f64,
             wall_seconds: self.progress.wall_seconds,
             compute_paths: dst::compute_paths(&self.model),
+            device: self.device.to_string(),
         };
         checkpoint::write_atomic(
             &opts.out.join("summary.json"),

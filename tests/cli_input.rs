@@ -317,3 +317,32 @@ fn labels_without_a_conflicting_sample_are_named() {
     );
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_batch_of_one_is_refused() {
+    fails_with(
+        &synth(&["--batch-size", "1"]),
+        "--batch-size must be at least 2",
+    );
+}
+
+#[test]
+fn gpu_runs_refuse_cpu_only_rules_up_front_and_name_ignored_paths() {
+    let d = scratch("emu");
+    let out = d.join("refused");
+    let mut args = synth(&["--device", "emu", "--prune", "set"]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    fails_with(&args, "--prune set has no GPU kernels");
+    assert!(!out.exists(), "the refused run made its folder");
+    let text = tiny_run(
+        &d.join("run"),
+        &["--device", "emu", "--sparse-compute", "dense-masked"],
+    );
+    assert!(
+        text.contains("warning: --sparse-compute (the GPU runs sparse layers on sparse kernels)"),
+        "{text}"
+    );
+    let summary = std::fs::read_to_string(d.join("run").join("summary.json")).unwrap();
+    assert!(summary.contains("\"device\": \"emu\""), "{summary}");
+    let _ = std::fs::remove_dir_all(d);
+}

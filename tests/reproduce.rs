@@ -268,6 +268,7 @@ fn summary(spec: &RunSpec, acc: [f64; 4], flops: f64, wall: f64) -> Summary {
         train_flops_total: flops,
         wall_seconds: wall,
         compute_paths: Default::default(),
+        device: String::new(),
     }
 }
 
@@ -720,7 +721,7 @@ fn collect_without_finished_runs_is_an_error_and_writes_nothing() {
 fn training_options_are_checked_before_any_run() {
     for (bad, problem) in [
         (&["--width", "0"][..], "--width must be at least 1"),
-        (&["--batch-size", "0"], "--batch-size must be at least 1"),
+        (&["--batch-size", "1"], "--batch-size must be at least 2"),
         (&["--lr", "0"], "--lr must be a positive number, got 0"),
         (
             &["--lr", "-0.1"],

@@ -44,7 +44,14 @@ pub fn nvrtc_origin() -> Option<&'static str> {
 pub fn locate_nvrtc() -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("REST_NVRTC_DIR") {
-        dirs.push(d.into());
+        let d = PathBuf::from(d);
+        if !d.is_dir() {
+            eprintln!(
+                "warning: REST_NVRTC_DIR={} is not a folder; looking for NVRTC elsewhere",
+                d.display()
+            );
+        }
+        dirs.push(d);
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(d) = std::env::var_os(var) {
