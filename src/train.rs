@@ -335,11 +335,6 @@ fn cli_name<T: clap::ValueEnum>(v: &T) -> String {
         .map_or_else(String::new, |p| p.get_name().to_string())
 }
 
-/// The `--sparse-compute` choice of a sparse run.
-fn s_compute(c: &TrainConfig) -> Option<PathChoice> {
-    c.sparse.as_ref().map(|s| s.compute)
-}
-
 /// Checks that a sparse configuration's topology update can run on the GPU: magnitude pruning
 /// and gradient (RigL) regrowth, the defaults, have device kernels; the others run on the CPU.
 pub fn ensure_gpu_topology(s: &SparseConfig) -> Result<()> {
@@ -584,7 +579,7 @@ impl<'a> Trainer<'a> {
                 self.model.params.stored_len()
             );
             if self.sparse.is_some() {
-                let how = match (self.device, s_compute(&self.config)) {
+                let how = match (self.device, self.config.sparse.as_ref().map(|s| s.compute)) {
                     (Device::Cpu, Some(PathChoice::Auto)) => {
                         "compute path picked by timing both on this machine"
                     }
