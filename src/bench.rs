@@ -378,6 +378,12 @@ pub fn check_json_path(path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--json {}: cannot create its folder", path.display()))?;
     }
+    // The file is written atomically through NAME.tmp at the end: try that now.
+    let mut probe = path.as_os_str().to_os_string();
+    probe.push(".tmp");
+    std::fs::File::create(&probe)
+        .with_context(|| format!("--json {}: cannot write there", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

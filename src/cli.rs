@@ -261,6 +261,18 @@ impl TrainArgs {
                 ("--sparse-compute", self.sparse_compute != d.sparse_compute),
             ]);
         }
+        // A static mask never updates its topology.
+        if config.sparse.as_ref().is_some_and(|s| s.fix) {
+            candidates.extend([
+                ("--update-every", self.update_every != d.update_every),
+                ("--death-rate", self.death_rate != d.death_rate),
+                ("--death-rate-end", self.death_rate_end != d.death_rate_end),
+                ("--decay", self.decay != d.decay),
+                ("--prune", self.prune != d.prune),
+                ("--grow", self.grow != d.grow),
+                ("--stop-fraction", self.stop_fraction != d.stop_fraction),
+            ]);
+        }
         if config.reweight == Reweight::Off {
             candidates.extend([
                 ("--upweight", self.upweight != d.upweight),

@@ -93,6 +93,14 @@ fn options_a_method_does_not_use_are_named() {
         text.contains("warning: --death-rate, --fix have no effect on a vanilla run"),
         "{text}"
     );
+    let text = tiny_run(
+        &d.join("run3"),
+        &["--fix", "--update-every", "10", "--grow", "random"],
+    );
+    assert!(
+        text.contains("warning: --update-every, --grow have no effect on a rest run"),
+        "{text}"
+    );
     let text = tiny_run(&d.join("run2"), &["--method", "sparse", "--upweight", "50"]);
     assert!(
         text.contains("warning: --upweight has no effect on a sparse run"),

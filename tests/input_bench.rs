@@ -64,6 +64,16 @@ fn bench_json_path_is_checked_before_the_bench_runs() {
             refused(&[base, &[p]].concat(), needle, started);
         }
     }
+    // A folder where no file can be made (/proc takes none, even from root).
+    if cfg!(target_os = "linux") {
+        for (base, started) in [(&cpu[..], CPU), (&gpu[..], GPU)] {
+            refused(
+                &[base, &["/proc/rest-bench.json"]].concat(),
+                "cannot write there",
+                started,
+            );
+        }
+    }
     // A missing folder is created.
     let json = d.join("new/folder/cpu.json");
     let (code, text) = common::run(&[&cpu[..], &[json.to_str().unwrap()]].concat(), &[]);
