@@ -122,8 +122,8 @@ fn bench_config(arch: Arch) -> ModelConfig {
     }
 }
 
-/// The input size of `arch` in the memory benchmark: 28 px (MNIST) for the CNN, 32 (CIFAR) else.
-fn memory_input_size(arch: Arch) -> usize {
+/// The input size the benchmarks give `arch`: 28 px (MNIST) for the CNN, 32 (CIFAR) else.
+fn input_size(arch: Arch) -> usize {
     if arch == Arch::Cnn {
         28
     } else {
@@ -378,9 +378,8 @@ pub fn check_json_path(path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--json {}: cannot create its folder", path.display()))?;
     }
-    // The file is written atomically through NAME.tmp at the end: try that now.
-    let mut probe = path.as_os_str().to_os_string();
-    probe.push(".tmp");
+    // The file is written atomically through its temporary name at the end: try that now.
+    let probe = crate::checkpoint::temp_path(path)?;
     std::fs::File::create(&probe)
         .with_context(|| format!("--json {}: cannot write there", path.display()))?;
     let _ = std::fs::remove_file(&probe);
@@ -393,8 +392,8 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         check_json_path(p)?;
     }
     let shape = |arch| match arch {
-        Arch::Cnn => (28, args.batch),
-        Arch::Resnet18 => (32, (args.batch / 4).max(2)),
+        Arch::Cnn => (input_size(arch), args.batch),
+        Arch::Resnet18 => (input_size(arch), (args.batch / 4).max(2)),
     };
     // Every model is checked before the first is measured.
     for &arch in &args.models {
@@ -532,7 +531,7 @@ fn peak_rss() -> Option<u64> {
 }
 
 pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
-    let size = memory_input_size(a.model);
+    let size = input_size(a.model);
     let (mut model, _) = build(a.model, a.density, a.batch, size)?;
     let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
     let inp = inputs(a.batch, size);
@@ -555,7 +554,7 @@ pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
 
 pub fn memory(a: &MemoryArgs) -> Result<()> {
     check_run(&a.densities, a.steps, a.batch)?;
-    let size = memory_input_size(a.model);
+    let size = input_size(a.model);
     crate::train::check_memory(&bench_config(a.model), size, size, a.batch)?;
     let exe = std::env::current_exe()?;
     println!(

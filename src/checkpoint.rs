@@ -13,7 +13,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
@@ -30,14 +30,19 @@ fn dtype_of(name: &str) -> Dtype {
     }
 }
 
-/// Writes `bytes` to `path` so that a reader sees either the old file or the whole new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// The file `write_atomic` writes before it renames it to `path`: NAME.tmp beside it.
+pub fn temp_path(path: &Path) -> Result<PathBuf> {
     let mut name = path
         .file_name()
         .ok_or_else(|| anyhow::anyhow!("{} names no file", path.display()))?
         .to_os_string();
     name.push(".tmp");
-    let tmp = path.with_file_name(name);
+    Ok(path.with_file_name(name))
+}
+
+/// Writes `bytes` to `path` so that a reader sees either the old file or the whole new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path)?;
     let write = || -> Result<()> {
         let mut f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;

@@ -247,30 +247,23 @@ impl TrainArgs {
     pub fn ignored_options(&self, config: &TrainConfig) -> Vec<&'static str> {
         let d = TrainLine::defaults();
         let mut candidates = Vec::new();
+        // Dense training has no topology, and a static mask (--fix) never updates it.
+        if config.sparse.as_ref().is_none_or(|s| s.fix) {
+            candidates.extend([
+                ("--update-every", self.update_every != d.update_every),
+                ("--death-rate", self.death_rate != d.death_rate),
+                ("--death-rate-end", self.death_rate_end != d.death_rate_end),
+                ("--decay", self.decay != d.decay),
+                ("--prune", self.prune != d.prune),
+                ("--grow", self.grow != d.grow),
+                ("--stop-fraction", self.stop_fraction != d.stop_fraction),
+            ]);
+        }
         if config.sparse.is_none() {
             candidates.extend([
                 ("--density-rule", self.density_rule != d.density_rule),
-                ("--update-every", self.update_every != d.update_every),
-                ("--death-rate", self.death_rate != d.death_rate),
-                ("--death-rate-end", self.death_rate_end != d.death_rate_end),
-                ("--decay", self.decay != d.decay),
-                ("--prune", self.prune != d.prune),
-                ("--grow", self.grow != d.grow),
-                ("--stop-fraction", self.stop_fraction != d.stop_fraction),
                 ("--fix", self.fix != d.fix),
                 ("--sparse-compute", self.sparse_compute != d.sparse_compute),
-            ]);
-        }
-        // A static mask never updates its topology.
-        if config.sparse.as_ref().is_some_and(|s| s.fix) {
-            candidates.extend([
-                ("--update-every", self.update_every != d.update_every),
-                ("--death-rate", self.death_rate != d.death_rate),
-                ("--death-rate-end", self.death_rate_end != d.death_rate_end),
-                ("--decay", self.decay != d.decay),
-                ("--prune", self.prune != d.prune),
-                ("--grow", self.grow != d.grow),
-                ("--stop-fraction", self.stop_fraction != d.stop_fraction),
             ]);
         }
         if config.reweight == Reweight::Off {
@@ -430,10 +423,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
         let splits = load_splits(&args.source, config.seed, synthetic_train_of(&config))?;
         let train = &splits.train;
-        if config.reweight == Reweight::Labels
-            && !args.quiet
-            && (0..train.len()).all(|i| train.is_aligned(i))
-        {
+        if config.reweight == Reweight::Labels && !args.quiet && train.num_conflicting() == 0 {
             eprintln!(
                 "warning: the {} training samples hold no bias-conflicting one: --reweight labels \
                  has nothing to upweight (raise --ratio or the number of samples)",
