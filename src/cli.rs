@@ -481,12 +481,11 @@ pub struct EvalArgs {
 
 fn metrics_row(split: &str, m: &GroupMetrics) -> String {
     let (aligned, conflicting) = m.group_percentages();
+    let (worst, label_bias) = m.worst_percentages();
     format!(
-        "| {split} | {} | {:.2} | {aligned} | {conflicting} | {:.2} | {:.2} |\n",
+        "| {split} | {} | {:.2} | {aligned} | {conflicting} | {worst} | {label_bias} |\n",
         m.samples,
         100.0 * m.accuracy,
-        100.0 * m.unbiased_accuracy,
-        100.0 * m.worst_group_accuracy
     )
 }
 
@@ -521,7 +520,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         crate::reproduce::aggregate::plural(ck.progress.epoch, "epoch"),
         crate::dst::global_density(&model)
     );
-    let mut table = String::from("| split | samples | accuracy | aligned | conflicting | unbiased | worst group |\n|---|---|---|---|---|---|---|\n");
+    let mut table = String::from("| split | samples | accuracy | aligned | conflicting | worst group | label × bias worst |\n|---|---|---|---|---|---|---|\n");
     // On a GPU device the model runs there (the optimiser state is not needed: zeros).
     let mut gm = match dev {
         Device::Cpu => None,
@@ -541,6 +540,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         table += &metrics_row(name, &m);
     }
     print!("{table}");
+    if crate::data::registry::test_split_is_unbiased(&source.dataset) {
+        println!(
+            "(the {} test split is unbiased: its accuracy is the unbiased accuracy)",
+            source.dataset
+        );
+    }
     Ok(())
 }
 

@@ -1,5 +1,9 @@
-//! Accuracy per group: bias-aligned, bias-conflicting, their average, and the worst
-//! (label, bias attribute) group.
+//! Accuracy per group, as the debiasing literature (LfF, DisEnt, REST) reports it: accuracy over
+//! the whole split, over its bias-aligned and bias-conflicting samples, the worst of those two
+//! groups (the reference's worst-group accuracy, used for model selection when reweighting), and,
+//! where every (label, bias attribute) group holds enough samples to mean something, the lowest of
+//! those groups. On an unbiased test split (Colored MNIST, Corrupted CIFAR-10) the whole-split
+//! accuracy is the "unbiased accuracy" of the literature.
 
 use crate::autograd::Tape;
 use crate::data::loader::{batches, Augment, LoaderConfig};
@@ -9,22 +13,100 @@ use crate::tensor::Tensor;
 use anyhow::Result;
 use std::collections::BTreeMap;
 
+/// The metric definitions a record was written with. 1 (records without the field, before
+/// 2026-12): "unbiased" was the mean of the aligned and conflicting accuracies and "worst group"
+/// the lowest (label, bias attribute) group, and runs selected their best epoch on that worst
+/// group when reweighting. 2: the definitions of this module. Version-1 records are read with
+/// the two-group worst recomputed from their aligned and conflicting accuracies (exact) and no
+/// label × bias worst group (its sample counts were not recorded).
+pub const METRICS_VERSION: u32 = 2;
+
+/// A (label, bias attribute) group needs this many samples before the label × bias worst group
+/// is reported: below it one or two samples decide a group's accuracy.
+pub const MIN_GROUP_SAMPLES: usize = 20;
+
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "GroupMetricsRecord")]
 pub struct GroupMetrics {
+    /// See [`METRICS_VERSION`].
+    pub metrics_version: u32,
     pub samples: usize,
     /// Bias-aligned and bias-conflicting samples evaluated (an accuracy over none reads 0).
-    #[serde(default)]
     pub aligned_samples: usize,
-    #[serde(default)]
     pub conflicting_samples: usize,
     pub loss: f64,
+    /// Over the whole split: the unbiased accuracy on an unbiased split.
     pub accuracy: f64,
     pub aligned_accuracy: f64,
     pub conflicting_accuracy: f64,
-    /// Mean of the aligned and conflicting accuracies (groups with no sample are left out).
-    pub unbiased_accuracy: f64,
-    /// Lowest accuracy over the (label, bias attribute) groups that have samples.
+    /// The lower of the aligned and conflicting accuracies (groups with no sample left out), as
+    /// the reference's worst group.
     pub worst_group_accuracy: f64,
+    /// The lowest accuracy over the (label, bias attribute) groups, when every group present
+    /// has at least [`MIN_GROUP_SAMPLES`] samples; None otherwise. Never used for selection.
+    pub label_bias_worst_accuracy: Option<f64>,
+    /// Mean of the aligned and conflicting accuracies ("unbiased" in version-1 records).
+    pub group_balanced_accuracy: f64,
+}
+
+/// [`GroupMetrics`] as stored, in either version.
+#[derive(serde::Deserialize)]
+struct GroupMetricsRecord {
+    #[serde(default = "first_version")]
+    metrics_version: u32,
+    samples: usize,
+    #[serde(default)]
+    aligned_samples: usize,
+    #[serde(default)]
+    conflicting_samples: usize,
+    loss: f64,
+    accuracy: f64,
+    aligned_accuracy: f64,
+    conflicting_accuracy: f64,
+    worst_group_accuracy: f64,
+    #[serde(default)]
+    label_bias_worst_accuracy: Option<f64>,
+    #[serde(alias = "unbiased_accuracy")]
+    group_balanced_accuracy: f64,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+impl From<GroupMetricsRecord> for GroupMetrics {
+    fn from(r: GroupMetricsRecord) -> Self {
+        let mut m = GroupMetrics {
+            metrics_version: r.metrics_version,
+            samples: r.samples,
+            aligned_samples: r.aligned_samples,
+            conflicting_samples: r.conflicting_samples,
+            loss: r.loss,
+            accuracy: r.accuracy,
+            aligned_accuracy: r.aligned_accuracy,
+            conflicting_accuracy: r.conflicting_accuracy,
+            worst_group_accuracy: r.worst_group_accuracy,
+            label_bias_worst_accuracy: r.label_bias_worst_accuracy,
+            group_balanced_accuracy: r.group_balanced_accuracy,
+        };
+        if r.metrics_version < 2 {
+            // Records older than the group counts have both at 0: take both accuracies then.
+            let counted = m.aligned_samples + m.conflicting_samples == m.samples;
+            let a = (m.aligned_samples > 0 || !counted).then_some(m.aligned_accuracy);
+            let c = (m.conflicting_samples > 0 || !counted).then_some(m.conflicting_accuracy);
+            m.worst_group_accuracy = two_group_worst(a, c);
+            m.label_bias_worst_accuracy = None;
+        }
+        m
+    }
+}
+
+fn two_group_worst(a: Option<f64>, c: Option<f64>) -> f64 {
+    match (a, c) {
+        (Some(a), Some(c)) => a.min(c),
+        (Some(x), None) | (None, Some(x)) => x,
+        (None, None) => 0.0,
+    }
 }
 
 /// Accumulates predictions into the group metrics.
@@ -62,12 +144,15 @@ impl GroupCounter {
     pub fn finish(&self) -> GroupMetrics {
         let a = ratio(self.aligned);
         let c = ratio(self.conflicting);
-        let unbiased = match (a, c) {
+        let balanced = match (a, c) {
             (Some(a), Some(c)) => (a + c) / 2.0,
             (Some(x), None) | (None, Some(x)) => x,
             (None, None) => 0.0,
         };
+        let enough =
+            !self.groups.is_empty() && self.groups.values().all(|&(_, n)| n >= MIN_GROUP_SAMPLES);
         GroupMetrics {
+            metrics_version: METRICS_VERSION,
             samples: self.total.1,
             aligned_samples: self.aligned.1,
             conflicting_samples: self.conflicting.1,
@@ -79,13 +164,14 @@ impl GroupCounter {
             accuracy: ratio(self.total).unwrap_or(0.0),
             aligned_accuracy: a.unwrap_or(0.0),
             conflicting_accuracy: c.unwrap_or(0.0),
-            unbiased_accuracy: unbiased,
-            worst_group_accuracy: self
-                .groups
-                .values()
-                .filter_map(|&g| ratio(g))
-                .fold(f64::INFINITY, f64::min)
-                .min(1.0),
+            worst_group_accuracy: two_group_worst(a, c),
+            label_bias_worst_accuracy: enough.then(|| {
+                self.groups
+                    .values()
+                    .filter_map(|&g| ratio(g))
+                    .fold(1.0, f64::min)
+            }),
+            group_balanced_accuracy: balanced,
         }
     }
 }
@@ -106,6 +192,18 @@ impl GroupMetrics {
         (
             pct(self.aligned_accuracy, self.aligned_samples),
             pct(self.conflicting_accuracy, self.conflicting_samples),
+        )
+    }
+}
+
+impl GroupMetrics {
+    /// The two-group worst and the label × bias worst group as percentages, "n/a" for the
+    /// latter where its groups are too small (or the record predates it).
+    pub fn worst_percentages(&self) -> (String, String) {
+        (
+            format!("{:.2}", 100.0 * self.worst_group_accuracy),
+            self.label_bias_worst_accuracy
+                .map_or("n/a".into(), |x| format!("{:.2}", 100.0 * x)),
         )
     }
 }
@@ -203,9 +301,82 @@ mod tests {
         assert_eq!(m.samples, 6);
         assert!((m.aligned_accuracy - 0.75).abs() < 1e-12);
         assert!((m.conflicting_accuracy - 0.5).abs() < 1e-12);
-        assert!((m.unbiased_accuracy - 0.625).abs() < 1e-12);
-        assert_eq!(m.worst_group_accuracy, 0.0);
+        assert!((m.group_balanced_accuracy - 0.625).abs() < 1e-12);
+        // The reference's worst group: the lower of aligned and conflicting.
+        assert!((m.worst_group_accuracy - 0.5).abs() < 1e-12);
+        // Groups of one or two samples: no label × bias worst group.
+        assert_eq!(m.label_bias_worst_accuracy, None);
         assert!((m.accuracy - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(m.metrics_version, METRICS_VERSION);
+    }
+
+    #[test]
+    fn field_definitions_on_an_unbiased_split() {
+        // Ten classes, bias uniform: each (label, bias) group 25 samples, so 10 % aligned.
+        // The model is right on every aligned sample, on 60 % of the conflicting ones, and on
+        // only 5 of group (3, 7)'s 25.
+        let mut c = GroupCounter::default();
+        for label in 0..10u32 {
+            for bias in 0..10u32 {
+                for i in 0..25 {
+                    let ok = if label == bias {
+                        true
+                    } else if (label, bias) == (3, 7) {
+                        i < 5
+                    } else {
+                        i < 15
+                    };
+                    c.add(label, bias, ok, 0.0);
+                }
+            }
+        }
+        let m = c.finish();
+        let conflicting_hits = 89.0 * 15.0 + 5.0;
+        let want_conflicting = conflicting_hits / (90.0 * 25.0);
+        assert_eq!(m.samples, 2500);
+        assert_eq!((m.aligned_samples, m.conflicting_samples), (250, 2250));
+        // Unbiased accuracy = accuracy over the whole split, not the mean of the two groups.
+        assert!((m.accuracy - (250.0 + conflicting_hits) / 2500.0).abs() < 1e-12);
+        assert!((m.conflicting_accuracy - want_conflicting).abs() < 1e-12);
+        assert!((m.group_balanced_accuracy - (1.0 + want_conflicting) / 2.0).abs() < 1e-12);
+        assert!((m.worst_group_accuracy - want_conflicting).abs() < 1e-12);
+        // Every group has 25 ≥ 20 samples: the label × bias worst group is (3, 7) at 20 %.
+        assert_eq!(m.label_bias_worst_accuracy, Some(0.2));
+        // One sample short of the threshold in one group: not reported.
+        let mut c2 = GroupCounter::default();
+        for label in 0..2u32 {
+            for bias in 0..2u32 {
+                let n = if (label, bias) == (1, 0) {
+                    MIN_GROUP_SAMPLES - 1
+                } else {
+                    30
+                };
+                for _ in 0..n {
+                    c2.add(label, bias, true, 0.0);
+                }
+            }
+        }
+        assert_eq!(c2.finish().label_bias_worst_accuracy, None);
+    }
+
+    #[test]
+    fn version_one_records_are_read_with_two_group_worst() {
+        let old = r#"{"samples":10,"aligned_samples":6,"conflicting_samples":4,"loss":0.5,
+            "accuracy":0.7,"aligned_accuracy":0.8333333333333334,"conflicting_accuracy":0.5,
+            "unbiased_accuracy":0.6666666666666667,"worst_group_accuracy":0.0}"#;
+        let m: GroupMetrics = serde_json::from_str(old).unwrap();
+        assert_eq!(m.metrics_version, 1);
+        assert_eq!(m.worst_group_accuracy, 0.5);
+        assert_eq!(m.label_bias_worst_accuracy, None);
+        assert!((m.group_balanced_accuracy - 0.6666666666666667).abs() < 1e-15);
+        // Version 2 round-trips unchanged.
+        let mut c = GroupCounter::default();
+        c.add(0, 0, true, 0.1);
+        c.add(0, 1, false, 0.2);
+        let m2 = c.finish();
+        let back: GroupMetrics =
+            serde_json::from_str(&serde_json::to_string(&m2).unwrap()).unwrap();
+        assert_eq!(back, m2);
     }
 
     #[test]

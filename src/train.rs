@@ -739,14 +739,10 @@ impl<'a> Trainer<'a> {
                 "training diverged at epoch {epoch}: the validation loss is {}; try a lower --lr",
                 valid.loss
             );
-            // Selection as the reference: worst-group validation accuracy when reweighting,
-            // overall validation accuracy otherwise. Worst-group accuracy is often tied (at 0 on
-            // small validation sets), so ties go to the higher unbiased accuracy; the 1e-6 weight
-            // keeps that a tie-break only.
-            let score = match self.config.reweight {
-                Reweight::Off => valid.accuracy,
-                _ => valid.worst_group_accuracy + 1e-6 * valid.unbiased_accuracy,
-            };
+            // Selection as the reference: the validation worst group (the lower of aligned and
+            // conflicting) when reweighting, overall validation accuracy otherwise. Ties go to
+            // the higher overall accuracy; the 1e-6 weight keeps that a tie-break only.
+            let score = selection_score(self.config.reweight, &valid);
             let best = score > self.progress.best_score;
             let test = if best {
                 Some(self.evaluate_here(&self.splits.test)?.0)
@@ -798,7 +794,7 @@ impl<'a> Trainer<'a> {
             writeln!(metrics_file, "{}", serde_json::to_string(&record)?)?;
             if !opts.quiet {
                 eprintln!(
-                    "epoch {:>3}/{}: loss {:.4} train acc {:.3} | valid acc {:.3} aligned {:.3} conflicting {:.3} worst {:.3}{} | {:.0} img/s",
+                    "epoch {:>3}/{}: loss {:.4} train acc {:.3} | valid acc {:.3} aligned {:.3} conflicting {:.3} worst group {:.3}{} | {:.0} img/s",
                     epoch + 1,
                     self.config.epochs,
                     record.train_loss,
@@ -917,19 +913,81 @@ fn progress_bar(len: u64, epoch: usize, epochs: usize, quiet: bool) -> indicatif
     bar
 }
 
-/// A markdown table of a summary's per-group test accuracies.
+/// The validation score that picks the best epoch: the reference's rule (see the call).
+pub fn selection_score(reweight: Reweight, valid: &GroupMetrics) -> f64 {
+    match reweight {
+        Reweight::Off => valid.accuracy,
+        _ => valid.worst_group_accuracy + 1e-6 * valid.accuracy,
+    }
+}
+
+/// A markdown table of a summary's per-group test accuracies, with the field's metrics
+/// (`unbiased` is the whole test split's accuracy where that split is unbiased).
 pub fn render_summary(s: &Summary) -> String {
     let t = &s.test;
     let (aligned, conflicting) = t.group_percentages();
+    let unbiased = if crate::data::registry::test_split_is_unbiased(&s.config.dataset) {
+        format!("{:.2}", 100.0 * t.accuracy)
+    } else {
+        "n/a".into()
+    };
+    let (worst, label_bias) = t.worst_percentages();
     format!(
-        "| method | density | aligned | conflicting | unbiased | worst group | inference MFLOPs/img | train FLOPs |\n\
-         |---|---|---|---|---|---|---|---|\n\
-         | {} | {:.4} | {aligned} | {conflicting} | {:.2} | {:.2} | {:.3} | {:.3e} |\n",
+        "| method | density | unbiased | aligned | conflicting | worst group | label × bias worst | inference MFLOPs/img | train FLOPs |\n\
+         |---|---|---|---|---|---|---|---|---|\n\
+         | {} | {:.4} | {unbiased} | {aligned} | {conflicting} | {worst} | {label_bias} | {:.3} | {:.3e} |\n",
         s.method,
         s.density,
-        100.0 * t.unbiased_accuracy,
-        100.0 * t.worst_group_accuracy,
         s.inference_flops_per_image / 1e6,
         s.train_flops_total
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::GroupCounter;
+
+    /// Validation metrics of an epoch: `aligned` and `conflicting` right out of 100 each, and
+    /// one tiny (label, bias) group of two samples that is right `tiny` times.
+    fn valid(aligned: usize, conflicting: usize, tiny: usize) -> GroupMetrics {
+        let mut c = GroupCounter::default();
+        for i in 0..100 {
+            c.add(0, 0, i < aligned, 0.0);
+            c.add(0, 1, i < conflicting, 0.0);
+        }
+        for i in 0..2 {
+            c.add(5, 7, i < tiny, 0.0);
+        }
+        c.finish()
+    }
+
+    /// Index of the epoch the trainer keeps: the first with the highest score.
+    fn selected(reweight: Reweight, epochs: &[GroupMetrics]) -> usize {
+        let mut best = (f64::NEG_INFINITY, 0);
+        for (i, v) in epochs.iter().enumerate() {
+            let s = selection_score(reweight, v);
+            if s > best.0 {
+                best = (s, i);
+            }
+        }
+        best.1
+    }
+
+    #[test]
+    fn selection_uses_the_two_group_worst_when_reweighting() {
+        let epochs = [
+            valid(100, 55, 0), // best overall accuracy (155 of 202)
+            valid(90, 60, 0),  // best worst group (conflicting 60 of 102)
+            valid(80, 57, 2),  // the only epoch whose tiny group is right (59 of 102)
+        ];
+        assert_eq!(selected(Reweight::Off, &epochs), 0);
+        assert_eq!(selected(Reweight::Labels, &epochs), 1);
+        // The tiny group never decides: with it at 0 % in every epoch, the label × bias worst
+        // group would read 0 throughout and select on a constant.
+        assert!(epochs.iter().all(|e| e.label_bias_worst_accuracy.is_none()));
+        // Ties on the worst group go to the higher overall accuracy.
+        let tied = [valid(80, 60, 0), valid(95, 60, 0)];
+        assert_eq!(selected(Reweight::Labels, &tied), 1);
+    }
 }

@@ -115,7 +115,7 @@ fn cmnist_severity_sets_colour_jitter() {
     let (tr, te) = (fake_digits(500, "tr"), fake_digits(50, "te"));
     let spread = |sev: u32| {
         let s = cmnist::generate(&tr, &te, &GenConfig::new(5.0, sev, 1)).unwrap();
-        // Green channel of class 3's colour (255, 215, 0): not clamped at 0 or 1.
+        // Green channel of class 3's colour (0.83 in LfF's palette): not clamped at 0 or 1.
         let green: Vec<f32> = (0..s.train.len())
             .filter(|&i| s.train.bias[i] == 3)
             .map(|i| {
@@ -285,7 +285,34 @@ fn export_folder_reads_back_identically() {
         v
     };
     assert_eq!(key(&back.train), key(&s.train));
+    assert_eq!(key(&back.valid), key(&s.valid));
     assert_eq!(key(&back.test), key(&s.test));
+    // The layout the reference's CMNIST loader globs: `5pct/align/*/*`, `5pct/conflict/*/*`,
+    // `5pct/valid/*` (files, no label folders), `test/*/*`, names ending `_{label}_{bias}.png`.
+    let files_at = |pattern: &[&str]| -> usize {
+        let mut dirs = vec![root.clone()];
+        for part in pattern {
+            dirs = dirs
+                .iter()
+                .flat_map(|d| -> Vec<std::path::PathBuf> {
+                    if *part == "*" {
+                        std::fs::read_dir(d)
+                            .map(|r| r.map(|e| e.unwrap().path()).collect())
+                            .unwrap_or_default()
+                    } else {
+                        vec![d.join(part)]
+                    }
+                })
+                .collect();
+        }
+        dirs.iter().filter(|p| p.is_file()).count()
+    };
+    assert_eq!(
+        files_at(&["5pct", "align", "*", "*"]) + files_at(&["5pct", "conflict", "*", "*"]),
+        s.train.len()
+    );
+    assert_eq!(files_at(&["5pct", "valid", "*"]), s.valid.len());
+    assert_eq!(files_at(&["test", "*", "*"]), s.test.len());
     // The grid for `rest data show`.
     let img = rest::data::cli::grid(&s.train, 3).unwrap();
     assert_eq!(img.height() as usize, 10 * (56 + 2));

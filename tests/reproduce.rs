@@ -240,17 +240,19 @@ fn train_commands_carry_the_reference_settings() {
     );
 }
 
-/// A summary.json as `rest train` writes it, with chosen test accuracies.
+/// A summary.json as `rest train` writes it, with chosen test accuracies: `acc` is aligned,
+/// conflicting, whole-split (unbiased) and worst group.
 fn summary(spec: &RunSpec, acc: [f64; 4], flops: f64, wall: f64) -> Summary {
     // The configuration `rest train` builds from the run's command line.
     let config = spec.train_config().unwrap();
     let test = rest::metrics::GroupMetrics {
         samples: 100,
         loss: 1.0,
-        accuracy: acc[0],
+        metrics_version: rest::metrics::METRICS_VERSION,
+        accuracy: acc[2],
         aligned_accuracy: acc[0],
         conflicting_accuracy: acc[1],
-        unbiased_accuracy: acc[2],
+        group_balanced_accuracy: (acc[0] + acc[1]) / 2.0,
         worst_group_accuracy: acc[3],
         ..Default::default()
     };
@@ -333,14 +335,14 @@ fn collect_aggregates_over_seeds_across_folders() {
     assert!(ok, "{text}");
     assert!(text.contains("6 finished runs"), "{text}");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    // rest: aligned 90, 92, 94 → 92 ± 2; conflicting 50, 60, 70 → 60 ± 10; unbiased 70, 76, 82
-    // → 76 ± 6; worst 40, 45, 50 → 45 ± 5; train FLOPs mean 1.1e12; wall mean 11 s.
+    // rest: unbiased 70, 76, 82 → 76 ± 6; aligned 90, 92, 94 → 92 ± 2; conflicting 50, 60, 70
+    // → 60 ± 10; worst 40, 45, 50 → 45 ± 5; train FLOPs mean 1.1e12; wall mean 11 s.
     assert!(
-        md.contains("| rest | 0.05 | 3 | 92.00 ± 2.00 | 60.00 ± 10.00 | 76.00 ± 6.00 | 45.00 ± 5.00 | 0.050 | 1.100e12 | 11.0 |"),
+        md.contains("| rest | 0.05 | 3 | 76.00 ± 6.00 | 92.00 ± 2.00 | 60.00 ± 10.00 | 45.00 ± 5.00 | n/a | 0.050 | 1.100e12 | 11.0 |"),
         "{md}"
     );
     assert!(
-        md.contains("| vanilla | 1 | 3 | 99.00 ± 0.00 | 10.00 ± 0.00 | 54.50 ± 0.00 | 5.00 ± 0.00 | 1.000 | 2.000e13 | 100.0 |"),
+        md.contains("| vanilla | 1 | 3 | 54.50 ± 0.00 | 99.00 ± 0.00 | 10.00 ± 0.00 | 5.00 ± 0.00 | n/a | 1.000 | 2.000e13 | 100.0 |"),
         "{md}"
     );
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
@@ -348,11 +350,13 @@ fn collect_aggregates_over_seeds_across_folders() {
     assert_eq!(lines[0], aggregate::CSV_HEADER);
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(
-        lines[1].starts_with("cmnist,vanilla,1,1,2,41 42 43,99.0000,0.0000,10.0000,0.0000"),
+        lines[1].starts_with(
+            "cmnist,vanilla,1,1,2,41 42 43,54.5000,0.0000,99.0000,0.0000,10.0000,0.0000"
+        ),
         "{csv}"
     );
     assert!(
-        lines[2].starts_with("cmnist,rest,1,0.05,2,41 42 43,92.0000,2.0000,60.0000,10.0000,76.0000,6.0000,45.0000,5.0000,5.000000e4,1.100000e12,11.00"),
+        lines[2].starts_with("cmnist,rest,1,0.05,2,41 42 43,76.0000,6.0000,92.0000,2.0000,60.0000,10.0000,45.0000,5.0000,,,5.000000e4,1.100000e12,11.00,2"),
         "{csv}"
     );
     // The plots are real PNGs.
@@ -396,10 +400,12 @@ fn plots_render_without_sparse_runs_or_with_many_densities() {
         density: 1.0,
         epochs: 1,
         seeds: vec![41],
+        accuracy: (60.0, 0.0),
         aligned: (99.0, 0.0),
         conflicting: (20.0, 0.0),
-        unbiased: (60.0, 0.0),
         worst_group: (10.0, 0.0),
+        label_bias_worst: None,
+        metrics_version: rest::metrics::METRICS_VERSION,
         inference_flops: 1e6,
         train_flops: 1e13,
         wall_seconds: 1.0,
@@ -487,7 +493,7 @@ fn finished_runs_are_skipped_and_checkpointed_ones_resumed() {
     // Tables include the fabricated and the real runs.
     let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
     assert!(
-        md.contains("| vanilla | 1 | 2 | 50.00 ± 0.00 | 25.00 ± 0.00"),
+        md.contains("| vanilla | 1 | 2 | 37.50 ± 0.00 | 50.00 ± 0.00 | 25.00 ± 0.00"),
         "{md}"
     );
 }
@@ -685,7 +691,10 @@ fn collect_skips_unreadable_summaries_and_diverged_runs() {
         "{text}"
     );
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert!(md.contains("| vanilla | 1 | 1 | 90.00 ± 0.00 |"), "{md}");
+    assert!(
+        md.contains("| vanilla | 1 | 1 | 70.00 ± 0.00 | 90.00 ± 0.00 |"),
+        "{md}"
+    );
     // With nothing readable left, there is nothing to collect.
     std::fs::remove_dir_all(runner::run_dir(&dir, &s[0].key())).unwrap();
     let (ok, text) = rest(&["reproduce", "cmnist", "--collect", dir.to_str().unwrap()]);
@@ -870,7 +879,7 @@ fn collect_refuses_to_average_runs_of_different_settings() {
         "{md}"
     );
     assert!(
-        md.contains("| rest | 0.05 | 1 | 90.00 ± 0.00 | 70.00 ± 0.00"),
+        md.contains("| rest | 0.05 | 1 | 80.00 ± 0.00 | 90.00 ± 0.00 | 70.00 ± 0.00"),
         "{md}"
     );
 }
@@ -923,7 +932,7 @@ fn a_run_found_twice_is_counted_once_or_refused() {
     assert!(text.contains("2 finished runs"), "{text}");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(
-        md.contains("| vanilla | 1 | 2 | 90.00 ± 0.00 | 30.00 ± 14.14"),
+        md.contains("| vanilla | 1 | 2 | 60.00 ± 7.07 | 90.00 ± 0.00 | 30.00 ± 14.14"),
         "{md}"
     );
     // The same configuration and seed under another folder name would count seed 41 twice.

@@ -25,7 +25,8 @@ use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"RESTDSC\0";
 /// Bump when any generator's output changes for the same seed, so old caches are rebuilt.
-pub const GENERATOR_VERSION: u32 = 1;
+/// 2: Colored MNIST in LfF's palette, truncated to bytes as LfF does.
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// What a cache was generated from.
 #[derive(Clone, Debug, PartialEq)]

@@ -316,18 +316,31 @@ pub fn encode_png(ds: &Dataset, i: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes one split's images; `grouped` splits go to `dir/align|conflict/<label>/`, others to
-/// `dir/<label>/`. File names are `{index:05}_{label}_{bias}.png`.
-pub fn write_images(ds: &Dataset, dir: &Path, grouped: bool) -> Result<()> {
+/// Where [`write_images`] puts a split's files below its folder.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FolderLayout {
+    /// `align|conflict/<label>/`: the training split.
+    Grouped,
+    /// `<label>/`: the test split.
+    PerLabel,
+    /// Directly in the folder: the validation split (the reference's loader globs `valid/*`).
+    Flat,
+}
+
+/// Writes one split's images below `dir` in `layout`. File names are
+/// `{index:05}_{label}_{bias}.png`.
+pub fn write_images(ds: &Dataset, dir: &Path, layout: FolderLayout) -> Result<()> {
     (0..ds.len())
         .into_par_iter()
         .try_for_each(|i| -> Result<()> {
             let (l, b) = (ds.labels[i], ds.bias[i]);
             let mut d = dir.to_path_buf();
-            if grouped {
+            if layout == FolderLayout::Grouped {
                 d.push(if l == b { "align" } else { "conflict" });
             }
-            d.push(l.to_string());
+            if layout != FolderLayout::Flat {
+                d.push(l.to_string());
+            }
             std::fs::create_dir_all(&d)
                 .with_context(|| format!("{}: cannot create", d.display()))?;
             let p = d.join(format!("{i:05}_{l}_{b}.png"));
@@ -347,12 +360,12 @@ pub fn write_folder(splits: &Splits, ratio_percent: f64, root: &Path) -> Result<
                 .with_context(|| format!("{}: cannot clear", d.display()))?;
         }
     }
-    write_images(&splits.train, &pct, true)?;
-    write_images(&splits.valid, &pct.join("valid"), false)?;
+    write_images(&splits.train, &pct, FolderLayout::Grouped)?;
+    write_images(&splits.valid, &pct.join("valid"), FolderLayout::Flat)?;
     let test = root.join("test");
     if test.exists() {
         std::fs::remove_dir_all(&test)
             .with_context(|| format!("{}: cannot clear", test.display()))?;
     }
-    write_images(&splits.test, &test, false)
+    write_images(&splits.test, &test, FolderLayout::PerLabel)
 }

@@ -38,6 +38,13 @@ pub fn imagenet_normalize() -> Normalize {
     }
 }
 
+/// Whether a dataset's test split is unbiased (bias attribute uniform, independent of the label),
+/// so that its whole-split test accuracy is the literature's "unbiased accuracy". BFFHQ's test
+/// split is not (its headline is the bias-conflicting accuracy), nor need a folder dataset's be.
+pub fn test_split_is_unbiased(dataset: &str) -> bool {
+    matches!(dataset, "cmnist" | "cifar10c" | "synthetic")
+}
+
 /// Opens the train/valid/test splits of a dataset at a conflict ratio (in percent: 0.5, 1, 2, 5):
 ///
 /// * `cmnist`: Colored MNIST from the cache under `data_dir/cmnist/cache/`; when the cache is

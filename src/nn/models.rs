@@ -141,6 +141,16 @@ pub struct Model {
     pub(crate) fc: (ParamId, ParamId),
 }
 
+/// How a convolution's weights start, as the reference model of each architecture does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ConvInit {
+    /// Kaiming-normal, fan-out, ReLU gain: N(0, 2/(cout·k²)). The reference ResNet-18 (torchvision).
+    KaimingFanOut,
+    /// PyTorch's default for `nn.Conv2d` (Kaiming-uniform with a = √5): U(±1/√(cin·k²)). The
+    /// reference CMNIST CNN leaves its convolutions at this default.
+    TorchDefault,
+}
+
 struct Builder {
     params: ParamStore,
     bn: Vec<BnStats>,
@@ -152,21 +162,32 @@ impl Builder {
         Rng::derive(self.seed, self.params.params.len() as u64 + 1)
     }
 
-    /// Kaiming-normal (fan-out, ReLU gain) weights, as the reference ResNet initialises convs.
+    /// A bias-free convolution, its weights drawn by `init`.
+    #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
         name: &str,
+        init: ConvInit,
         cin: usize,
         cout: usize,
         k: usize,
         stride: usize,
         pad: usize,
     ) -> ConvLayer {
-        let std = (2.0 / (cout * k * k) as f32).sqrt();
         let mut rng = self.rng();
-        let v: Vec<f32> = (0..cout * cin * k * k)
-            .map(|_| rng.normal() * std)
-            .collect();
+        let n = cout * cin * k * k;
+        let v: Vec<f32> = match init {
+            ConvInit::KaimingFanOut => {
+                let std = (2.0 / (cout * k * k) as f32).sqrt();
+                (0..n).map(|_| rng.normal() * std).collect()
+            }
+            ConvInit::TorchDefault => {
+                let bound = 1.0 / ((cin * k * k) as f32).sqrt();
+                (0..n)
+                    .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
+                    .collect()
+            }
+        };
         let w = self.params.add(
             format!("{name}.weight"),
             &[cout, cin, k, k],
@@ -249,10 +270,11 @@ impl Model {
         let w = config.width;
         let (body, feat) = match config.arch {
             Arch::Cnn => {
+                let cnn_init = ConvInit::TorchDefault;
                 let mut layers = Vec::new();
                 let mut cin = config.in_channels;
                 for (i, cout) in [w, 2 * w, 4 * w].into_iter().enumerate() {
-                    let c = b.conv(&format!("conv{}", i + 1), cin, cout, 4, 2, 1);
+                    let c = b.conv(&format!("conv{}", i + 1), cnn_init, cin, cout, 4, 2, 1);
                     let n = b.bn(&format!("bn{}", i + 1), cout);
                     layers.push((c, n));
                     cin = cout;
@@ -260,8 +282,9 @@ impl Model {
                 (Body::Cnn(layers), 4 * w)
             }
             Arch::Resnet18 => {
+                let kaiming = ConvInit::KaimingFanOut;
                 let stem = (
-                    b.conv("conv1", config.in_channels, w, 7, 2, 3),
+                    b.conv("conv1", kaiming, config.in_channels, w, 7, 2, 3),
                     b.bn("bn1", w),
                 );
                 let mut blocks = Vec::new();
@@ -271,13 +294,21 @@ impl Model {
                     for i in 0..2 {
                         let stride = if s > 0 && i == 0 { 2 } else { 1 };
                         let name = format!("layer{}.{}", s + 1, i);
-                        let c1 = b.conv(&format!("{name}.conv1"), cin, cout, 3, stride, 1);
+                        let c1 = b.conv(&format!("{name}.conv1"), kaiming, cin, cout, 3, stride, 1);
                         let b1 = b.bn(&format!("{name}.bn1"), cout);
-                        let c2 = b.conv(&format!("{name}.conv2"), cout, cout, 3, 1, 1);
+                        let c2 = b.conv(&format!("{name}.conv2"), kaiming, cout, cout, 3, 1, 1);
                         let b2 = b.bn(&format!("{name}.bn2"), cout);
                         let shortcut = (stride != 1 || cin != cout).then(|| {
                             (
-                                b.conv(&format!("{name}.downsample.0"), cin, cout, 1, stride, 0),
+                                b.conv(
+                                    &format!("{name}.downsample.0"),
+                                    kaiming,
+                                    cin,
+                                    cout,
+                                    1,
+                                    stride,
+                                    0,
+                                ),
                                 b.bn(&format!("{name}.downsample.1"), cout),
                             )
                         });
@@ -447,5 +478,72 @@ mod tests {
             num_classes: 10,
         };
         assert_eq!(huge.footprint(32, 32).unwrap(), None);
+    }
+
+    /// Mean, variance and largest magnitude of a parameter's values.
+    fn stats(m: &Model, name: &str) -> (f64, f64, f64) {
+        let p = m.params.params.iter().find(|p| p.name == name).unwrap();
+        let v = p.data();
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let max = v.iter().fold(0.0f64, |a, &x| a.max((x as f64).abs()));
+        (mean, var, max)
+    }
+
+    #[test]
+    fn cnn_starts_as_pytorch_default_resnet_as_kaiming_fan_out() {
+        let cnn = ModelConfig {
+            arch: Arch::Cnn,
+            width: 64,
+            in_channels: 3,
+            num_classes: 10,
+        };
+        let m = Model::new(&cnn, 41).unwrap();
+        // nn.Conv2d's default: U(±1/√fan_in), variance bound²/3.
+        for (name, fan_in) in [
+            ("conv1.weight", 3 * 16),
+            ("conv2.weight", 64 * 16),
+            ("conv3.weight", 128 * 16),
+            ("fc.weight", 256),
+        ] {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let (mean, var, max) = stats(&m, name);
+            assert!(max <= bound, "{name}: |w| {max} beyond the bound {bound}");
+            assert!(
+                max > 0.9 * bound,
+                "{name}: |w| {max} never near the bound {bound}"
+            );
+            let want = bound * bound / 3.0;
+            assert!(
+                (var / want - 1.0).abs() < 0.15,
+                "{name}: variance {var}, want {want}"
+            );
+            assert!(mean.abs() < 0.1 * bound, "{name}: mean {mean}");
+        }
+        // The classifier's ten biases: within the same bound (too few for a variance).
+        let (_, _, max) = stats(&m, "fc.bias");
+        assert!(max <= 1.0 / 16.0);
+        let resnet = ModelConfig {
+            arch: Arch::Resnet18,
+            ..cnn
+        };
+        let m = Model::new(&resnet, 41).unwrap();
+        // Kaiming-normal, fan-out: variance 2/(cout·k²); unbounded (normal tails).
+        for (name, fan_out) in [
+            ("conv1.weight", 64 * 49),
+            ("layer2.0.conv1.weight", 128 * 9),
+        ] {
+            let want = 2.0 / fan_out as f64;
+            let (_, var, max) = stats(&m, name);
+            assert!(
+                (var / want - 1.0).abs() < 0.1,
+                "{name}: variance {var}, want {want}"
+            );
+            assert!(
+                max > 3.0 * want.sqrt(),
+                "{name}: no normal tail (max {max})"
+            );
+        }
     }
 }

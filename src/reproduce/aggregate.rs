@@ -23,11 +23,16 @@ pub struct RunResult {
     pub density: f64,
     pub epochs: usize,
     pub seed: u64,
-    /// Test accuracies in percent.
+    /// Test accuracies in percent (see `metrics`): over the whole test split (the unbiased
+    /// accuracy where that split is unbiased), its aligned and conflicting samples, the lower of
+    /// those two, and the label × bias worst group where its groups are large enough.
+    pub accuracy: f64,
     pub aligned: f64,
     pub conflicting: f64,
-    pub unbiased: f64,
     pub worst_group: f64,
+    pub label_bias_worst: Option<f64>,
+    /// The metric definitions of its summary (`metrics::METRICS_VERSION`).
+    pub metrics_version: u32,
     pub inference_flops: f64,
     pub train_flops: f64,
     pub wall_seconds: f64,
@@ -45,10 +50,12 @@ impl RunResult {
             density: s.config.sparse.as_ref().map_or(1.0, |c| c.density),
             epochs: s.config.epochs,
             seed: s.config.seed,
+            accuracy: 100.0 * s.test.accuracy,
             aligned: 100.0 * s.test.aligned_accuracy,
             conflicting: 100.0 * s.test.conflicting_accuracy,
-            unbiased: 100.0 * s.test.unbiased_accuracy,
             worst_group: 100.0 * s.test.worst_group_accuracy,
+            label_bias_worst: s.test.label_bias_worst_accuracy.map(|x| 100.0 * x),
+            metrics_version: s.test.metrics_version,
             inference_flops: s.inference_flops_per_image,
             train_flops: s.train_flops_total,
             wall_seconds: s.wall_seconds,
@@ -171,10 +178,15 @@ pub struct Row {
     pub density: f64,
     pub epochs: usize,
     pub seeds: Vec<u64>,
+    /// Whole test split (named "unbiased" in the tables where that split is unbiased).
+    pub accuracy: (f64, f64),
     pub aligned: (f64, f64),
     pub conflicting: (f64, f64),
-    pub unbiased: (f64, f64),
     pub worst_group: (f64, f64),
+    /// None unless every run of the row has it.
+    pub label_bias_worst: Option<(f64, f64)>,
+    /// The oldest metric definitions among the row's runs.
+    pub metrics_version: u32,
     pub inference_flops: f64,
     pub train_flops: f64,
     pub wall_seconds: f64,
@@ -328,10 +340,16 @@ pub fn aggregate(runs: &[RunResult]) -> Result<Vec<Row>> {
                 density: g[0].density,
                 epochs: g[0].epochs,
                 seeds,
+                accuracy: mean_std(&col(|r| r.accuracy)),
                 aligned: mean_std(&col(|r| r.aligned)),
                 conflicting: mean_std(&col(|r| r.conflicting)),
-                unbiased: mean_std(&col(|r| r.unbiased)),
                 worst_group: mean_std(&col(|r| r.worst_group)),
+                label_bias_worst: g
+                    .iter()
+                    .map(|r| r.label_bias_worst)
+                    .collect::<Option<Vec<f64>>>()
+                    .map(|v| mean_std(&v)),
+                metrics_version: g.iter().map(|r| r.metrics_version).min().unwrap_or(0),
                 inference_flops: mean_std(&col(|r| r.inference_flops)).0,
                 train_flops: mean_std(&col(|r| r.train_flops)).0,
                 wall_seconds: mean_std(&col(|r| r.wall_seconds)).0,
@@ -354,32 +372,40 @@ fn pm((m, s): (f64, f64)) -> String {
     format!("{m:.2} ± {s:.2}")
 }
 
-pub const CSV_HEADER: &str = "dataset,method,ratio,density,epochs,seeds,aligned_mean,aligned_std,conflicting_mean,conflicting_std,unbiased_mean,unbiased_std,worst_group_mean,worst_group_std,inference_flops_per_image,train_flops,wall_seconds";
+/// `accuracy` is over the whole test split (the unbiased accuracy where that split is unbiased);
+/// `label_bias_worst` is empty where its groups are too small; `metrics_version` as in `metrics`.
+pub const CSV_HEADER: &str = "dataset,method,ratio,density,epochs,seeds,accuracy_mean,accuracy_std,aligned_mean,aligned_std,conflicting_mean,conflicting_std,worst_group_mean,worst_group_std,label_bias_worst_mean,label_bias_worst_std,inference_flops_per_image,train_flops,wall_seconds,metrics_version";
 
 pub fn render_csv(rows: &[Row]) -> String {
     let mut s = String::from(CSV_HEADER);
     s.push('\n');
     for r in rows {
         let seeds: Vec<String> = r.seeds.iter().map(|x| x.to_string()).collect();
+        let (lb_mean, lb_std) = r
+            .label_bias_worst
+            .map_or((String::new(), String::new()), |(m, s)| {
+                (format!("{m:.4}"), format!("{s:.4}"))
+            });
         s += &format!(
-            "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.6e},{:.6e},{:.2}\n",
+            "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{lb_mean},{lb_std},{:.6e},{:.6e},{:.2},{}\n",
             r.dataset,
             r.method,
             r.ratio,
             r.density,
             r.epochs,
             seeds.join(" "),
+            r.accuracy.0,
+            r.accuracy.1,
             r.aligned.0,
             r.aligned.1,
             r.conflicting.0,
             r.conflicting.1,
-            r.unbiased.0,
-            r.unbiased.1,
             r.worst_group.0,
             r.worst_group.1,
             r.inference_flops,
             r.train_flops,
-            r.wall_seconds
+            r.wall_seconds,
+            r.metrics_version
         );
     }
     s
@@ -388,32 +414,48 @@ pub fn render_csv(rows: &[Row]) -> String {
 pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> String {
     let mut s = String::from(
         "# Results\n\nTest accuracy (%) at the best validation epoch, mean ± sample std over seeds \
-         (± 0.00 for a single seed). Inference FLOPs per image at the final topology; training \
+         (± 0.00 for a single seed). *unbiased*: accuracy over the whole test split, where that \
+         split is unbiased (Colored MNIST, Corrupted CIFAR-10; elsewhere *accuracy*); *worst \
+         group*: the lower of the aligned and conflicting accuracies, as the reference; *label × \
+         bias worst*: the lowest (label, bias attribute) group, n/a unless every such group has \
+         at least 20 test samples. Best epoch: highest validation accuracy, or highest validation \
+         worst group when reweighting. Inference FLOPs per image at the final topology; training \
          FLOPs and wall time are means per run.\n",
     );
     let mut current: Option<(String, f64, usize)> = None;
     for r in rows {
         let head = (r.dataset.clone(), r.ratio, r.epochs);
         if current.as_ref() != Some(&head) {
+            let accuracy = if crate::data::registry::test_split_is_unbiased(&r.dataset) {
+                "unbiased"
+            } else {
+                "accuracy"
+            };
             s += &format!(
                 "\n## {}, {} % bias-conflicting, {}\n\n\
-                 | method | density | seeds | aligned | conflicting | unbiased | worst group | inference MFLOPs/img | train FLOPs | wall s |\n\
-                 |---|---|---|---|---|---|---|---|---|---|\n",
+                 | method | density | seeds | {accuracy} | aligned | conflicting | worst group | label × bias worst | inference MFLOPs/img | train FLOPs | wall s |\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|\n",
                 r.dataset,
                 r.ratio,
                 plural(r.epochs, "epoch")
             );
             current = Some(head);
         }
+        let old = if r.metrics_version < crate::metrics::METRICS_VERSION {
+            " ¹"
+        } else {
+            ""
+        };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3e} | {:.1} |\n",
+            "| {}{old} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3e} | {:.1} |\n",
             r.method,
             r.density,
             r.seeds.len(),
+            pm(r.accuracy),
             pm(r.aligned),
             pm(r.conflicting),
-            pm(r.unbiased),
             pm(r.worst_group),
+            r.label_bias_worst.map_or("n/a".into(), pm),
             r.inference_flops / 1e6,
             r.train_flops,
             r.wall_seconds
@@ -421,6 +463,14 @@ pub fn render_markdown(rows: &[Row], failures: &[Failure], plots: &[String]) -> 
     }
     if rows.is_empty() {
         s += "\nNo finished runs yet.\n";
+    }
+    if rows
+        .iter()
+        .any(|r| r.metrics_version < crate::metrics::METRICS_VERSION)
+    {
+        s += "\n¹ Runs written before the metric definitions above (metrics version 1): their \
+              best epoch was selected on the lowest (label, bias attribute) validation group \
+              when reweighting; their worst group is recomputed from aligned and conflicting.\n";
     }
     if !plots.is_empty() {
         s += "\n## Plots\n\n";
