@@ -510,3 +510,50 @@ fn the_torch_export_holds_the_checkpoints_weights_dense_under_pytorch_names() {
     assert!(meta["input_scaling"].contains("/ 255"), "{meta:?}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn the_resnet_state_dict_has_torchvisions_names_and_shapes() {
+    use rest::nn::{Arch, Model, ModelConfig};
+    let w = 8;
+    let cfg = ModelConfig {
+        arch: Arch::Resnet18,
+        width: w,
+        in_channels: 3,
+        num_classes: 10,
+    };
+    let model = Model::new(&cfg, 1).unwrap();
+    let got: BTreeMap<String, Vec<usize>> = rest::export::state_dict(&model, 5)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _, s, _)| (n, s))
+        .collect();
+    // torchvision.models.resnet18(num_classes=10)'s state dict, with 64 channels scaled to w.
+    let mut want: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let bn = |want: &mut BTreeMap<String, Vec<usize>>, p: &str, c: usize| {
+        for s in ["weight", "bias", "running_mean", "running_var"] {
+            want.insert(format!("{p}.{s}"), vec![c]);
+        }
+        want.insert(format!("{p}.num_batches_tracked"), vec![]);
+    };
+    want.insert("conv1.weight".into(), vec![w, 3, 7, 7]);
+    bn(&mut want, "bn1", w);
+    let mut cin = w;
+    for (s, mult) in [1, 2, 4, 8].into_iter().enumerate() {
+        let cout = w * mult;
+        for b in 0..2 {
+            let p = format!("layer{}.{b}", s + 1);
+            want.insert(format!("{p}.conv1.weight"), vec![cout, cin, 3, 3]);
+            bn(&mut want, &format!("{p}.bn1"), cout);
+            want.insert(format!("{p}.conv2.weight"), vec![cout, cout, 3, 3]);
+            bn(&mut want, &format!("{p}.bn2"), cout);
+            if s > 0 && b == 0 {
+                want.insert(format!("{p}.downsample.0.weight"), vec![cout, cin, 1, 1]);
+                bn(&mut want, &format!("{p}.downsample.1"), cout);
+            }
+            cin = cout;
+        }
+    }
+    want.insert("fc.weight".into(), vec![10, 8 * w]);
+    want.insert("fc.bias".into(), vec![10]);
+    assert_eq!(got, want);
+}

@@ -91,3 +91,13 @@ pub fn fails_with(args: &[&str], needle: &str) {
         "{args:?}: expected '{needle}' in: {text}"
     );
 }
+
+/// Where the tests on real data find MNIST and Colored MNIST: `$REST_TEST_DATA_DIR`, else the
+/// checkout's `datasets/` (where `.ci/run` makes them). Passed explicitly, never taken from the
+/// working directory.
+pub fn real_data_dir() -> PathBuf {
+    match std::env::var_os("REST_TEST_DATA_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets"),
+    }
+}
