@@ -117,7 +117,9 @@ pub struct TrainArgs {
     pub device: String,
     #[arg(long, allow_negative_numbers = true, default_value_t = 41)]
     pub seed: u64,
-    /// Output directory (default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>).
+    /// Output directory [default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>, or when
+    /// that exists the next free one numbered -2, -3, …]. A folder that holds a run is refused:
+    /// continue it with --resume.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run saved in DIR with its saved configuration (only --device, --data-dir and

@@ -21,8 +21,8 @@ pub struct PredictArgs {
     /// Write CSV (image,class,p0,p1,…) instead of a table.
     #[arg(long)]
     pub csv: bool,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
+    /// Images per forward pass (as `rest eval`'s).
+    #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
 }
 

@@ -148,6 +148,11 @@ fn every_subcommand_names_datasets_ratios_and_data_dirs_alike() {
             "{cmd:?}: {text}"
         );
     }
+    // `rest reproduce` takes its dataset as `--dataset` too (its positional short form stays).
+    let reproduce = help(&["reproduce", "--help"]);
+    assert!(reproduce.contains("--dataset <DATASET>"), "{reproduce}");
+    let (ok, text) = common::rest(&["reproduce", "--dataset", "synthetic", "--dry-run"]);
+    assert!(ok && text.contains("--dataset synthetic"), "{text}");
     // The examples use the one spelling.
     let make = help(&["data", "make", "--help"]);
     assert!(make.contains("rest data make --dataset cmnist"), "{make}");
