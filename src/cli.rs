@@ -542,10 +542,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     })
     .transpose()?;
     for (name, ds) in [("valid", &splits.valid), ("test", &splits.test)] {
+        let spin = crate::progress::spinner(&format!("evaluating on {name} ({} images)", ds.len()));
         let m = match &mut gm {
             Some(gm) => crate::train::evaluate_gpu(gm, ds, args.batch_size)?.0,
             None => evaluate(&mut model, ds, args.batch_size)?.0,
         };
+        spin.finish_and_clear();
         table += &metrics_row(name, &m);
     }
     print!("{table}");

@@ -207,7 +207,9 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         }
         images.push(img);
     }
+    let spin = crate::progress::spinner(&format!("predicting {} images", images.len()));
     let probs = predict(&mut model, &spec, &images, args.batch_size)?;
+    spin.finish_and_clear();
     let k = model.config.num_classes;
     let mut text = String::new();
     if args.csv {
