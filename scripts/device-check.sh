@@ -38,7 +38,7 @@ timeout 120 "$BIN" device --device cuda --check 2>&1 | tee "$OUT/check.txt" || s
 step "one epoch of REST on Colored MNIST"
 DATA=(--dataset synthetic)
 if [ -d datasets/cmnist ] || [ -d datasets/mnist ]; then
-  [ -d datasets/cmnist ] || timeout 60 "$BIN" data make cmnist --ratio 1 || true
+  [ -d datasets/cmnist ] || timeout 60 "$BIN" data make --dataset cmnist --ratio 1 || true
   [ -d datasets/cmnist ] && DATA=(--dataset cmnist --ratio 1)
 fi
 timeout 150 "$BIN" train "${DATA[@]}" --device cuda --epochs 1 --out /tmp/rest-epoch 2>&1 | tail -25 | tee "$OUT/epoch.txt" || status=1

@@ -18,6 +18,42 @@ use std::path::{Path, PathBuf};
 pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
 const FORMAT: u32 = 1;
+/// The metadata key of the checksum over the tensor data (see `checksum`).
+const CHECKSUM_KEY: &str = "checksum";
+/// What `checksum` values start with: the algorithm, so that another can follow.
+const CHECKSUM_ALGO: &str = "fnv1a64-words:";
+
+/// A checksum of a checkpoint's tensors, in name order: for each its name, dtype, shape and data
+/// as FNV-1a over 64-bit little-endian words (the last word of a run zero-padded, its length
+/// mixed in). Each step is a bijection of the running sum, so any one changed word (a flipped
+/// byte, say) always changes the result.
+pub fn checksum<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |bytes: &[u8]| {
+        let words = bytes.chunks(8);
+        for w in words {
+            let mut b = [0u8; 8];
+            b[..w.len()].copy_from_slice(w);
+            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h = (h ^ bytes.len() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, dtype, shape, data) in sorted {
+        mix(name.as_bytes());
+        mix(format!("{dtype:?}").as_bytes());
+        let dims: Vec<u8> = shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        mix(&dims);
+        mix(data);
+    }
+    format!("{CHECKSUM_ALGO}{h:016x}")
+}
 
 /// The element type a rest checkpoint stores tensor `name` as.
 fn dtype_of(name: &str) -> Dtype {
@@ -71,6 +107,17 @@ struct ParamMeta {
     path: Option<ComputePath>,
 }
 
+/// What the model takes as input: images of `channels` × `height` × `width` (the training
+/// split's), each pixel p (a u8) fed as (p / 255 − mean[c]) / std[c].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputSpec {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Meta {
     format: u32,
@@ -78,12 +125,37 @@ struct Meta {
     progress: Progress,
     params: Vec<ParamMeta>,
     bn_layers: usize,
+    /// Absent in checkpoints written before it was recorded.
+    #[serde(default)]
+    input: Option<InputSpec>,
 }
+
+/// What the file states for readers other than rest, beside the run's metadata (see the README,
+/// *Checkpoint format*).
+const LAYOUT_NOTES: [(&str, &str); 4] = [
+    (
+        "index_layout",
+        "index.NAME holds the active positions of weight NAME as flat row-major indices into its \
+         shape (rest.params[].shape); param.NAME holds their values in that order",
+    ),
+    (
+        "bn_layout",
+        "bn.I is the I-th batch norm in parameter order: the I-th parameter of kind BnGamma",
+    ),
+    ("bn_eps", "1e-5"),
+    (
+        "input_scaling",
+        "pixels are u8; the model takes (p / 255 - mean[c]) / std[c] with rest.input's mean \
+         and std, images as [N, C, H, W]",
+    ),
+];
 
 /// A run's whole state, as saved.
 pub struct Checkpoint {
     pub config: TrainConfig,
     pub progress: Progress,
+    /// None for checkpoints written before it was recorded.
+    pub input: Option<InputSpec>,
     params: Vec<ParamMeta>,
     tensors: HashMap<String, (Vec<usize>, Vec<u8>)>,
     bn_layers: usize,
@@ -145,9 +217,17 @@ impl Checkpoint {
                 }
             }
         }
+        let train = &t.splits.train;
         Self {
             config: t.config.clone(),
             progress: t.progress.clone(),
+            input: Some(InputSpec {
+                channels: train.channels,
+                height: train.height,
+                width: train.width,
+                mean: train.normalize.mean.clone(),
+                std: train.normalize.std.clone(),
+            }),
             params,
             tensors,
             bn_layers: t.model.bn.len(),
@@ -161,9 +241,14 @@ impl Checkpoint {
             progress: self.progress.clone(),
             params: self.params.clone(),
             bn_layers: self.bn_layers,
+            input: self.input.clone(),
         };
-        let mut info = HashMap::new();
+        let mut info: HashMap<String, String> = LAYOUT_NOTES
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         info.insert("rest".to_string(), serde_json::to_string(&meta)?);
+        info.insert(CHECKSUM_KEY.to_string(), self.checksum());
         let mut views = Vec::new();
         for (name, (shape, bytes)) in &self.tensors {
             let dtype = dtype_of(name);
@@ -218,13 +303,42 @@ impl Checkpoint {
             );
             tensors.insert(name, (view.shape().to_vec(), view.data().to_vec()));
         }
-        Ok(Self {
+        let ck = Self {
             config: meta.config,
             progress: meta.progress,
+            input: meta.input,
             params: meta.params,
             tensors,
             bn_layers: meta.bn_layers,
-        })
+        };
+        // Checkpoints written before checksums were recorded have none, and still load.
+        if let Some(want) = header.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) {
+            let got = ck.checksum();
+            ensure!(
+                *want == got,
+                "checkpoint {} is damaged: its tensor data does not match the checksum recorded \
+                 when it was written ({want}, the data gives {got})",
+                path.display()
+            );
+        }
+        Ok(ck)
+    }
+
+    /// The checksum of the tensors as they are held (see [`checksum`]).
+    fn checksum(&self) -> String {
+        checksum(
+            self.tensors
+                .iter()
+                .map(|(n, (shape, b))| (n.as_str(), dtype_of(n), shape.as_slice(), b.as_slice())),
+        )
+    }
+
+    /// The saved parameters' names and full shapes, in model order.
+    pub fn param_shapes(&self) -> Vec<(&str, &[usize])> {
+        self.params
+            .iter()
+            .map(|p| (p.name.as_str(), p.shape.as_slice()))
+            .collect()
     }
 
     fn f32s(&self, name: &str, len: usize) -> Result<Vec<f32>> {
@@ -351,6 +465,12 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stated_batch_norm_epsilon_is_the_one_used() {
+        let (_, eps) = LAYOUT_NOTES.iter().find(|n| n.0 == "bn_eps").unwrap();
+        assert_eq!(eps.parse::<f32>().unwrap(), crate::nn::ops::BN_EPS);
+    }
 
     #[test]
     fn a_failed_atomic_write_leaves_no_temporary_file() {

@@ -30,15 +30,11 @@ pub enum Method {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataSource {
-    /// synthetic | cmnist | cifar10c | bffhq | folder:DIR (the debiasing folder layout).
-    #[arg(long, default_value = "cmnist")]
+    #[arg(long, default_value = "cmnist", help = crate::data::DATASET_HELP)]
     pub dataset: String,
-    /// Percentage of bias-conflicting training samples: the paper's are 0.5, 1, 2 and 5 (BFFHQ:
-    /// 0.5 only); Colored MNIST and Corrupted CIFAR-10 are generated at any ratio in (0, 100).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0, help = crate::data::RATIO_HELP)]
     pub ratio: f64,
-    /// Where datasets are fetched and generated (env REST_DATA_DIR).
-    #[arg(long, env = "REST_DATA_DIR", default_value = "datasets")]
+    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = crate::data::DATA_DIR_HELP)]
     pub data_dir: PathBuf,
 }
 
@@ -98,7 +94,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub fix: bool,
     /// Sparse layers on sparse kernels, on the dense GEMM over the masked weight, or per layer
-    /// whichever is faster here (auto; the choice is printed and saved with the run).
+    /// whichever is faster here (auto: timed once per machine and layer shape, stored in the
+    /// cache folder — $REST_CACHE_DIR, else $XDG_CACHE_HOME/rest or ~/.cache/rest — and reused,
+    /// so runs repeat; calibrate: time again and store). The choice is printed and saved with
+    /// the run.
     #[arg(long, value_enum, default_value_t = PathChoice::Auto)]
     pub sparse_compute: PathChoice,
     /// Override the method's reweighting: off, labels (bias labels), jtt (no bias labels).
@@ -118,7 +117,9 @@ pub struct TrainArgs {
     pub device: String,
     #[arg(long, allow_negative_numbers = true, default_value_t = 41)]
     pub seed: u64,
-    /// Output directory (default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>).
+    /// Output directory [default: runs/<dataset>-<method>-r<ratio>-d<density>-s<seed>, or when
+    /// that exists the next free one numbered -2, -3, …]. A folder that holds a run is refused:
+    /// continue it with --resume.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run saved in DIR with its saved configuration (only --device, --data-dir and
@@ -328,18 +329,16 @@ fn choose_device(spec: &str, quiet: bool) -> Result<Device> {
 
 pub fn train(args: &TrainArgs) -> Result<()> {
     let dev = choose_device(&args.device, args.quiet)?;
-    let opts_out = |c: &TrainConfig| {
-        args.out.clone().unwrap_or_else(|| {
-            let d = c.sparse.as_ref().map_or(1.0, |s| s.density);
-            PathBuf::from(format!(
-                "runs/{}-{}-r{}-d{}-s{}",
-                c.dataset.replace([':', '/'], "_"),
-                c.method(),
-                c.ratio,
-                d,
-                c.seed
-            ))
-        })
+    let default_out = |c: &TrainConfig| {
+        let d = c.sparse.as_ref().map_or(1.0, |s| s.density);
+        PathBuf::from(format!(
+            "runs/{}-{}-r{}-d{}-s{}",
+            c.dataset.replace([':', '/'], "_"),
+            c.method(),
+            c.ratio,
+            d,
+            c.seed
+        ))
     };
     let summary = if let Some(dir) = &args.resume {
         if !dir.join(crate::checkpoint::LAST).is_file() && dir.join("config.json").is_file() {
@@ -430,14 +429,21 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 train.len()
             );
         }
-        let out = opts_out(&config);
-        if out.join(crate::checkpoint::LAST).exists() {
-            bail!(
-                "{} already holds a run: continue it with --resume {0}, or choose another --out",
+        if let Some(out) = &args.out {
+            // Refused before the data is used; the default folder is claimed once the model fits.
+            crate::run_folder::claim(Some(out), out, crate::checkpoint::LAST)?;
+        }
+        let default = default_out(&config);
+        let mut t = Trainer::new_on(config, &splits, dev)?;
+        let (out, numbered) =
+            crate::run_folder::claim(args.out.as_deref(), &default, crate::checkpoint::LAST)?;
+        if numbered {
+            eprintln!(
+                "{} already exists: this run goes to {}",
+                default.display(),
                 out.display()
             );
         }
-        let mut t = Trainer::new_on(config, &splits, dev)?;
         t.train(&RunOptions {
             out: out.clone(),
             quiet: args.quiet,
@@ -466,12 +472,14 @@ pub struct EvalArgs {
     /// A checkpoint written by `rest train` (best.safetensors or last.safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Evaluate on another dataset than the one the model was trained on.
+    /// Dataset to evaluate on [default: the one the model was trained on]. Dataset: synthetic |
+    /// cmnist | cifar10c | bffhq | folder:DIR (the debiasing folder layout).
     #[arg(long)]
     pub dataset: Option<String>,
+    /// Percentage of bias-conflicting training samples [default: the run's].
     #[arg(long, allow_negative_numbers = true)]
     pub ratio: Option<f64>,
-    #[arg(long, env = "REST_DATA_DIR", default_value = "datasets")]
+    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = crate::data::DATA_DIR_HELP)]
     pub data_dir: PathBuf,
     #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
@@ -533,10 +541,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     })
     .transpose()?;
     for (name, ds) in [("valid", &splits.valid), ("test", &splits.test)] {
+        let spin = crate::progress::spinner(&format!("evaluating on {name} ({} images)", ds.len()));
         let m = match &mut gm {
             Some(gm) => crate::train::evaluate_gpu(gm, ds, args.batch_size)?.0,
             None => evaluate(&mut model, ds, args.batch_size)?.0,
         };
+        spin.finish_and_clear();
         table += &metrics_row(name, &m);
     }
     print!("{table}");

@@ -33,9 +33,12 @@ pub const SPARSE_PATH_MAX_DENSITY: f64 = 0.3;
     clap::ValueEnum,
 )]
 pub enum PathChoice {
-    /// Per layer, whichever of the two is faster when timed on this machine.
+    /// Per layer, whichever of the two is faster on this machine: timed once and stored (see
+    /// `calibration`), then reused, so runs repeat.
     #[default]
     Auto,
+    /// As auto, but time every layer again and replace the stored choices.
+    Calibrate,
     /// Sparse kernels over the active weights in every sparse layer.
     Sparse,
     /// The dense GEMM over the masked weight in every sparse layer.
@@ -304,7 +307,18 @@ pub fn choose_paths(
     w: usize,
 ) -> Result<()> {
     let fixed = match choice {
-        PathChoice::Auto => return calibrate_paths(model, batch, h, w),
+        PathChoice::Auto | PathChoice::Calibrate => {
+            let mut store = crate::calibration::Store::open();
+            time_paths(
+                model,
+                batch,
+                h,
+                w,
+                Some((&mut store, choice == PathChoice::Calibrate)),
+            )?;
+            store.save();
+            return Ok(());
+        }
         PathChoice::Sparse => ComputePath::Sparse,
         PathChoice::DenseMasked => ComputePath::DenseMasked,
     };
@@ -322,6 +336,18 @@ pub fn choose_paths(
 /// (The sparse weight gradient runs at a lower rate than the sparse forward, so the forward alone
 /// does not stand for the step.)
 pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> Result<()> {
+    time_paths(model, batch, h, w, None)
+}
+
+/// `calibrate_paths`, taking each layer's path from `store` when it holds the layer and `redo`
+/// is false, and storing what it times.
+fn time_paths(
+    model: &mut Model,
+    batch: usize,
+    h: usize,
+    w: usize,
+    mut store: Option<(&mut crate::calibration::Store, bool)>,
+) -> Result<()> {
     use crate::device::cpu::conv::{conv2d_backward, conv2d_forward, ConvGeom, Layout};
     use std::time::Instant;
     for wg in model.weight_geometry(h, w) {
@@ -330,6 +356,23 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
         let Values::Sparse(sw, path) = &mut p.values else {
             continue;
         };
+        let key = crate::calibration::layer_key(
+            rows,
+            cols,
+            wg.k,
+            wg.stride,
+            wg.pad,
+            wg.in_size,
+            batch,
+            sw.nnz(),
+            wg.first,
+        );
+        if let Some((store, false)) = &store {
+            if let Some(e) = store.get(&key) {
+                *path = e.path;
+                continue;
+            }
+        }
         let cin = cols / (wg.k * wg.k);
         let g = ConvGeom::new(
             batch,
@@ -427,6 +470,16 @@ pub fn calibrate_paths(model: &mut Model, batch: usize, h: usize, w: usize) -> R
         } else {
             ComputePath::DenseMasked
         };
+        if let Some((store, _)) = &mut store {
+            store.insert(
+                key,
+                crate::calibration::Entry {
+                    path: *path,
+                    sparse_s: t_sparse,
+                    dense_s: t_dense,
+                },
+            );
+        }
     }
     Ok(())
 }

@@ -25,6 +25,10 @@ enum Command {
     Train(Box<cli::TrainArgs>),
     /// Report per-group accuracy of a saved checkpoint.
     Eval(cli::EvalArgs),
+    /// Class and class probabilities of PNG images under a trained model.
+    Predict(rest::predict::PredictArgs),
+    /// Write a checkpoint as a dense PyTorch state dict (load_state_dict takes it as it is).
+    Export(rest::export::ExportArgs),
     /// Fetch, generate and inspect datasets.
     Data(rest::data::cli::DataArgs),
     /// Which compute backend would run, and why.
@@ -104,6 +108,8 @@ fn run(parsed: &Cli) -> Result<(), anyhow::Error> {
     match &parsed.command {
         Command::Train(a) => cli::train(a),
         Command::Eval(a) => cli::eval(a),
+        Command::Predict(a) => rest::predict::run(a),
+        Command::Export(a) => rest::export::run(a),
         Command::Data(a) => rest::data::cli::run(a),
         Command::Device(a) => cli::device(a),
         Command::Bench(a) => match &a.what {

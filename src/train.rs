@@ -580,8 +580,9 @@ impl<'a> Trainer<'a> {
             );
             if self.sparse.is_some() {
                 let how = match (self.device, self.config.sparse.as_ref().map(|s| s.compute)) {
-                    (Device::Cpu, Some(PathChoice::Auto)) => {
-                        "compute path picked by timing both on this machine"
+                    (Device::Cpu, Some(PathChoice::Auto | PathChoice::Calibrate)) => {
+                        "compute path from this machine's calibration, timed once and stored: \
+                         --sparse-compute calibrate times it again"
                     }
                     (Device::Cpu, _) => "compute path as --sparse-compute asks",
                     _ => "the GPU runs them on its sparse kernels",

@@ -1,7 +1,8 @@
 //! `rest bench cpu`: the per-round speed-up statistic, and a small run end to end.
 
 use rest::bench::speedup_spread;
-use std::process::Command;
+
+mod common;
 
 #[test]
 fn speedup_is_taken_round_by_round() {
@@ -23,7 +24,7 @@ fn speedup_is_taken_round_by_round() {
 #[test]
 fn bench_cpu_writes_ratios_with_their_range() {
     let json = std::env::temp_dir().join(format!("rest-bench-cpu-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
+    let out = common::command()
         .args([
             "bench",
             "cpu",

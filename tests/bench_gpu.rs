@@ -1,14 +1,14 @@
 //! `rest bench gpu` end to end on the emulator (`--quick`): it runs, says its numbers are
 //! emulated, and its JSON has every section with plausible contents.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn quick_gpu_bench_on_the_emulator_writes_every_section() {
     let dir = std::env::temp_dir().join(format!("rest-bench-gpu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
+    let out = common::command()
         .args(["bench", "gpu", "--device", "emu", "--quick", "--json"])
         .arg(&json)
         .output()
@@ -79,7 +79,7 @@ fn quick_gpu_bench_on_the_emulator_writes_every_section() {
 
 #[test]
 fn gpu_bench_refuses_the_cpu() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
+    let out = common::command()
         .args(["bench", "gpu", "--device", "cpu", "--quick"])
         .output()
         .unwrap();

@@ -5,7 +5,6 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
 use common::{fails_with, rest};
@@ -226,8 +225,74 @@ fn forge(src: &Path, dst: &Path, name: &str, edit: impl Fn(Dtype, &[u8]) -> (Dty
         .iter()
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    let info: Option<HashMap<String, String>> = header.metadata().clone();
-    std::fs::write(dst, safetensors::serialize(views, info).unwrap()).unwrap();
+    // The forger records the checksum of what it wrote, so the checks of the values are reached.
+    let mut info: HashMap<String, String> = header.metadata().clone().unwrap();
+    let sum = rest::checkpoint::checksum(
+        owned
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())),
+    );
+    info.insert("checksum".into(), sum);
+    std::fs::write(dst, safetensors::serialize(views, Some(info)).unwrap()).unwrap();
+}
+
+/// Flips one bit of a byte inside the data of tensor `name` of the checkpoint at `path`.
+fn flip_a_byte(path: &Path, name: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let info = header.tensors()[name].clone();
+    let at = 8 + header_len + info.data_offsets.0 + 1;
+    bytes[at] ^= 0x04;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_a_weight_is_refused_by_eval_and_resume() {
+    let d = scratch("flipped");
+    let run = d.join("run");
+    tiny_run(&run, &[]);
+    let (best, last) = (run.join("best.safetensors"), run.join("last.safetensors"));
+    let (ok, text) = rest(&["eval", "--checkpoint", best.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    flip_a_byte(&best, "param.conv1.weight");
+    let (ok, text) = rest(&["eval", "--checkpoint", best.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(best.to_str().unwrap()) && text.contains("damaged"),
+        "{text}"
+    );
+    // --resume reads last.safetensors: a run without summary.json is resumed from it.
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    flip_a_byte(&last, "momentum.fc.weight");
+    let (ok, text) = rest(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(last.to_str().unwrap()) && text.contains("damaged"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn a_checkpoint_without_a_checksum_still_loads() {
+    let d = scratch("no-checksum");
+    let run = d.join("run");
+    tiny_run(&run, &[]);
+    let bytes = std::fs::read(run.join("best.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut info: HashMap<String, String> = header.metadata().clone().unwrap();
+    assert!(info.remove("checksum").is_some(), "no checksum recorded");
+    let old = d.join("old.safetensors");
+    std::fs::write(
+        &old,
+        safetensors::serialize(st.tensors(), Some(info)).unwrap(),
+    )
+    .unwrap();
+    let (ok, text) = rest(&["eval", "--checkpoint", old.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -263,7 +328,7 @@ fn forged_checkpoint_values_are_errors() {
 
 #[test]
 fn a_closed_output_pipe_ends_quietly() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rest"))
+    let mut child = common::command()
         .args(["reproduce", "synthetic", "--dry-run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -281,7 +346,7 @@ fn two_runs_never_write_one_folder() {
     let d = scratch("locked");
     let out = d.join("run");
     // A run of many seconds (it is killed once the second one has been refused).
-    let mut first = Command::new(env!("CARGO_BIN_EXE_rest"))
+    let mut first = common::command()
         .args(&SYNTH[..3])
         .args([
             "--epochs",

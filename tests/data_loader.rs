@@ -9,6 +9,8 @@ use rest::data::{Dataset, Normalize};
 use rest::rng::Rng;
 use std::sync::Arc;
 
+mod common;
+
 fn data(n: usize) -> Dataset {
     let (c, h, w) = (3, 7, 5);
     Dataset {
@@ -128,11 +130,11 @@ fn order_is_a_pure_function_of_seed_and_epoch_and_prefetch_is_identical() {
 
 #[test]
 fn throughput_on_cmnist_when_present() {
-    let dd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets");
+    let dd = common::real_data_dir();
     let cache = dd.join("cmnist/cache/1pct-sev4-seed0/train.bin");
     if !cache.is_file() {
         println!(
-            "skipped: no Colored MNIST cache at {} (run `rest data make cmnist --ratio 1`)",
+            "skipped: no Colored MNIST cache at {} (run `rest data make --dataset cmnist --ratio 1`)",
             cache.display()
         );
         return;

@@ -4,6 +4,8 @@
 use rest::data::{cifar, folder, idx, Dataset, Normalize, Splits};
 use std::path::{Path, PathBuf};
 
+mod common;
+
 fn temp_dir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -217,10 +219,10 @@ fn folder_bffhq_style_flat_valid_at_root_and_grey_images() {
 
 #[test]
 fn real_mnist_when_present() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/mnist");
+    let dir = common::real_data_dir().join("mnist");
     if !rest::data::fetch::mnist_present(dir.parent().unwrap()) {
         println!(
-            "skipped: no real MNIST under {} (run `rest data fetch mnist`)",
+            "skipped: no real MNIST under {} (run `rest data fetch --dataset mnist`)",
             dir.display()
         );
         return;

@@ -4,6 +4,8 @@
 
 use rest::device::gpu::{all_kernels, check, Gpu};
 
+mod common;
+
 #[test]
 fn every_kernel_checked_and_passing_on_the_emulator() {
     let t = std::time::Instant::now();
@@ -32,7 +34,7 @@ fn every_kernel_checked_and_passing_on_the_emulator() {
 }
 
 fn rest(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rest"))
+    let out = common::command()
         .args(args)
         .env_remove("REST_DEVICE")
         .output()

@@ -30,6 +30,8 @@ use rest::tensor::Tensor;
 use rest::train::cpu_step;
 use std::time::Instant;
 
+mod common;
+
 const LR: f32 = 0.05;
 const MOMENTUM: f32 = 0.9;
 const WD: f32 = 5e-4;
@@ -330,7 +332,7 @@ fn topology_update_needs_an_update_step() {
 fn train_on_emu_from_the_command_line_writes_a_summary() {
     let out = std::env::temp_dir().join(format!("rest-gpu-step-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rest"))
+    let o = common::command()
         .args([
             "train",
             "--dataset",
@@ -371,7 +373,7 @@ fn train_on_emu_from_the_command_line_writes_a_summary() {
 fn other_topology_rules_on_the_gpu_are_a_clear_error() {
     let out = std::env::temp_dir().join(format!("rest-gpu-step-set-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rest"))
+    let o = common::command()
         .args([
             "train",
             "--dataset",

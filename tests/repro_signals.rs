@@ -3,8 +3,10 @@
 #![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rest-repro-sig-{}-{name}", std::process::id()));
@@ -16,7 +18,7 @@ fn tmp(name: &str) -> PathBuf {
 /// Starts `rest reproduce` on synthetic runs that take far longer than the test (about half a
 /// second per epoch), into `results`.
 fn start(results: &Path, methods: &str, workers: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rest"))
+    common::command()
         .args([
             "reproduce",
             "synthetic",

@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+
 fn rest(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_rest"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = common::command().args(args).output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "rest {args:?} failed: {text}");

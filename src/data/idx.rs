@@ -167,7 +167,7 @@ pub fn find_mnist_file(dir: &Path, stem: &str) -> Option<PathBuf> {
 fn mnist_path(dir: &Path, stem: &str) -> Result<PathBuf> {
     find_mnist_file(dir, stem).with_context(|| {
         format!(
-            "{}: missing MNIST file {stem} (or {stem}.gz); run `rest data fetch mnist`",
+            "{}: missing MNIST file {stem} (or {stem}.gz); run `rest data fetch --dataset mnist`",
             dir.display()
         )
     })

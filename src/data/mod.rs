@@ -127,3 +127,14 @@ pub struct Splits {
     pub valid: Dataset,
     pub test: Dataset,
 }
+
+/// How every subcommand's `--dataset` names the datasets (one spelling: `rest train`, `eval`,
+/// `predict`, `data show`; `data make` and `data fetch` take the ones they build or fetch).
+pub const DATASET_HELP: &str =
+    "Dataset: synthetic | cmnist | cifar10c | bffhq | folder:DIR (the debiasing folder layout)";
+/// How every subcommand's `--ratio` is described.
+pub const RATIO_HELP: &str = "Percentage of bias-conflicting training samples (the paper's: \
+    0.5, 1, 2, 5; BFFHQ 0.5 only); Colored MNIST and Corrupted CIFAR-10 are generated at any \
+    ratio in (0, 100)";
+/// How every subcommand's `--data-dir` is described.
+pub const DATA_DIR_HELP: &str = "Where datasets are fetched and generated (env REST_DATA_DIR)";

@@ -71,18 +71,20 @@ pub fn open_with(
             fetch::check_data_dir(data_dir)?;
             let dir = gen::cache_dir(data_dir, dataset, &cfg);
             if gen::cache_exists(&dir) {
-                return gen::read_cache(&dir, &cfg).with_context(|| {
-                    format!(
-                        "the {dataset} cache in {} cannot be used: delete that folder and it is \
-                         built again (or run `rest data make {dataset} --ratio {ratio_percent}`)",
+                match gen::read_cache(&dir, &cfg) {
+                    Ok(splits) => return Ok(splits),
+                    // The cache is derived data: build it again rather than ask for a deletion.
+                    Err(e) => eprintln!(
+                        "warning: the {dataset} cache in {} cannot be used ({e:#}); building it again",
                         dir.display()
-                    )
-                });
+                    ),
+                }
+            } else {
+                eprintln!(
+                    "{dataset} {ratio_percent}%: no cache in {}, building it",
+                    dir.display()
+                );
             }
-            eprintln!(
-                "{dataset} {ratio_percent}%: no cache in {}, building it",
-                dir.display()
-            );
             Ok(make(dataset, ratio_percent, data_dir, opts)?.0)
         }
         "bffhq" => {

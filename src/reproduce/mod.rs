@@ -22,7 +22,16 @@ use std::path::{Path, PathBuf};
 )]
 pub struct ReproduceArgs {
     /// cmnist | cifar10c | bffhq (synthetic: the built-in set, to try the pipeline without data).
-    pub dataset: String,
+    /// Also spelt `--dataset NAME`, as in the other commands.
+    #[arg(value_name = "DATASET", required_unless_present = "dataset_flag")]
+    pub dataset_positional: Option<String>,
+    /// The dataset, as the positional DATASET.
+    #[arg(
+        long = "dataset",
+        value_name = "DATASET",
+        conflicts_with = "dataset_positional"
+    )]
+    pub dataset_flag: Option<String>,
     /// The reduced CMNIST grid: all four methods, ratio 1 %, densities 0.05 and 0.01, seed 41,
     /// 2 epochs, ΔT 100 (about 15 minutes on a 2-core CPU). Explicit flags override its choices.
     #[arg(long)]
@@ -93,12 +102,20 @@ pub struct ReproduceArgs {
 }
 
 impl ReproduceArgs {
+    /// The dataset, however it was spelt (clap requires one of the two).
+    pub fn dataset(&self) -> &str {
+        self.dataset_flag
+            .as_deref()
+            .or(self.dataset_positional.as_deref())
+            .unwrap_or_default()
+    }
+
     /// The grid with defaults and `--quick` applied.
     pub fn grid(&self) -> Result<GridConfig> {
-        let p = grid::preset(&self.dataset)?;
+        let p = grid::preset(self.dataset())?;
         if self.quick {
             ensure!(
-                self.dataset == "cmnist",
+                self.dataset() == "cmnist",
                 "--quick is the reduced Colored MNIST grid: use it with cmnist"
             );
         }
@@ -120,7 +137,7 @@ impl ReproduceArgs {
             )
         };
         let g = GridConfig {
-            dataset: self.dataset.clone(),
+            dataset: self.dataset().to_string(),
             methods: self.methods.clone().unwrap_or(methods),
             ratios: self.ratios.clone().unwrap_or(ratios),
             densities: self.densities.clone().unwrap_or(densities),
@@ -152,9 +169,9 @@ impl ReproduceArgs {
             return first.clone();
         }
         PathBuf::from(if self.quick {
-            format!("results/{}-quick", self.dataset)
+            format!("results/{}-quick", self.dataset())
         } else {
-            format!("results/{}", self.dataset)
+            format!("results/{}", self.dataset())
         })
     }
 }
