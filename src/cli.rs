@@ -481,8 +481,10 @@ pub struct EvalArgs {
     pub ratio: Option<f64>,
     #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = crate::data::DATA_DIR_HELP)]
     pub data_dir: PathBuf,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
+    /// auto | cpu | cuda[:N] | emu (env REST_DEVICE).
     #[arg(long, env = "REST_DEVICE", default_value = "auto")]
     pub device: String,
 }
