@@ -430,7 +430,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             );
         }
         if let Some(out) = &args.out {
-            // Refused before the data is used; the default folder is claimed once the model fits.
+            // Refused before the model is built and its paths timed; the default folder is
+            // claimed once the model fits.
             crate::run_folder::claim(Some(out), out, crate::checkpoint::LAST)?;
         }
         let default = default_out(&config);
