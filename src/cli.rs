@@ -430,7 +430,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             );
         }
         if let Some(out) = &args.out {
-            // Refused before the data is used; the default folder is claimed once the model fits.
+            // Refused before the model is built and its paths timed; the default folder is
+            // claimed once the model fits.
             crate::run_folder::claim(Some(out), out, crate::checkpoint::LAST)?;
         }
         let default = default_out(&config);
@@ -481,8 +482,10 @@ pub struct EvalArgs {
     pub ratio: Option<f64>,
     #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = crate::data::DATA_DIR_HELP)]
     pub data_dir: PathBuf,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
+    /// auto | cpu | cuda[:N] | emu (env REST_DEVICE).
     #[arg(long, env = "REST_DEVICE", default_value = "auto")]
     pub device: String,
 }

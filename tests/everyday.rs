@@ -18,6 +18,9 @@ fn scratch(name: &str) -> PathBuf {
 /// Runs the binary in `cwd` with `env` set; returns (success, stderr + stdout).
 fn rest_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = common::command();
+    if let Some(fresh) = cmd.get_current_dir() {
+        let _ = std::fs::remove_dir_all(fresh);
+    }
     cmd.current_dir(cwd).args(args);
     for (k, v) in env {
         cmd.env(k, v);

@@ -70,6 +70,10 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
+    // The working directory was this command's alone: what it left there goes with it.
+    if let Some(cwd) = cmd.get_current_dir() {
+        let _ = std::fs::remove_dir_all(cwd);
+    }
     let text =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("panicked"), "panic on {args:?}: {text}");
