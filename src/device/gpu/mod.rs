@@ -14,9 +14,13 @@
 
 pub mod check;
 pub mod cuda;
+pub mod driver;
 pub mod emu;
+pub mod info;
+pub mod kernel_store;
 pub mod kernels;
 pub mod model;
+pub mod nvrtc;
 
 use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
