@@ -39,7 +39,7 @@ pub fn fnv64(bytes: &[u8]) -> u64 {
 pub fn source_hash() -> String {
     let mut all = COMPILE_OPTIONS.join(" ");
     for m in MODULES {
-        all.push_str("\0");
+        all.push('\0');
         all.push_str(m.name);
         all.push('\0');
         all.push_str(&module_source_for_nvrtc(m));

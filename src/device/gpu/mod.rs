@@ -229,7 +229,7 @@ impl std::fmt::Debug for Buf {
 pub enum Gpu {
     /// The emulator; its launch counter.
     Emu(AtomicU64),
-    Cuda(cuda::CudaGpu),
+    Cuda(Box<cuda::CudaGpu>),
 }
 
 impl Gpu {
@@ -240,7 +240,7 @@ impl Gpu {
 
     /// GPU `ordinal` through cudarc; a clear error when no usable GPU or NVRTC is found.
     pub fn cuda(ordinal: usize) -> Result<Gpu> {
-        Ok(Gpu::Cuda(cuda::CudaGpu::new(ordinal)?))
+        Ok(Gpu::Cuda(Box::new(cuda::CudaGpu::new(ordinal)?)))
     }
 
     pub fn is_emu(&self) -> bool {
