@@ -177,15 +177,18 @@ impl CudaGpu {
 
     pub(super) fn write(&self, dst: &mut CudaSlice<u8>, src: &[u8]) -> Result<()> {
         let mut view = dst.slice_mut(0..src.len());
-        self.stream.memcpy_htod(src, &mut view)?;
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| explain(&e, "copying to the GPU"))?;
         Ok(())
     }
 
     pub(super) fn read(&self, src: &CudaSlice<u8>, dst: &mut [u8]) -> Result<()> {
         let view = src.slice(0..dst.len());
-        self.stream.memcpy_dtoh(&view, dst)?;
-        self.stream.synchronize()?;
-        Ok(())
+        self.stream
+            .memcpy_dtoh(&view, dst)
+            .map_err(|e| explain(&e, "copying from the GPU"))?;
+        self.sync()
     }
 
     pub(super) fn memset(&self, dst: &mut CudaSlice<u8>, byte: u8) -> Result<()> {
@@ -193,7 +196,8 @@ impl CudaGpu {
         // SAFETY: `ptr` addresses `dst.len()` bytes of a live allocation on this context.
         unsafe {
             cudarc::driver::result::memset_d8_async(ptr, byte, dst.len(), self.stream.cu_stream())
-        }?;
+        }
+        .map_err(|e| explain(&e, "filling a GPU buffer"))?;
         Ok(())
     }
 
@@ -226,7 +230,9 @@ impl CudaGpu {
     }
 
     pub(super) fn sync(&self) -> Result<()> {
-        self.stream.synchronize()?;
-        Ok(())
+        // Launches are asynchronous: a kernel's fault surfaces here.
+        self.stream
+            .synchronize()
+            .map_err(|e| explain(&e, &format!("waiting for {}", self.describe())))
     }
 }

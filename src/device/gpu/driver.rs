@@ -172,9 +172,58 @@ pub fn explain(e: &cudarc::driver::DriverError, doing: &str) -> anyhow::Error {
         }
         _ => "",
     };
+    let what = describe(e);
     if fix.is_empty() {
-        anyhow!("{doing}: {e}")
+        anyhow!("{doing}: {what}")
     } else {
-        anyhow!("{doing}: {e}: {fix}")
+        anyhow!("{doing}: {what}: {fix}")
+    }
+}
+
+/// The error's name, and the driver's text for it when the driver is loaded (cudarc's `Display`
+/// asks the driver, and would panic without one).
+fn describe(e: &cudarc::driver::DriverError) -> String {
+    let name = format!("{:?}", e.0);
+    if probe().is_ok() {
+        if let Ok(text) = e.error_string() {
+            return format!("{name} ({})", text.to_string_lossy());
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::{sys::cudaError_enum as E, DriverError};
+
+    #[test]
+    fn actionable_driver_errors_name_the_fix() {
+        let e = explain(
+            &DriverError(E::CUDA_ERROR_OUT_OF_MEMORY),
+            "creating a context",
+        )
+        .to_string();
+        assert!(
+            e.starts_with("creating a context") && e.contains("nvidia-smi"),
+            "{e}"
+        );
+        let e = explain(
+            &DriverError(E::CUDA_ERROR_UNSUPPORTED_PTX_VERSION),
+            "loading",
+        )
+        .to_string();
+        assert!(e.contains("NVRTC no newer than the driver"), "{e}");
+        // Others pass through with what was being done.
+        let e = explain(&DriverError(E::CUDA_ERROR_INVALID_VALUE), "launching k").to_string();
+        assert!(e.starts_with("launching k: "), "{e}");
+    }
+
+    #[test]
+    fn kernel_module_version_parses_when_present() {
+        // Only meaningful on a machine with the NVIDIA module; elsewhere it must be None.
+        let v = kernel_module_version();
+        let present = std::path::Path::new("/proc/driver/nvidia/version").exists();
+        assert_eq!(v.is_some(), present, "{v:?}");
     }
 }
