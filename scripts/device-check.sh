@@ -39,7 +39,7 @@ KIT="${REST_DEVICE_KIT:-target/device-kit}"
 PY="${PYTHON:-python3}"
 BIN="$KIT/rest"
 TOTAL_LIMIT=450
-STAGES="preflight:15 device:20 nvrtc:45 check:40 data:25 epoch-gpu:40 epoch-cpu:60 bench:75 torch:110"
+STAGES="preflight:15 device:20 nvrtc:45 check:40 data:25 epoch-gpu:40 epoch-cpu:50 bench:100 torch:110"
 
 limit_of() { for s in $STAGES; do [ "${s%%:*}" = "$1" ] && echo "${s##*:}"; done; }
 

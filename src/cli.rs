@@ -609,6 +609,11 @@ pub fn device(args: &DeviceArgs) -> Result<()> {
     }
     let (gpu, why) = gpu_for(&args.device, "--check")?;
     println!("check on: {} ({why})", gpu.describe());
+    if let device::gpu::Gpu::Cuda(c) = &gpu {
+        for (k, v) in c.report() {
+            println!("{k}: {v}");
+        }
+    }
     if gpu.is_emu() {
         println!(
             "(the emulator runs the kernels' own code on the CPU; on a GPU the same check \
