@@ -97,3 +97,58 @@ fn without_a_gpu_rest_device_says_so_and_cuda_is_an_error() {
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("libcuda"), "{text}");
 }
+
+/// The PyPI wheels' folders come from asking `python3` where the `nvidia` package lives: a fake
+/// `python3` first on PATH points at a folder laid out like the CUDA 12 wheel (PyTorch's) or the
+/// CUDA 13 wheel, and `rest device` names the (fake, so unloadable) library it found there.
+#[test]
+fn finds_the_cuda12_and_cuda13_wheel_folders_through_python() {
+    if std::path::Path::new("/usr/local/cuda/lib64").exists() {
+        eprintln!("SKIPPED: /usr/local/cuda/lib64 exists and is searched before the wheels");
+        return;
+    }
+    for (tag, sub, lib) in [
+        ("wheel12", "cuda_nvrtc/lib", "libnvrtc.so.12"),
+        ("wheel13", "cu13/lib", "libnvrtc.so.13"),
+    ] {
+        let root = dir_with(tag, &[]);
+        let libdir = root.join("site/nvidia").join(sub);
+        std::fs::create_dir_all(&libdir).unwrap();
+        std::fs::write(libdir.join(lib), b"not a library").unwrap();
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let py = bin.join("python3");
+        std::fs::write(
+            &py,
+            format!("#!/bin/sh\necho {}\n", root.join("site/nvidia").display()),
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&py)
+            .status()
+            .unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rest"))
+            .args(["device", "--device", "cpu"])
+            .env("PATH", path)
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("REST_NVRTC_DIR")
+            .env_remove("CUDA_HOME")
+            .env_remove("CUDA_PATH")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains("panicked"), "{text}");
+        let expected = libdir.join(lib).display().to_string();
+        assert!(
+            text.contains(&expected) && text.contains("does not load"),
+            "{tag}: expected {expected} in: {text}"
+        );
+    }
+}
