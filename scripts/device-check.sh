@@ -143,7 +143,7 @@ preflight() {
 ok = torch.cuda.is_available()
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "sees", torch.cuda.get_device_name() if ok else "no GPU")
 sys.exit(0 if ok else 1)' || { echo "PyTorch sees no GPU"; return 1; }
-  ldd --version | head -1
+  ldd --version 2>&1 | sed -n 1p
 }
 export OUT KIT PY BIN WORK
 export -f preflight
