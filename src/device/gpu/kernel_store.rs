@@ -364,6 +364,21 @@ pub fn cache_dir() -> Option<PathBuf> {
     Some(base.join("rest").join(format!("kernels-{}", source_hash())))
 }
 
+/// What NVRTC (knowing the real architectures `archs`) compiles for a GPU of architecture
+/// `arch`: its own sm_XY when NVRTC knows it, else PTX for the newest architecture NVRTC knows
+/// below it (the driver compiles that PTX for the GPU); `None` when NVRTC knows none at or below.
+pub fn nvrtc_target(archs: &[u32], arch: u32) -> Option<Target> {
+    if archs.contains(&arch) {
+        return Some(Target::Sm(arch));
+    }
+    archs
+        .iter()
+        .copied()
+        .filter(|&a| a <= arch)
+        .max()
+        .map(Target::Compute)
+}
+
 /// Where a GPU's kernels come from.
 pub enum Source {
     /// `REST_KERNEL_DIR`: used alone; anything missing or stale there is an error.
@@ -478,30 +493,6 @@ impl Provider {
         }
     }
 
-    /// The target NVRTC compiles for this GPU: its own sm_XY when NVRTC knows it, else PTX for
-    /// the newest architecture NVRTC knows below it.
-    pub fn nvrtc_target(nvrtc: &Nvrtc, arch: u32) -> Result<Target> {
-        if nvrtc.archs.contains(&arch) {
-            return Ok(Target::Sm(arch));
-        }
-        nvrtc
-            .archs
-            .iter()
-            .copied()
-            .filter(|&a| a <= arch)
-            .max()
-            .map(Target::Compute)
-            .ok_or_else(|| {
-                anyhow!(
-                    "NVRTC {}.{} supports sm_{:?}, nothing at or below this GPU's sm_{arch}: use \
-                     an NVRTC of CUDA 12 for GPUs before sm_75",
-                    nvrtc.version.0,
-                    nvrtc.version.1,
-                    nvrtc.archs
-                )
-            })
-    }
-
     /// The compiled image of kernel file `module` for this GPU.
     pub fn image(&self, module: &str) -> Result<Image> {
         match &self.source {
@@ -524,7 +515,16 @@ impl Provider {
                 nvrtc: Some(n),
                 manifest,
             } => {
-                let target = Self::nvrtc_target(n, self.arch)?;
+                let target = nvrtc_target(&n.archs, self.arch).ok_or_else(|| {
+                    anyhow!(
+                        "NVRTC {}.{} supports sm_{:?}, nothing at or below this GPU's sm_{}: \
+                         use an NVRTC of CUDA 12 for GPUs before sm_75",
+                        n.version.0,
+                        n.version.1,
+                        n.archs,
+                        self.arch
+                    )
+                })?;
                 driver_accepts(self.driver, n.version, target)?;
                 let hit = {
                     let man = manifest.lock().unwrap();
@@ -586,5 +586,29 @@ impl Provider {
         man.entries.retain(|e| e.file != entry.file);
         man.entries.push(entry);
         man.write(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvrtc_makes_cubins_for_known_architectures_and_ptx_for_others() {
+        let archs = [75, 80, 86, 89, 90, 100, 120];
+        assert_eq!(nvrtc_target(&archs, 90), Some(Target::Sm(90)));
+        assert_eq!(nvrtc_target(&archs, 86), Some(Target::Sm(86)));
+        // A GPU newer than this NVRTC: PTX of the newest it knows below, for the driver's JIT.
+        assert_eq!(nvrtc_target(&archs, 103), Some(Target::Compute(100)));
+        assert_eq!(nvrtc_target(&archs, 130), Some(Target::Compute(120)));
+        // Older than anything it knows (CUDA 13 dropped Volta): nothing.
+        assert_eq!(nvrtc_target(&archs, 70), None);
+    }
+
+    #[test]
+    fn fnv64_is_the_published_function() {
+        // FNV-1a 64 test vectors: "" and "a".
+        assert_eq!(fnv64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
