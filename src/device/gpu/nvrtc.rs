@@ -233,41 +233,41 @@ impl Nvrtc {
             }
         };
         let lib = origin.as_str();
-        // SAFETY (all `sym` calls): each type alias is the C signature of that NVRTC function,
-        // identical in CUDA 12 and 13.
-        let version: VersionFn = unsafe { sym(handle, lib, "nvrtcVersion")? };
-        let num_archs: NumArchsFn = unsafe { sym(handle, lib, "nvrtcGetNumSupportedArchs")? };
-        let get_archs: ArchsFn = unsafe { sym(handle, lib, "nvrtcGetSupportedArchs")? };
-        let mut n = Nvrtc {
-            origin: origin.clone(),
-            version: (0, 0),
-            archs: Vec::new(),
-            create: unsafe { sym(handle, lib, "nvrtcCreateProgram")? },
-            compile: unsafe { sym(handle, lib, "nvrtcCompileProgram")? },
-            log_size: unsafe { sym(handle, lib, "nvrtcGetProgramLogSize")? },
-            log: unsafe { sym(handle, lib, "nvrtcGetProgramLog")? },
-            ptx_size: unsafe { sym(handle, lib, "nvrtcGetPTXSize")? },
-            ptx: unsafe { sym(handle, lib, "nvrtcGetPTX")? },
-            cubin_size: unsafe { sym(handle, lib, "nvrtcGetCUBINSize")? },
-            cubin: unsafe { sym(handle, lib, "nvrtcGetCUBIN")? },
-            destroy: unsafe { sym(handle, lib, "nvrtcDestroyProgram")? },
-            error_string: unsafe { sym(handle, lib, "nvrtcGetErrorString")? },
+        // SAFETY: each type alias is the C signature of the NVRTC function of that name, the
+        // same in CUDA 12 and 13; `sym` checks that the symbol exists.
+        let (version, num_archs, get_archs, mut n) = unsafe {
+            let version: VersionFn = sym(handle, lib, "nvrtcVersion")?;
+            let num_archs: NumArchsFn = sym(handle, lib, "nvrtcGetNumSupportedArchs")?;
+            let get_archs: ArchsFn = sym(handle, lib, "nvrtcGetSupportedArchs")?;
+            let n = Nvrtc {
+                origin: origin.clone(),
+                version: (0, 0),
+                archs: Vec::new(),
+                create: sym(handle, lib, "nvrtcCreateProgram")?,
+                compile: sym(handle, lib, "nvrtcCompileProgram")?,
+                log_size: sym(handle, lib, "nvrtcGetProgramLogSize")?,
+                log: sym(handle, lib, "nvrtcGetProgramLog")?,
+                ptx_size: sym(handle, lib, "nvrtcGetPTXSize")?,
+                ptx: sym(handle, lib, "nvrtcGetPTX")?,
+                cubin_size: sym(handle, lib, "nvrtcGetCUBINSize")?,
+                cubin: sym(handle, lib, "nvrtcGetCUBIN")?,
+                destroy: sym(handle, lib, "nvrtcDestroyProgram")?,
+                error_string: sym(handle, lib, "nvrtcGetErrorString")?,
+            };
+            (version, num_archs, get_archs, n)
         };
         let (mut major, mut minor) = (0, 0);
         // SAFETY: nvrtcVersion writes two ints.
         n.check(unsafe { version(&mut major, &mut minor) }, "nvrtcVersion")?;
         n.version = (major as u32, minor as u32);
         let mut count = 0;
-        // SAFETY: writes one int, then `count` ints into a buffer of that size.
-        n.check(
-            unsafe { num_archs(&mut count) },
-            "nvrtcGetNumSupportedArchs",
-        )?;
+        // SAFETY: writes one int.
+        let rc = unsafe { num_archs(&mut count) };
+        n.check(rc, "nvrtcGetNumSupportedArchs")?;
         let mut archs = vec![0 as c_int; count.max(0) as usize];
-        n.check(
-            unsafe { get_archs(archs.as_mut_ptr()) },
-            "nvrtcGetSupportedArchs",
-        )?;
+        // SAFETY: writes `count` ints, the buffer's size.
+        let rc = unsafe { get_archs(archs.as_mut_ptr()) };
+        n.check(rc, "nvrtcGetSupportedArchs")?;
         n.archs = archs.into_iter().map(|a| a as u32).collect();
         Ok(n)
     }
