@@ -410,20 +410,17 @@ impl Provider {
         let Some(dir) = cache_dir() else {
             let n = nvrtc
                 .map_err(|e| anyhow!("no HOME or XDG_CACHE_HOME for a kernel cache, and {e:#}"))?;
-            // No cache folder: compile in memory (a temporary folder would do the same).
+            // No per-user cache folder: this process's compiles go to a temporary one.
             let tmp = std::env::temp_dir().join(format!("rest-kernels-{}", std::process::id()));
             return Provider::cache(tmp, Some(n), arch, driver);
         };
         match nvrtc {
             Ok(n) => Provider::cache(dir, Some(n), arch, driver),
             Err(e) => {
-                let p = Provider::cache(dir.clone(), None, arch, driver)?;
-                let Source::Cache { manifest, .. } = &p.source else {
-                    unreachable!()
-                };
+                let held = Manifest::read(&dir).unwrap_or_else(|_| Manifest::new());
                 let complete = MODULES
                     .iter()
-                    .all(|m| !usable(&manifest.lock().unwrap(), m.name, arch).is_empty());
+                    .all(|m| !usable(&held, m.name, arch).is_empty());
                 if !complete {
                     bail!(
                         "no compiled kernels for sm_{arch} here: {e:#}; and the kernel cache {} \
@@ -433,7 +430,7 @@ impl Provider {
                         dir.display()
                     );
                 }
-                Ok(p)
+                Provider::cache(dir, None, arch, driver)
             }
         }
     }
