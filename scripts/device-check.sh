@@ -14,13 +14,14 @@
 # report covers the stages run so far:
 #   preflight   kit, glibc, nvidia-smi, torch sees the GPU
 #   device      `rest device --device cuda` with REST_KERNEL_DIR=kit/kernels (no NVRTC used)
-#   nvrtc       only when NVRTC is present: kernels compiled at run time into an empty cache
 #   check       `rest device --check`: every kernel against its CPU twin on the GPU
 #   data        Colored MNIST (1 %) generated from the kit's MNIST
 #   epoch-gpu   one CMNIST epoch of REST (density 0.05) on the GPU
 #   epoch-cpu   the same epoch on the CPU (per-group accuracy side by side in the report)
 #   bench       `rest bench gpu`
 #   torch       scripts/torch_anchor.py: eager dense, masked-dense, and CUDA-graph PyTorch
+#   nvrtc       only when NVRTC is present: kernels compiled at run time into an empty cache
+#               (last, so that a failure here loses none of the measurements above)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ OUT=""
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "device-check: unknown option $a (see --help)"; exit 2 ;;
     *) OUT="$a" ;;
   esac
@@ -39,7 +40,7 @@ KIT="${REST_DEVICE_KIT:-target/device-kit}"
 PY="${PYTHON:-python3}"
 BIN="$KIT/rest"
 TOTAL_LIMIT=450
-STAGES="preflight:15 device:20 nvrtc:45 check:40 data:25 epoch-gpu:40 epoch-cpu:50 bench:100 torch:110"
+STAGES="preflight:15 device:20 check:40 data:25 epoch-gpu:40 epoch-cpu:50 bench:100 torch:110 nvrtc:45"
 
 limit_of() { for s in $STAGES; do [ "${s%%:*}" = "$1" ] && echo "${s##*:}"; done; }
 
@@ -151,13 +152,6 @@ run_stage preflight preflight
 
 run_stage device "$BIN" device --device cuda
 
-if "$BIN" device --device cpu 2>/dev/null | grep -q '^NVRTC: [0-9]'; then
-  run_stage nvrtc env -u REST_KERNEL_DIR XDG_CACHE_HOME="$WORK/cache" "$BIN" device --device cuda
-else
-  printf '%s\t%s\t%s\t%s\n' nvrtc 0 0 "skipped: no NVRTC here" >> "$OUT/stages.tsv"
-  echo; echo "=== nvrtc: skipped (no NVRTC on this machine; the exported kernels are used) ==="
-fi
-
 run_stage check "$BIN" device --device cuda --check
 
 make_data() {
@@ -183,6 +177,13 @@ run_stage bench "$BIN" bench gpu --json "$OUT/bench-gpu.json"
 
 run_stage torch env PYTHONUNBUFFERED=1 "$PY" scripts/torch_anchor.py \
   --json "$OUT/torch-anchor.jsonl" --budget $(( $(limit_of torch) - 15 ))
+
+if "$BIN" device --device cpu 2>/dev/null | grep -q '^NVRTC: [0-9]'; then
+  run_stage nvrtc env -u REST_KERNEL_DIR XDG_CACHE_HOME="$WORK/cache" "$BIN" device --device cuda
+else
+  printf '%s\t%s\t%s\t%s\n' nvrtc 0 0 "skipped: no NVRTC here" >> "$OUT/stages.tsv"
+  echo; echo "=== nvrtc: skipped (no NVRTC on this machine; the exported kernels are used) ==="
+fi
 
 echo; echo "device-check: all stages passed; report in $OUT"
 finish 0
