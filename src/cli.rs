@@ -574,6 +574,14 @@ pub struct DeviceArgs {
     /// Seed of the check's random inputs.
     #[arg(long, default_value_t = 1, requires = "check")]
     pub check_seed: u64,
+    /// Compile every kernel file with NVRTC into DIR (cubins and PTX, with a manifest) for a
+    /// machine without NVRTC, which runs them with REST_KERNEL_DIR=DIR. Needs no GPU.
+    #[arg(long, value_name = "DIR", conflicts_with = "check")]
+    pub export_kernels: Option<std::path::PathBuf>,
+    /// Architectures for --export-kernels, comma-separated: sm_XY writes a cubin and the PTX of
+    /// compute_XY beside it; compute_XY writes PTX only.
+    #[arg(long, value_name = "LIST", default_value = device::gpu::info::DEFAULT_EXPORT_ARCHS, requires = "export_kernels")]
+    pub arch: String,
 }
 
 /// The CUDA backend a device request names, for commands that need one (`--check`, the GPU
@@ -604,37 +612,26 @@ pub fn gpu_for(spec: &str, what: &str) -> Result<(device::gpu::Gpu, String)> {
 }
 
 pub fn device(args: &DeviceArgs) -> Result<()> {
-    println!(
-        "CUDA driver library: {}",
-        if device::cuda_driver_present() {
-            "found"
-        } else {
-            "not found"
-        }
-    );
-    match device::gpu::cuda::nvrtc_origin() {
-        Some(origin) => {
-            let v = device::gpu::cuda::nvrtc_version().unwrap_or((0, 0));
-            println!("NVRTC: {}.{} ({origin})", v.0, v.1);
-        }
-        None => println!(
-            "NVRTC: not found (CUDA toolkit lib64, REST_NVRTC_DIR, or pip install \
-             nvidia-cuda-nvrtc==13.0.88)"
-        ),
+    if let Some(dir) = &args.export_kernels {
+        return device::gpu::info::export_kernels(dir, &args.arch);
     }
-    println!(
-        "CUDA kernels: {} in {} files (compiled by NVRTC on first use)",
-        device::gpu::all_kernels().len(),
-        device::gpu::MODULES.len()
-    );
+    device::gpu::info::print_environment();
     println!("CPU threads: {}", rayon::current_num_threads());
     if !args.check {
         let (dev, why) = device::resolve(args.device.parse()?)?;
         println!("backend: {dev} ({why})");
+        if let Device::Cuda(i) = dev {
+            device::gpu::info::print_gpu(i)?;
+        }
         return Ok(());
     }
     let (gpu, why) = gpu_for(&args.device, "--check")?;
     println!("check on: {} ({why})", gpu.describe());
+    if let device::gpu::Gpu::Cuda(c) = &gpu {
+        for (k, v) in c.report() {
+            println!("{k}: {v}");
+        }
+    }
     if gpu.is_emu() {
         println!(
             "(the emulator runs the kernels' own code on the CPU; on a GPU the same check \

@@ -60,9 +60,10 @@ pub fn cuda_driver_present() -> bool {
 }
 
 /// Picks the backend for a request and says why. Never falls back silently: an explicit
-/// request that cannot be met is an error naming the reason. `cuda:N` is usable when a context
-/// can be created on GPU N and NVRTC loads (`Gpu::cuda`); `auto` takes GPU 0 when it is usable,
-/// else the CPU, and says which check failed.
+/// request that cannot be met is an error naming the reason. `cuda:N` is usable when the driver
+/// passes its probe, a context can be created on GPU N and its kernels can be had (kernel
+/// folder, cache or NVRTC: `Gpu::cuda`); `auto` takes GPU 0 when it is usable, else the CPU, and
+/// says which check failed.
 pub fn resolve(req: DeviceRequest) -> Result<(Device, String)> {
     match req {
         DeviceRequest::Exact(Device::Cpu) => {

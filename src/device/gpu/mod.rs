@@ -14,9 +14,13 @@
 
 pub mod check;
 pub mod cuda;
+pub mod driver;
 pub mod emu;
+pub mod info;
+pub mod kernel_store;
 pub mod kernels;
 pub mod model;
+pub mod nvrtc;
 
 use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
@@ -225,7 +229,7 @@ impl std::fmt::Debug for Buf {
 pub enum Gpu {
     /// The emulator; its launch counter.
     Emu(AtomicU64),
-    Cuda(cuda::CudaGpu),
+    Cuda(Box<cuda::CudaGpu>),
 }
 
 impl Gpu {
@@ -236,7 +240,7 @@ impl Gpu {
 
     /// GPU `ordinal` through cudarc; a clear error when no usable GPU or NVRTC is found.
     pub fn cuda(ordinal: usize) -> Result<Gpu> {
-        Ok(Gpu::Cuda(cuda::CudaGpu::new(ordinal)?))
+        Ok(Gpu::Cuda(Box::new(cuda::CudaGpu::new(ordinal)?)))
     }
 
     pub fn is_emu(&self) -> bool {
