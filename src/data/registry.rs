@@ -60,9 +60,9 @@ pub fn open_with(
     match dataset {
         "cmnist" | "cifar10c" => {
             let cfg = config(dataset, ratio_percent, opts);
-            cfg.check()?;
+            check(dataset, &cfg)?;
             fetch::check_data_dir(data_dir)?;
-            let dir = gen::cache_dir(data_dir, dataset, &cfg);
+            let dir = cache_dir(data_dir, dataset, &cfg);
             if gen::cache_exists(&dir) {
                 return gen::read_cache(&dir, &cfg).with_context(|| {
                     format!(
@@ -111,6 +111,25 @@ pub fn open_with(
     }
 }
 
+/// Checks a generated dataset's configuration (Corrupted CIFAR-10 has severities 1..4 only).
+fn check(dataset: &str, cfg: &GenConfig) -> Result<()> {
+    cfg.check()?;
+    if dataset == "cifar10c" {
+        corrupt::check_severity(cfg.severity)?;
+    }
+    Ok(())
+}
+
+/// Where a generated dataset is cached. Corrupted CIFAR-10 made with LfF's recipe lives in
+/// `cifar10c/lff/cache/`, so caches of the earlier, approximate recipe are never read as this one.
+fn cache_dir(data_dir: &Path, dataset: &str, cfg: &GenConfig) -> PathBuf {
+    if dataset == "cifar10c" {
+        gen::cache_dir(&data_dir.join("cifar10c"), "lff", cfg)
+    } else {
+        gen::cache_dir(data_dir, dataset, cfg)
+    }
+}
+
 fn config(dataset: &str, ratio_percent: f64, opts: &OpenOptions) -> GenConfig {
     let default_sev = if dataset == "cmnist" {
         cmnist::DEFAULT_SEVERITY
@@ -134,7 +153,7 @@ pub fn make(
     data_dir: &Path,
     opts: &OpenOptions,
 ) -> Result<(Splits, PathBuf)> {
-    config(dataset, ratio_percent, opts).check()?;
+    check(dataset, &config(dataset, ratio_percent, opts))?;
     let (train, test) = load_source(dataset, data_dir, opts)?;
     make_from(dataset, &train, &test, ratio_percent, data_dir, opts)
 }
@@ -149,13 +168,17 @@ pub fn make_from(
     opts: &OpenOptions,
 ) -> Result<(Splits, PathBuf)> {
     let cfg = config(dataset, ratio_percent, opts);
+    check(dataset, &cfg)?;
     let (train, test) = (train.clone(), test.clone());
     let splits = match dataset {
         "cmnist" => cmnist::generate(&train, &test, &cfg)?,
-        "cifar10c" => corrupt::generate(&train, &test, &cfg)?,
+        "cifar10c" => {
+            let frost = corrupt::FrostPhotos::load(&corrupt::frost_dir(data_dir))?;
+            corrupt::generate(&train, &test, &cfg, &frost)?
+        }
         _ => bail!("`make` knows cmnist and cifar10c, not {dataset:?}"),
     };
-    let dir = gen::cache_dir(data_dir, dataset, &cfg);
+    let dir = cache_dir(data_dir, dataset, &cfg);
     gen::write_cache(&dir, &splits, &cfg)?;
     Ok((splits, dir))
 }
