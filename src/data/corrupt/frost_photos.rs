@@ -107,7 +107,10 @@ impl FrostPhotos {
 /// Decodes a photograph (PNG or JPEG) and shrinks it by [`SCALE`] as OpenCV's `resize` with
 /// INTER_LINEAR does (new side round(side·0.2)).
 pub fn load_photo(path: &Path) -> Result<Photo> {
-    let img = image::open(path)
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .decode()
         .with_context(|| format!("{}: not a readable frost photograph", path.display()))?
         .to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
