@@ -1,7 +1,7 @@
 //! `rest data`: fetch, make and show datasets.
 
 use super::registry::{self, OpenOptions};
-use super::{fetch, fetch_cifar, fetch_frost, folder, gen, Dataset};
+use super::{fetch, fetch_cifar, fetch_frost, folder, gen, import, Dataset};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,6 +46,14 @@ pub enum DataCommand {
     /// byte-identical caches, under DATA_DIR/<dataset>/cache/<ratio>pct-sev<S>-seed<seed>/.
     /// Example: `rest data make cmnist --ratio 1 --ratio 5 --export-folder out/cmnist`.
     Make(MakeArgs),
+    /// Check a dataset downloaded by hand and cache it for training (BFFHQ).
+    ///
+    /// BFFHQ is distributed by its authors through a file-sharing link (see the README).
+    /// `rest data import bffhq DIR` checks that DIR (the unpacked `bffhq` folder, or the folder
+    /// holding it) has 0.5pct/align, 0.5pct/conflict, valid and test with
+    /// *_{label}_{bias}.png images, naming everything missing, reads them and writes the
+    /// splits to DATA_DIR/bffhq/cache/0.5pct/, which `--dataset bffhq` then uses.
+    Import(ImportArgs),
     /// Write a PNG grid of samples per class, aligned beside conflicting, to look at.
     ///
     /// One row per class: bias-aligned samples on the left, bias-conflicting on the right; the
@@ -76,6 +84,25 @@ pub struct FetchArgs {
     /// frost photographs.
     #[arg(long, value_name = "FILE_OR_DIR")]
     pub from: Option<PathBuf>,
+    /// Data directory [default: $REST_DATA_DIR, else ./datasets].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportDataset {
+    /// BFFHQ (age with a gender bias), 0.5 % bias-conflicting.
+    Bffhq,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// What to import.
+    #[arg(value_enum)]
+    pub dataset: ImportDataset,
+    /// The unpacked download.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
     /// Data directory [default: $REST_DATA_DIR, else ./datasets].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -162,6 +189,7 @@ pub struct ShowArgs {
 pub fn run(args: &DataArgs) -> Result<()> {
     match &args.command {
         DataCommand::Fetch(a) => fetch_cmd(a),
+        DataCommand::Import(a) => import_cmd(a),
         DataCommand::Make(a) => make(a),
         DataCommand::Show(a) => show(a),
     }
@@ -188,6 +216,22 @@ fn fetch_cmd(a: &FetchArgs) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
+    Ok(())
+}
+
+fn import_cmd(a: &ImportArgs) -> Result<()> {
+    let dd = fetch::data_dir(a.data_dir.as_deref());
+    let t = Instant::now();
+    let ImportDataset::Bffhq = a.dataset;
+    let (splits, dir) = import::import_bffhq(&a.dir, &dd)?;
+    for ds in [&splits.train, &splits.valid, &splits.test] {
+        describe(ds);
+    }
+    eprintln!(
+        "imported BFFHQ into {} ({:.1} s)",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

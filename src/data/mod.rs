@@ -17,6 +17,7 @@ pub mod fetch_frost;
 pub mod folder;
 pub mod gen;
 pub mod idx;
+pub mod import;
 pub mod loader;
 pub mod registry;
 pub mod synthetic;

@@ -1,7 +1,7 @@
 //! Opening a dataset by name: what the trainer calls.
 
 use super::gen::{self, GenConfig};
-use super::{cifar, cmnist, corrupt, fetch, folder, idx, Normalize, Splits};
+use super::{cifar, cmnist, corrupt, fetch, folder, idx, import, Normalize, Splits};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -80,12 +80,17 @@ pub fn open_with(
         }
         "bffhq" => {
             fetch::check_data_dir(data_dir)?;
+            if ratio_percent == import::BFFHQ_RATIO {
+                if let Some(imported) = import::read_bffhq_cache(data_dir) {
+                    return imported;
+                }
+            }
             let root = data_dir.join("bffhq");
             folder::read_folder(&root, ratio_percent, Some(2), Some(imagenet_normalize()))
                 .with_context(|| {
                     format!(
                         "bffhq: expected the BFFHQ folder layout (0.5pct/align, 0.5pct/conflict, \
-                         valid, test) under {}{}",
+                         valid, test) under {}, or an import (`rest data import bffhq DIR`){}",
                         root.display(),
                         if ratio_percent == 0.5 {
                             ""
