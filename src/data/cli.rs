@@ -38,12 +38,16 @@ pub enum DataCommand {
     /// cmnist: Colored MNIST (LfF protocol): each digit's stroke takes its class colour, except
     /// for exactly round(ratio·n) bias-conflicting samples that take another class's colour;
     /// colour jitter by severity (1..5 → σ 0.05 … 0.002, default 4). cifar10c: Corrupted
-    /// CIFAR-10 Type 0: class k gets corruption k (snow, frost, fog, brightness, contrast,
-    /// spatter, elastic, JPEG, pixelate, saturate) at a severity (default 4).
+    /// CIFAR-10 Type 0 as LfF makes it: class k gets corruption k (snow, frost, fog,
+    /// brightness, contrast, spatter, elastic, JPEG, pixelate, saturate) at severity 1..4
+    /// (default 4), which uses row severity + 1 of the CIFAR-10-C tables as LfF's
+    /// make_dataset does; needs CIFAR-10 (`rest data fetch cifar10`) and the frost
+    /// photographs (`rest data fetch frost`).
     ///
     /// The validation split is 10 % of the source training set, biased like the training split;
     /// the test split is unbiased (colour or corruption uniform at random). The same seed gives
-    /// byte-identical caches, under DATA_DIR/<dataset>/cache/<ratio>pct-sev<S>-seed<seed>/.
+    /// byte-identical caches, under DATA_DIR/cmnist/cache/<ratio>pct-sev<S>-seed<seed>/ (cifar10c:
+    /// DATA_DIR/cifar10c/lff/cache/…).
     /// Example: `rest data make cmnist --ratio 1 --ratio 5 --export-folder out/cmnist`.
     Make(MakeArgs),
     /// Check a dataset downloaded by hand and cache it for training (BFFHQ).
@@ -138,7 +142,8 @@ pub struct MakeArgs {
     /// files, promoted to RGB) for cifar10c.
     #[arg(long, value_name = "DIR")]
     pub source: Option<PathBuf>,
-    /// Severity 1..5 of the colour jitter (cmnist) or corruptions (cifar10c) [default: 4].
+    /// Severity of the colour jitter (cmnist, 1..5) or of the corruptions (cifar10c, 1..4: LfF's
+    /// severity, the tables' row severity + 1) [default: 4].
     #[arg(long)]
     pub severity: Option<u32>,
     /// Data seed: which samples conflict, their colours/corruptions, the validation split.

@@ -138,7 +138,7 @@ pub fn jpeg(img: &mut Img, row: usize) {
 fn fancy_upsample(p: &[f32], ch: usize, cw: usize, y: usize, x: usize) -> f32 {
     let far = |i: usize, n: usize| -> usize {
         let near = i / 2;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             near.saturating_sub(1)
         } else {
             (near + 1).min(n - 1)

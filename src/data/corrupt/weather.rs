@@ -84,7 +84,7 @@ fn clipped_zoom(p: &[f32], side: usize, zoom: f32) -> Vec<f32> {
         for x in 0..side {
             let (sy, sx) = ((y + trim) as f32 * scale, (x + trim) as f32 * scale);
             let v = ops::bilinear(
-                &p[..],
+                p,
                 side,
                 side,
                 top as f32 + sy,
