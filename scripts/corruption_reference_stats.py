@@ -64,8 +64,10 @@ def test_image(k):
 
 
 def stats(clean, out):
-    d = np.abs(out.astype(np.int32) - clean.astype(np.int32))
-    return float(d.mean()), float((d > 10).mean())
+    signed = out.astype(np.int32) - clean.astype(np.int32)
+    d = np.abs(signed)
+    shift = [round(float(signed[..., c].mean()), 4) for c in range(3)]
+    return float(d.mean()), float((d > 10).mean()), shift
 
 
 def load_protocol(path, frost_dir):
@@ -94,24 +96,26 @@ def main():
         "draws": DRAWS,
         "images": 3,
         "stats": "mad: mean |corrupted - clean| in levels 0..255 over all values; "
-        "frac10: share of values changed by more than 10 levels; one entry per draw "
+        "frac10: share of values changed by more than 10 levels; shift: mean signed change "
+        "of the red, green and blue planes (the corruption's tint); one entry per draw "
         "(np.random.seed(draw)), per image",
         "corruptions": {},
     }
     for name, key in NAMES:
         per_sev = {}
         for sev, row in enumerate(ROWS, start=1):
-            mads, fracs = [], []
+            mads, fracs, shifts = [], [], []
             for k in range(3):
                 clean = test_image(k)
                 for draw in range(DRAWS):
                     np.random.seed(draw)
                     res = protocol[key](Image.fromarray(clean), row)
                     res = np.array(res).astype(np.uint8)
-                    m, f = stats(clean, res)
+                    m, f, sh = stats(clean, res)
                     mads.append(round(m, 4))
                     fracs.append(round(f, 5))
-            per_sev[str(sev)] = {"mad": mads, "frac10": fracs}
+                    shifts.append(sh)
+            per_sev[str(sev)] = {"mad": mads, "frac10": fracs, "shift": shifts}
         out["corruptions"][name] = per_sev
         print(name, {s: round(float(np.mean(v["mad"])), 2) for s, v in per_sev.items()}, file=sys.stderr)
     json.dump(out, sys.stdout, indent=None, separators=(",", ":"))
