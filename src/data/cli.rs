@@ -250,6 +250,9 @@ fn make(a: &MakeArgs) -> Result<()> {
     for &r in &ratios {
         gen::check_ratio(r)?;
     }
+    if let (MakeDataset::Cifar10c, Some(s)) = (a.dataset, a.severity) {
+        super::corrupt::check_severity(s)?;
+    }
     let opts = OpenOptions {
         seed: a.seed,
         severity: a.severity,
