@@ -1,6 +1,6 @@
 //! Corrupted-image generator: every corruption changes an image, at every severity, reproducibly.
 
-use rest::data::corrupt::{self, Img, CORRUPTIONS};
+use rest::data::corrupt::{self, FrostPhotos, Img, Photo, CORRUPTIONS};
 use rest::rng::Rng;
 
 /// A colourful 32x32 test image: gradients, a fine checkerboard in red, and a square.
@@ -22,12 +22,17 @@ fn test_image() -> Img {
 #[test]
 fn every_corruption_changes_the_image_and_is_deterministic() {
     let base = test_image();
+    // A stand-in for the frost photographs: a bright, textured 48x48 picture.
+    let rgb: Vec<u8> = (0..3 * 48 * 48)
+        .map(|i| 150 + (i * 7 % 100) as u8)
+        .collect();
+    let frost = FrostPhotos::from_photos(vec![Photo { h: 48, w: 48, rgb }]).unwrap();
     for (k, name) in CORRUPTIONS.iter().enumerate() {
-        for sev in 1..=5 {
+        for sev in 1..=corrupt::MAX_SEVERITY {
             let mut a = base.clone();
-            corrupt::apply(&mut a, k, sev, &mut Rng::new(9));
+            corrupt::apply(&mut a, k, sev, &mut Rng::new(9), &frost);
             let mut b = base.clone();
-            corrupt::apply(&mut b, k, sev, &mut Rng::new(9));
+            corrupt::apply(&mut b, k, sev, &mut Rng::new(9), &frost);
             assert_eq!(a.d, b.d, "{name} severity {sev} is not deterministic");
             assert!(
                 a.d.iter().all(|v| (0.0..=1.0).contains(v)),

@@ -234,12 +234,15 @@ fn fake_rgb(n: usize) -> Dataset {
 fn cifar10c_from_generated_images() {
     let (tr, te) = (fake_rgb(1000), fake_rgb(200));
     let cfg = GenConfig::new(5.0, 3, 11);
-    let s = corrupt::generate(&tr, &te, &cfg).unwrap();
+    let rgb: Vec<u8> = (0..3 * 40 * 40).map(|i| (i % 251) as u8).collect();
+    let frost =
+        corrupt::FrostPhotos::from_photos(vec![corrupt::Photo { h: 40, w: 40, rgb }]).unwrap();
+    let s = corrupt::generate(&tr, &te, &cfg, &frost).unwrap();
     assert_eq!(s.train.len(), 900);
     assert_eq!(s.train.num_conflicting(), 45);
     assert_eq!(s.train.normalize.std, vec![0.2470, 0.2435, 0.2616]);
     // Each sample is its source image with corruption `bias` applied (same random stream).
-    let again = corrupt::generate(&tr, &te, &cfg).unwrap();
+    let again = corrupt::generate(&tr, &te, &cfg, &frost).unwrap();
     assert_eq!(s.train, again.train);
     // Corruption k is what brightness (3) does: brighter than the source, on average.
     let mean = |x: &[u8]| x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64;
@@ -263,8 +266,14 @@ fn cifar10c_from_generated_images() {
         }
     }
     // Grey sources are promoted to RGB.
-    let g = corrupt::generate(&fake_digits(100, "g"), &fake_digits(20, "g"), &cfg).unwrap();
+    let g = corrupt::generate(&fake_digits(100, "g"), &fake_digits(20, "g"), &cfg, &frost).unwrap();
     assert_eq!(g.train.channels, 3);
+    // Severity 5 does not exist in LfF's Corrupted CIFAR-10 (rows 2..5 are severities 1..4).
+    let msg = format!(
+        "{:#}",
+        corrupt::generate(&tr, &te, &GenConfig::new(5.0, 5, 11), &frost).unwrap_err()
+    );
+    assert!(msg.contains("severity 5") && msg.contains("1..4"), "{msg}");
 }
 
 #[test]

@@ -187,12 +187,39 @@ fn data_dir_that_is_a_file_is_an_error_before_any_download() {
         vec!["train", "--dataset", "cmnist", "--data-dir", f, "--quiet"],
         vec!["train", "--dataset", "bffhq", "--data-dir", f, "--quiet"],
         vec!["data", "fetch", "mnist", "--data-dir", f],
+        vec!["data", "fetch", "cifar10", "--data-dir", f],
+        vec!["data", "fetch", "frost", "--data-dir", f],
+        vec!["data", "import", "bffhq", ".", "--data-dir", f],
         vec!["data", "make", "cmnist", "--data-dir", f],
         vec!["data", "show", "--data-dir", f],
     ] {
         let text = fails_with(&args, &d, &[f, "not a directory"]);
-        assert!(!text.contains("npm"), "{args:?} tried to download: {text}");
+        assert!(
+            !text.contains("npm") && !text.contains("downloading"),
+            "{args:?} tried to download: {text}"
+        );
     }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn cifar10c_severity_5_is_refused_before_reading_cifar() {
+    let d = temp_dir("cifar10c-sev5");
+    let dd = d.to_str().unwrap();
+    let text = fails_with(
+        &[
+            "data",
+            "make",
+            "cifar10c",
+            "--severity",
+            "5",
+            "--data-dir",
+            dd,
+        ],
+        &d,
+        &["severity 5", "1..4", "row"],
+    );
+    assert!(!text.contains("cifar-10-batches-bin"), "{text}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

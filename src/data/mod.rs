@@ -10,13 +10,18 @@ pub mod cifar;
 pub mod cli;
 pub mod cmnist;
 pub mod corrupt;
+pub mod download;
 pub mod fetch;
+pub mod fetch_cifar;
+pub mod fetch_frost;
 pub mod folder;
 pub mod gen;
 pub mod idx;
+pub mod import;
 pub mod loader;
 pub mod registry;
 pub mod synthetic;
+pub mod zip;
 
 pub use registry::{open, open_with, OpenOptions};
 

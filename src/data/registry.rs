@@ -1,7 +1,7 @@
 //! Opening a dataset by name: what the trainer calls.
 
 use super::gen::{self, GenConfig};
-use super::{cifar, cmnist, corrupt, fetch, folder, idx, Normalize, Splits};
+use super::{cifar, cmnist, corrupt, fetch, folder, idx, import, Normalize, Splits};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -67,9 +67,9 @@ pub fn open_with(
     match dataset {
         "cmnist" | "cifar10c" => {
             let cfg = config(dataset, ratio_percent, opts);
-            cfg.check()?;
+            check(dataset, &cfg)?;
             fetch::check_data_dir(data_dir)?;
-            let dir = gen::cache_dir(data_dir, dataset, &cfg);
+            let dir = cache_dir(data_dir, dataset, &cfg);
             if gen::cache_exists(&dir) {
                 match gen::read_cache(&dir, &cfg) {
                     Ok(splits) => return Ok(splits),
@@ -89,12 +89,17 @@ pub fn open_with(
         }
         "bffhq" => {
             fetch::check_data_dir(data_dir)?;
+            if ratio_percent == import::BFFHQ_RATIO {
+                if let Some(imported) = import::read_bffhq_cache(data_dir) {
+                    return imported;
+                }
+            }
             let root = data_dir.join("bffhq");
             folder::read_folder(&root, ratio_percent, Some(2), Some(imagenet_normalize()))
                 .with_context(|| {
                     format!(
                         "bffhq: expected the BFFHQ folder layout (0.5pct/align, 0.5pct/conflict, \
-                         valid, test) under {}{}",
+                         valid, test) under {}, or an import (`rest data import bffhq DIR`){}",
                         root.display(),
                         if ratio_percent == 0.5 {
                             ""
@@ -117,6 +122,25 @@ pub fn open_with(
                 "unknown dataset {other:?}; known: cmnist, cifar10c, bffhq, folder:DIR, synthetic"
             ),
         },
+    }
+}
+
+/// Checks a generated dataset's configuration (Corrupted CIFAR-10 has severities 1..4 only).
+fn check(dataset: &str, cfg: &GenConfig) -> Result<()> {
+    cfg.check()?;
+    if dataset == "cifar10c" {
+        corrupt::check_severity(cfg.severity)?;
+    }
+    Ok(())
+}
+
+/// Where a generated dataset is cached. Corrupted CIFAR-10 made with LfF's recipe lives in
+/// `cifar10c/lff/cache/`, so caches of the earlier, approximate recipe are never read as this one.
+fn cache_dir(data_dir: &Path, dataset: &str, cfg: &GenConfig) -> PathBuf {
+    if dataset == "cifar10c" {
+        gen::cache_dir(&data_dir.join("cifar10c"), "lff", cfg)
+    } else {
+        gen::cache_dir(data_dir, dataset, cfg)
     }
 }
 
@@ -143,7 +167,7 @@ pub fn make(
     data_dir: &Path,
     opts: &OpenOptions,
 ) -> Result<(Splits, PathBuf)> {
-    config(dataset, ratio_percent, opts).check()?;
+    check(dataset, &config(dataset, ratio_percent, opts))?;
     let (train, test) = load_source(dataset, data_dir, opts)?;
     make_from(dataset, &train, &test, ratio_percent, data_dir, opts)
 }
@@ -158,13 +182,17 @@ pub fn make_from(
     opts: &OpenOptions,
 ) -> Result<(Splits, PathBuf)> {
     let cfg = config(dataset, ratio_percent, opts);
+    check(dataset, &cfg)?;
     let (train, test) = (train.clone(), test.clone());
     let splits = match dataset {
         "cmnist" => cmnist::generate(&train, &test, &cfg)?,
-        "cifar10c" => corrupt::generate(&train, &test, &cfg)?,
+        "cifar10c" => {
+            let frost = corrupt::FrostPhotos::load(&corrupt::frost_dir(data_dir))?;
+            corrupt::generate(&train, &test, &cfg, &frost)?
+        }
         _ => bail!("`make` knows cmnist and cifar10c, not {dataset:?}"),
     };
-    let dir = gen::cache_dir(data_dir, dataset, &cfg);
+    let dir = cache_dir(data_dir, dataset, &cfg);
     gen::write_cache(&dir, &splits, &cfg)?;
     Ok((splits, dir))
 }
