@@ -129,7 +129,10 @@ fn every_subcommand_names_datasets_ratios_and_data_dirs_alike() {
             &["data", "make", "-h"][..],
             "[possible values: cmnist, cifar10c]",
         ),
-        (&["data", "fetch", "-h"], "[possible values: mnist]"),
+        (
+            &["data", "fetch", "-h"],
+            "[possible values: mnist, cifar10, frost]",
+        ),
     ] {
         let text = help(cmd);
         assert!(text.contains("--dataset <DATASET>"), "{cmd:?}: {text}");
@@ -141,6 +144,7 @@ fn every_subcommand_names_datasets_ratios_and_data_dirs_alike() {
         &["data", "show", "--help"],
         &["data", "make", "--help"],
         &["data", "fetch", "--help"],
+        &["data", "import", "--help"],
     ] {
         let text = help(cmd);
         assert!(
