@@ -528,7 +528,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "{} ({}, trained {}, density {:.4})",
         args.checkpoint.display(),
         ck.config.method(),
-        crate::reproduce::aggregate::plural(ck.progress.epoch, "epoch"),
+        crate::text::plural(ck.progress.epoch, "epoch"),
         crate::dst::global_density(&model)
     );
     let mut table = String::from("| split | samples | accuracy | aligned | conflicting | worst group | label × bias worst |\n|---|---|---|---|---|---|---|\n");

@@ -7,7 +7,6 @@
 
 pub mod autograd;
 pub mod bench;
-pub mod bench_gpu;
 pub mod calibration;
 pub mod checkpoint;
 pub mod cli;
@@ -27,4 +26,5 @@ pub mod run_folder;
 pub mod run_lock;
 pub mod sparse;
 pub mod tensor;
+pub mod text;
 pub mod train;

@@ -112,12 +112,7 @@ fn run(parsed: &Cli) -> Result<(), anyhow::Error> {
         Command::Export(a) => rest::export::run(a),
         Command::Data(a) => rest::data::cli::run(a),
         Command::Device(a) => cli::device(a),
-        Command::Bench(a) => match &a.what {
-            rest::bench::BenchWhat::Cpu(c) => rest::bench::cpu(c),
-            rest::bench::BenchWhat::Memory(m) => rest::bench::memory(m),
-            rest::bench::BenchWhat::Gpu(g) => rest::bench_gpu::run(g),
-            rest::bench::BenchWhat::MemoryChild(m) => rest::bench::memory_child(m),
-        },
+        Command::Bench(a) => rest::bench::run(a),
         Command::Reproduce(a) => rest::reproduce::run(a),
     }
 }

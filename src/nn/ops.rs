@@ -5,12 +5,14 @@
 //! turns a loader batch [C, N, H, W] into that layout.
 
 use crate::autograd::{Tape, Var};
+use crate::device::cpu::buffers::{overwritten, pooled, Pooled};
 use crate::device::cpu::conv::Layout;
+use crate::device::cpu::transpose::{swap01, transpose_inner};
 use crate::device::cpu::{conv, elementwise, norm, pool, xent, ConvGeom};
 use crate::nn::param::{ComputePath, ParamId, ParamStore, Values};
 use crate::sparse::conv::DirectGeom;
 use crate::sparse::csr;
-use crate::tensor::{overwritten, pooled, swap01, transpose_inner, Pooled, Tensor};
+use crate::tensor::Tensor;
 use anyhow::{bail, ensure, Result};
 use std::cell::RefCell;
 use std::rc::Rc;

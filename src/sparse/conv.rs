@@ -26,9 +26,9 @@ use super::csr::{
 };
 #[cfg(target_arch = "x86_64")]
 use super::csr::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
+use crate::device::cpu::buffers::overwritten;
 use crate::device::cpu::conv::{ConvGeom, Layout};
 use crate::device::cpu::norm::DxCoefs;
-use crate::tensor::overwritten;
 
 /// Below this many multiply-adds a pass runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 16;

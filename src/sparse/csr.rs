@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 /// The kernels' build variants; re-exported here, where most of them are chosen.
-pub use crate::device::cpu::Kernels;
+pub use crate::device::cpu::isa::Kernels;
 
 /// Active weights of one layer. `values[e]` sits at row r, column `col_idx[e]` for
 /// `row_ptr[r] ≤ e < row_ptr[r+1]`; columns ascend within a row. The transpose index lists, for

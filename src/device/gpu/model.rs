@@ -36,7 +36,7 @@ use crate::nn::Model;
 use crate::optim::Sgd;
 use crate::sparse::csr::SparseWeight;
 use crate::sparse::topology::{prune_count, UpdateStats};
-use crate::train::StepStats;
+use crate::train::step::StepStats;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 

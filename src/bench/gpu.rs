@@ -288,7 +288,7 @@ pub fn run(args: &GpuArgs) -> Result<()> {
         "--reps must be at least 1 (timed samples per measurement)"
     );
     if let Some(p) = &args.json {
-        crate::bench::check_json_path(p)?;
+        super::checks::check_json_path(p)?;
     }
     let (gpu, why) = gpu_for(&args.device, "rest bench gpu")?;
     let plan = Plan::new(args.quick, args.reps);
