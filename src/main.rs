@@ -106,12 +106,12 @@ fn main() -> ExitCode {
 
 fn run(parsed: &Cli) -> Result<(), anyhow::Error> {
     match &parsed.command {
-        Command::Train(a) => cli::train(a),
-        Command::Eval(a) => cli::eval(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Predict(a) => rest::predict::run(a),
         Command::Export(a) => rest::export::run(a),
         Command::Data(a) => rest::data::cli::run(a),
-        Command::Device(a) => cli::device(a),
+        Command::Device(a) => cli::device::run(a),
         Command::Bench(a) => rest::bench::run(a),
         Command::Reproduce(a) => rest::reproduce::run(a),
     }

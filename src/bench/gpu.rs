@@ -17,7 +17,7 @@
 //! `gpu.sync()`; the median sample is reported. On the emulator the numbers say nothing about a
 //! GPU (`--device emu --quick` exists so tests can run the whole bench in seconds).
 
-use crate::cli::gpu_for;
+use crate::cli::device::gpu_for;
 use crate::device::cpu::ConvGeom;
 use crate::device::gpu::kernels::{conv, elementwise as ew, topk, xent};
 use crate::device::gpu::model::GpuModel;
