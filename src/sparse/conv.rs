@@ -21,11 +21,10 @@
 
 use rayon::prelude::*;
 
-use super::csr::{
-    acc_vec, dot_lanes, hsum, prefetch_window, Kernels, SparseWeight, LANES, PREFETCH_AHEAD,
-};
+use super::csr::{Kernels, SparseWeight};
+use super::simd::{acc_vec, dot_lanes, hsum, prefetch_window, LANES, PREFETCH_AHEAD};
 #[cfg(target_arch = "x86_64")]
-use super::csr::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
+use super::simd::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
 use crate::device::cpu::buffers::overwritten;
 use crate::device::cpu::conv::{ConvGeom, Layout};
 use crate::device::cpu::norm::DxCoefs;
