@@ -130,15 +130,13 @@ pub(super) fn inputs(batch: usize, size: usize) -> Inputs {
 }
 
 /// One training step; returns the gradients (dense ones too when `dense_grads`).
-pub fn train_step(
+pub(super) fn train_step(
     model: &mut Model,
     opt: &mut Sgd,
-    x: &Rc<Tensor>,
-    labels: &[u32],
-    weights: &[f32],
+    inp: &Inputs,
     dense_grads: bool,
 ) -> Result<Grads> {
-    train_step_on(Tape::new(), model, opt, x, labels, weights, dense_grads).map(|(g, _)| g)
+    train_step_on(Tape::new(), model, opt, inp, dense_grads).map(|(g, _)| g)
 }
 
 /// `train_step` on a given tape (a profiled one), also returning the ops' times.
@@ -146,11 +144,10 @@ fn train_step_on(
     mut tape: Tape,
     model: &mut Model,
     opt: &mut Sgd,
-    x: &Rc<Tensor>,
-    labels: &[u32],
-    weights: &[f32],
+    inp: &Inputs,
     dense_grads: bool,
 ) -> Result<(Grads, Vec<OpTime>)> {
+    let (x, labels, weights) = (&inp.images, &inp.labels[..], &inp.weights[..]);
     let _awake = crate::device::cpu::KeepAwake::new();
     let xv = tape.input_shared(Rc::clone(x));
     let logits = model.forward(&mut tape, xv, true)?;
@@ -171,20 +168,12 @@ fn print_profile(
     inp: &Inputs,
 ) -> Result<()> {
     // A warm-up step: the topology update before it dropped the cached plans.
-    train_step(model, opt, &inp.images, &inp.labels, &inp.weights, false)?;
+    train_step(model, opt, &inp, false)?;
     let mut sums: Vec<OpTime> = Vec::new();
     let mut total = 0.0;
     for _ in 0..steps {
         let t = Instant::now();
-        let (_, ops) = train_step_on(
-            Tape::profiled(),
-            model,
-            opt,
-            &inp.images,
-            &inp.labels,
-            &inp.weights,
-            false,
-        )?;
+        let (_, ops) = train_step_on(Tape::profiled(), model, opt, inp, false)?;
         total += t.elapsed().as_secs_f64();
         if sums.is_empty() {
             sums = ops;
@@ -354,7 +343,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             runs.push((d, model, opt, state));
         }
         let train_times = rounds(args.steps, &mut runs, |(_, model, opt, _)| {
-            train_step(model, opt, &inp.images, &inp.labels, &inp.weights, false).map(|_| ())
+            train_step(model, opt, &inp, false).map(|_| ())
         })?;
         let infer_times = rounds(args.steps, &mut runs, |(_, model, _, _)| {
             let _awake = crate::device::cpu::KeepAwake::new();
@@ -378,8 +367,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
                 Some(mut s) => {
                     let mut rng = Rng::new(5);
                     let t = Instant::now();
-                    let grads =
-                        train_step(model, opt, &inp.images, &inp.labels, &inp.weights, true)?;
+                    let grads = train_step(model, opt, &inp, true)?;
                     s.update(model, opt, &grads, 1000, 100_000, &mut rng)?;
                     Some(1e3 * (t.elapsed().as_secs_f64() - t_train))
                 }

@@ -45,14 +45,7 @@ pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
     let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
     let inp = inputs(a.batch, size);
     for _ in 0..a.steps {
-        train_step(
-            &mut model,
-            &mut opt,
-            &inp.images,
-            &inp.labels,
-            &inp.weights,
-            false,
-        )?;
+        train_step(&mut model, &mut opt, &inp, false)?;
     }
     println!(
         "{}",

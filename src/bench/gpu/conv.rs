@@ -4,7 +4,6 @@
 use super::timing::{uniform, Plan, Timer};
 use crate::device::cpu::ConvGeom;
 use crate::device::gpu::kernels::conv;
-use crate::nn::{Arch, Model, ModelConfig};
 use crate::rng::Rng;
 use crate::sparse::topology::random_layer;
 use anyhow::Result;
@@ -83,13 +82,7 @@ pub struct NetworkRow {
 /// ResNet-18's convolutions at the plan's size: each distinct geometry once, with the name of its
 /// first layer and how many layers share it.
 fn resnet_convs(plan: &Plan) -> Result<Vec<(String, usize, ConvGeom)>> {
-    let cfg = ModelConfig {
-        arch: Arch::Resnet18,
-        width: plan.width,
-        in_channels: 3,
-        num_classes: 10,
-    };
-    let model = Model::new(&cfg, 1)?;
+    let model = plan.resnet()?;
     let mut out: Vec<(String, usize, ConvGeom)> = Vec::new();
     for wg in model.weight_geometry(plan.size, plan.size) {
         let shape = &model.params.params[wg.param].shape;
@@ -173,23 +166,8 @@ pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<ConvS
         for &d in &plan.densities {
             let nnz = ((d * wl as f64).round() as usize).clamp(1, wl);
             let sw = random_layer(rows, cols, nnz, &dense_w, rng);
-            let bufs = [
-                gpu.upload(&sw.row_ptr)?,
-                gpu.upload(&sw.col_idx)?,
-                gpu.upload(&sw.values)?,
-                gpu.upload(&sw.col_ptr)?,
-                gpu.upload(&sw.csc_row)?,
-                gpu.upload(&sw.csc_pos)?,
-            ];
-            let sp = conv::SparseBufs {
-                row_ptr: &bufs[0],
-                col_idx: &bufs[1],
-                values: &bufs[2],
-                col_ptr: &bufs[3],
-                csc_row: &bufs[4],
-                csc_pos: &bufs[5],
-                nnz,
-            };
+            let bufs = conv::upload_sparse(gpu, &sw)?;
+            let sp = conv::SparseBufs::from_uploaded(&bufs, nnz);
             let mut dv = gpu.zeros::<f32>(nnz)?;
             let t_fwd = timer.time(|| conv::conv_fwd_sparse(gpu, &g, &x, &sp, None, &mut y))?;
             let t_bd = timer.time(|| conv::conv_bwd_data_sparse(gpu, &g, &dy, &sp, &mut dx))?;

@@ -2,7 +2,7 @@
 //! uses.
 
 use crate::device::gpu::Gpu;
-use crate::nn::Arch;
+use crate::nn::{Arch, Model, ModelConfig};
 use crate::rng::Rng;
 use anyhow::Result;
 use std::time::Instant;
@@ -25,6 +25,18 @@ pub(super) struct Plan {
 }
 
 impl Plan {
+    /// ResNet-18 at the plan's width (RGB input, 10 classes), whose layers the conv and topk
+    /// sections measure.
+    pub(super) fn resnet(&self) -> Result<Model> {
+        let cfg = ModelConfig {
+            arch: Arch::Resnet18,
+            width: self.width,
+            in_channels: 3,
+            num_classes: 10,
+        };
+        Model::new(&cfg, 1)
+    }
+
     pub(super) fn new(quick: bool, reps: Option<usize>) -> Self {
         if quick {
             Plan {

@@ -5,7 +5,6 @@
 use super::timing::{Plan, Timer};
 use crate::device::gpu::kernels::topk;
 use crate::device::gpu::Buf;
-use crate::nn::{Arch, Model, ModelConfig};
 use crate::rng::Rng;
 use crate::sparse::density::{layer_nnz, DensityRule};
 use crate::sparse::topology::{prune_count, random_layer};
@@ -35,13 +34,7 @@ pub struct TopkRow {
 pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopkRow> {
     let gpu = timer.gpu;
     let death_rate = 0.5;
-    let cfg = ModelConfig {
-        arch: Arch::Resnet18,
-        width: plan.width,
-        in_channels: 3,
-        num_classes: 10,
-    };
-    let model = Model::new(&cfg, 1)?;
+    let model = plan.resnet()?;
     let ids = model.params.weight_ids();
     let shapes: Vec<Vec<usize>> = ids
         .iter()

@@ -711,15 +711,19 @@ impl GpuModel {
                     } = &mut params[layer.w.0];
                     let ctx = || format!("{name} backward");
                     let (xv, dy) = (&values[*x], &grads[*y]);
+                    // Dense weight gradients in one split (no workspace: deterministic, and the
+                    // weight gradient is a small part of a step on the shapes trained here).
                     match sparse {
-                        None => k::conv_bwd_weight_dense(gpu, g, xv, dy, grad).with_context(ctx)?,
+                        None => conv::conv_bwd_weight_dense(gpu, g, xv, dy, grad, None)
+                            .with_context(ctx)?,
                         Some(s) => {
                             let (bufs, dg) = s.bufs_and_dense_grad(w);
                             conv::conv_bwd_weight_sparse(gpu, g, xv, dy, &bufs, grad)
                                 .with_context(ctx)?;
                             if dense {
                                 let dg = dg.expect("allocated above");
-                                k::conv_bwd_weight_dense(gpu, g, xv, dy, dg).with_context(ctx)?;
+                                conv::conv_bwd_weight_dense(gpu, g, xv, dy, dg, None)
+                                    .with_context(ctx)?;
                             }
                         }
                     }
@@ -1107,18 +1111,6 @@ mod k {
     use crate::device::gpu::kernels::{elementwise, norm, pool};
     use crate::device::gpu::{Buf, Gpu};
     use anyhow::{bail, Result};
-
-    /// The dense weight gradient, one split (no workspace: deterministic, and the weight
-    /// gradient is a small part of a step on the shapes trained here).
-    pub fn conv_bwd_weight_dense(
-        gpu: &Gpu,
-        g: &ConvGeom,
-        x: &Buf,
-        dy: &Buf,
-        dw: &mut Buf,
-    ) -> Result<()> {
-        conv::conv_bwd_weight_dense(gpu, g, x, dy, dw, None)
-    }
 
     pub fn conv_bias_grad(gpu: &Gpu, g: &ConvGeom, dy: &Buf, db: &mut Buf) -> Result<()> {
         conv::conv_bwd_bias(gpu, g.cout, g.col_cols(), dy, db)

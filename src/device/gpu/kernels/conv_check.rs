@@ -1,48 +1,18 @@
-//! `rest device --check` for the dense and sparse convolution kernels (`conv.rs` beside this file): each kernel against its
-//! CPU twin (`device::cpu::twin::conv`) on random inputs; tolerances in `device::gpu::check`.
+//! `rest device --check` for the dense and sparse convolution kernels (`conv.rs` beside this file):
+//! each kernel against its CPU twin (`device::cpu::twin::conv`) on random inputs; tolerances in
+//! `device::gpu::check`.
 
 use super::conv;
 use crate::device::cpu::twin;
 use crate::device::cpu::ConvGeom;
 use crate::device::gpu::checker::{tol, Checker, Cmp};
-use crate::device::gpu::{Buf, LaunchCfg};
+use crate::device::gpu::LaunchCfg;
 use crate::sparse::csr::SparseWeight;
 use anyhow::Result;
 
 /// Convolution tolerance for reduction length `l`: rel 1e-4, abs 1e-5·l.
 fn conv_tol(l: usize) -> (f64, f64) {
     (1e-4, 1e-5 * l as f64)
-}
-
-fn sparse_bufs<'a>(bufs: &'a [Buf; 6], nnz: usize) -> conv::SparseBufs<'a> {
-    conv::SparseBufs {
-        row_ptr: &bufs[0],
-        col_idx: &bufs[1],
-        values: &bufs[2],
-        col_ptr: &bufs[3],
-        csc_row: &bufs[4],
-        csc_pos: &bufs[5],
-        nnz,
-    }
-}
-
-/// A random sparse weight at about `density` on the device (empty arrays get one element so
-/// every address is valid).
-fn upload_sparse(c: &Checker, w: &SparseWeight) -> Result<[Buf; 6]> {
-    let u = |v: &[u32]| c.up(if v.is_empty() { &[0u32][..] } else { v });
-    let vals = if w.values.is_empty() {
-        vec![0.0]
-    } else {
-        w.values.clone()
-    };
-    Ok([
-        u(&w.row_ptr)?,
-        u(&w.col_idx)?,
-        c.up(&vals)?,
-        u(&w.col_ptr)?,
-        u(&w.csc_row)?,
-        u(&w.csc_pos)?,
-    ])
 }
 
 pub(crate) fn check(c: &mut Checker) -> Result<()> {
@@ -160,8 +130,8 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
             .map(|_| c.rng.uniform_f64() < density)
             .collect();
         let sw = SparseWeight::from_dense_mask(rows, kcols, &w, &mask);
-        let sb = upload_sparse(c, &sw)?;
-        let sp = sparse_bufs(&sb, sw.nnz());
+        let sb = conv::upload_sparse(c.gpu, &sw)?;
+        let sp = conv::SparseBufs::from_uploaded(&sb, sw.nnz());
         let shape = format!("{shape}, density {density}, nnz {}", sw.nnz());
         let nnz = sw.nnz() as u32;
 

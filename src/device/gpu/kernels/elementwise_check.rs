@@ -1,9 +1,11 @@
-//! `rest device --check` for the elementwise kernels (`elementwise.rs` beside this file): each kernel against its
-//! CPU twin (`device::cpu::twin::elementwise`) on random inputs; tolerances in `device::gpu::check`.
+//! `rest device --check` for the elementwise kernels (`elementwise.rs` beside this file): each
+//! kernel against its CPU twin (`device::cpu::twin::elementwise`) on random inputs; tolerances in
+//! `device::gpu::check`.
 
 use super::elementwise as ew;
 use crate::device::cpu::twin;
 use crate::device::gpu::checker::{Checker, Cmp, EXACT};
+use crate::device::gpu::{Buf, Gpu, KernelDef};
 use anyhow::Result;
 
 pub(crate) fn check(c: &mut Checker) -> Result<()> {
@@ -28,23 +30,29 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         let r = Cmp::new().bits(&c.read(&y, n)?, &want).clone();
         c.row(&ew::elementwise_relu_fwd_f32, &shape, EXACT.into(), &r);
 
-        let y = c.out::<f32>(n)?;
-        ew::relu_bwd(gpu, &ba, &bb, &y, n)?;
-        elementwise_relu_bwd_f32(&p, &a, &b, &mut want);
-        let r = Cmp::new().bits(&c.read(&y, n)?, &want).clone();
-        c.row(&ew::elementwise_relu_bwd_f32, &shape, EXACT.into(), &r);
-
-        let y = c.out::<f32>(n)?;
-        ew::add(gpu, &ba, &bb, &y, n)?;
-        elementwise_add_f32(&p, &a, &b, &mut want);
-        let r = Cmp::new().bits(&c.read(&y, n)?, &want).clone();
-        c.row(&ew::elementwise_add_f32, &shape, EXACT.into(), &r);
-
-        let y = c.out::<f32>(n)?;
-        ew::add_relu(gpu, &ba, &bb, &y, n)?;
-        elementwise_add_relu_f32(&p, &a, &b, &mut want);
-        let r = Cmp::new().bits(&c.read(&y, n)?, &want).clone();
-        c.row(&ew::elementwise_add_relu_f32, &shape, EXACT.into(), &r);
+        // The two-input kernels: launch wrapper, twin, kernel.
+        type Launch = fn(&Gpu, &Buf, &Buf, &Buf, usize) -> Result<()>;
+        type Twin = fn(&ElementwiseParams, &[f32], &[f32], &mut [f32]);
+        let binary: [(Launch, Twin, &KernelDef); 3] = [
+            (
+                ew::relu_bwd,
+                elementwise_relu_bwd_f32,
+                &ew::elementwise_relu_bwd_f32,
+            ),
+            (ew::add, elementwise_add_f32, &ew::elementwise_add_f32),
+            (
+                ew::add_relu,
+                elementwise_add_relu_f32,
+                &ew::elementwise_add_relu_f32,
+            ),
+        ];
+        for (launch, twin, kernel) in binary {
+            let y = c.out::<f32>(n)?;
+            launch(gpu, &ba, &bb, &y, n)?;
+            twin(&p, &a, &b, &mut want);
+            let r = Cmp::new().bits(&c.read(&y, n)?, &want).clone();
+            c.row(kernel, &shape, EXACT.into(), &r);
+        }
 
         // Accumulates into its output: starts from `a`, not from poison.
         let y = c.up(&a)?;

@@ -1,5 +1,6 @@
-//! `rest device --check` for the batch-norm kernels (`norm.rs` beside this file): each kernel against its
-//! CPU twin (`device::cpu::twin::norm`) on random inputs; tolerances in `device::gpu::check`.
+//! `rest device --check` for the batch-norm kernels (`norm.rs` beside this file): each kernel
+//! against its CPU twin (`device::cpu::twin::norm`) on random inputs; tolerances in
+//! `device::gpu::check`.
 
 use super::norm;
 use crate::device::cpu::twin;

@@ -1,5 +1,5 @@
-//! `rest device --check` for the pooling kernels (`pool.rs` beside this file): each kernel against its
-//! CPU twin (`device::cpu::twin::pool`) on random inputs; tolerances in `device::gpu::check`.
+//! `rest device --check` for the pooling kernels (`pool.rs` beside this file): each kernel against
+//! its CPU twin (`device::cpu::twin::pool`) on random inputs; tolerances in `device::gpu::check`.
 
 use super::pool;
 use crate::device::cpu::twin;

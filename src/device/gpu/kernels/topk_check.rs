@@ -1,10 +1,11 @@
-//! `rest device --check` for the topology-update (topk) kernels, per layer and batched (`topk.rs` beside this file): each kernel against its
-//! CPU twin (`device::cpu::twin::topk`) on random inputs; tolerances in `device::gpu::check`.
+//! `rest device --check` for the topology-update (topk) kernels, per layer and batched (`topk.rs`
+//! beside this file): each kernel against its CPU twin (`device::cpu::twin::topk`) on random
+//! inputs; tolerances in `device::gpu::check`.
 
 use super::topk;
 use crate::device::cpu::twin;
 use crate::device::gpu::checker::{Checker, Cmp, PerKernel};
-use crate::device::gpu::Buf;
+use crate::device::gpu::{Buf, Gpu};
 use crate::sparse::topology::{prune_count, random_layer};
 use anyhow::Result;
 
@@ -58,6 +59,40 @@ fn compare_topk(a: &twin::topk::HostTopk, b: &twin::topk::HostTopk) -> Cmp {
     r
 }
 
+/// What an update rewrites completely, poisoned before a check: a layer's CSR and CSC index
+/// (`index_bufs!`), and a workspace's scratch (`scratch_bufs!`, per-layer or batched).
+macro_rules! index_bufs {
+    ($l:expr) => {
+        [
+            &mut $l.row_ptr,
+            &mut $l.col_idx,
+            &mut $l.col_ptr,
+            &mut $l.csc_row,
+            &mut $l.csc_pos,
+        ]
+    };
+}
+macro_rules! scratch_bufs {
+    ($ws:expr) => {
+        [
+            &mut $ws.mark,
+            &mut $ws.old_values,
+            &mut $ws.old_momentum,
+            &mut $ws.state,
+            &mut $ws.tile_cnt,
+            &mut $ws.csc_cnt,
+        ]
+    };
+}
+
+/// Fills each buffer with 0xFF bytes (NaN, u32::MAX).
+fn poison<const N: usize>(gpu: &Gpu, bufs: [&mut Buf; N]) -> Result<()> {
+    for b in bufs {
+        gpu.fill_bytes(b, 0xFF)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn check(c: &mut Checker) -> Result<()> {
     let gpu = c.gpu;
     // (rows, cols, density): a small conv weight (67 × 5·3·3); a wider one with several 2048-wide
@@ -77,21 +112,8 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         let bscore = c.up(&score)?;
         let mut ws = topk::TopkWorkspace::new(gpu, &g)?;
         // Poison what the update fully rewrites: CSR/CSC and the whole workspace.
-        for b in [
-            &mut layer.row_ptr,
-            &mut layer.col_idx,
-            &mut layer.col_ptr,
-            &mut layer.csc_row,
-            &mut layer.csc_pos,
-            &mut ws.mark,
-            &mut ws.old_values,
-            &mut ws.old_momentum,
-            &mut ws.state,
-            &mut ws.tile_cnt,
-            &mut ws.csc_cnt,
-        ] {
-            gpu.fill_bytes(b, 0xFF)?;
-        }
+        poison(gpu, index_bufs!(layer))?;
+        poison(gpu, scratch_bufs!(ws))?;
         // One row per kernel: its launches merged (each checked from the device's state).
         let mut per_kernel = PerKernel::default();
         for step in topk::plan(&g, k, topk::addresses(&layer.refs(), &ws, &bscore)) {
@@ -165,15 +187,7 @@ pub(crate) fn check_batched(c: &mut Checker) -> Result<()> {
         let score = c.normal(size, 1.0, 0.0);
         let k = prune_count(rate, nnz);
         let mut layer = topk::SparseLayerBufs::upload(gpu, &w, &momentum)?;
-        for b in [
-            &mut layer.row_ptr,
-            &mut layer.col_idx,
-            &mut layer.col_ptr,
-            &mut layer.csc_row,
-            &mut layer.csc_pos,
-        ] {
-            gpu.fill_bytes(b, 0xFF)?;
-        }
+        poison(gpu, index_bufs!(layer))?;
         recs.push((topk::Geometry::new(rows, cols, nnz)?, k));
         desc.push(format!("{rows}×{cols} nnz {nnz} k {k}"));
         layers.push(layer);
@@ -183,16 +197,7 @@ pub(crate) fn check_batched(c: &mut Checker) -> Result<()> {
     let geoms: Vec<topk::Geometry> = recs.iter().map(|r| r.0).collect();
     let layout = topk::BatchLayout::new(&geoms);
     let mut ws = topk::TopkBatchWorkspace::new(gpu, &layout)?;
-    for b in [
-        &mut ws.mark,
-        &mut ws.old_values,
-        &mut ws.old_momentum,
-        &mut ws.state,
-        &mut ws.tile_cnt,
-        &mut ws.csc_cnt,
-    ] {
-        gpu.fill_bytes(b, 0xFF)?;
-    }
+    poison(gpu, scratch_bufs!(ws))?;
     let items: Vec<(topk::Geometry, usize, topk::TopkParams)> = recs
         .iter()
         .zip(&layers)

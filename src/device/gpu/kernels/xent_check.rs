@@ -1,5 +1,6 @@
-//! `rest device --check` for the fused cross-entropy kernels (`xent.rs` beside this file): each kernel against its
-//! CPU twin (`device::cpu::twin::xent`) on random inputs; tolerances in `device::gpu::check`.
+//! `rest device --check` for the fused cross-entropy kernels (`xent.rs` beside this file): each
+//! kernel against its CPU twin (`device::cpu::twin::xent`) on random inputs; tolerances in
+//! `device::gpu::check`.
 
 use super::xent;
 use crate::device::cpu::twin;
