@@ -17,7 +17,7 @@ pub(super) struct Plan {
     pub(super) densities: Vec<f64>,
     /// (N, K) of the cross-entropy.
     pub(super) xent: Vec<(usize, usize)>,
-    pub(super) topo_density: f64,
+    pub(super) topk_density: f64,
     /// (arch, width, batch, image size) of the training steps, and their densities.
     pub(super) steps: Vec<(Arch, usize, usize, usize)>,
     pub(super) step_densities: Vec<f64>,
@@ -45,7 +45,7 @@ impl Plan {
                 batch: 2,
                 densities: vec![1.0, 0.1],
                 xent: vec![(1000, 10)],
-                topo_density: 0.05,
+                topk_density: 0.05,
                 steps: vec![(Arch::Cnn, 4, 4, 12), (Arch::Resnet18, 4, 2, 16)],
                 step_densities: vec![1.0, 0.05],
                 reps: reps.unwrap_or(1),
@@ -57,7 +57,7 @@ impl Plan {
                 batch: 64,
                 densities: vec![1.0, 0.5, 0.2, 0.1, 0.05, 0.01, 0.005, 0.001],
                 xent: vec![(65536, 10), (1 << 20, 10)],
-                topo_density: 0.05,
+                topk_density: 0.05,
                 steps: vec![(Arch::Cnn, 64, 256, 28), (Arch::Resnet18, 64, 64, 32)],
                 step_densities: vec![1.0, 0.05, 0.01],
                 reps: reps.unwrap_or(5),

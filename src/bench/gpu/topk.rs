@@ -40,7 +40,7 @@ pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopkR
         .iter()
         .map(|&i| model.params.get(i).shape.clone())
         .collect();
-    let nnzs = layer_nnz(&shapes, plan.topo_density, DensityRule::Erk)?;
+    let nnzs = layer_nnz(&shapes, plan.topk_density, DensityRule::Erk)?;
     let mut layers = Vec::new();
     let mut scores: Vec<Buf> = Vec::new();
     let mut ws: Option<topk::TopkWorkspace> = None;
@@ -109,7 +109,7 @@ pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopkR
         plan.width,
         layers.len(),
         weights,
-        plan.topo_density,
+        plan.topk_density,
         nnz_total,
         pruned
     );
@@ -127,7 +127,7 @@ pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<TopkR
         model: format!("resnet18 width {}", plan.width),
         layers: layers.len(),
         weights,
-        density: plan.topo_density,
+        density: plan.topk_density,
         nnz: nnz_total,
         death_rate,
         pruned,

@@ -56,7 +56,7 @@ pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<Vec<X
             partials: &partials,
             stats: &stats,
         };
-        let t_x = timer.time(|| xent::cross_entropy(gpu, &bufs, n, k, 2, inv_wsum))?;
+        let t_x = timer.time(|| xent::fused(gpu, &bufs, n, k, 2, inv_wsum))?;
         // logits in, dlogits out; labels, weights, groups in, losses out; partials out and in.
         let xbytes = (2 * n * k + 4 * n + 2 * xent::partials_len(n)) as f64 * 4.0;
         let out = gpu.zeros::<f32>(n * k)?;

@@ -655,7 +655,7 @@ impl GpuModel {
             partials: &xb.partials,
             stats: &xb.stats,
         };
-        xent::cross_entropy(gpu, &bufs, n, k, num_groups, inv_wsum)?;
+        xent::fused(gpu, &bufs, n, k, num_groups, inv_wsum)?;
         let losses: Vec<f32> = gpu.read(&xb.losses)?;
         let stats: Vec<f32> = gpu.read(&xb.stats)?;
         Ok((losses, xent::XentStats::decode(&stats, num_groups)))

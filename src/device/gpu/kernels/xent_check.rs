@@ -52,7 +52,7 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
             partials: &partials,
             stats: &stats,
         };
-        xent::cross_entropy(c.gpu, &bufs, n, k, ng, inv_wsum)?;
+        xent::fused(c.gpu, &bufs, n, k, ng, inv_wsum)?;
         let p = XentParams {
             n: n as u32,
             k: k as u32,
