@@ -168,7 +168,7 @@ fn print_profile(
     inp: &Inputs,
 ) -> Result<()> {
     // A warm-up step: the topology update before it dropped the cached plans.
-    train_step(model, opt, &inp, false)?;
+    train_step(model, opt, inp, false)?;
     let mut sums: Vec<OpTime> = Vec::new();
     let mut total = 0.0;
     for _ in 0..steps {

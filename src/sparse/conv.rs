@@ -18,6 +18,10 @@
 //! Loops run over pixels outermost and channels inside, so the rows one pixel's window reads
 //! (every channel's k² taps) stay in cache while every channel reuses them. The plans depend on
 //! the positions only and are kept with the layer's index (`SparseWeight::plans`).
+//!
+//! About 900 lines: the plans, the passes and their task splits share private state (entry lists,
+//! slots, lanes, the pixel classes); splitting the plans out would open their fields to the passes'
+//! file. The SIMD blocks it runs are in `sparse::simd`.
 
 use rayon::prelude::*;
 

@@ -20,6 +20,10 @@
 //!
 //! Sparse layers always run the sparse kernels here (CSR forward, CSC backward-data,
 //! active-only backward-weight): `ComputePath` is a CPU choice, kept in the host model only.
+//!
+//! Over 600 lines on purpose: this is the GPU's second, hand-written model graph (forward,
+//! backward, SGD, topology update), which issue 16 removes by running the tape on the GPU;
+//! splitting it first would only spread code that is meant to go.
 
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::cpu::pool::pool_out;
