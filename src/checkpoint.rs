@@ -7,7 +7,7 @@ use crate::nn::param::{ComputePath, ParamKind, Values};
 use crate::nn::Model;
 use crate::sparse::csr::SparseWeight;
 use crate::sparse::topology::Fired;
-use crate::train::{Progress, TrainConfig, Trainer};
+use crate::train::config::{Progress, TrainConfig};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -150,6 +150,19 @@ const LAYOUT_NOTES: [(&str, &str); 4] = [
     ),
 ];
 
+/// What a checkpoint saves of a run, borrowed from whoever trains it (the trainer hands this
+/// plain struct over, so the checkpoint never reads the trainer).
+pub struct RunState<'a> {
+    pub config: &'a TrainConfig,
+    pub progress: &'a Progress,
+    pub model: &'a Model,
+    /// Optimiser momentum, one buffer per parameter (`Sgd::buffers`).
+    pub momentum: &'a [Vec<f32>],
+    /// In-time statistics per weight layer (`SparseState::fired`); None for a dense run.
+    pub fired: Option<&'a [Option<Fired>]>,
+    pub input: InputSpec,
+}
+
 /// A run's whole state, as saved.
 pub struct Checkpoint {
     pub config: TrainConfig,
@@ -169,8 +182,8 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
 }
 
 impl Checkpoint {
-    /// Takes a copy of the trainer's state.
-    pub fn capture(t: &Trainer) -> Self {
+    /// Takes a copy of a run's state.
+    pub fn capture(t: RunState<'_>) -> Self {
         let mut tensors = HashMap::new();
         let mut params = Vec::new();
         for (i, p) in t.model.params.params.iter().enumerate() {
@@ -190,7 +203,7 @@ impl Checkpoint {
             );
             tensors.insert(
                 format!("momentum.{}", p.name),
-                (vec![p.len()], f32_bytes(&t.opt.buffers[i])),
+                (vec![p.len()], f32_bytes(&t.momentum[i])),
             );
             params.push(ParamMeta {
                 name: p.name.clone(),
@@ -209,25 +222,18 @@ impl Checkpoint {
                 (vec![bn.var.len()], f32_bytes(&bn.var)),
             );
         }
-        if let Some(s) = &t.sparse {
-            for (li, f) in s.fired.iter().enumerate() {
+        if let Some(fired) = t.fired {
+            for (li, f) in fired.iter().enumerate() {
                 if let Some(f) = f {
                     let bytes: Vec<u8> = f.words().iter().flat_map(|w| w.to_le_bytes()).collect();
                     tensors.insert(format!("fired.{li}"), (vec![f.words().len()], bytes));
                 }
             }
         }
-        let train = &t.splits.train;
         Self {
             config: t.config.clone(),
             progress: t.progress.clone(),
-            input: Some(InputSpec {
-                channels: train.channels,
-                height: train.height,
-                width: train.width,
-                mean: train.normalize.mean.clone(),
-                std: train.normalize.std.clone(),
-            }),
+            input: Some(t.input),
             params,
             tensors,
             bn_layers: t.model.bn.len(),
@@ -432,16 +438,22 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Restores a whole trainer: model, optimiser, sparse statistics and progress.
-    pub fn restore(&self, t: &mut Trainer) -> Result<()> {
-        self.restore_model(&mut t.model)?;
-        for (i, p) in t.model.params.params.iter().enumerate() {
-            t.opt.buffers[i] = self.f32s(&format!("momentum.{}", p.name), p.len())?;
+    /// Restores a run's model, optimiser momentum and in-time statistics (`fired`, sparse runs);
+    /// the caller takes `progress` (and its learning rate) from the checkpoint itself.
+    pub fn restore_run(
+        &self,
+        model: &mut Model,
+        momentum: &mut [Vec<f32>],
+        fired: Option<&mut [Option<Fired>]>,
+    ) -> Result<()> {
+        self.restore_model(model)?;
+        for (i, p) in model.params.params.iter().enumerate() {
+            momentum[i] = self.f32s(&format!("momentum.{}", p.name), p.len())?;
         }
-        if let Some(s) = &mut t.sparse {
-            for (li, id) in t.model.params.weight_ids().into_iter().enumerate() {
-                let p = t.model.params.get(id);
-                s.fired[li] = match p.sparse() {
+        if let Some(fired) = fired {
+            for (li, id) in model.params.weight_ids().into_iter().enumerate() {
+                let p = model.params.get(id);
+                fired[li] = match p.sparse() {
                     None => None,
                     Some(sw) => {
                         let (_, b) = self.tensors.get(&format!("fired.{li}")).ok_or_else(|| {
@@ -456,8 +468,6 @@ impl Checkpoint {
                 };
             }
         }
-        t.opt.lr = self.progress.lr;
-        t.progress = self.progress.clone();
         Ok(())
     }
 }

@@ -39,12 +39,14 @@ enum Command {
     Reproduce(Box<rest::reproduce::ReproduceArgs>),
 }
 
-/// Every op allocates its output and scratch buffers fresh (im2col columns of tens of MB). glibc
-/// serves blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) with mmap and returns
-/// them with munmap on free, so each step paid a page fault per 4 KiB of every large buffer
-/// (~40 % of a training run was kernel time). Serving all sizes from the heap and not trimming it
-/// lets a step reuse the previous step's pages. Chosen over a per-op buffer pool (touches every
-/// kernel's signature) and over a replacement allocator crate (a new dependency for one setting).
+/// Large buffers that the CPU engine's pool (`device::cpu::buffers`: outputs a kernel overwrites
+/// and the step's large scratch) does not serve are allocated fresh every step: gradients,
+/// optimiser scratch, loader batches, the GPU's host copies. glibc serves blocks above its mmap
+/// threshold (128 KiB, adapting up to 32 MiB) with mmap and returns them with munmap on free, so
+/// each step paid a page fault per 4 KiB of every such buffer (before the pool, ~40 % of a
+/// training run was kernel time). Serving all sizes from the heap and not trimming it lets a step
+/// reuse the previous step's pages. A replacement allocator crate was not taken (a new dependency
+/// for one setting).
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc malloc tunables; it is called once, before any other
@@ -106,18 +108,13 @@ fn main() -> ExitCode {
 
 fn run(parsed: &Cli) -> Result<(), anyhow::Error> {
     match &parsed.command {
-        Command::Train(a) => cli::train(a),
-        Command::Eval(a) => cli::eval(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Predict(a) => rest::predict::run(a),
         Command::Export(a) => rest::export::run(a),
         Command::Data(a) => rest::data::cli::run(a),
-        Command::Device(a) => cli::device(a),
-        Command::Bench(a) => match &a.what {
-            rest::bench::BenchWhat::Cpu(c) => rest::bench::cpu(c),
-            rest::bench::BenchWhat::Memory(m) => rest::bench::memory(m),
-            rest::bench::BenchWhat::Gpu(g) => rest::bench_gpu::run(g),
-            rest::bench::BenchWhat::MemoryChild(m) => rest::bench::memory_child(m),
-        },
+        Command::Device(a) => cli::device::run(a),
+        Command::Bench(a) => rest::bench::run(a),
         Command::Reproduce(a) => rest::reproduce::run(a),
     }
 }

@@ -14,7 +14,8 @@ use rest::device::cpu::twin::conv as twin;
 use rest::device::cpu::ConvGeom;
 use rest::device::gpu::kernels::conv::*;
 use rest::device::gpu::{Buf, Gpu};
-use rest::sparse::csr::{self, SparseWeight};
+use rest::sparse::csr::SparseWeight;
+use rest::sparse::reference;
 
 /// A small deterministic generator (64-bit LCG, high bits).
 struct Lcg(u64);
@@ -554,7 +555,7 @@ fn twins_match_cpu_engine() {
         // Sparse: spmm over im2col, spmm_t + col2im, sddmm.
         let sw = sparse_weight(&mut rng, g.cout, rows, 0.3);
         let mut y = vec![0f32; g.cout * cols];
-        csr::spmm(&sw, &col, cols, &mut y);
+        reference::spmm(&sw, &col, cols, &mut y);
         let ps = ConvSparseFwdParams {
             s: shape,
             nnz: sw.nnz() as u32,
@@ -563,7 +564,7 @@ fn twins_match_cpu_engine() {
         let mut t = vec![0f32; y.len()];
         twin::conv_fwd_sparse_f32(&ps, &x, &sw.row_ptr, &sw.col_idx, &sw.values, None, &mut t);
         check(&format!("engine sparse fwd {name}"), &t, &y, rows);
-        csr::spmm_t(&sw, &dy, cols, &mut dcol);
+        reference::spmm_t(&sw, &dy, cols, &mut dcol);
         cpu_conv::col2im(&g, &dcol, &mut dx);
         let pds = ConvSparseBwdDataParams {
             s: shape,
@@ -587,7 +588,7 @@ fn twins_match_cpu_engine() {
             g.cout * g.k * g.k,
         );
         let mut gv = vec![0f32; sw.nnz()];
-        csr::sddmm(&sw, &dy, &col, cols, &mut gv);
+        reference::sddmm(&sw, &dy, &col, cols, &mut gv);
         let pws = ConvSparseBwdWeightParams {
             s: shape,
             nnz: sw.nnz() as u32,

@@ -615,7 +615,7 @@ fn xent_matches_twin_and_engine() -> Result<()> {
             partials: &partials,
             stats: &stats,
         };
-        xent::cross_entropy(&gpu, &bufs, n, k, num_groups, inv_wsum)?;
+        xent::fused(&gpu, &bufs, n, k, num_groups, inv_wsum)?;
 
         let blocks = n.div_ceil(xent::XENT_THREADS as usize);
         let p = XentParams {
@@ -721,15 +721,12 @@ fn xent_rejects_bad_shapes() -> Result<()> {
         stats: &s,
     };
     assert!(
-        xent::cross_entropy(&gpu, &bufs, 4, 6, 1, 0.25).is_err(),
+        xent::fused(&gpu, &bufs, 4, 6, 1, 0.25).is_err(),
         "logits too short"
     );
+    assert!(xent::fused(&gpu, &bufs, 4, 5, 9, 0.25).is_err(), "9 groups");
     assert!(
-        xent::cross_entropy(&gpu, &bufs, 4, 5, 9, 0.25).is_err(),
-        "9 groups"
-    );
-    assert!(
-        xent::cross_entropy(&gpu, &bufs, 4, 5, 1, 0.0).is_err(),
+        xent::fused(&gpu, &bufs, 4, 5, 1, 0.0).is_err(),
         "inv_wsum 0"
     );
     Ok(())

@@ -2,10 +2,9 @@
 //! and topology updates, each checked against a brute-force reference.
 
 use rest::rng::Rng;
-use rest::sparse::csr::{
-    sddmm, sddmm_with, spmm, spmm_t, spmm_t_with, spmm_with, Kernels, SparseWeight,
-};
+use rest::sparse::csr::{Kernels, SparseWeight};
 use rest::sparse::density::{layer_nnz, DensityRule};
+use rest::sparse::reference::{sddmm, sddmm_with, spmm, spmm_t, spmm_t_with, spmm_with};
 use rest::sparse::schedule::{death_rate, DecaySchedule};
 use rest::sparse::topology::{
     fired_fraction, random_layer, update_layer, Fired, GrowRule, PruneRule, UpdateStats,

@@ -3,6 +3,7 @@
 
 use super::grid::METHODS;
 use super::runner::{Failure, FAILED, SUMMARY};
+use crate::text::plural;
 use crate::train::{Summary, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -219,15 +220,6 @@ pub fn describe_row((dataset, method, ratio, density, epochs): &RowKey) -> Strin
         "{dataset} {method}, ratio {ratio} %, density {density}, {}",
         plural(*epochs, "epoch")
     )
-}
-
-/// "1 epoch", "3 epochs".
-pub fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }
 
 /// Where two training configurations differ, seed aside, field by field as their JSON names them:

@@ -1,6 +1,6 @@
 //! The paper's experiment grid: which runs, with which hyper-parameters, under which key.
 
-use crate::cli::TrainLine;
+use crate::cli::train::TrainLine;
 use crate::train::TrainConfig;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;

@@ -347,10 +347,10 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         write_reports(&loaded, &results)?;
         println!(
             "{} ({} failed{}) from {}: {}",
-            aggregate::plural(loaded.runs.len(), "finished run"),
+            crate::text::plural(loaded.runs.len(), "finished run"),
             loaded.failures.len(),
             skipped_note(&loaded),
-            aggregate::plural(args.collect.len(), "folder"),
+            crate::text::plural(args.collect.len(), "folder"),
             results.join("results.md").display()
         );
         return Ok(());
@@ -374,7 +374,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             let cmd = runner::command_for(s, &dir, runner::state(&dir), &exec);
             println!("{i}\t{:?}\t{}", runner::state(&dir), cmd.join(" "));
         }
-        println!("{}", aggregate::plural(specs.len(), "run"));
+        println!("{}", crate::text::plural(specs.len(), "run"));
         return Ok(());
     }
     if let Some(file) = &args.emit_slurm {
@@ -401,7 +401,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         println!(
             "{}: a Slurm array of {} into {}\nsubmit: sbatch {0}\nthen:   {} reproduce {} --collect {2}",
             file.display(),
-            aggregate::plural(specs.len(), "run"),
+            crate::text::plural(specs.len(), "run"),
             results.display(),
             exe.display(),
             g.dataset
@@ -430,7 +430,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     }
     eprintln!(
         "{} into {} ({} at once)",
-        aggregate::plural(specs.len(), "run"),
+        crate::text::plural(specs.len(), "run"),
         results.display(),
         exec.workers
     );
@@ -444,7 +444,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         count(Outcome::Resumed),
         count(Outcome::Skipped),
         count(Outcome::Failed),
-        aggregate::plural(loaded.runs.len(), "finished run"),
+        crate::text::plural(loaded.runs.len(), "finished run"),
         results.join("results.md").display(),
         skipped_note(&loaded)
     );
@@ -473,7 +473,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             "{} of {} failed: why is in {} ({}; {} lists all {}); once the cause is fixed, run \
              the same command again to retry {}",
             failed.len(),
-            aggregate::plural(specs.len(), "run"),
+            crate::text::plural(specs.len(), "run"),
             if failed.len() == 1 {
                 "its failed.json"
             } else {
@@ -481,7 +481,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             },
             list.join("; "),
             results.join("results.md").display(),
-            aggregate::plural(loaded.failures.len(), "recorded failure"),
+            crate::text::plural(loaded.failures.len(), "recorded failure"),
             if failed.len() == 1 { "it" } else { "them" }
         );
     }

@@ -18,17 +18,20 @@
 //! Loops run over pixels outermost and channels inside, so the rows one pixel's window reads
 //! (every channel's k² taps) stay in cache while every channel reuses them. The plans depend on
 //! the positions only and are kept with the layer's index (`SparseWeight::plans`).
+//!
+//! About 900 lines: the plans, the passes and their task splits share private state (entry lists,
+//! slots, lanes, the pixel classes); splitting the plans out would open their fields to the passes'
+//! file. The SIMD blocks it runs are in `sparse::simd`.
 
 use rayon::prelude::*;
 
-use super::csr::{
-    acc_vec, dot_lanes, hsum, prefetch_window, Kernels, SparseWeight, LANES, PREFETCH_AHEAD,
-};
+use super::csr::{Kernels, SparseWeight};
+use super::simd::{acc_vec, dot_lanes, hsum, prefetch_window, LANES, PREFETCH_AHEAD};
 #[cfg(target_arch = "x86_64")]
-use super::csr::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
+use super::simd::{dots_into_avx512, gather_and_dots_avx512, ReluSums};
+use crate::device::cpu::buffers::overwritten;
 use crate::device::cpu::conv::{ConvGeom, Layout};
 use crate::device::cpu::norm::DxCoefs;
-use crate::tensor::overwritten;
 
 /// Below this many multiply-adds a pass runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 16;

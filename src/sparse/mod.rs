@@ -5,9 +5,14 @@
 //! rows = out, cols = in), the same matrix the dense GEMM multiplies. Its active weights are
 //! stored as `csr::SparseWeight` (CSR over rows, plus the transpose index for backward-data);
 //! optimiser state for the layer is kept per active weight, in the same order as `values`.
+//!
+//! `csr` is the format, `simd` the register building blocks, `conv` the direct convolution the
+//! engine runs, `reference` the im2col kernels (spmm, spmm_t, sddmm) the tests compare against.
 
 pub mod conv;
 pub mod csr;
 pub mod density;
+pub mod reference;
 pub mod schedule;
+pub mod simd;
 pub mod topology;

@@ -29,7 +29,7 @@ impl Kernels {
         Kernels::Portable
     }
 
-    /// The variant the plain `sparse::csr::{spmm, spmm_t, sddmm}` use: AVX2+FMA where available.
+    /// The variant the plain `sparse::reference::{spmm, spmm_t, sddmm}` use: AVX2+FMA where available.
     /// These kernels are load/store bound, and on the 2-core AVX-512 EPYC we measured, the AVX2
     /// build was as fast or faster than the AVX-512 one on every shape (up to 1.5×); use the
     /// `_with` forms to pick AVX-512 explicitly.

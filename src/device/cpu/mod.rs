@@ -10,12 +10,14 @@
 //! Every function overwrites its outputs (no accumulation) unless it says otherwise, and
 //! parallelises with rayon where the work is large.
 
+pub mod buffers;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod isa;
 pub mod norm;
 pub mod pool;
+pub mod transpose;
 pub mod twin;
 pub mod xent;
 

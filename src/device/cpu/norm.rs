@@ -1,5 +1,9 @@
 //! Batch normalisation over [C, M] (M = N·H·W contiguous per channel), as PyTorch's BatchNorm2d:
 //! biased variance to normalise, unbiased variance into the running estimate, momentum 0.1.
+//!
+//! About 650 lines of code and 140 of tests: batch norm's training, evaluation and backward forms,
+//! alone and fused with ReLU and with the sparse convolutions' sums, share their blocked sums and
+//! coefficient code.
 
 use rayon::prelude::*;
 

@@ -13,6 +13,7 @@
 //!   parity tests compare against.
 
 pub mod check;
+pub(crate) mod checker;
 pub mod cuda;
 pub mod driver;
 pub mod emu;

@@ -13,6 +13,10 @@
 //! one [`TopkBatchWorkspace`] ([`BatchLayout`]). The batched kernels run the per-layer kernels'
 //! code (shared device functions), so the two paths give the same bits; [`update_layer`] stays
 //! as the simple version.
+//!
+//! Over 600 lines (about 900 before its tests): one file per .cu, and topk.cu holds both forms of
+//! the update (per layer and batched) over shared device functions; their plans share the
+//! parameter structs, the geometry and the buffers, so they stay together.
 
 use crate::device::gpu::{Buf, Dim3, Gpu, KernelDef, LaunchCfg};
 use crate::sparse::csr::SparseWeight;

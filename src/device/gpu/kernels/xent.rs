@@ -93,7 +93,7 @@ pub struct XentBufs<'a> {
 
 /// Loss, gradient and statistics of `n` samples over `k` classes: the fused kernel, then the
 /// reduction of its per-block partials. `inv_wsum` = 1/Σ weights (> 0, from the host).
-pub fn cross_entropy(
+pub fn fused(
     gpu: &Gpu,
     b: &XentBufs,
     n: usize,

@@ -3,7 +3,6 @@
 //! cost of a topology update; peak memory of a training run (each in its own process).
 
 use crate::autograd::{OpTime, Tape};
-use crate::checkpoint::Checkpoint;
 use crate::data::loader::Augment;
 use crate::data::synthetic::{generate, SyntheticConfig};
 use crate::dst::{self, SparseConfig};
@@ -13,29 +12,10 @@ use crate::optim::Sgd;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::train::{Reweight, ReweightMode, TrainConfig, Trainer};
-use anyhow::{bail, ensure, Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::Result;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
-
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub what: BenchWhat,
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum BenchWhat {
-    /// Training step and inference, dense vs sparse, for both models on this CPU.
-    Cpu(CpuArgs),
-    /// Peak resident memory of a short training run, dense vs sparse (one process each).
-    Memory(MemoryArgs),
-    /// The CUDA engine: sparse vs dense convolution per layer, cross-entropy bandwidth, topology
-    /// update, training steps (on a GPU, or the emulator).
-    Gpu(crate::bench_gpu::GpuArgs),
-    #[command(hide = true)]
-    MemoryChild(MemoryChildArgs),
-}
 
 #[derive(clap::Args, Debug)]
 pub struct CpuArgs {
@@ -66,30 +46,6 @@ pub struct CpuArgs {
     pub profile: bool,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct MemoryArgs {
-    #[arg(long, value_enum, default_value_t = Arch::Resnet18)]
-    pub model: Arch,
-    #[arg(long, value_delimiter = ',', default_value = "1,0.05")]
-    pub densities: Vec<f64>,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 3)]
-    pub steps: usize,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct MemoryChildArgs {
-    #[arg(long, value_enum)]
-    pub model: Arch,
-    #[arg(long)]
-    pub density: f64,
-    #[arg(long)]
-    pub batch: usize,
-    #[arg(long)]
-    pub steps: usize,
-}
-
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CpuResult {
     /// The CPU and kernel variant measured (`isa::cpu_description`).
@@ -113,7 +69,7 @@ pub struct CpuResult {
 }
 
 /// The benchmarked model of `arch`: width 64, RGB input, 10 classes.
-fn bench_config(arch: Arch) -> ModelConfig {
+pub(super) fn bench_config(arch: Arch) -> ModelConfig {
     ModelConfig {
         arch,
         width: 64,
@@ -123,7 +79,7 @@ fn bench_config(arch: Arch) -> ModelConfig {
 }
 
 /// The input size the benchmarks give `arch`: 28 px (MNIST) for the CNN, 32 (CIFAR) else.
-fn input_size(arch: Arch) -> usize {
+pub(super) fn input_size(arch: Arch) -> usize {
     if arch == Arch::Cnn {
         28
     } else {
@@ -151,14 +107,14 @@ pub fn build(
     Ok((model, state))
 }
 
-struct Inputs {
+pub(super) struct Inputs {
     /// Shared with each step's tape: a training step takes its batch without a copy.
-    images: Rc<Tensor>,
-    labels: Vec<u32>,
-    weights: Vec<f32>,
+    pub(super) images: Rc<Tensor>,
+    pub(super) labels: Vec<u32>,
+    pub(super) weights: Vec<f32>,
 }
 
-fn inputs(batch: usize, size: usize) -> Inputs {
+pub(super) fn inputs(batch: usize, size: usize) -> Inputs {
     let mut r = Rng::new(2);
     Inputs {
         images: Rc::new(
@@ -174,15 +130,13 @@ fn inputs(batch: usize, size: usize) -> Inputs {
 }
 
 /// One training step; returns the gradients (dense ones too when `dense_grads`).
-pub fn train_step(
+pub(super) fn train_step(
     model: &mut Model,
     opt: &mut Sgd,
-    x: &Rc<Tensor>,
-    labels: &[u32],
-    weights: &[f32],
+    inp: &Inputs,
     dense_grads: bool,
 ) -> Result<Grads> {
-    train_step_on(Tape::new(), model, opt, x, labels, weights, dense_grads).map(|(g, _)| g)
+    train_step_on(Tape::new(), model, opt, inp, dense_grads).map(|(g, _)| g)
 }
 
 /// `train_step` on a given tape (a profiled one), also returning the ops' times.
@@ -190,11 +144,10 @@ fn train_step_on(
     mut tape: Tape,
     model: &mut Model,
     opt: &mut Sgd,
-    x: &Rc<Tensor>,
-    labels: &[u32],
-    weights: &[f32],
+    inp: &Inputs,
     dense_grads: bool,
 ) -> Result<(Grads, Vec<OpTime>)> {
+    let (x, labels, weights) = (&inp.images, &inp.labels[..], &inp.weights[..]);
     let _awake = crate::device::cpu::KeepAwake::new();
     let xv = tape.input_shared(Rc::clone(x));
     let logits = model.forward(&mut tape, xv, true)?;
@@ -215,20 +168,12 @@ fn print_profile(
     inp: &Inputs,
 ) -> Result<()> {
     // A warm-up step: the topology update before it dropped the cached plans.
-    train_step(model, opt, &inp.images, &inp.labels, &inp.weights, false)?;
+    train_step(model, opt, inp, false)?;
     let mut sums: Vec<OpTime> = Vec::new();
     let mut total = 0.0;
     for _ in 0..steps {
         let t = Instant::now();
-        let (_, ops) = train_step_on(
-            Tape::profiled(),
-            model,
-            opt,
-            &inp.images,
-            &inp.labels,
-            &inp.weights,
-            false,
-        )?;
+        let (_, ops) = train_step_on(Tape::profiled(), model, opt, inp, false)?;
         total += t.elapsed().as_secs_f64();
         if sums.is_empty() {
             sums = ops;
@@ -343,53 +288,16 @@ fn checkpoint_bytes(model: &Model, state: Option<dst::SparseState>) -> Result<us
     t.opt = Sgd::new(&t.model.params, 0.01, 0.9, 0.0);
     t.sparse = state;
     let path = std::env::temp_dir().join(format!("rest-bench-{}.safetensors", std::process::id()));
-    Checkpoint::capture(&t).save(&path)?;
+    t.checkpoint().save(&path)?;
     let n = std::fs::metadata(&path)?.len() as usize;
     let _ = std::fs::remove_file(&path);
     Ok(n)
 }
 
-/// Checks the options `bench cpu` and `bench memory` share, before anything runs.
-fn check_run(densities: &[f64], steps: usize, batch: usize) -> Result<()> {
-    ensure!(steps > 0, "--steps must be ≥ 1, got {steps}");
-    ensure!(batch > 1, "--batch must be ≥ 2, got {batch}");
-    if let Some(d) = densities.iter().find(|&&d| !(d > 0.0 && d <= 1.0)) {
-        bail!("--densities must be in (0, 1], got {d}");
-    }
-    Ok(())
-}
-
-/// Checks a `--json` path before a bench runs, so a bad one fails at once rather than after
-/// the measurements: it must not be a directory, and its folder must exist (it is created
-/// here when missing).
-pub fn check_json_path(path: &Path) -> Result<()> {
-    ensure!(
-        !path.is_dir(),
-        "--json {}: is a directory; give a file name",
-        path.display()
-    );
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        ensure!(
-            !dir.exists() || dir.is_dir(),
-            "--json {}: {} is not a directory",
-            path.display(),
-            dir.display()
-        );
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("--json {}: cannot create its folder", path.display()))?;
-    }
-    // The file is written atomically through its temporary name at the end: try that now.
-    let probe = crate::checkpoint::temp_path(path)?;
-    std::fs::File::create(&probe)
-        .with_context(|| format!("--json {}: cannot write there", path.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
-
 pub fn cpu(args: &CpuArgs) -> Result<()> {
-    check_run(&args.densities, args.steps, args.batch)?;
+    super::checks::check_run(&args.densities, args.steps, args.batch)?;
     if let Some(p) = &args.json {
-        check_json_path(p)?;
+        super::checks::check_json_path(p)?;
     }
     let shape = |arch| match arch {
         Arch::Cnn => (input_size(arch), args.batch),
@@ -435,7 +343,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
             runs.push((d, model, opt, state));
         }
         let train_times = rounds(args.steps, &mut runs, |(_, model, opt, _)| {
-            train_step(model, opt, &inp.images, &inp.labels, &inp.weights, false).map(|_| ())
+            train_step(model, opt, &inp, false).map(|_| ())
         })?;
         let infer_times = rounds(args.steps, &mut runs, |(_, model, _, _)| {
             let _awake = crate::device::cpu::KeepAwake::new();
@@ -459,8 +367,7 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
                 Some(mut s) => {
                     let mut rng = Rng::new(5);
                     let t = Instant::now();
-                    let grads =
-                        train_step(model, opt, &inp.images, &inp.labels, &inp.weights, true)?;
+                    let grads = train_step(model, opt, &inp, true)?;
                     s.update(model, opt, &grads, 1000, 100_000, &mut rng)?;
                     Some(1e3 * (t.elapsed().as_secs_f64() - t_train))
                 }
@@ -518,80 +425,6 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
     if let Some(p) = &args.json {
         crate::checkpoint::write_atomic(p, serde_json::to_string_pretty(&results)?.as_bytes())?;
         println!("\nwrote {}", p.display());
-    }
-    Ok(())
-}
-
-/// Peak resident set size of this process, from /proc (Linux), in bytes.
-fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-pub fn memory_child(a: &MemoryChildArgs) -> Result<()> {
-    let size = input_size(a.model);
-    let (mut model, _) = build(a.model, a.density, a.batch, size)?;
-    let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
-    let inp = inputs(a.batch, size);
-    for _ in 0..a.steps {
-        train_step(
-            &mut model,
-            &mut opt,
-            &inp.images,
-            &inp.labels,
-            &inp.weights,
-            false,
-        )?;
-    }
-    println!(
-        "{}",
-        peak_rss().context("peak memory is only read on Linux (/proc/self/status)")?
-    );
-    Ok(())
-}
-
-pub fn memory(a: &MemoryArgs) -> Result<()> {
-    check_run(&a.densities, a.steps, a.batch)?;
-    let size = input_size(a.model);
-    crate::train::check_memory(&bench_config(a.model), size, size, a.batch)?;
-    let exe = std::env::current_exe()?;
-    println!(
-        "peak resident memory of {} training steps, {:?}, batch {} (one process each)",
-        a.steps, a.model, a.batch
-    );
-    let mut dense = None;
-    for &d in &a.densities {
-        let out = std::process::Command::new(&exe)
-            .args([
-                "bench",
-                "memory-child",
-                "--model",
-                &format!("{:?}", a.model).to_lowercase(),
-                "--density",
-                &d.to_string(),
-                "--batch",
-                &a.batch.to_string(),
-                "--steps",
-                &a.steps.to_string(),
-            ])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "memory run at density {d} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bytes: f64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("memory run printed no number")?;
-        let base = *dense.get_or_insert(bytes);
-        println!(
-            "density {d:>7}: peak {:>8.1} MiB ({:.2}× the first)",
-            bytes / 1048576.0,
-            bytes / base
-        );
     }
     Ok(())
 }

@@ -1,13 +1,13 @@
-//! The command-line surface: argument structs (clap) and what each subcommand does.
+//! `rest train`: its options (`TrainArgs`, and `TrainLine` to read a train command line on its
+//! own), the run's configuration from them, and the command itself (new run or `--resume`).
 
+use super::device::choose_device;
+use super::source::{load_splits, synthetic_train_of, DataSource, SYNTHETIC_TRAIN};
 use crate::checkpoint::Checkpoint;
 use crate::data::loader::Augment;
-use crate::data::synthetic::{self, SyntheticConfig};
-use crate::data::Splits;
-use crate::device::{self, Device, DeviceRequest};
+use crate::device::Device;
 use crate::dst::{PathChoice, SparseConfig};
-use crate::metrics::{evaluate, GroupMetrics};
-use crate::nn::{Arch, Model, ModelConfig};
+use crate::nn::{Arch, ModelConfig};
 use crate::sparse::density::DensityRule;
 use crate::sparse::schedule::DecaySchedule;
 use crate::sparse::topology::{GrowRule, PruneRule};
@@ -26,16 +26,6 @@ pub enum Method {
     Reweight,
     /// Dense training, plain empirical risk.
     Vanilla,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct DataSource {
-    #[arg(long, default_value = "cmnist", help = crate::data::DATASET_HELP)]
-    pub dataset: String,
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0, help = crate::data::RATIO_HELP)]
-    pub ratio: f64,
-    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = crate::data::DATA_DIR_HELP)]
-    pub data_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,34 +127,6 @@ pub struct TrainArgs {
     /// No progress bars or per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// The largest synthetic training split generated (its pixels, in bytes).
-const MAX_SYNTHETIC_BYTES: usize = 4 << 30;
-
-/// Loads the three splits of a dataset.
-pub fn load_splits(source: &DataSource, seed: u64, synthetic_train: usize) -> Result<Splits> {
-    crate::data::gen::check_ratio(source.ratio)?;
-    if source.dataset == "synthetic" {
-        // Generated in memory: refuse a size that cannot be held rather than abort on it.
-        let image = 3 * synthetic::SIZE * synthetic::SIZE;
-        ensure!(
-            synthetic_train
-                .checked_mul(image)
-                .is_some_and(|b| b <= MAX_SYNTHETIC_BYTES),
-            "--synthetic-train {synthetic_train} is too large: at most {} samples ({} GiB)",
-            MAX_SYNTHETIC_BYTES / image,
-            MAX_SYNTHETIC_BYTES >> 30
-        );
-        let cfg = SyntheticConfig {
-            train: synthetic_train,
-            conflict_ratio: source.ratio / 100.0,
-            seed,
-            ..SyntheticConfig::default()
-        };
-        return synthetic::generate(&cfg);
-    }
-    crate::data::open(&source.dataset, source.ratio, &source.data_dir)
 }
 
 fn default_arch(dataset: &str) -> Arch {
@@ -309,25 +271,8 @@ impl TrainLine {
     }
 }
 
-/// The default size of the synthetic training split.
-const SYNTHETIC_TRAIN: usize = 6000;
-
-/// The synthetic training split's size a run was trained on (runs saved before the size was
-/// recorded used the default).
-fn synthetic_train_of(config: &TrainConfig) -> usize {
-    config.synthetic_train.unwrap_or(SYNTHETIC_TRAIN)
-}
-
-fn choose_device(spec: &str, quiet: bool) -> Result<Device> {
-    let req: DeviceRequest = spec.parse()?;
-    let (dev, why) = device::resolve(req)?;
-    if !quiet {
-        eprintln!("device: {dev} ({why})");
-    }
-    Ok(dev)
-}
-
-pub fn train(args: &TrainArgs) -> Result<()> {
+/// `rest train`: a new run, or `--resume` of a saved one.
+pub fn run(args: &TrainArgs) -> Result<()> {
     let dev = choose_device(&args.device, args.quiet)?;
     let default_out = |c: &TrainConfig| {
         let d = c.sparse.as_ref().map_or(1.0, |s| s.density);
@@ -466,199 +411,4 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 fn finished_summary(dir: &std::path::Path) -> Option<crate::train::Summary> {
     let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
     serde_json::from_str(&text).ok()
-}
-
-#[derive(clap::Args, Debug)]
-pub struct EvalArgs {
-    /// A checkpoint written by `rest train` (best.safetensors or last.safetensors).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Dataset to evaluate on [default: the one the model was trained on]. Dataset: synthetic |
-    /// cmnist | cifar10c | bffhq | folder:DIR (the debiasing folder layout).
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// Percentage of bias-conflicting training samples [default: the run's].
-    #[arg(long, allow_negative_numbers = true)]
-    pub ratio: Option<f64>,
-    #[arg(long, value_name = "DIR", env = "REST_DATA_DIR", default_value = "datasets", help = crate::data::DATA_DIR_HELP)]
-    pub data_dir: PathBuf,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 512)]
-    pub batch_size: usize,
-    /// auto | cpu | cuda[:N] | emu (env REST_DEVICE).
-    #[arg(long, env = "REST_DEVICE", default_value = "auto")]
-    pub device: String,
-}
-
-fn metrics_row(split: &str, m: &GroupMetrics) -> String {
-    let (aligned, conflicting) = m.group_percentages();
-    let (worst, label_bias) = m.worst_percentages();
-    format!(
-        "| {split} | {} | {:.2} | {aligned} | {conflicting} | {worst} | {label_bias} |\n",
-        m.samples,
-        100.0 * m.accuracy,
-    )
-}
-
-pub fn eval(args: &EvalArgs) -> Result<()> {
-    let dev = choose_device(&args.device, false)?;
-    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let ck = Checkpoint::load(&args.checkpoint)?;
-    let source = DataSource {
-        dataset: args
-            .dataset
-            .clone()
-            .unwrap_or_else(|| ck.config.dataset.clone()),
-        ratio: args.ratio.unwrap_or(ck.config.ratio),
-        data_dir: args.data_dir.clone(),
-    };
-    let splits = load_splits(&source, ck.config.seed, synthetic_train_of(&ck.config))?;
-    let mut mc = ck.config.model.clone();
-    mc.in_channels = splits.test.channels;
-    mc.num_classes = splits.test.num_classes;
-    let mut model = Model::new(&mc, ck.config.seed)?;
-    ck.restore_model(&mut model).with_context(|| {
-        format!(
-            "{} does not fit a model for {}",
-            args.checkpoint.display(),
-            source.dataset
-        )
-    })?;
-    println!(
-        "{} ({}, trained {}, density {:.4})",
-        args.checkpoint.display(),
-        ck.config.method(),
-        crate::reproduce::aggregate::plural(ck.progress.epoch, "epoch"),
-        crate::dst::global_density(&model)
-    );
-    let mut table = String::from("| split | samples | accuracy | aligned | conflicting | worst group | label × bias worst |\n|---|---|---|---|---|---|---|\n");
-    // On a GPU device the model runs there (the optimiser state is not needed: zeros).
-    let mut gm = match dev {
-        Device::Cpu => None,
-        Device::Emu => Some(crate::device::gpu::Gpu::emu()),
-        Device::Cuda(i) => Some(crate::device::gpu::Gpu::cuda(i)?),
-    }
-    .map(|gpu| {
-        let opt = crate::optim::Sgd::new(&model.params, 1.0, 0.0, 0.0);
-        crate::device::gpu::model::GpuModel::upload(gpu, &model, &opt)
-    })
-    .transpose()?;
-    for (name, ds) in [("valid", &splits.valid), ("test", &splits.test)] {
-        let spin = crate::progress::spinner(&format!("evaluating on {name} ({} images)", ds.len()));
-        let m = match &mut gm {
-            Some(gm) => crate::train::evaluate_gpu(gm, ds, args.batch_size)?.0,
-            None => evaluate(&mut model, ds, args.batch_size)?.0,
-        };
-        spin.finish_and_clear();
-        table += &metrics_row(name, &m);
-    }
-    print!("{table}");
-    if crate::data::registry::test_split_is_unbiased(&source.dataset) {
-        println!(
-            "(the {} test split is unbiased: its accuracy is the unbiased accuracy)",
-            source.dataset
-        );
-    }
-    Ok(())
-}
-
-#[derive(clap::Args, Debug)]
-pub struct DeviceArgs {
-    /// auto | cpu | cuda[:N] | emu.
-    #[arg(long, env = "REST_DEVICE", default_value = "auto")]
-    pub device: String,
-    /// Run every CUDA kernel against its CPU twin on random inputs on the device (cuda or emu)
-    /// and print a pass/fail table; fails when any kernel does.
-    #[arg(long)]
-    pub check: bool,
-    /// Seed of the check's random inputs.
-    #[arg(long, default_value_t = 1, requires = "check")]
-    pub check_seed: u64,
-    /// Compile every kernel file with NVRTC into DIR (cubins and PTX, with a manifest) for a
-    /// machine without NVRTC, which runs them with REST_KERNEL_DIR=DIR. Needs no GPU.
-    #[arg(long, value_name = "DIR", conflicts_with = "check")]
-    pub export_kernels: Option<std::path::PathBuf>,
-    /// Architectures for --export-kernels, comma-separated: sm_XY writes a cubin and the PTX of
-    /// compute_XY beside it; compute_XY writes PTX only.
-    #[arg(long, value_name = "LIST", default_value = device::gpu::info::DEFAULT_EXPORT_ARCHS, requires = "export_kernels")]
-    pub arch: String,
-}
-
-/// The CUDA backend a device request names, for commands that need one (`--check`, the GPU
-/// bench): `emu`, `cuda[:N]` (an error saying why when it is unusable), or for `auto` GPU 0 when
-/// it is usable, else the emulator — with the reason in words. `cpu` is refused.
-pub fn gpu_for(spec: &str, what: &str) -> Result<(device::gpu::Gpu, String)> {
-    use device::gpu::Gpu;
-    use device::Device;
-    Ok(match spec.parse::<DeviceRequest>()? {
-        DeviceRequest::Exact(Device::Cpu) => bail!(
-            "{what} runs the CUDA kernels: it needs --device cuda[:N] (a GPU) or emu (the \
-             emulator), not cpu"
-        ),
-        DeviceRequest::Exact(Device::Emu) => (Gpu::emu(), "requested with --device emu".into()),
-        DeviceRequest::Exact(Device::Cuda(i)) => {
-            let gpu = Gpu::cuda(i)
-                .with_context(|| format!("--device cuda:{i}: the GPU is not usable"))?;
-            (gpu, format!("requested with --device cuda:{i}"))
-        }
-        DeviceRequest::Auto => match Gpu::cuda(0) {
-            Ok(gpu) => (gpu, "auto: GPU 0 is usable".into()),
-            Err(e) => (
-                Gpu::emu(),
-                format!("auto: no usable GPU ({e:#}), so the emulator"),
-            ),
-        },
-    })
-}
-
-pub fn device(args: &DeviceArgs) -> Result<()> {
-    if let Some(dir) = &args.export_kernels {
-        return device::gpu::info::export_kernels(dir, &args.arch);
-    }
-    device::gpu::info::print_environment();
-    println!("CPU threads: {}", rayon::current_num_threads());
-    if !args.check {
-        let (dev, why) = device::resolve(args.device.parse()?)?;
-        println!("backend: {dev} ({why})");
-        if let Device::Cuda(i) = dev {
-            device::gpu::info::print_gpu(i)?;
-        }
-        return Ok(());
-    }
-    let (gpu, why) = gpu_for(&args.device, "--check")?;
-    println!("check on: {} ({why})", gpu.describe());
-    if let device::gpu::Gpu::Cuda(c) = &gpu {
-        for (k, v) in c.report() {
-            println!("{k}: {v}");
-        }
-    }
-    if gpu.is_emu() {
-        println!(
-            "(the emulator runs the kernels' own code on the CPU; on a GPU the same check \
-                  also covers the compiler and the hardware)"
-        );
-    }
-    let t = std::time::Instant::now();
-    let rows = device::gpu::check::run(&gpu, args.check_seed)?;
-    print!("{}", device::gpu::check::render(&rows));
-    let failed = rows.iter().filter(|r| !r.pass).count();
-    let kernels: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.kernel).collect();
-    println!(
-        "{} checks of {} kernels in {:.1} s: {}",
-        rows.len(),
-        kernels.len(),
-        t.elapsed().as_secs_f64(),
-        if failed == 0 {
-            "all pass".to_string()
-        } else {
-            format!("{failed} FAIL")
-        }
-    );
-    ensure!(
-        failed == 0,
-        "{failed} of {} kernel checks failed on {}",
-        rows.len(),
-        gpu.describe()
-    );
-    Ok(())
 }
