@@ -25,6 +25,7 @@ pub fn colour_std(severity: u32) -> f32 {
 /// LfF's ten mean colours (RGB in [0, 1]), bias attribute k → `LFF_COLOURS[k]`: the float32
 /// values stored in alinlab/LfF's `data/resource/colors.th` (a [10, 3, 1, 1] tensor; file
 /// SHA-256 fb3736d5…ff76480), printed to nine significant digits so they parse to the same bits.
+#[allow(clippy::excessive_precision)] // nine digits: the shortest that name every f32 exactly
 pub const LFF_COLOURS: [[f32; 3]; 10] = [
     [0.983682334, 0.312519014, 0.168575346],
     [0.990529656, 0.915605247, 0.351512194],
@@ -99,11 +100,9 @@ mod tests {
         assert_eq!(LFF_COLOURS[4][0].to_bits(), 0x3db441a0);
         assert_eq!(LFF_COLOURS[9][2].to_bits(), 0x3e88acc4);
         // Ten distinct colours: no two classes share a hue.
-        for a in 0..10 {
-            for b in a + 1..10 {
-                let d: f32 = (0..3)
-                    .map(|c| (LFF_COLOURS[a][c] - LFF_COLOURS[b][c]).abs())
-                    .sum();
+        for (a, ca) in LFF_COLOURS.iter().enumerate() {
+            for (b, cb) in LFF_COLOURS.iter().enumerate().skip(a + 1) {
+                let d: f32 = ca.iter().zip(cb).map(|(x, y)| (x - y).abs()).sum();
                 assert!(d > 0.2, "colours {a} and {b} are {d} apart");
             }
         }
