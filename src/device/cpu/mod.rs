@@ -26,6 +26,11 @@ pub use isa::Kernels;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a `KeepAwake` spinner goes on without finding pool work before it returns: well
+/// above the serial stretches of a step (microseconds), well below anything a user would see.
+const IDLE_LIMIT: Duration = Duration::from_millis(2);
 
 /// Keeps the other threads of the current rayon pool spinning until dropped, each taking pool
 /// work the moment it appears (`rayon::yield_now`), as OpenMP's active wait does.
@@ -61,8 +66,19 @@ impl KeepAwake {
             if ctx.index() == me {
                 return;
             }
+            // A thread busy when the broadcast came may start its spinner while it waits inside
+            // a stolen job (a join whose other half another thread runs). That job cannot finish
+            // until the spinner returns, and the owner may be waiting for that job before it
+            // drops the `KeepAwake`: without a way out, both wait forever (seen in a training
+            // run). So a spinner that finds no work for IDLE_LIMIT returns: the thread then
+            // sleeps as rayon's threads do without a `KeepAwake`.
+            let mut last_work = Instant::now();
             while !flag.load(Ordering::Acquire) {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    last_work = Instant::now();
+                } else if last_work.elapsed() > IDLE_LIMIT {
+                    break;
+                } else {
                     std::hint::spin_loop();
                 }
             }
@@ -137,5 +153,57 @@ pub(crate) fn for_each_chunk(
             .for_each(|(i, c)| f(i, c));
     } else {
         data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// The hang of a spinner started inside a stolen job: thread B runs half of a join (X)
+    /// when the `KeepAwake` is made, X's own join has its second half stolen by A, so B waits
+    /// inside X and runs its queued spinner there; A waits for X before dropping the
+    /// `KeepAwake`. The spinner must give up, or this never returns.
+    #[test]
+    fn a_spinner_started_inside_a_stolen_job_does_not_hang_the_pool() {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let started = AtomicBool::new(false);
+                let made = AtomicBool::new(false);
+                let wait = |f: &AtomicBool| {
+                    while !f.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                };
+                let (keep, ()) = rayon::join(
+                    || {
+                        wait(&started);
+                        let k = KeepAwake::new();
+                        made.store(true, Ordering::Release);
+                        k
+                    },
+                    || {
+                        started.store(true, Ordering::Release);
+                        wait(&made);
+                        rayon::join(
+                            || std::thread::sleep(Duration::from_millis(20)),
+                            || std::thread::sleep(Duration::from_millis(100)),
+                        );
+                    },
+                );
+                drop(keep);
+            });
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "the pool hung: a KeepAwake spinner waits inside the job its owner waits for"
+        );
     }
 }
