@@ -3,21 +3,13 @@
 //! point the fetch at it); a wheel-shaped ZIP made here stands for the imagecorruptions wheel.
 //! Everything that sets environment variables runs in one test, in order.
 
+mod common;
+use common::temp_dir;
 use rest::data::{cifar, download, fetch_cifar, fetch_frost};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("rest-test-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn tar_entry(out: &mut Vec<u8>, name: &str, data: &[u8]) {
     let mut h = vec![0u8; 512];

@@ -1,18 +1,10 @@
 //! `rest data import bffhq DIR` on a small folder in BFFHQ's layout: the cache it builds is what
 //! `--dataset bffhq` opens; a layout with parts missing is refused, naming every missing part.
 
+mod common;
+use common::temp_dir;
 use rest::data::import;
-use std::path::{Path, PathBuf};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("rest-test-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::path::Path;
 
 fn face(dir: &Path, i: usize, label: u8, bias: u8) {
     std::fs::create_dir_all(dir).unwrap();
