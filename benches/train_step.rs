@@ -45,10 +45,11 @@ fn step_bench(c: &mut Criterion, name: &str, arch: Arch, batch: usize, size: usi
             let mut tape = Tape::new();
             let x = tape.input(images.clone());
             let logits = model.forward(&mut tape, x, true).unwrap();
-            let (loss, _) = ops::cross_entropy(&mut tape, logits, &labels, &weights).unwrap();
+            let (loss, _) = ops::cross_entropy(&mut tape, logits, &labels, &weights, None).unwrap();
             let mut grads = Grads::zeros(&model.params, false);
-            tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads);
-            opt.step(&mut model.params, &grads);
+            tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads)
+                .unwrap();
+            opt.step(&mut model.params, &grads).unwrap();
         })
     });
     g.finish();

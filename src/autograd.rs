@@ -5,10 +5,13 @@
 //! so that backward closures read weights without copying them and the optimiser owns updates.
 //! A tape lives for one step; `Tape::no_grad()` records nothing (evaluation).
 
+use crate::device::gpu::alloc::GpuDevice;
 use crate::nn::param::{Grads, ParamStore};
 use crate::tensor::Tensor;
+use anyhow::{ensure, Result};
 use std::any::Any;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A value on the tape.
@@ -53,19 +56,21 @@ impl BackwardCtx<'_> {
     }
 
     /// Adds `g` to the gradient of input `v`.
-    pub fn accumulate(&mut self, v: Var, g: Tensor) {
+    pub fn accumulate(&mut self, v: Var, g: Tensor) -> Result<()> {
         if !self.requires_grad[v.0] {
-            return;
+            return Ok(());
         }
         self.contributions[v.0] += 1;
         match &mut self.node_grads[v.0] {
-            Some(acc) => acc.add_assign(&g),
+            Some(acc) => acc.add_assign(&g)?,
             slot @ None => *slot = Some(g),
         }
+        Ok(())
     }
 }
 
-type BackwardFn = Box<dyn FnOnce(&Tensor, &mut BackwardCtx)>;
+/// An op's backward: given the gradient of its output, adds its inputs' and parameters'.
+pub type BackwardFn = Box<dyn FnOnce(&Tensor, &mut BackwardCtx) -> Result<()>>;
 
 struct Node {
     name: &'static str,
@@ -101,6 +106,8 @@ pub struct Tape {
     nodes: Vec<Node>,
     recording: bool,
     profile: Option<Profile>,
+    /// The GPU the ops run on (their values live there), or None for the CPU.
+    device: Option<Arc<GpuDevice>>,
 }
 
 impl Default for Tape {
@@ -116,7 +123,19 @@ impl Tape {
             nodes: Vec::new(),
             recording: true,
             profile: None,
+            device: None,
         }
+    }
+
+    /// This tape with its ops on `device` (None: the CPU).
+    pub fn on(mut self, device: Option<Arc<GpuDevice>>) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// The GPU the ops run on, None on the CPU.
+    pub fn device(&self) -> Option<&Arc<GpuDevice>> {
+        self.device.as_ref()
     }
 
     /// A recording tape that also times each op (`rest bench cpu --profile`).
@@ -168,9 +187,8 @@ impl Tape {
     /// A tape that records nothing: forward only, intermediate buffers freed early.
     pub fn no_grad() -> Self {
         Self {
-            nodes: Vec::new(),
             recording: false,
-            profile: None,
+            ..Self::new()
         }
     }
 
@@ -178,7 +196,18 @@ impl Tape {
         self.recording
     }
 
-    /// A constant input (needs no gradient).
+    /// A constant input (needs no gradient), moved to the tape's device first.
+    pub fn upload(&mut self, t: Tensor) -> Result<Var> {
+        Ok(match &self.device {
+            Some(d) => {
+                let t = t.to_device(d)?;
+                self.input(t)
+            }
+            None => self.input(t),
+        })
+    }
+
+    /// A constant input (needs no gradient), where it is (`upload` moves it to the device).
     pub fn input(&mut self, t: Tensor) -> Var {
         self.input_shared(Rc::new(t))
     }
@@ -264,8 +293,14 @@ impl Tape {
 
     /// Back-propagates from `root`, seeded with gradient `seed` (1 for a scalar loss), adding
     /// parameter gradients into `grads`. Consumes the recorded closures.
-    pub fn backward(&mut self, root: Var, seed: Tensor, params: &ParamStore, grads: &mut Grads) {
-        assert!(self.recording, "backward on a no_grad tape");
+    pub fn backward(
+        &mut self,
+        root: Var,
+        seed: Tensor,
+        params: &ParamStore,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        ensure!(self.recording, "backward on a no_grad tape");
         let requires_grad: Vec<bool> = self.nodes.iter().map(|n| n.requires_grad).collect();
         let mut node_grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
         let mut contributions = vec![0u32; self.nodes.len()];
@@ -288,11 +323,12 @@ impl Tape {
                 current: Var(i),
             };
             let start = self.profile.is_some().then(Instant::now);
-            f(&g, &mut ctx);
+            f(&g, &mut ctx)?;
             if let (Some(p), Some(t)) = (&mut self.profile, start) {
                 p.backward_s[i] = t.elapsed().as_secs_f64();
             }
         }
+        Ok(())
     }
 }
 
@@ -306,10 +342,11 @@ mod tests {
         let store = ParamStore::default();
         let mut tape = Tape::profiled();
         let x = tape.input(Tensor::full(&[4, 3], -1.0));
-        let y = ops::relu(&mut tape, x);
-        let z = ops::transpose01(&mut tape, y);
+        let y = ops::relu(&mut tape, x).unwrap();
+        let z = ops::transpose01(&mut tape, y).unwrap();
         let mut grads = Grads::zeros(&store, false);
-        tape.backward(z, Tensor::full(&[3, 4], 1.0), &store, &mut grads);
+        tape.backward(z, Tensor::full(&[3, 4], 1.0), &store, &mut grads)
+            .unwrap();
         let ops = tape.op_times();
         let names: Vec<_> = ops.iter().map(|o| (o.name, o.shape.clone())).collect();
         assert_eq!(names, [("relu", vec![4, 3]), ("transpose", vec![3, 4])]);
@@ -321,7 +358,7 @@ mod tests {
         // A plain tape keeps no times.
         let mut plain = Tape::new();
         let x = plain.input(Tensor::full(&[2], 1.0));
-        ops::relu(&mut plain, x);
+        ops::relu(&mut plain, x).unwrap();
         assert!(plain.op_times().is_empty());
     }
 }

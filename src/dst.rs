@@ -209,8 +209,20 @@ impl SparseState {
     ) -> Result<(UpdateStats, f64)> {
         let c = &self.config;
         let rate = death_rate(c.death_rate, c.death_rate_end, step, total, c.decay);
+        let ids = model.params.weight_ids();
+        if let Some(d) = &mut model.params.device {
+            // On a device: every layer in one batched update there (magnitude prune, gradient
+            // regrow: `train::ensure_gpu_topology` checked the rules before the model moved).
+            let sum = d.topology_update(rate)?;
+            for (li, id) in ids.into_iter().enumerate() {
+                if let Some(f) = &mut self.fired[li] {
+                    f.record_positions(&d.positions(id.0)?);
+                }
+            }
+            return Ok((sum, rate));
+        }
         let mut sum = UpdateStats::default();
-        for (li, id) in model.params.weight_ids().into_iter().enumerate() {
+        for (li, id) in ids.into_iter().enumerate() {
             let p = model.params.get_mut(id);
             let Values::Sparse(sw, _) = &mut p.values else {
                 continue;

@@ -5,9 +5,9 @@
 //! those groups. On an unbiased test split (Colored MNIST, Corrupted CIFAR-10) the whole-split
 //! accuracy is the "unbiased accuracy" of the literature.
 
-use crate::autograd::Tape;
 use crate::data::loader::{batches, Augment, LoaderConfig};
 use crate::data::Dataset;
+pub use crate::nn::ops::argmax_rows;
 use crate::nn::Model;
 use crate::tensor::Tensor;
 use anyhow::Result;
@@ -208,22 +208,6 @@ impl GroupMetrics {
     }
 }
 
-/// Index of the largest logit of each row of logits [N, K].
-pub fn argmax_rows(logits: &[f32], k: usize) -> Vec<u32> {
-    logits
-        .chunks(k)
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0 as u32
-        })
-        .collect()
-}
-
 /// Evaluates the model (batch norm in evaluation mode) on a whole dataset. Also returns each
 /// sample's correctness, in dataset order (used by JTT to find the error set).
 pub fn evaluate(
@@ -233,15 +217,12 @@ pub fn evaluate(
 ) -> Result<(GroupMetrics, Vec<bool>)> {
     evaluate_with(ds, batch_size, |images| {
         let _awake = crate::device::cpu::KeepAwake::new();
-        let mut tape = Tape::no_grad();
-        let x = tape.input(images);
-        let logits = model.forward(&mut tape, x, false)?;
-        Ok(tape.value(logits).data().to_vec())
+        model.logits(images)
     })
 }
 
 /// Group metrics and per-sample correctness of a dataset, given a function from a batch's
-/// images [C, N, H, W] to its logits [N, K] (the CPU model, or the GPU model in train.rs).
+/// images [C, N, H, W] to its logits [N, K].
 /// Per-sample losses use unit weights.
 pub fn evaluate_with(
     ds: &Dataset,

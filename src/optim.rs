@@ -24,8 +24,13 @@ impl Sgd {
         }
     }
 
-    /// g ← grad + wd·w; buf ← μ·buf + g; w ← w − lr·buf.
-    pub fn step(&mut self, store: &mut ParamStore, grads: &Grads) {
+    /// g ← grad + wd·w; buf ← μ·buf + g; w ← w − lr·buf. On the store's device when it has one
+    /// (there the momentum lives with the device copy; `buffers` is brought up to date by
+    /// `DeviceParams::download`).
+    pub fn step(&mut self, store: &mut ParamStore, grads: &Grads) -> anyhow::Result<()> {
+        if let Some(d) = &mut store.device {
+            return d.sgd(self.lr, self.momentum, self.weight_decay);
+        }
         for ((p, g), buf) in store.params.iter_mut().zip(&grads.g).zip(&mut self.buffers) {
             let w = p.data_mut();
             debug_assert_eq!(w.len(), g.len());
@@ -36,6 +41,7 @@ impl Sgd {
                 *w -= self.lr * *b;
             }
         }
+        Ok(())
     }
 }
 
@@ -89,14 +95,14 @@ mod tests {
         let mut opt = Sgd::new(&store, 0.1, 0.9, 0.01);
         let mut grads = Grads::zeros(&store, false);
         grads.g[0] = vec![0.5, 0.25];
-        opt.step(&mut store, &grads);
+        opt.step(&mut store, &grads).unwrap();
         // g = 0.5 + 0.01·1 = 0.51 → w = 1 − 0.051; g = 0.25 − 0.02 = 0.23 → w = −2 − 0.023
         let w = store.params[0].data();
         assert!(
             (w[0] - 0.949).abs() < 1e-6 && (w[1] + 2.023).abs() < 1e-6,
             "{w:?}"
         );
-        opt.step(&mut store, &grads);
+        opt.step(&mut store, &grads).unwrap();
         // buf = 0.9·0.51 + (0.5 + 0.01·0.949) = 0.96849
         assert!((store.params[0].data()[0] - (0.949 - 0.096849)).abs() < 1e-6);
     }

@@ -1,4 +1,4 @@
-//! `Tensor`: a shape and f32 storage on a device.
+//! `Tensor`: a shape and f32 storage, on the host or on a GPU (`device::gpu::alloc`).
 //!
 //! Activations of convolutional layers on the CPU are laid out **[C, H, W, N]**, the batch
 //! innermost ("CHWN"): a convolution is one GEMM `W[Cout, Cin·k·k] · col[Cin·k·k, OH·OW·N]` whose
@@ -6,37 +6,56 @@
 //! every tap of a sparse convolution reads whole rows of N values (`sparse::conv`). Loader
 //! batches are [C, N, H, W] (the CUDA engine's layout); the model turns them around once.
 //! Feature vectors (after global pooling) are [F, N]; logits are [N, K].
+//!
+//! On a GPU the ops keep the kernels' layout instead: activations [C, N, H, W] as loaded,
+//! features [F, N], logits class-major [K, N] (what the fused loss kernel reads).
 
-use crate::device::Device;
 // The buffer pool and the layout transposes live with the CPU kernels; re-exported here, where
 // the tensor API's users look for them.
 pub use crate::device::cpu::buffers::{overwritten, pooled, Pooled};
 pub use crate::device::cpu::transpose::{swap01, transpose_inner};
+use crate::device::gpu::alloc::{DeviceBuf, GpuDevice};
+use crate::device::gpu::kernels::elementwise;
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Vec<f32>,
-    device: Device,
+    storage: Storage,
+}
+
+/// Where a tensor's values are.
+#[derive(Clone, Debug)]
+enum Storage {
+    Host(Vec<f32>),
+    /// On a GPU (or the emulator); shared by clones and reshapes, copied before a write
+    /// (`add_assign`).
+    Device(Arc<DeviceBuf>),
+}
+
+impl PartialEq for Tensor {
+    /// Host tensors compare by value; device tensors are equal when they share storage.
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape
+            && match (&self.storage, &other.storage) {
+                (Storage::Host(a), Storage::Host(b)) => a == b,
+                (Storage::Device(a), Storage::Device(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 impl Tensor {
     pub fn zeros(shape: &[usize]) -> Self {
-        let n = shape.iter().product();
-        Self {
-            shape: shape.to_vec(),
-            data: vec![0.0; n],
-            device: Device::Cpu,
-        }
+        Self::full(shape, 0.0)
     }
 
     pub fn full(shape: &[usize], value: f32) -> Self {
         let n = shape.iter().product();
         Self {
             shape: shape.to_vec(),
-            data: vec![value; n],
-            device: Device::Cpu,
+            storage: Storage::Host(vec![value; n]),
         }
     }
 
@@ -48,38 +67,82 @@ impl Tensor {
         }
         Ok(Self {
             shape: shape.to_vec(),
-            data,
-            device: Device::Cpu,
+            storage: Storage::Host(data),
         })
+    }
+
+    /// Wraps device storage; fails if its length does not match the shape.
+    pub fn from_device(shape: &[usize], data: DeviceBuf) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            bail!("shape {:?} needs {} values, got {}", shape, n, data.len());
+        }
+        Ok(Self {
+            shape: shape.to_vec(),
+            storage: Storage::Device(Arc::new(data)),
+        })
+    }
+
+    /// A copy of this (host) tensor on `device`; a device tensor is shared as it is.
+    pub fn to_device(&self, device: &Arc<GpuDevice>) -> Result<Tensor> {
+        match &self.storage {
+            Storage::Host(v) => Tensor::from_device(&self.shape, DeviceBuf::upload(device, v)?),
+            Storage::Device(_) => Ok(self.clone()),
+        }
+    }
+
+    /// This tensor with its values on the host (a copy from the device, or itself).
+    pub fn to_host(&self) -> Result<Tensor> {
+        match &self.storage {
+            Storage::Host(_) => Ok(self.clone()),
+            Storage::Device(d) => Tensor::from_vec(&self.shape, d.to_host()?),
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
     pub fn numel(&self) -> usize {
-        self.data.len()
+        self.shape.iter().product()
     }
-    pub fn device(&self) -> Device {
-        self.device
+
+    /// The device storage, None for a host tensor.
+    pub fn on_device(&self) -> Option<&DeviceBuf> {
+        match &self.storage {
+            Storage::Device(d) => Some(d),
+            Storage::Host(_) => None,
+        }
     }
+
+    /// The values of a host tensor. A device tensor has none here: the ops that may see one
+    /// check `on_device` first, so reaching this with one is a bug in the engine.
     pub fn data(&self) -> &[f32] {
-        &self.data
+        match &self.storage {
+            Storage::Host(v) => v,
+            Storage::Device(_) => panic!("data() of a device tensor: copy it with to_host()"),
+        }
     }
     pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
+        match &mut self.storage {
+            Storage::Host(v) => v,
+            Storage::Device(_) => panic!("data_mut() of a device tensor"),
+        }
     }
     pub fn into_vec(mut self) -> Vec<f32> {
-        std::mem::take(&mut self.data)
+        match &mut self.storage {
+            Storage::Host(v) => std::mem::take(v),
+            Storage::Device(_) => panic!("into_vec() of a device tensor: copy it with to_host()"),
+        }
     }
 
     /// Same data, new shape of equal size.
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
         let n: usize = shape.iter().product();
-        if n != self.data.len() {
+        if n != self.numel() {
             bail!(
                 "cannot reshape {:?} ({} values) to {:?}",
                 self.shape,
-                self.data.len(),
+                self.numel(),
                 shape
             );
         }
@@ -87,20 +150,47 @@ impl Tensor {
         Ok(self)
     }
 
-    /// Element-wise `self += other` (shapes must match).
-    pub fn add_assign(&mut self, other: &Tensor) {
-        assert_eq!(self.shape, other.shape, "add_assign shape mismatch");
-        for (a, b) in self.data.iter_mut().zip(&other.data) {
-            *a += *b;
+    /// Element-wise `self += other` (shapes must match, and both on the same side: a gradient
+    /// sum). On a device, in place when this tensor's storage is not shared, else into a new
+    /// buffer.
+    pub fn add_assign(&mut self, other: &Tensor) -> Result<()> {
+        if self.shape != other.shape {
+            bail!(
+                "add_assign: shapes {:?} and {:?} differ",
+                self.shape,
+                other.shape
+            );
         }
+        match (&mut self.storage, &other.storage) {
+            (Storage::Host(a), Storage::Host(b)) => {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += *b;
+                }
+            }
+            (Storage::Device(a), Storage::Device(b)) => {
+                let n = a.len();
+                if let Some(own) = Arc::get_mut(a) {
+                    elementwise::acc(b.gpu(), own.buf(), b.buf(), n)?;
+                } else {
+                    let sum = DeviceBuf::zeros(a.device(), n)?;
+                    elementwise::add(a.gpu(), a.buf(), b.buf(), sum.buf(), n)?;
+                    *a = Arc::new(sum);
+                }
+            }
+            _ => bail!("add_assign of a host and a device tensor"),
+        }
+        Ok(())
     }
 }
 
 impl Drop for Tensor {
-    /// Large storage goes back to this thread's pool, so the next step's buffers of the same
-    /// sizes (`overwritten`, `pooled`) are reused memory instead of zero-filled fresh pages.
+    /// Large host storage goes back to this thread's pool, so the next step's buffers of the same
+    /// sizes (`overwritten`, `pooled`) are reused memory instead of zero-filled fresh pages
+    /// (device storage goes back to its device's cache when its last user drops it).
     fn drop(&mut self) {
-        crate::device::cpu::buffers::give_back(std::mem::take(&mut self.data));
+        if let Storage::Host(v) = &mut self.storage {
+            crate::device::cpu::buffers::give_back(std::mem::take(v));
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use rest::optim::Sgd;
 use rest::rng::Rng;
 use rest::sparse::schedule::DecaySchedule;
 use rest::tensor::Tensor;
-use rest::train::cpu_step;
+use rest::train::train_step;
 
 /// FNV-1a over the bits of every f32, and the positions of sparse layers.
 fn fingerprint(model: &Model, opt: &Sgd) -> u64 {
@@ -79,7 +79,7 @@ fn run(arch: Arch, width: usize, size: usize, sparse: Option<ComputePath>) -> u6
         let x = Tensor::from_vec(&[3, n, size, size], x).unwrap();
         let update = state.is_some() && step == 1;
         let (_, grads) =
-            cpu_step(&mut model, &mut opt, x, &labels, &weights, None, update).unwrap();
+            train_step(&mut model, &mut opt, x, &labels, &weights, None, update).unwrap();
         if update {
             let s = state.as_mut().unwrap();
             s.update(&mut model, &mut opt, &grads, 1, 100, &mut Rng::new(3))

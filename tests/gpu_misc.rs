@@ -272,7 +272,7 @@ fn sgd_twin_is_the_engine_step() {
     };
     let (mut w, mut m) = (w0, vec![0.0; 50]);
     for _ in 0..3 {
-        opt.step(&mut store, &grads);
+        opt.step(&mut store, &grads).unwrap();
         twin::optim::optim_sgd_f32(&p, &mut w, &grads.g[0], &mut m);
     }
     assert_exact("engine vs twin", &w, store.params[0].data());

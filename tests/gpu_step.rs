@@ -1,5 +1,5 @@
-//! A whole training step on the CUDA backend (run by the emulator, `Gpu::Emu`) against the CPU
-//! step (`train::cpu_step`): the CMNIST CNN and a narrow ResNet-18, dense and sparse (density 0.1;
+//! A whole training step with the model on the CUDA backend (run by the emulator, `Gpu::Emu`)
+//! against the same step on the CPU (`train::train_step` on the tape, both): the CMNIST CNN and a narrow ResNet-18, dense and sparse (density 0.1;
 //! the CPU side with both compute paths), and a topology-update step. Also `rest train --device
 //! emu` end to end.
 //!
@@ -18,7 +18,7 @@
 //!
 //! Emulated time per step is printed (`--nocapture`) — see the report in the test output.
 
-use rest::device::gpu::model::GpuModel;
+use rest::device::gpu::alloc::GpuDevice;
 use rest::device::gpu::Gpu;
 use rest::dst::{self, PathChoice, SparseConfig, SparseState};
 use rest::nn::param::{ComputePath, Values};
@@ -27,7 +27,7 @@ use rest::optim::Sgd;
 use rest::rng::Rng;
 use rest::sparse::schedule::{death_rate, DecaySchedule};
 use rest::tensor::Tensor;
-use rest::train::cpu_step;
+use rest::train::train_step;
 use std::time::Instant;
 
 mod common;
@@ -197,20 +197,21 @@ fn check(arch: Arch, width: usize, n: usize, size: usize, sparse: Option<Compute
     });
     let mut opt = Sgd::new(&model.params, LR, MOMENTUM, WD);
     let steps = if sparse.is_some() { 2 } else { 1 };
-    let mut gm = GpuModel::upload(Gpu::emu(), &model, &opt).unwrap();
+    let dev = GpuDevice::new(Gpu::emu());
     for step in 0..steps {
         let update = step == 1;
         // Each step starts from the CPU's state, so it is compared alone (differences of one
         // step would otherwise grow through the next). That the device state carries over from
         // step to step is what the download comparison after each step checks.
         let t = Instant::now();
-        gm = GpuModel::upload(Gpu::emu(), &model, &opt).unwrap();
+        let (mut gmodel, mut gopt, mut gstate) = (model.clone(), opt.clone(), state.clone());
+        gmodel.to_device(&dev, &gopt.buffers).unwrap();
         let upload = t.elapsed();
         let (x, labels, weights) = batch(n, size, 100 + step as u64);
         // Two groups, as aligned (0) / conflicting (1).
         let groups: Vec<u32> = (0..n as u32).map(|i| (i % 3 == 1) as u32).collect();
         let (before, opt_before) = (model.clone(), opt.clone());
-        let (stats, grads) = cpu_step(
+        let (stats, grads) = train_step(
             &mut model,
             &mut opt,
             x.clone(),
@@ -221,17 +222,16 @@ fn check(arch: Arch, width: usize, n: usize, size: usize, sparse: Option<Compute
         )
         .unwrap();
         let t = Instant::now();
-        let gs = gm
-            .train_step(
-                x.data(),
-                (n, size, size),
-                &labels,
-                &weights,
-                Some(&groups),
-                LR,
-                update,
-            )
-            .unwrap();
+        let (gs, ggrads) = train_step(
+            &mut gmodel,
+            &mut gopt,
+            x.clone(),
+            &labels,
+            &weights,
+            Some(&groups),
+            update,
+        )
+        .unwrap();
         let step_time = t.elapsed();
         close_scalar(gs.loss, stats.loss, 1e-4, &format!("{what}: loss"));
         for (a, b) in gs.losses.iter().zip(&stats.losses) {
@@ -255,12 +255,16 @@ fn check(arch: Arch, width: usize, n: usize, size: usize, sparse: Option<Compute
                 death_rate(DEATH, 0.005, 1, 100, DecaySchedule::Constant)
             );
             let t = Instant::now();
-            let us = gm.topology_update(rate).unwrap();
+            let (us, grate) = gstate
+                .as_mut()
+                .unwrap()
+                .update(&mut gmodel, &mut gopt, &ggrads, 1, 100, &mut Rng::new(0))
+                .unwrap();
             t_update = Some(t.elapsed());
+            assert_eq!(grate, rate);
             assert_eq!(us, cs, "{what}: pruned/grown counts");
         }
-        let (mut gmodel, mut gopt) = (before.clone(), opt_before.clone());
-        gm.download(&mut gmodel, &mut gopt).unwrap();
+        gmodel.download(&mut gopt.buffers).unwrap();
         compare_models(
             &format!("{what} step {step}"),
             &before,
@@ -272,25 +276,45 @@ fn check(arch: Arch, width: usize, n: usize, size: usize, sparse: Option<Compute
             update,
         );
         eprintln!(
-            "{what}: batch {n} {size}x{size}, step {step}: emulated train_step {:.2}s{}, upload {:.3}s",
+            "{what}: batch {n} {size}x{size}, step {step}: emulated step {:.2}s{}, upload {:.3}s",
             step_time.as_secs_f64(),
-            t_update.map_or(String::new(), |t| format!(", topology update {:.2}s", t.as_secs_f64())),
+            t_update.map_or(String::new(), |t| format!(
+                ", topology update {:.2}s",
+                t.as_secs_f64()
+            )),
             upload.as_secs_f64()
         );
     }
     // Evaluation logits (batch norm in evaluation mode) against the CPU forward.
     let (x, _, _) = batch(n, size, 999);
-    let lg = gm.logits(x.data(), (n, size, size)).unwrap();
-    let mut tape = rest::autograd::Tape::no_grad();
-    let xv = tape.input(x);
-    let (mut gmodel, mut gopt) = (model.clone(), opt.clone());
-    gm.download(&mut gmodel, &mut gopt).unwrap();
-    let lc = gmodel.forward(&mut tape, xv, false).unwrap();
-    let lc = tape.value(lc).data().to_vec();
+    let mut gmodel = model.clone();
+    gmodel.to_device(&dev, &opt.buffers).unwrap();
+    let lg = gmodel.logits(x.clone()).unwrap();
+    let lc = model.logits(x).unwrap();
     assert_eq!(lg.len(), lc.len());
     for (a, b) in lg.iter().zip(&lc) {
         close_scalar(*a, *b, 1e-4, &format!("{what}: evaluation logits"));
     }
+    // A second step at the same shapes allocates nothing new on the device.
+    let (x, labels, weights) = batch(n, size, 7);
+    let mut gopt = opt.clone();
+    train_step(
+        &mut gmodel,
+        &mut gopt,
+        x.clone(),
+        &labels,
+        &weights,
+        None,
+        false,
+    )
+    .unwrap();
+    let fresh = dev.fresh_allocations();
+    train_step(&mut gmodel, &mut gopt, x, &labels, &weights, None, false).unwrap();
+    assert_eq!(
+        dev.fresh_allocations(),
+        fresh,
+        "{what}: a repeated step allocated new device buffers"
+    );
 }
 
 #[test]
@@ -323,8 +347,11 @@ fn topology_update_needs_an_update_step() {
     let mut model = Model::new(&model_cfg(Arch::Cnn, 4), 3).unwrap();
     dst::sparsify(&mut model, &sparse_cfg(0.1), 5).unwrap();
     let opt = Sgd::new(&model.params, LR, MOMENTUM, WD);
-    let mut gm = GpuModel::upload(Gpu::emu(), &model, &opt).unwrap();
-    let err = gm.topology_update(0.3).unwrap_err().to_string();
+    model
+        .to_device(&GpuDevice::new(Gpu::emu()), &opt.buffers)
+        .unwrap();
+    let dp = model.params.device.as_mut().unwrap();
+    let err = dp.topology_update(0.3).unwrap_err().to_string();
     assert!(err.contains("dense gradients"), "{err}");
 }
 

@@ -39,7 +39,7 @@ fn loss(model: &mut Model, p: &Problem) -> f64 {
     let mut tape = Tape::new();
     let x = tape.input(p.images.clone());
     let logits = model.forward(&mut tape, x, true).unwrap();
-    let (l, _) = ops::cross_entropy(&mut tape, logits, &p.labels, &p.weights).unwrap();
+    let (l, _) = ops::cross_entropy(&mut tape, logits, &p.labels, &p.weights, None).unwrap();
     tape.value(l).data()[0] as f64
 }
 
@@ -47,9 +47,10 @@ fn check(model: &mut Model, p: &Problem, seed: u64) {
     let mut tape = Tape::new();
     let x = tape.input(p.images.clone());
     let logits = model.forward(&mut tape, x, true).unwrap();
-    let (l, _) = ops::cross_entropy(&mut tape, logits, &p.labels, &p.weights).unwrap();
+    let (l, _) = ops::cross_entropy(&mut tape, logits, &p.labels, &p.weights, None).unwrap();
     let mut grads = Grads::zeros(&model.params, false);
-    tape.backward(l, Tensor::full(&[1], 1.0), &model.params, &mut grads);
+    tape.backward(l, Tensor::full(&[1], 1.0), &model.params, &mut grads)
+        .unwrap();
     let mut r = Rng::new(seed);
     let eps: f32 = std::env::var("FD_EPS")
         .ok()

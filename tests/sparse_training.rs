@@ -36,10 +36,11 @@ fn step(model: &mut Model, x: &Tensor, labels: &[u32], dense: bool) -> (Vec<f32>
     let xv = tape.input(x.clone());
     let logits = model.forward(&mut tape, xv, true).unwrap();
     let weights: Vec<f32> = (0..labels.len()).map(|i| 1.0 + (i % 2) as f32).collect();
-    let (l, _) = ops::cross_entropy(&mut tape, logits, labels, &weights).unwrap();
+    let (l, _) = ops::cross_entropy(&mut tape, logits, labels, &weights, None).unwrap();
     let out = tape.value(logits).data().to_vec();
     let mut g = Grads::zeros(&model.params, dense);
-    tape.backward(l, Tensor::full(&[1], 1.0), &model.params, &mut g);
+    tape.backward(l, Tensor::full(&[1], 1.0), &model.params, &mut g)
+        .unwrap();
     (out, g)
 }
 
@@ -153,7 +154,7 @@ fn layer_counts_stay_exact_through_updates() {
         )
         .unwrap();
         let (_, g) = step(&mut model, &x, &[1, 2, 3, 4], true);
-        opt.step(&mut model.params, &g);
+        opt.step(&mut model.params, &g).unwrap();
         let (stats, _) = state
             .update(&mut model, &mut opt, &g, step_i, 10, &mut rng)
             .unwrap();

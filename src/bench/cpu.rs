@@ -151,10 +151,10 @@ fn train_step_on(
     let _awake = crate::device::cpu::KeepAwake::new();
     let xv = tape.input_shared(Rc::clone(x));
     let logits = model.forward(&mut tape, xv, true)?;
-    let (loss, _) = ops::cross_entropy(&mut tape, logits, labels, weights)?;
+    let (loss, _) = ops::cross_entropy(&mut tape, logits, labels, weights, None)?;
     let mut grads = Grads::zeros(&model.params, dense_grads);
-    tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads);
-    opt.step(&mut model.params, &grads);
+    tape.backward(loss, Tensor::full(&[1], 1.0), &model.params, &mut grads)?;
+    opt.step(&mut model.params, &grads)?;
     Ok((grads, tape.op_times()))
 }
 

@@ -4,7 +4,6 @@
 use super::device::choose_device;
 use super::source::{load_splits, synthetic_train_of, DataSource};
 use crate::checkpoint::Checkpoint;
-use crate::device::Device;
 use crate::metrics::{evaluate, GroupMetrics};
 use crate::nn::Model;
 use anyhow::{ensure, Context, Result};
@@ -76,22 +75,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     );
     let mut table = String::from("| split | samples | accuracy | aligned | conflicting | worst group | label × bias worst |\n|---|---|---|---|---|---|---|\n");
     // On a GPU device the model runs there (the optimiser state is not needed: zeros).
-    let mut gm = match dev {
-        Device::Cpu => None,
-        Device::Emu => Some(crate::device::gpu::Gpu::emu()),
-        Device::Cuda(i) => Some(crate::device::gpu::Gpu::cuda(i)?),
+    if let Some(d) = dev.open()? {
+        let momentum: Vec<Vec<f32>> = model
+            .params
+            .params
+            .iter()
+            .map(|p| vec![0.0; p.len()])
+            .collect();
+        model.to_device(&d, &momentum)?;
     }
-    .map(|gpu| {
-        let opt = crate::optim::Sgd::new(&model.params, 1.0, 0.0, 0.0);
-        crate::device::gpu::model::GpuModel::upload(gpu, &model, &opt)
-    })
-    .transpose()?;
     for (name, ds) in [("valid", &splits.valid), ("test", &splits.test)] {
         let spin = crate::progress::spinner(&format!("evaluating on {name} ({} images)", ds.len()));
-        let m = match &mut gm {
-            Some(gm) => crate::train::evaluate_gpu(gm, ds, args.batch_size)?.0,
-            None => evaluate(&mut model, ds, args.batch_size)?.0,
-        };
+        let m = evaluate(&mut model, ds, args.batch_size)?.0;
         spin.finish_and_clear();
         table += &metrics_row(name, &m);
     }

@@ -28,6 +28,18 @@ impl fmt::Display for Device {
     }
 }
 
+impl Device {
+    /// The GPU backend this device names, started (None for the CPU): the one place where a
+    /// `Device` becomes a `Gpu`.
+    pub fn open(self) -> Result<Option<std::sync::Arc<gpu::alloc::GpuDevice>>> {
+        Ok(match self {
+            Device::Cpu => None,
+            Device::Emu => Some(gpu::alloc::GpuDevice::new(gpu::Gpu::emu())),
+            Device::Cuda(i) => Some(gpu::alloc::GpuDevice::new(gpu::Gpu::cuda(i)?)),
+        })
+    }
+}
+
 /// What the user asked for with `--device`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceRequest {

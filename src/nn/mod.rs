@@ -1,6 +1,7 @@
 //! Layers on the tape and the paper's models.
 
 pub mod models;
+pub mod on_device;
 pub mod ops;
 pub mod param;
 

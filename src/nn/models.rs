@@ -2,10 +2,14 @@
 //! width parameter (the ImageNet-style stem of the reference's `resnet18vw`).
 
 use crate::autograd::{Tape, Var};
+use crate::device::gpu::alloc::GpuDevice;
+use crate::nn::on_device::DeviceParams;
 use crate::nn::ops::{self, BnStats};
 use crate::nn::param::{ParamId, ParamKind, ParamStore};
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
+use std::sync::Arc;
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
@@ -216,7 +220,7 @@ impl Builder {
             ParamKind::BnBeta,
             vec![0.0; c],
         );
-        self.bn.push(BnStats::new(c));
+        self.bn.push(BnStats::new(c, self.bn.len()));
         BnLayer {
             gamma,
             beta,
@@ -380,12 +384,41 @@ impl Model {
                         None => h,
                     };
                     let sum = ops::add(tape, y, s)?;
-                    h = ops::relu(tape, sum);
+                    h = ops::relu(tape, sum)?;
                 }
             }
         }
         let feats = ops::global_avgpool(tape, h)?;
         ops::linear(tape, params, feats, fc.0, Some(fc.1))
+    }
+
+    /// Logits [N, K] on the host for images [C, N, H, W], batch norm in evaluation mode, on the
+    /// device the parameters are on.
+    pub fn logits(&mut self, images: Tensor) -> Result<Vec<f32>> {
+        let device = self.params.device.as_ref().map(|d| Arc::clone(d.device()));
+        let mut tape = Tape::no_grad().on(device);
+        let x = tape.upload(images)?;
+        let v = self.forward(&mut tape, x, false)?;
+        ops::logits_rows(&tape, v)
+    }
+
+    /// Moves the trainable state to `device` (with `momentum`, the optimiser's buffers): from
+    /// now on the ops run there and the host copy is stale until `download`.
+    pub fn to_device(&mut self, device: &Arc<GpuDevice>, momentum: &[Vec<f32>]) -> Result<()> {
+        let d = DeviceParams::upload(device, &self.params, momentum, &self.bn)?;
+        self.params.device = Some(Box::new(d));
+        Ok(())
+    }
+
+    /// Brings the host copy (and `momentum`) up to date with the device's; nothing to do for a
+    /// model on the host.
+    pub fn download(&mut self, momentum: &mut [Vec<f32>]) -> Result<()> {
+        if let Some(d) = self.params.device.take() {
+            let done = d.download(&mut self.params, momentum, &mut self.bn);
+            self.params.device = Some(d);
+            done?;
+        }
+        Ok(())
     }
 
     /// Every masked weight with its output size for an input of `h`×`w` pixels.

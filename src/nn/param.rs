@@ -1,5 +1,6 @@
 //! Parameters: values (dense, or only the active weights of a sparse layer), their gradients.
 
+use crate::nn::on_device::DeviceParams;
 use crate::sparse::csr::SparseWeight;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -85,10 +86,30 @@ impl Param {
     }
 }
 
-/// Every parameter of a model, in a fixed order.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Every parameter of a model, in a fixed order, and, while the model trains on a GPU, their
+/// device copies (`nn::on_device`; the host values are then stale until downloaded).
+#[derive(Debug, Default)]
 pub struct ParamStore {
     pub params: Vec<Param>,
+    pub device: Option<Box<DeviceParams>>,
+}
+
+impl Clone for ParamStore {
+    /// A host copy: the device copy stays with the original (download it first to clone a model
+    /// that trains on a device).
+    fn clone(&self) -> Self {
+        Self {
+            params: self.params.clone(),
+            device: None,
+        }
+    }
+}
+
+impl PartialEq for ParamStore {
+    /// Compares the host values.
+    fn eq(&self, other: &Self) -> bool {
+        self.params == other.params
+    }
 }
 
 impl ParamStore {
@@ -138,6 +159,19 @@ pub struct Grads {
 }
 
 impl Grads {
+    /// The host gradients of one step; for a store on a device, where the gradients live in
+    /// device buffers, empty ones that only carry `dense_for_sparse`.
+    pub fn for_step(store: &ParamStore, dense_for_sparse: bool) -> Self {
+        if store.device.is_none() {
+            return Self::zeros(store, dense_for_sparse);
+        }
+        Self {
+            g: store.params.iter().map(|_| Vec::new()).collect(),
+            dense: store.params.iter().map(|_| None).collect(),
+            dense_for_sparse,
+        }
+    }
+
     pub fn zeros(store: &ParamStore, dense_for_sparse: bool) -> Self {
         Self {
             g: store.params.iter().map(|p| vec![0.0; p.len()]).collect(),

@@ -8,7 +8,7 @@ use super::config::{Reweight, ReweightMode, RunOptions};
 use super::report::{
     arch_name, keep_epochs_before, progress_bar, selection_score, EpochRecord, Summary,
 };
-use super::step::cpu_step;
+use super::step::train_step;
 use super::Trainer;
 use crate::checkpoint;
 use crate::data::loader::{batches, LoaderConfig};
@@ -17,8 +17,6 @@ use crate::dst::{self, PathChoice};
 use crate::flops::FlopsReport;
 use crate::metrics::GroupMetrics;
 use crate::rng::Rng;
-use crate::sparse::schedule::death_rate;
-use crate::sparse::topology::UpdateStats;
 use anyhow::{bail, ensure, Context, Result};
 use std::fs::File;
 use std::io::Write;
@@ -202,6 +200,7 @@ impl Trainer<'_> {
         opts: &RunOptions,
         t0: Instant,
     ) -> Result<EpochPass> {
+        self.to_device()?;
         let epoch = self.progress.epoch;
         let (loader, sample_weights, weighted_loss, total_steps) = (
             &plan.loader,
@@ -239,52 +238,30 @@ impl Trainer<'_> {
                 .as_ref()
                 .is_some_and(|s| s.is_update_step(self.progress.step, total_steps));
             let step = self.progress.step;
-            let (stats, update_report) = if self.device == Device::Cpu {
-                let (stats, grads) = cpu_step(
+            let (stats, grads) = train_step(
+                &mut self.model,
+                &mut self.opt,
+                batch.images,
+                &batch.labels,
+                &weights,
+                Some(&groups),
+                update,
+            )?;
+            let update_report = if update {
+                let s = self
+                    .sparse
+                    .as_mut()
+                    .expect("update step without sparse state");
+                Some(s.update(
                     &mut self.model,
                     &mut self.opt,
-                    batch.images,
-                    &batch.labels,
-                    &weights,
-                    Some(&groups),
-                    update,
-                )?;
-                let report = if update {
-                    let s = self
-                        .sparse
-                        .as_mut()
-                        .expect("update step without sparse state");
-                    Some(s.update(
-                        &mut self.model,
-                        &mut self.opt,
-                        &grads,
-                        step,
-                        total_steps,
-                        rng,
-                    )?)
-                } else {
-                    None
-                };
-                (stats, report)
+                    &grads,
+                    step,
+                    total_steps,
+                    rng,
+                )?)
             } else {
-                let lr = self.opt.lr;
-                let shape = batch.images.shape().to_vec();
-                let gm = self.gpu_model()?.expect("a GPU device has a GPU model");
-                let stats = gm.train_step(
-                    batch.images.data(),
-                    (shape[1], shape[2], shape[3]),
-                    &batch.labels,
-                    &weights,
-                    Some(&groups),
-                    lr,
-                    update,
-                )?;
-                let report = if update {
-                    Some(self.gpu_topology_update(step, total_steps)?)
-                } else {
-                    None
-                };
-                (stats, report)
+                None
             };
             correct += stats.correct;
             for (acc, &(_, c, k)) in by_group.iter_mut().zip(&stats.groups) {
@@ -332,9 +309,7 @@ impl Trainer<'_> {
         // On a GPU device the host model is refreshed once per epoch, here: evaluation runs
         // on the GPU model, while checkpoints, density, in-time statistics and the FLOPs
         // report read the host copy (weights, momentum, BN statistics, sparse structure).
-        if let Some(gm) = &self.gpu {
-            gm.download(&mut self.model, &mut self.opt)?;
-        }
+        self.sync_host()?;
         let (valid, _) = self.evaluate_here(&self.splits.valid)?;
         // A finite training loss can still come with overflowing logits on held-out data;
         // such a run's accuracies mean nothing, and its summary could not hold the loss.
@@ -483,27 +458,5 @@ impl Trainer<'_> {
             eprint!("{}", flops.render());
         }
         Ok(summary)
-    }
-
-    /// The topology update of a GPU step: prune and regrow on the device with this step's dense
-    /// gradients (`SparseState::update`'s rule and death rate), then the new positions come back
-    /// to the host (small) so the in-time statistics stay exact.
-    fn gpu_topology_update(&mut self, step: u64, total: u64) -> Result<(UpdateStats, f64)> {
-        let s = self
-            .sparse
-            .as_ref()
-            .expect("update step without sparse state");
-        let c = &s.config;
-        let rate = death_rate(c.death_rate, c.death_rate_end, step, total, c.decay);
-        let gm = self.gpu.as_mut().expect("GPU step without a GPU model");
-        let stats = gm.topology_update(rate)?;
-        let ids = self.model.params.weight_ids();
-        let s = self.sparse.as_mut().expect("checked above");
-        for (li, id) in ids.into_iter().enumerate() {
-            if let Some(f) = &mut s.fired[li] {
-                f.record_positions(&gm.positions(id.0)?);
-            }
-        }
-        Ok((stats, rate))
     }
 }

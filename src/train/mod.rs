@@ -14,12 +14,10 @@ pub use config::{
     check_memory, ensure_gpu_topology, Progress, Reweight, ReweightMode, RunOptions, TrainConfig,
 };
 pub use report::{render_summary, selection_score, EpochRecord, Summary};
-pub use step::{cpu_step, StepStats};
+pub use step::{train_step, StepStats};
 
 use crate::checkpoint::{self, Checkpoint, InputSpec, RunState};
 use crate::data::{Dataset, Splits};
-use crate::device::gpu::model::GpuModel;
-use crate::device::gpu::Gpu;
 use crate::device::Device;
 use crate::dst::{self, PathChoice, SparseState};
 use crate::metrics::{evaluate, GroupMetrics};
@@ -38,23 +36,9 @@ pub struct Trainer<'a> {
     pub sparse: Option<SparseState>,
     pub progress: Progress,
     /// The backend the training steps run on (`Device::Cpu` unless set, e.g. by `on_device`).
+    /// On a GPU the model's trainable state moves there at the first step; `model` and `opt`
+    /// hold the host copies, brought up to date at the end of every epoch (`sync_host`).
     pub device: Device,
-    /// The model on the GPU (or emulator) while `device` is one; `model` and `opt` are the host
-    /// copies, brought up to date at the end of every epoch.
-    gpu: Option<GpuModel>,
-}
-
-/// Group metrics of a dataset evaluated on the GPU model (batch norm in evaluation mode), as
-/// `metrics::evaluate` does on the host: per-sample losses from the logits with unit weights.
-pub fn evaluate_gpu(
-    gm: &mut GpuModel,
-    ds: &Dataset,
-    batch_size: usize,
-) -> Result<(GroupMetrics, Vec<bool>)> {
-    crate::metrics::evaluate_with(ds, batch_size, |images| {
-        let s = images.shape().to_vec();
-        gm.logits(images.data(), (s[1], s[2], s[3]))
-    })
 }
 
 fn model_for(config: &TrainConfig, splits: &Splits) -> Result<ModelConfig> {
@@ -148,39 +132,39 @@ impl<'a> Trainer<'a> {
             sparse,
             progress,
             device,
-            gpu: None,
         })
     }
 
     /// Runs the training steps on `device` (`Cpu`, `Emu` or `Cuda`).
     pub fn on_device(mut self, device: Device) -> Self {
         self.device = device;
-        self.gpu = None;
         self
     }
 
-    /// The GPU model, uploaded from the host model on first use.
-    fn gpu_model(&mut self) -> Result<Option<&mut GpuModel>> {
-        if self.gpu.is_none() {
-            let gpu = match self.device {
-                Device::Cpu => return Ok(None),
-                Device::Emu => Gpu::emu(),
-                Device::Cuda(i) => Gpu::cuda(i)?,
-            };
+    /// Moves the model's trainable state to the training device, if it is a GPU and the state is
+    /// not there yet.
+    fn to_device(&mut self) -> Result<()> {
+        if self.model.params.device.is_some() {
+            return Ok(());
+        }
+        if let Some(dev) = self.device.open()? {
             if let Some(s) = &self.sparse {
                 ensure_gpu_topology(&s.config)?;
             }
-            self.gpu = Some(GpuModel::upload(gpu, &self.model, &self.opt)?);
+            self.model.to_device(&dev, &self.opt.buffers)?;
         }
-        Ok(self.gpu.as_mut())
+        Ok(())
+    }
+
+    /// Brings the host copies of the model and the optimiser up to date with the device's.
+    fn sync_host(&mut self) -> Result<()> {
+        self.model.download(&mut self.opt.buffers)
     }
 
     /// Evaluates on `ds` on the training device.
     fn evaluate_here(&mut self, ds: &Dataset) -> Result<(GroupMetrics, Vec<bool>)> {
-        match self.gpu_model()? {
-            Some(gm) => evaluate_gpu(gm, ds, 512),
-            None => evaluate(&mut self.model, ds, 512),
-        }
+        self.to_device()?;
+        evaluate(&mut self.model, ds, 512)
     }
 
     /// Continues the run saved in `dir` (its config is taken from the checkpoint).

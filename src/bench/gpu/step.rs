@@ -2,12 +2,14 @@
 
 use super::timing::{median, Plan};
 use crate::cli::device::gpu_for;
-use crate::device::gpu::model::GpuModel;
+use crate::device::gpu::alloc::GpuDevice;
 use crate::device::gpu::Gpu;
 use crate::dst::{self, SparseConfig};
 use crate::nn::{Model, ModelConfig};
 use crate::optim::Sgd;
 use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::train_step;
 use anyhow::{ensure, Result};
 use std::time::Instant;
 
@@ -27,11 +29,11 @@ pub struct StepRow {
     pub launches: u64,
 }
 
-/// Training steps through `GpuModel` (each model on its own `Gpu` of the same device: the model
-/// owns it; compiled kernel files are shared across them).
+/// Training steps on the tape, the model on the device (each model on its own `Gpu` of the same
+/// device; compiled kernel files are shared across them).
 pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<Vec<StepRow>> {
     println!(
-        "\n== training step through GpuModel (forward, reweighted cross-entropy, backward, SGD) =="
+        "\n== training step on the device (forward, reweighted cross-entropy, backward, SGD) =="
     );
     println!(
         "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9} {:>10} {:>8} {:>8}",
@@ -51,13 +53,13 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
             if density < 1.0 {
                 dst::sparsify(&mut model, &SparseConfig::reference(density), seed)?;
             }
-            let opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
-            let dev = if gpu.is_emu() {
+            let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
+            let dev = GpuDevice::new(if gpu.is_emu() {
                 Gpu::emu()
             } else {
                 gpu_for(spec, "rest bench gpu")?.0
-            };
-            let mut gm = GpuModel::upload(dev, &model, &opt)?;
+            });
+            model.to_device(&dev, &opt.buffers)?;
             let mut rng = Rng::new(seed);
             let images: Vec<f32> = (0..3 * batch * image * image)
                 .map(|_| rng.normal())
@@ -67,23 +69,24 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
                 .map(|i| if i % 20 == 0 { 80.0 } else { 1.0 })
                 .collect();
             let groups: Vec<u32> = (0..batch).map(|i| (i % 20 == 0) as u32).collect();
-            let launches0 = gm.gpu().launches();
-            // `train_step` reads the losses back, so every step ends synchronised.
+            let launches0 = dev.gpu().launches();
+            // The step reads the losses back, so every step ends synchronised.
             let mut step = || -> Result<()> {
-                gm.train_step(
-                    &images,
-                    (batch, image, image),
+                let x = Tensor::from_vec(&[3, batch, image, image], images.clone())?;
+                train_step(
+                    &mut model,
+                    &mut opt,
+                    x,
                     &labels,
                     &weights,
                     Some(&groups),
-                    0.01,
                     false,
                 )
                 .map(|_| ())
             };
             let secs = time_steps(plan.reps, &mut step)?;
             // Every step is alike (no topology update): the warm-up and the timed ones.
-            let launches = (gm.gpu().launches() - launches0) / (plan.reps.max(1) as u64 + 1);
+            let launches = (dev.gpu().launches() - launches0) / (plan.reps.max(1) as u64 + 1);
             let ips = batch as f64 / secs;
             let base = *dense_ips.get_or_insert(ips);
             println!(

@@ -12,6 +12,7 @@
 //! - every kernel has a CPU twin of the same name in `device::cpu::twin`, the reference the
 //!   parity tests compare against.
 
+pub mod alloc;
 pub mod check;
 pub(crate) mod checker;
 pub mod cuda;
@@ -20,7 +21,6 @@ pub mod emu;
 pub mod info;
 pub mod kernel_store;
 pub mod kernels;
-pub mod model;
 pub mod nvrtc;
 
 use anyhow::{bail, ensure, Result};

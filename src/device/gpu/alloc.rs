@@ -1,0 +1,165 @@
+//! A GPU shared by the tensors that live on it, with a caching allocator: a buffer a tensor no
+//! longer needs goes back to a free list by size, and the next request of that size takes it, so
+//! a training step whose shapes repeat allocates nothing on the device after its first run (a
+//! `cudaMalloc` synchronises the device; a free-list hit costs a lock and a memset launch).
+//!
+//! Every buffer handed out is zero-filled, fresh or reused: kernels that accumulate into their
+//! output (split reductions, atomics) rely on it, and it keeps reused memory from leaking values
+//! of an earlier step into a later one.
+
+use super::{Buf, Gpu};
+use anyhow::Result;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A GPU (or the emulator) and its cache of free buffers. Shared as `Arc<GpuDevice>` by every
+/// tensor on it.
+pub struct GpuDevice {
+    gpu: Gpu,
+    /// Free buffers by size in bytes.
+    free: Mutex<HashMap<usize, Vec<Buf>>>,
+    /// Buffers made by the driver (not taken from the cache) so far, for tests and reports.
+    fresh: std::sync::atomic::AtomicU64,
+}
+
+impl GpuDevice {
+    pub fn new(gpu: Gpu) -> Arc<Self> {
+        Arc::new(Self {
+            gpu,
+            free: Mutex::new(HashMap::new()),
+            fresh: 0.into(),
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// How many buffers were allocated by the driver rather than reused.
+    pub fn fresh_allocations(&self) -> u64 {
+        self.fresh.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A zero-filled buffer of `bytes` bytes, from the cache when one of that size is free.
+    pub fn take(&self, bytes: usize) -> Result<Buf> {
+        let reused = self
+            .free
+            .lock()
+            .expect("allocator lock")
+            .get_mut(&bytes)
+            .and_then(Vec::pop);
+        match reused {
+            Some(mut b) => {
+                self.gpu.fill_bytes(&mut b, 0)?;
+                Ok(b)
+            }
+            None => {
+                self.fresh
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.gpu.alloc(bytes)
+            }
+        }
+    }
+
+    /// Returns `b` to the cache.
+    pub fn give_back(&self, b: Buf) {
+        if let Ok(mut free) = self.free.lock() {
+            free.entry(b.bytes()).or_default().push(b);
+        }
+    }
+}
+
+/// `n` f32 values on a device: a tensor's storage there. The buffer goes back to its device's
+/// cache when dropped.
+pub struct DeviceBuf {
+    device: Arc<GpuDevice>,
+    buf: Option<Buf>,
+    len: usize,
+}
+
+impl DeviceBuf {
+    /// `n` zeros on `device`.
+    pub fn zeros(device: &Arc<GpuDevice>, n: usize) -> Result<Self> {
+        Ok(Self {
+            buf: Some(device.take(n * 4)?),
+            device: Arc::clone(device),
+            len: n,
+        })
+    }
+
+    /// A copy of `values` on `device`.
+    pub fn upload(device: &Arc<GpuDevice>, values: &[f32]) -> Result<Self> {
+        let mut d = Self::zeros(device, values.len())?;
+        device.gpu.write(d.buf_mut(), values)?;
+        Ok(d)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn device(&self) -> &Arc<GpuDevice> {
+        &self.device
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.device.gpu
+    }
+
+    pub fn buf(&self) -> &Buf {
+        self.buf
+            .as_ref()
+            .expect("a live DeviceBuf holds its buffer")
+    }
+
+    pub fn buf_mut(&mut self) -> &mut Buf {
+        self.buf
+            .as_mut()
+            .expect("a live DeviceBuf holds its buffer")
+    }
+
+    /// The values, copied to the host.
+    pub fn to_host(&self) -> Result<Vec<f32>> {
+        let mut v: Vec<f32> = self.device.gpu.read(self.buf())?;
+        v.truncate(self.len);
+        Ok(v)
+    }
+}
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.device.give_back(b);
+        }
+    }
+}
+
+impl std::fmt::Debug for DeviceBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuf({} f32 on {:?})", self.len, self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_buffer_is_reused_zeroed_and_sizes_do_not_mix() {
+        let dev = GpuDevice::new(Gpu::emu());
+        let a = DeviceBuf::upload(&dev, &[1.0, 2.0, 3.0]).unwrap();
+        let addr = a.buf().addr();
+        drop(a);
+        assert_eq!(dev.fresh_allocations(), 1);
+        let b = DeviceBuf::zeros(&dev, 3).unwrap();
+        assert_eq!(b.buf().addr(), addr, "the freed buffer comes back");
+        assert_eq!(b.to_host().unwrap(), [0.0; 3], "and comes back zeroed");
+        let c = DeviceBuf::zeros(&dev, 4).unwrap();
+        assert_ne!(c.buf().addr(), addr);
+        assert_eq!(dev.fresh_allocations(), 2);
+    }
+}

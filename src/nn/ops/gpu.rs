@@ -1,0 +1,436 @@
+//! The ops on a GPU (or the emulator): the same forward and backward as the CPU's, through the
+//! launch wrappers of `device::gpu::kernels`. Activations are [C, N, H, W] here, features
+//! [F, N], logits class-major [K, N]; every output is a fresh buffer from the device's caching
+//! allocator (`device::gpu::alloc`), and parameter gradients go into the device copies of the
+//! parameters (`nn::on_device`).
+
+use super::loss::{group_count, StepStats};
+use super::{check_loss_inputs, BnStats, BN_EPS, BN_MOMENTUM};
+use crate::autograd::{BackwardCtx, Tape, Var};
+use crate::device::cpu::pool::pool_out;
+use crate::device::cpu::ConvGeom;
+use crate::device::gpu::alloc::{DeviceBuf, GpuDevice};
+use crate::device::gpu::kernels::{conv, elementwise, norm, pool, xent};
+use crate::device::gpu::Buf;
+use crate::nn::on_device::DeviceParams;
+use crate::nn::param::{ParamId, ParamStore};
+use crate::tensor::Tensor;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::sync::Arc;
+
+/// The device buffer of a tensor the tape holds on the device.
+fn buf(t: &Tensor) -> Result<&Buf> {
+    t.on_device()
+        .map(DeviceBuf::buf)
+        .ok_or_else(|| anyhow!("a host tensor reached a GPU op (upload it with Tape::upload)"))
+}
+
+/// The tape's device.
+fn device(tape: &Tape) -> Arc<GpuDevice> {
+    Arc::clone(tape.device().expect("a GPU op runs on a device tape"))
+}
+
+/// The parameters' device copies.
+fn on_device(store: &ParamStore) -> Result<&DeviceParams> {
+    store.device.as_deref().ok_or_else(|| {
+        anyhow!("the model's parameters are on the host: move them to the device first")
+    })
+}
+
+/// Convolution of x [Cin, N, H, W] with a dense or sparse weight and an optional bias.
+pub(super) fn conv2d(
+    tape: &mut Tape,
+    store: &ParamStore,
+    x: Var,
+    w: ParamId,
+    b: Option<ParamId>,
+    stride: usize,
+    pad: usize,
+) -> Result<Var> {
+    let dev = device(tape);
+    let dp = on_device(store)?;
+    let xv = tape.value_rc(x);
+    let host = store.get(w);
+    let s = xv.shape().to_vec();
+    ensure!(
+        s.len() == 4,
+        "{}: input must be [C, N, H, W], got {:?}",
+        host.name,
+        s
+    );
+    let k = if host.shape.len() == 4 {
+        host.shape[2]
+    } else {
+        1
+    };
+    let p = &dp.params[w.0];
+    ensure!(
+        p.cols == s[0] * k * k,
+        "{}: weight {:?} does not fit an input with {} channels",
+        host.name,
+        host.shape,
+        s[0]
+    );
+    let g = ConvGeom::new(s[1], s[0], s[2], s[3], p.rows, k, stride, pad)
+        .map_err(|e| e.context(host.name.clone()))?;
+    let mut y = DeviceBuf::zeros(&dev, g.cout * g.n * g.oh * g.ow)?;
+    let bias = b.map(|b| &dp.params[b.0].values);
+    let xb = buf(&xv)?;
+    match &p.sparse {
+        None => conv::conv_fwd_dense(dev.gpu(), &g, xb, &p.values, bias, y.buf_mut()),
+        Some(sw) => {
+            conv::conv_fwd_sparse(dev.gpu(), &g, xb, &sw.bufs(&p.values), bias, y.buf_mut())
+        }
+    }
+    .with_context(|| format!("{} forward", host.name))?;
+    let out = Tensor::from_device(&[g.cout, g.n, g.oh, g.ow], y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+        let dp = on_device(ctx.params)?;
+        let gpu = dp.gpu();
+        let p = &dp.params[w.0];
+        let name = || format!("{} backward", p.name);
+        let (xb, dyb) = (buf(&xv)?, buf(dy)?);
+        {
+            let mut grads = dp.grads.borrow_mut();
+            let gw = &mut grads[w.0];
+            gw.claim(&p.name)?;
+            // Dense weight gradients in one split (no workspace: deterministic, and the weight
+            // gradient is a small part of a step on the shapes trained here).
+            match &p.sparse {
+                None => conv::conv_bwd_weight_dense(gpu, &g, xb, dyb, &mut gw.grad, None),
+                Some(sw) => {
+                    conv::conv_bwd_weight_sparse(
+                        gpu,
+                        &g,
+                        xb,
+                        dyb,
+                        &sw.bufs(&p.values),
+                        &mut gw.grad,
+                    )
+                    .with_context(name)?;
+                    match (dp.dense_grads(), &mut gw.dense) {
+                        (true, Some(dense)) => {
+                            conv::conv_bwd_weight_dense(gpu, &g, xb, dyb, dense, None)
+                        }
+                        (true, None) => bail!("{}: no dense gradient buffer", p.name),
+                        (false, _) => Ok(()),
+                    }
+                }
+            }
+            .with_context(name)?;
+            if let Some(bid) = b {
+                let gb = &mut grads[bid.0];
+                gb.claim(&dp.params[bid.0].name)?;
+                conv::conv_bwd_bias(gpu, g.cout, g.col_cols(), dyb, &mut gb.grad)
+                    .with_context(name)?;
+            }
+        }
+        if ctx.wants(x) {
+            let mut dx = DeviceBuf::zeros(dp.device(), g.cin * g.n * g.h * g.w)?;
+            match &p.sparse {
+                None => conv::conv_bwd_data_dense(gpu, &g, dyb, &p.values, dx.buf_mut()),
+                Some(sw) => {
+                    conv::conv_bwd_data_sparse(gpu, &g, dyb, &sw.bufs(&p.values), dx.buf_mut())
+                }
+            }
+            .with_context(name)?;
+            ctx.accumulate(x, Tensor::from_device(&[g.cin, g.n, g.h, g.w], dx)?)?;
+        }
+        Ok(())
+    });
+    Ok(tape.push("conv2d", out, &[x], true, backward))
+}
+
+/// Batch norm of x [C, …] per channel (ReLU fused when `relu`): training mode with batch
+/// statistics (running statistics updated on the device), or evaluation mode with the running
+/// statistics (not differentiable).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batchnorm(
+    tape: &mut Tape,
+    store: &ParamStore,
+    stats: &BnStats,
+    x: Var,
+    gamma: ParamId,
+    beta: ParamId,
+    train: bool,
+    relu: bool,
+) -> Result<Var> {
+    let dev = device(tape);
+    let dp = on_device(store)?;
+    let xv = tape.value_rc(x);
+    let c = xv.shape()[0];
+    let name = &store.get(gamma).name;
+    ensure!(
+        dp.params[gamma.0].len == c,
+        "{name}: {} channels, input has {c}",
+        dp.params[gamma.0].len
+    );
+    let m = xv.numel() / c;
+    let y = DeviceBuf::zeros(&dev, xv.numel())?;
+    let (g, bt) = (&dp.params[gamma.0].values, &dp.params[beta.0].values);
+    let running = dp.bn.borrow();
+    let rs = running
+        .get(stats.slot)
+        .ok_or_else(|| anyhow!("{name}: no running statistics on the device"))?;
+    let gpu = dev.gpu();
+    if !train {
+        ensure!(
+            !tape.is_recording(),
+            "batch norm in evaluation mode cannot be differentiated: use a no_grad tape"
+        );
+        norm::eval_fwd(
+            gpu,
+            buf(&xv)?,
+            g,
+            bt,
+            &rs.mean,
+            &rs.var,
+            y.buf(),
+            c,
+            m,
+            BN_EPS,
+        )
+        .with_context(|| format!("{name} forward"))?;
+        if relu {
+            elementwise::relu_fwd(gpu, y.buf(), y.buf(), c * m)?;
+        }
+        drop(running);
+        let out = Tensor::from_device(xv.shape(), y)?;
+        return Ok(tape.input(out));
+    }
+    ensure!(
+        m > 1,
+        "batch norm needs more than one value per channel in training (got a batch of shape {:?})",
+        xv.shape()
+    );
+    let (mean, invstd) = (DeviceBuf::zeros(&dev, c)?, DeviceBuf::zeros(&dev, c)?);
+    let fwd = norm::BnTrainFwd {
+        x: buf(&xv)?,
+        gamma: g,
+        beta: bt,
+        running_mean: &rs.mean,
+        running_var: &rs.var,
+        y: y.buf(),
+        save_mean: mean.buf(),
+        save_invstd: invstd.buf(),
+    };
+    norm::train_fwd(gpu, &fwd, c, m, BN_EPS, BN_MOMENTUM, relu)
+        .with_context(|| format!("{name} forward"))?;
+    drop(running);
+    let out = Tensor::from_device(xv.shape(), y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+        let dp = on_device(ctx.params)?;
+        let (pg, pb) = (&dp.params[gamma.0], &dp.params[beta.0]);
+        let dx = DeviceBuf::zeros(dp.device(), xv.numel())?;
+        {
+            let mut grads = dp.grads.borrow_mut();
+            grads[gamma.0].claim(&pg.name)?;
+            grads[beta.0].claim(&pb.name)?;
+            let b = norm::BnBwd {
+                x: buf(&xv)?,
+                gamma: &pg.values,
+                beta: &pb.values,
+                save_mean: mean.buf(),
+                save_invstd: invstd.buf(),
+                dy: buf(dy)?,
+                dx: dx.buf(),
+                dgamma: &grads[gamma.0].grad,
+                dbeta: &grads[beta.0].grad,
+            };
+            norm::bwd(dp.gpu(), &b, c, m, relu).with_context(|| format!("{} backward", pg.name))?;
+        }
+        ctx.accumulate(x, Tensor::from_device(xv.shape(), dx)?)?;
+        Ok(())
+    });
+    let name = if relu { "batchnorm+relu" } else { "batchnorm" };
+    Ok(tape.push(name, out, &[x], true, backward))
+}
+
+pub(super) fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
+    let dev = device(tape);
+    let xv = tape.value_rc(x);
+    let n = xv.numel();
+    let y = DeviceBuf::zeros(&dev, n)?;
+    elementwise::relu_fwd(dev.gpu(), buf(&xv)?, y.buf(), n)?;
+    let out = Tensor::from_device(xv.shape(), y)?;
+    // The output is positive exactly where the input is: it serves as the mask.
+    let mask = out.clone();
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+        let dx = DeviceBuf::zeros(&dev, n)?;
+        elementwise::relu_bwd(dev.gpu(), buf(&mask)?, buf(dy)?, dx.buf(), n)?;
+        ctx.accumulate(x, Tensor::from_device(mask.shape(), dx)?)?;
+        Ok(())
+    });
+    Ok(tape.push("relu", out, &[x], false, backward))
+}
+
+pub(super) fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
+    let dev = device(tape);
+    let (av, bv) = (tape.value_rc(a), tape.value_rc(b));
+    let n = av.numel();
+    let y = DeviceBuf::zeros(&dev, n)?;
+    elementwise::add(dev.gpu(), buf(&av)?, buf(&bv)?, y.buf(), n)?;
+    let out = Tensor::from_device(av.shape(), y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+        // Both inputs receive dy itself: a device tensor's clone shares its buffer, and a
+        // gradient that is added to is copied first (`Tensor::add_assign`).
+        ctx.accumulate(a, dy.clone())?;
+        ctx.accumulate(b, dy.clone())?;
+        Ok(())
+    });
+    Ok(tape.push("add", out, &[a, b], false, backward))
+}
+
+/// Max-pooling of x [C, N, H, W].
+pub(super) fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usize) -> Result<Var> {
+    let dev = device(tape);
+    let xv = tape.value_rc(x);
+    let s = xv.shape().to_vec();
+    ensure!(
+        s.len() == 4,
+        "max-pool input must be [C, N, H, W], got {s:?}"
+    );
+    let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
+    ensure!(
+        stride > 0 && k > 0 && h + 2 * pad >= k && w + 2 * pad >= k,
+        "max-pool {k}x{k}/{stride} pad {pad} does not fit input {s:?}"
+    );
+    let (oh, ow) = (pool_out(h, k, stride, pad), pool_out(w, k, stride, pad));
+    let y = DeviceBuf::zeros(&dev, planes * oh * ow)?;
+    // u32 indices, in a buffer of as many 4-byte words.
+    let argmax = DeviceBuf::zeros(&dev, planes * oh * ow)?;
+    pool::max_fwd(
+        dev.gpu(),
+        buf(&xv)?,
+        y.buf(),
+        argmax.buf(),
+        planes,
+        h,
+        w,
+        k,
+        stride,
+        pad,
+    )?;
+    let out = Tensor::from_device(&[s[0], s[1], oh, ow], y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+        let dx = DeviceBuf::zeros(&dev, planes * h * w)?;
+        pool::max_bwd(
+            dev.gpu(),
+            buf(dy)?,
+            argmax.buf(),
+            dx.buf(),
+            planes,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+        )?;
+        ctx.accumulate(x, Tensor::from_device(&s, dx)?)?;
+        Ok(())
+    });
+    Ok(tape.push("maxpool", out, &[x], false, backward))
+}
+
+/// Global average pooling: x [C, N, H, W] → features [C, N].
+pub(super) fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
+    let dev = device(tape);
+    let xv = tape.value_rc(x);
+    let s = xv.shape().to_vec();
+    ensure!(
+        s.len() == 4,
+        "global pooling input must be [C, N, H, W], got {s:?}"
+    );
+    let (planes, hw) = (s[0] * s[1], s[2] * s[3]);
+    let y = DeviceBuf::zeros(&dev, planes)?;
+    pool::avg_fwd(dev.gpu(), buf(&xv)?, y.buf(), planes, hw)?;
+    let out = Tensor::from_device(&[s[0], s[1]], y)?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+        let dx = DeviceBuf::zeros(&dev, planes * hw)?;
+        pool::avg_bwd(dev.gpu(), buf(dy)?, dx.buf(), planes, hw)?;
+        ctx.accumulate(x, Tensor::from_device(&s, dx)?)?;
+        Ok(())
+    });
+    Ok(tape.push("global_avgpool", out, &[x], false, backward))
+}
+
+/// The fused reweighted cross-entropy of class-major logits [K, N]: loss, per-sample losses,
+/// the gradient of the logits and the per-group statistics in one kernel; the losses and the
+/// statistics row are read back.
+pub(super) fn cross_entropy(
+    tape: &mut Tape,
+    logits: Var,
+    labels: &[u32],
+    weights: &[f32],
+    groups: Option<&[u32]>,
+) -> Result<(Var, StepStats)> {
+    let dev = device(tape);
+    let lv = tape.value_rc(logits);
+    let s = lv.shape().to_vec();
+    ensure!(s.len() == 2, "logits must be [K, N] on a GPU, got {s:?}");
+    let (k, n) = (s[0], s[1]);
+    check_loss_inputs(n, k, labels, weights)?;
+    let num_groups = group_count(groups);
+    ensure!(
+        num_groups <= xent::XENT_MAX_GROUPS,
+        "cross-entropy: {num_groups} groups (at most {} on a GPU)",
+        xent::XENT_MAX_GROUPS
+    );
+    let gpu = dev.gpu();
+    let upload_u32 = |v: &[u32]| -> Result<DeviceBuf> {
+        let mut d = DeviceBuf::zeros(&dev, v.len())?;
+        gpu.write(d.buf_mut(), v)?;
+        Ok(d)
+    };
+    let labels_d = upload_u32(labels)?;
+    let groups_d = groups.map(upload_u32).transpose()?;
+    let weights_d = DeviceBuf::upload(&dev, weights)?;
+    let losses = DeviceBuf::zeros(&dev, n)?;
+    let dlogits = DeviceBuf::zeros(&dev, k * n)?;
+    let partials = DeviceBuf::zeros(&dev, xent::partials_len(n))?;
+    let stats = DeviceBuf::zeros(&dev, xent::XENT_STATS)?;
+    // Σw in f64 as the CPU loss does.
+    let inv_wsum = (1.0 / weights.iter().map(|&w| w as f64).sum::<f64>()) as f32;
+    let bufs = xent::XentBufs {
+        logits: buf(&lv)?,
+        labels: labels_d.buf(),
+        weights: weights_d.buf(),
+        groups: groups_d.as_ref().map(DeviceBuf::buf),
+        losses: losses.buf(),
+        dlogits: dlogits.buf(),
+        partials: partials.buf(),
+        stats: stats.buf(),
+    };
+    xent::fused(gpu, &bufs, n, k, num_groups, inv_wsum)?;
+    let row = xent::XentStats::decode(&stats.to_host()?, num_groups);
+    let groups: Vec<(f32, usize, usize)> = row
+        .groups
+        .iter()
+        .map(|&(l, c, s)| (l, c.round() as usize, s.round() as usize))
+        .collect();
+    let stats = StepStats {
+        loss: row.loss,
+        losses: losses.to_host()?,
+        correct: groups.iter().map(|g| g.1).sum(),
+        groups,
+    };
+    let dlogits = Tensor::from_device(&[k, n], dlogits)?;
+    let out = Tensor::from_vec(&[1], vec![row.loss])?;
+    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+        // The seed of a loss is a host scalar; 1 (a training step) passes dlogits as they are.
+        let scale = dy.data()[0];
+        let g = if scale == 1.0 {
+            dlogits
+        } else {
+            let d = DeviceBuf::zeros(&dev, k * n)?;
+            elementwise::scale(dev.gpu(), buf(&dlogits)?, d.buf(), scale, k * n)?;
+            Tensor::from_device(&[k, n], d)?
+        };
+        ctx.accumulate(logits, g)?;
+        Ok(())
+    });
+    Ok((
+        tape.push("cross_entropy", out, &[logits], false, backward),
+        stats,
+    ))
+}
