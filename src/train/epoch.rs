@@ -200,7 +200,7 @@ impl Trainer<'_> {
         opts: &RunOptions,
         t0: Instant,
     ) -> Result<EpochPass> {
-        self.to_device()?;
+        self.place_on_device()?;
         let epoch = self.progress.epoch;
         let (loader, sample_weights, weighted_loss, total_steps) = (
             &plan.loader,

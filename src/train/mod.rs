@@ -143,7 +143,7 @@ impl<'a> Trainer<'a> {
 
     /// Moves the model's trainable state to the training device, if it is a GPU and the state is
     /// not there yet.
-    fn to_device(&mut self) -> Result<()> {
+    fn place_on_device(&mut self) -> Result<()> {
         if self.model.params.device.is_some() {
             return Ok(());
         }
@@ -163,7 +163,7 @@ impl<'a> Trainer<'a> {
 
     /// Evaluates on `ds` on the training device.
     fn evaluate_here(&mut self, ds: &Dataset) -> Result<(GroupMetrics, Vec<bool>)> {
-        self.to_device()?;
+        self.place_on_device()?;
         evaluate(&mut self.model, ds, 512)
     }
 
