@@ -81,8 +81,6 @@ impl ModelConfig {
     }
 }
 
-// The layer graph is crate-visible (read-only use) so that other engines — the CUDA backend's
-// `device::gpu::model` — run exactly this architecture without a second copy of it.
 #[derive(Clone, Debug)]
 pub(crate) struct ConvLayer {
     pub(crate) w: ParamId,
@@ -100,21 +98,42 @@ pub(crate) struct BnLayer {
     pub(crate) stats: usize,
 }
 
+/// One layer of a model: it reads earlier values by index (0 is the input images, in the
+/// device's layout; layer i writes value i + 1) and makes one value. A model is a list of these,
+/// built once by its builder function; the forward on the tape, the weight geometry (FLOPs,
+/// densities, the memory estimate) and the checkpoint's names all walk this one list.
 #[derive(Clone, Debug)]
-pub(crate) struct Block {
-    pub(crate) c1: ConvLayer,
-    pub(crate) b1: BnLayer,
-    pub(crate) c2: ConvLayer,
-    pub(crate) b2: BnLayer,
-    pub(crate) shortcut: Option<(ConvLayer, BnLayer)>,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) enum Body {
-    Cnn(Vec<(ConvLayer, BnLayer)>),
-    ResNet {
-        stem: (ConvLayer, BnLayer),
-        blocks: Vec<Block>,
+pub(crate) enum Layer {
+    Conv {
+        conv: ConvLayer,
+        input: usize,
+    },
+    /// Batch norm, followed by ReLU in the same op when `relu`.
+    BatchNorm {
+        bn: BnLayer,
+        relu: bool,
+        input: usize,
+    },
+    MaxPool {
+        k: usize,
+        stride: usize,
+        pad: usize,
+        input: usize,
+    },
+    /// The residual sum a + b, then ReLU.
+    AddRelu {
+        a: usize,
+        b: usize,
+    },
+    /// [C, …] images → features [C, N].
+    GlobalAvgPool {
+        input: usize,
+    },
+    /// Features → logits.
+    Linear {
+        w: ParamId,
+        b: ParamId,
+        input: usize,
     },
 }
 
@@ -140,9 +159,7 @@ pub struct Model {
     pub config: ModelConfig,
     pub params: ParamStore,
     pub bn: Vec<BnStats>,
-    pub(crate) body: Body,
-    /// The classifier: (weight, bias).
-    pub(crate) fc: (ParamId, ParamId),
+    pub(crate) layers: Vec<Layer>,
 }
 
 /// How a convolution's weights start, as the reference model of each architecture does.
@@ -158,6 +175,7 @@ enum ConvInit {
 struct Builder {
     params: ParamStore,
     bn: Vec<BnStats>,
+    layers: Vec<Layer>,
     seed: u64,
 }
 
@@ -228,6 +246,30 @@ impl Builder {
         }
     }
 
+    /// Appends `layer`; returns the index of the value it makes.
+    fn push(&mut self, layer: Layer) -> usize {
+        self.layers.push(layer);
+        self.layers.len()
+    }
+
+    /// A bias-free convolution of value `input` and its batch norm (+ ReLU); returns the
+    /// output's value index.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bn(
+        &mut self,
+        name: (&str, &str),
+        init: ConvInit,
+        input: usize,
+        (cin, cout): (usize, usize),
+        (k, stride, pad): (usize, usize, usize),
+        relu: bool,
+    ) -> usize {
+        let conv = self.conv(name.0, init, cin, cout, k, stride, pad);
+        let y = self.push(Layer::Conv { conv, input });
+        let bn = self.bn(name.1, cout);
+        self.push(Layer::BatchNorm { bn, relu, input: y })
+    }
+
     /// PyTorch's default linear initialisation: U(±1/√fan_in) for weight and bias.
     fn linear(&mut self, name: &str, fin: usize, fout: usize) -> (ParamId, ParamId) {
         let bound = 1.0 / (fin as f32).sqrt();
@@ -253,6 +295,74 @@ fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
     (size + 2 * pad).saturating_sub(k) / stride + 1
 }
 
+/// The reference CMNIST CNN: three conv (k4 s2 p1) + batch norm + ReLU, widths w, 2w, 4w;
+/// global average pool; linear. PyTorch's default initialisation, as the reference leaves it.
+fn cnn(b: &mut Builder, config: &ModelConfig) {
+    let w = config.width;
+    let (mut h, mut cin) = (0, config.in_channels);
+    for (i, cout) in [w, 2 * w, 4 * w].into_iter().enumerate() {
+        let (conv, bn) = (format!("conv{}", i + 1), format!("bn{}", i + 1));
+        let init = ConvInit::TorchDefault;
+        h = b.conv_bn((&conv, &bn), init, h, (cin, cout), (4, 2, 1), true);
+        cin = cout;
+    }
+    let feats = b.push(Layer::GlobalAvgPool { input: h });
+    let (w, bias) = b.linear("fc", cin, config.num_classes);
+    b.push(Layer::Linear {
+        w,
+        b: bias,
+        input: feats,
+    });
+}
+
+/// ResNet-18 with width w (the reference's `resnet18vw`): 7×7/2 stem + batch norm + ReLU,
+/// 3×3/2 max-pool, four stages of two BasicBlocks (w, 2w, 4w, 8w; a 1×1 projection where the
+/// shape changes), global average pool, linear. Kaiming-normal (fan-out) convolutions.
+fn resnet18(b: &mut Builder, config: &ModelConfig) {
+    let (w, init) = (config.width, ConvInit::KaimingFanOut);
+    let stem = b.conv_bn(
+        ("conv1", "bn1"),
+        init,
+        0,
+        (config.in_channels, w),
+        (7, 2, 3),
+        true,
+    );
+    let mut h = b.push(Layer::MaxPool {
+        k: 3,
+        stride: 2,
+        pad: 1,
+        input: stem,
+    });
+    let mut cin = w;
+    for (s, mult) in [1, 2, 4, 8].into_iter().enumerate() {
+        let cout = w * mult;
+        for i in 0..2 {
+            let stride = if s > 0 && i == 0 { 2 } else { 1 };
+            let name = format!("layer{}.{}", s + 1, i);
+            let n = |part: &str| format!("{name}.{part}");
+            let (c, o) = ((cin, cout), (cout, cout));
+            let y = b.conv_bn((&n("conv1"), &n("bn1")), init, h, c, (3, stride, 1), true);
+            let y = b.conv_bn((&n("conv2"), &n("bn2")), init, y, o, (3, 1, 1), false);
+            let shortcut = if stride != 1 || cin != cout {
+                let (conv, bn) = (n("downsample.0"), n("downsample.1"));
+                b.conv_bn((&conv, &bn), init, h, c, (1, stride, 0), false)
+            } else {
+                h
+            };
+            h = b.push(Layer::AddRelu { a: y, b: shortcut });
+            cin = cout;
+        }
+    }
+    let feats = b.push(Layer::GlobalAvgPool { input: h });
+    let (w, bias) = b.linear("fc", cin, config.num_classes);
+    b.push(Layer::Linear {
+        w,
+        b: bias,
+        input: feats,
+    });
+}
+
 impl Model {
     /// Builds a model with seeded initialisation.
     pub fn new(config: &ModelConfig, seed: u64) -> Result<Self> {
@@ -269,77 +379,23 @@ impl Model {
         let mut b = Builder {
             params: ParamStore::default(),
             bn: Vec::new(),
+            layers: Vec::new(),
             seed,
         };
-        let w = config.width;
-        let (body, feat) = match config.arch {
-            Arch::Cnn => {
-                let cnn_init = ConvInit::TorchDefault;
-                let mut layers = Vec::new();
-                let mut cin = config.in_channels;
-                for (i, cout) in [w, 2 * w, 4 * w].into_iter().enumerate() {
-                    let c = b.conv(&format!("conv{}", i + 1), cnn_init, cin, cout, 4, 2, 1);
-                    let n = b.bn(&format!("bn{}", i + 1), cout);
-                    layers.push((c, n));
-                    cin = cout;
-                }
-                (Body::Cnn(layers), 4 * w)
-            }
-            Arch::Resnet18 => {
-                let kaiming = ConvInit::KaimingFanOut;
-                let stem = (
-                    b.conv("conv1", kaiming, config.in_channels, w, 7, 2, 3),
-                    b.bn("bn1", w),
-                );
-                let mut blocks = Vec::new();
-                let mut cin = w;
-                for (s, mult) in [1, 2, 4, 8].into_iter().enumerate() {
-                    let cout = w * mult;
-                    for i in 0..2 {
-                        let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                        let name = format!("layer{}.{}", s + 1, i);
-                        let c1 = b.conv(&format!("{name}.conv1"), kaiming, cin, cout, 3, stride, 1);
-                        let b1 = b.bn(&format!("{name}.bn1"), cout);
-                        let c2 = b.conv(&format!("{name}.conv2"), kaiming, cout, cout, 3, 1, 1);
-                        let b2 = b.bn(&format!("{name}.bn2"), cout);
-                        let shortcut = (stride != 1 || cin != cout).then(|| {
-                            (
-                                b.conv(
-                                    &format!("{name}.downsample.0"),
-                                    kaiming,
-                                    cin,
-                                    cout,
-                                    1,
-                                    stride,
-                                    0,
-                                ),
-                                b.bn(&format!("{name}.downsample.1"), cout),
-                            )
-                        });
-                        blocks.push(Block {
-                            c1,
-                            b1,
-                            c2,
-                            b2,
-                            shortcut,
-                        });
-                        cin = cout;
-                    }
-                }
-                (Body::ResNet { stem, blocks }, 8 * w)
-            }
-        };
-        let fc = b.linear("fc", feat, config.num_classes);
+        match config.arch {
+            Arch::Cnn => cnn(&mut b, config),
+            Arch::Resnet18 => resnet18(&mut b, config),
+        }
         Ok(Self {
             config: config.clone(),
             params: b.params,
             bn: b.bn,
-            body,
-            fc,
+            layers: b.layers,
         })
     }
 
-    /// Logits [N, K] for images x [C, N, H, W]. `train` selects batch statistics in batch norm.
+    /// Logits for images x [C, N, H, W] ([N, K] on the CPU, class-major [K, N] on a GPU: see
+    /// `ops::logits_rows`). `train` selects batch statistics in batch norm.
     pub fn forward(&mut self, tape: &mut Tape, x: Var, train: bool) -> Result<Var> {
         let shape = tape.value(x).shape().to_vec();
         ensure!(
@@ -348,48 +404,39 @@ impl Model {
             self.config.in_channels,
             shape
         );
-        let Self {
-            params,
-            bn,
-            body,
-            fc,
-            ..
-        } = self;
-        let params = &*params;
-        let mut conv_bn =
-            |tape: &mut Tape, x: Var, c: &ConvLayer, n: &BnLayer, relu: bool| -> Result<Var> {
-                let y = ops::conv2d(tape, params, x, c.w, c.b, c.stride, c.pad)?;
-                let stats = &mut bn[n.stats];
-                if relu {
-                    ops::batchnorm_relu(tape, params, stats, y, n.gamma, n.beta, train)
-                } else {
-                    ops::batchnorm(tape, params, stats, y, n.gamma, n.beta, train)
+        let (params, bn) = (&self.params, &mut self.bn);
+        let mut values = vec![ops::to_batch_innermost(tape, x)?];
+        for layer in &self.layers {
+            let v = match layer {
+                Layer::Conv { conv: c, input } => {
+                    ops::conv2d(tape, params, values[*input], c.w, c.b, c.stride, c.pad)?
+                }
+                Layer::BatchNorm { bn: n, relu, input } => {
+                    let (x, stats) = (values[*input], &mut bn[n.stats]);
+                    if *relu {
+                        ops::batchnorm_relu(tape, params, stats, x, n.gamma, n.beta, train)?
+                    } else {
+                        ops::batchnorm(tape, params, stats, x, n.gamma, n.beta, train)?
+                    }
+                }
+                Layer::MaxPool {
+                    k,
+                    stride,
+                    pad,
+                    input,
+                } => ops::maxpool(tape, values[*input], *k, *stride, *pad)?,
+                Layer::AddRelu { a, b } => {
+                    let sum = ops::add(tape, values[*a], values[*b])?;
+                    ops::relu(tape, sum)?
+                }
+                Layer::GlobalAvgPool { input } => ops::global_avgpool(tape, values[*input])?,
+                Layer::Linear { w, b, input } => {
+                    ops::linear(tape, params, values[*input], *w, Some(*b))?
                 }
             };
-        let mut h = ops::to_batch_innermost(tape, x)?;
-        match body {
-            Body::Cnn(layers) => {
-                for (c, n) in layers.iter() {
-                    h = conv_bn(tape, h, c, n, true)?;
-                }
-            }
-            Body::ResNet { stem, blocks } => {
-                h = conv_bn(tape, h, &stem.0, &stem.1, true)?;
-                h = ops::maxpool(tape, h, 3, 2, 1)?;
-                for blk in blocks.iter() {
-                    let y = conv_bn(tape, h, &blk.c1, &blk.b1, true)?;
-                    let y = conv_bn(tape, y, &blk.c2, &blk.b2, false)?;
-                    let s = match &blk.shortcut {
-                        Some((c, n)) => conv_bn(tape, h, c, n, false)?,
-                        None => h,
-                    };
-                    let sum = ops::add(tape, y, s)?;
-                    h = ops::relu(tape, sum)?;
-                }
-            }
+            values.push(v);
         }
-        let feats = ops::global_avgpool(tape, h)?;
-        ops::linear(tape, params, feats, fc.0, Some(fc.1))
+        Ok(*values.last().expect("a model has layers"))
     }
 
     /// Logits [N, K] on the host for images [C, N, H, W], batch norm in evaluation mode, on the
@@ -424,53 +471,59 @@ impl Model {
     /// Every masked weight with its output size for an input of `h`×`w` pixels.
     pub fn weight_geometry(&self, h: usize, w: usize) -> Vec<WeightGeom> {
         let mut out = Vec::new();
-        let mut push = |c: &ConvLayer, size: (usize, usize), first: bool| -> (usize, usize) {
-            let o = (
-                out_size(size.0, c.k, c.stride, c.pad),
-                out_size(size.1, c.k, c.stride, c.pad),
-            );
-            out.push(WeightGeom {
-                param: c.w.0,
-                name: self.params.get(c.w).name.clone(),
-                out_pixels: o.0 * o.1,
-                first,
-                in_size: size,
-                k: c.k,
-                stride: c.stride,
-                pad: c.pad,
-            });
-            o
-        };
-        let mut size = (h, w);
-        match &self.body {
-            Body::Cnn(layers) => {
-                for (i, (c, _)) in layers.iter().enumerate() {
-                    size = push(c, size, i == 0);
+        // The spatial size of every value; value 0 is the input.
+        let mut sizes = vec![(h, w)];
+        for layer in &self.layers {
+            let size = match layer {
+                Layer::Conv { conv: c, input } => {
+                    let size = sizes[*input];
+                    let o = (
+                        out_size(size.0, c.k, c.stride, c.pad),
+                        out_size(size.1, c.k, c.stride, c.pad),
+                    );
+                    out.push(WeightGeom {
+                        param: c.w.0,
+                        name: self.params.get(c.w).name.clone(),
+                        out_pixels: o.0 * o.1,
+                        first: *input == 0,
+                        in_size: size,
+                        k: c.k,
+                        stride: c.stride,
+                        pad: c.pad,
+                    });
+                    o
                 }
-            }
-            Body::ResNet { stem, blocks } => {
-                size = push(&stem.0, size, true);
-                size = (out_size(size.0, 3, 2, 1), out_size(size.1, 3, 2, 1));
-                for blk in blocks {
-                    let inner = push(&blk.c1, size, false);
-                    push(&blk.c2, inner, false);
-                    if let Some((c, _)) = &blk.shortcut {
-                        push(c, size, false);
-                    }
-                    size = inner;
+                Layer::BatchNorm { input, .. } => sizes[*input],
+                Layer::MaxPool {
+                    k,
+                    stride,
+                    pad,
+                    input,
+                } => {
+                    let size = sizes[*input];
+                    (
+                        out_size(size.0, *k, *stride, *pad),
+                        out_size(size.1, *k, *stride, *pad),
+                    )
                 }
-            }
+                Layer::AddRelu { a, .. } => sizes[*a],
+                Layer::GlobalAvgPool { .. } => (1, 1),
+                Layer::Linear { w: id, input, .. } => {
+                    out.push(WeightGeom {
+                        param: id.0,
+                        name: self.params.get(*id).name.clone(),
+                        out_pixels: 1,
+                        first: *input == 0,
+                        in_size: (1, 1),
+                        k: 1,
+                        stride: 1,
+                        pad: 0,
+                    });
+                    (1, 1)
+                }
+            };
+            sizes.push(size);
         }
-        out.push(WeightGeom {
-            param: self.fc.0 .0,
-            name: self.params.get(self.fc.0).name.clone(),
-            out_pixels: 1,
-            first: false,
-            in_size: (1, 1),
-            k: 1,
-            stride: 1,
-            pad: 0,
-        });
         out
     }
 }
