@@ -1,4 +1,4 @@
-//! `rest device --check` for the topology-update (topk) kernels, per layer and batched (`topk.rs`
+//! `rest device --check` for the topology-update (topk) kernels, per layer and batched (`topk/`
 //! beside this file): each kernel against its CPU twin (`device::cpu::twin::topk`) on random
 //! inputs; tolerances in `device::gpu::check`.
 
