@@ -1,0 +1,441 @@
+//! Batch norm's backward: dx, dgamma and dbeta of either training forward, the sums taken from x
+//! and dy or given by the op that computed dy, and the per-channel coefficients (`DxCoefs`) that
+//! let another op compute dx rows as it needs them.
+
+use rayon::prelude::*;
+
+use super::forward::bn_scale;
+use super::sums::{dot_centered_f64, masked_sums, per_channel, sum_f64, PAR_MIN};
+
+/// Backward of the training-mode forward. Overwrites dx, dgamma, dbeta.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    backward::<false>(
+        None,
+        c,
+        m,
+        x,
+        gamma,
+        &[],
+        save_mean,
+        save_invstd,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+    )
+}
+
+/// Backward of `batchnorm_relu_train_forward` (dy is the gradient of the ReLU's output). The
+/// ReLU mask is recomputed from x, gamma, beta and the saved statistics with the forward's
+/// arithmetic, and the masked dy is never stored: one pass for the sums, one for dx.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_backward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    assert_eq!(beta.len(), c, "batchnorm: beta length");
+    backward::<true>(
+        None,
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        save_mean,
+        save_invstd,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+    )
+}
+
+/// The backward of either training forward: `batchnorm_relu_backward` when `relu`, else
+/// `batchnorm_backward`. With `relu`, `given` may hold its two reductions as the op that
+/// computed dy took them (`DirectGeom::backward_with_relu_sums`): per channel (Σ dy',
+/// Σ dy'·(out − β)) over the forward's output `out`, with dy' = dy where out > 0. Then it makes
+/// one pass, for dx, on each channel where these sums are accurate (see `from_relu_sums`); the
+/// others take theirs from x as usual.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_with(
+    relu: bool,
+    given: Option<&[(f64, f64)]>,
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    if relu {
+        assert_eq!(beta.len(), c, "batchnorm: beta length");
+    }
+    if let Some(g) = given {
+        assert_eq!(g.len(), c, "batchnorm: sums length");
+    }
+    let run = if relu {
+        backward::<true>
+    } else {
+        backward::<false>
+    };
+    run(
+        given,
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        save_mean,
+        save_invstd,
+        dy,
+        dx,
+        dgamma,
+        dbeta,
+    )
+}
+
+/// (Σ dy', Σ dy'·(x − mean)) from (Σ dy', Σ dy'·(out − β)): where out > 0, out − β is
+/// (x − mean)·scale up to the rounding of the forward's f32 arithmetic, an error of about
+/// 2⁻²⁴·(2 + |β/γ|) relative to each term. So these sums are used while |β| ≤ 16·|γ| (about the
+/// error of the f32 sums themselves) and γ ≠ 0; None otherwise.
+fn from_relu_sums((s1, s2): (f64, f64), gamma: f32, beta: f32, invstd: f64) -> Option<(f64, f64)> {
+    let scale = bn_scale(gamma, invstd) as f64;
+    let accurate = gamma != 0.0 && scale.is_normal() && beta.abs() <= 16.0 * gamma.abs();
+    accurate.then(|| (s1, s2 / scale))
+}
+
+/// One channel of batch norm's backward as a map: dx = a·dy' + b·(x − mean) + c0, with dy' = dy
+/// where the forward's ReLU kept the value ((x − mean)·scale + shift > 0; every value without
+/// the ReLU). `batchnorm_backward_coefs` gives them, so that another op can compute dx rows as
+/// it needs them (`DirectGeom::weight_grad_through_bn`) instead of reading a stored dx.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DxCoefs {
+    pub a: f32,
+    pub b: f32,
+    pub c0: f32,
+    pub mean: f32,
+    /// The forward's ReLU mask: (scale, shift).
+    pub relu: Option<(f32, f32)>,
+}
+
+impl DxCoefs {
+    /// dx = a·dy' + b·(x − mean) + c0 over one row (the same arithmetic wherever it runs).
+    #[inline(always)]
+    pub fn apply(&self, dy: &[f32], x: &[f32], dx: &mut [f32]) {
+        let (a, b, c0, mean) = (self.a, self.b, self.c0, self.mean);
+        match self.relu {
+            Some((scale, shift)) => {
+                for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+                    let g = if (v - mean) * scale + shift > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    };
+                    *o = a * g + b * (v - mean) + c0;
+                }
+            }
+            None => {
+                for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+                    *o = a * g + b * (v - mean) + c0;
+                }
+            }
+        }
+    }
+}
+
+/// One channel's coefficients and (dgamma, dbeta), its sums from `given` where accurate, else
+/// from its x and dy (one read).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn channel_coefs<const RELU: bool>(
+    ci: usize,
+    m: usize,
+    xc: &[f32],
+    dyc: &[f32],
+    given: Option<&[(f64, f64)]>,
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+) -> (DxCoefs, f64, f64) {
+    // With xhat = (x − mean)·invstd and y = gamma·xhat + beta:
+    //   dbeta = Σ dy,  dgamma = Σ dy·xhat,
+    //   dx = gamma·invstd·(dy − dbeta/m − xhat·dgamma/m),
+    // which is dx = a·dy + b·(x − mean) + c0 with the per-channel constants below.
+    let mean = save_mean[ci] as f64;
+    let invstd = save_invstd[ci] as f64;
+    // The forward's output was positive where (x − mean)·scale + beta > 0.
+    let relu = RELU.then(|| (bn_scale(gamma[ci], invstd), beta[ci]));
+    let from_given = given.and_then(|g| from_relu_sums(g[ci], gamma[ci], beta[ci], invstd));
+    let (sum_dy, dot) = match (from_given, relu) {
+        (Some(sums), _) => sums,
+        (None, Some((scale, shift))) => {
+            let mean32 = mean as f32;
+            masked_sums(dyc, xc, |v| (v - mean32) * scale + shift > 0.0, mean32)
+        }
+        (None, None) => (sum_f64(dyc), dot_centered_f64(dyc, xc, mean as f32)),
+    };
+    let dg = dot * invstd;
+    let a = gamma[ci] as f64 * invstd;
+    let b = -a * invstd * dg / m as f64;
+    let c0 = -a * sum_dy / m as f64;
+    let coefs = DxCoefs {
+        a: a as f32,
+        b: b as f32,
+        c0: c0 as f32,
+        mean: mean as f32,
+        relu,
+    };
+    (coefs, dg, sum_dy)
+}
+
+/// The coefficients of batch norm's backward per channel (`DxCoefs`), and dgamma and dbeta,
+/// without computing dx: `relu` for `batchnorm_relu_backward` (beta then used), `given` as
+/// `batchnorm_backward_with` takes it. One read of x and dy for the channels whose sums
+/// are not given.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_coefs(
+    relu: bool,
+    given: Option<&[(f64, f64)]>,
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Vec<DxCoefs> {
+    check_backward(c, m, gamma, save_mean, save_invstd, dy, dgamma, dbeta);
+    assert_eq!(x.len(), c * m, "batchnorm: input length");
+    if relu {
+        assert_eq!(beta.len(), c, "batchnorm: beta length");
+    }
+    if let Some(g) = given {
+        assert_eq!(g.len(), c, "batchnorm: sums length");
+    }
+    let one = |ci: usize| {
+        let (xc, dyc) = (&x[ci * m..][..m], &dy[ci * m..][..m]);
+        crate::device::cpu::simd(
+            #[inline(always)]
+            || {
+                if relu {
+                    channel_coefs::<true>(
+                        ci,
+                        m,
+                        xc,
+                        dyc,
+                        given,
+                        gamma,
+                        beta,
+                        save_mean,
+                        save_invstd,
+                    )
+                } else {
+                    channel_coefs::<false>(
+                        ci,
+                        m,
+                        xc,
+                        dyc,
+                        given,
+                        gamma,
+                        beta,
+                        save_mean,
+                        save_invstd,
+                    )
+                }
+            },
+        )
+    };
+    let all: Vec<(DxCoefs, f64, f64)> = if c * m >= PAR_MIN {
+        (0..c).into_par_iter().map(one).collect()
+    } else {
+        (0..c).map(one).collect()
+    };
+    all.into_iter()
+        .enumerate()
+        .map(|(ci, (coefs, dg, db))| {
+            dgamma[ci] = dg as f32;
+            dbeta[ci] = db as f32;
+            coefs
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_backward(
+    c: usize,
+    m: usize,
+    gamma: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dgamma: &[f32],
+    dbeta: &[f32],
+) {
+    for (name, v) in [
+        ("gamma", gamma),
+        ("save_mean", save_mean),
+        ("save_invstd", save_invstd),
+        ("dgamma", dgamma),
+        ("dbeta", dbeta),
+    ] {
+        assert_eq!(v.len(), c, "batchnorm: {name} length");
+    }
+    assert_eq!(dy.len(), c * m, "batchnorm: dy length");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward<const RELU: bool>(
+    given: Option<&[(f64, f64)]>,
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    check_backward(c, m, gamma, save_mean, save_invstd, dy, dgamma, dbeta);
+    // Per channel, the sums (where not given) and then dx, while the channel is in L2.
+    let grads = per_channel(
+        c,
+        m,
+        x,
+        dx,
+        #[inline(always)]
+        |ci, xc, dxc| {
+            let dyc = &dy[ci * m..][..m];
+            let (coefs, dg, db) =
+                channel_coefs::<RELU>(ci, m, xc, dyc, given, gamma, beta, save_mean, save_invstd);
+            coefs.apply(dyc, xc, dxc);
+            (dg, db)
+        },
+    );
+    for (ci, &(dg, db)) in grads.iter().enumerate() {
+        dgamma[ci] = dg as f32;
+        dbeta[ci] = db as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu::norm::batchnorm_relu_train_forward;
+
+    /// The backward from sums over the output (`batchnorm_backward_with`) matches the one
+    /// that takes them from x; channels where those sums are not accurate enough (|β| > 16|γ|,
+    /// γ = 0) take theirs from x, bit for bit as the plain backward.
+    #[test]
+    fn backward_from_output_sums_matches() {
+        let (c, m) = (5, 3000);
+        let mut r = crate::rng::Rng::new(9);
+        let x: Vec<f32> = (0..c * m).map(|_| r.normal() * 3.0 + 1.0).collect();
+        let dy: Vec<f32> = (0..c * m).map(|_| r.normal()).collect();
+        // The last two channels: |β| > 16|γ|, and γ = 0.
+        let gamma = [1.3, -0.7, 0.2, 0.1, 0.0];
+        let beta = [0.4, 0.3, -1.5, 2.0, 0.5];
+        let (mut rm, mut rv) = (vec![0.0; c], vec![1.0; c]);
+        let (mut out, mut mean, mut invstd) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c]);
+        batchnorm_relu_train_forward(
+            c,
+            m,
+            &x,
+            &gamma,
+            &beta,
+            1e-5,
+            0.1,
+            &mut rm,
+            &mut rv,
+            &mut out,
+            &mut mean,
+            &mut invstd,
+        );
+        let sums: Vec<(f64, f64)> = (0..c)
+            .map(|ci| {
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for i in ci * m..(ci + 1) * m {
+                    if out[i] > 0.0 {
+                        s1 += dy[i] as f64;
+                        s2 += dy[i] as f64 * (out[i] - beta[ci]) as f64;
+                    }
+                }
+                (s1, s2)
+            })
+            .collect();
+        let run = |given: Option<&[(f64, f64)]>| {
+            let (mut dx, mut dg, mut db) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c]);
+            match given {
+                Some(s) => batchnorm_backward_with(
+                    true,
+                    Some(s),
+                    c,
+                    m,
+                    &x,
+                    &gamma,
+                    &beta,
+                    &mean,
+                    &invstd,
+                    &dy,
+                    &mut dx,
+                    &mut dg,
+                    &mut db,
+                ),
+                None => batchnorm_relu_backward(
+                    c, m, &x, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dg, &mut db,
+                ),
+            }
+            (dx, dg, db)
+        };
+        let (want_dx, want_dg, want_db) = run(None);
+        let (dx, dg, db) = run(Some(&sums));
+        for ci in 0..c {
+            let range = ci * m..(ci + 1) * m;
+            if ci >= 3 {
+                assert_eq!(dx[range.clone()], want_dx[range], "channel {ci}: from x");
+                assert_eq!((dg[ci], db[ci]), (want_dg[ci], want_db[ci]));
+                continue;
+            }
+            assert!((dg[ci] - want_dg[ci]).abs() <= 1e-4 * want_dg[ci].abs().max(1.0));
+            assert!((db[ci] - want_db[ci]).abs() <= 1e-4 * want_db[ci].abs().max(1.0));
+            let big = want_dx[range.clone()]
+                .iter()
+                .fold(0f32, |a, v| a.max(v.abs()));
+            for i in range {
+                assert!((dx[i] - want_dx[i]).abs() <= 1e-4 * big, "dx[{i}]");
+            }
+        }
+    }
+}
