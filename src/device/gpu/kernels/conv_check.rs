@@ -1,4 +1,4 @@
-//! `rest device --check` for the dense and sparse convolution kernels (`conv.rs` beside this file):
+//! `rest device --check` for the dense and sparse convolution kernels (`conv/` beside this file):
 //! each kernel against its CPU twin (`device::cpu::twin::conv`) on random inputs; tolerances in
 //! `device::gpu::check`.
 
