@@ -6,7 +6,7 @@ use super::launch::{
     clear_blocks, col_blocks, digits, hist_blocks, index_digits, linear_x, shaped,
 };
 use super::{
-    topk_clear_batched_u32, topk_colscan_batched_u32, topk_compact_batched_f32,
+    layer_addresses, topk_clear_batched_u32, topk_colscan_batched_u32, topk_compact_batched_f32,
     topk_csc_scatter_batched_u32, topk_grow_batched_f32, topk_hist_batched_f32,
     topk_prune_batched_f32, topk_scan_batched_u32, Geometry, SparseLayerRefs, TopkParams,
     SCAN_THREADS, SLOT, THREADS,
@@ -307,22 +307,7 @@ pub fn update_layers(gpu: &Gpu, items: &[BatchItem], ws: &mut TopkBatchWorkspace
     let mut layers = Vec::with_capacity(items.len());
     for it in items {
         let layer = &it.layer;
-        layer.check()?;
-        let g = Geometry::new(layer.rows, layer.cols, layer.nnz)?;
-        ensure!(
-            it.k_prune <= g.nnz,
-            "topk: cannot prune {} of {} weights",
-            it.k_prune,
-            g.nnz
-        );
-        ensure!(
-            it.score.len_of::<f32>() >= g.size,
-            "topk: the score holds {} values, the {}×{} layer needs {}",
-            it.score.len_of::<f32>(),
-            g.rows,
-            g.cols,
-            g.size
-        );
+        let g = layer.update_geometry(it.k_prune, it.score)?;
         if it.k_prune > 0 {
             layers.push((g, it.k_prune, layer_addresses(layer, it.score)));
         }
@@ -348,22 +333,6 @@ pub fn update_layers(gpu: &Gpu, items: &[BatchItem], ws: &mut TopkBatchWorkspace
         gpu.launch(s.kernel, s.cfg, &s.params)?;
     }
     Ok(())
-}
-
-/// The addresses of `layer` and `score` (workspace, shape and pass fields 0).
-pub fn layer_addresses(layer: &SparseLayerRefs, score: &Buf) -> TopkParams {
-    TopkParams {
-        positions: layer.positions.addr(),
-        values: layer.values.addr(),
-        momentum: layer.momentum.addr(),
-        row_ptr: layer.row_ptr.addr(),
-        col_idx: layer.col_idx.addr(),
-        col_ptr: layer.col_ptr.addr(),
-        csc_row: layer.csc_row.addr(),
-        csc_pos: layer.csc_pos.addr(),
-        score: score.addr(),
-        ..TopkParams::zeroed()
-    }
 }
 
 /// The base addresses of a batched workspace's scratch buffers (other fields 0).

@@ -1,11 +1,12 @@
 //! A layer's buffers on the device for the topology update: the layer itself
 //! ([`SparseLayerBufs`], or borrowed as [`SparseLayerRefs`]), its read-back form ([`HostLayer`]),
-//! and the scratch of a per-layer update ([`TopkWorkspace`]).
+//! the checks an update makes of it, and its addresses in a parameter record.
 
-use super::{Geometry, SLOT};
+use super::{Geometry, TopkParams};
 use crate::device::gpu::{Buf, Gpu};
 use crate::sparse::csr::SparseWeight;
 use anyhow::{ensure, Result};
+use bytemuck::Zeroable;
 
 /// One sparse layer W[rows, cols] on the device (see kernels/topk.cu): positions (r·cols + c,
 /// ascending), values and momentum (one per active weight, in position order), CSR
@@ -42,6 +43,27 @@ pub struct SparseLayerRefs<'a> {
 }
 
 impl SparseLayerRefs<'_> {
+    /// The layer's geometry for an update pruning `k_prune` weights by `score`, after checking
+    /// the buffers, `k_prune` ≤ nnz and the score's length.
+    pub(super) fn update_geometry(&self, k_prune: usize, score: &Buf) -> Result<Geometry> {
+        self.check()?;
+        let g = Geometry::new(self.rows, self.cols, self.nnz)?;
+        ensure!(
+            k_prune <= g.nnz,
+            "topk: cannot prune {k_prune} of {} weights",
+            g.nnz
+        );
+        ensure!(
+            score.len_of::<f32>() >= g.size,
+            "topk: the score holds {} values, the {}×{} layer needs {}",
+            score.len_of::<f32>(),
+            g.rows,
+            g.cols,
+            g.size
+        );
+        Ok(g)
+    }
+
     /// Errors if a buffer is smaller than the shape needs.
     pub fn check(&self) -> Result<()> {
         let (nnz, rows, cols) = (self.nnz, self.rows, self.cols);
@@ -150,43 +172,18 @@ impl SparseLayerBufs {
     }
 }
 
-/// Scratch buffers of an update; one can serve every layer (it grows as needed).
-pub struct TopkWorkspace {
-    /// u32[size]: see kernels/topk.cu.
-    pub mark: Buf,
-    pub old_values: Buf,
-    pub old_momentum: Buf,
-    /// u32[2·SLOT]: the two radix-select slots.
-    pub state: Buf,
-    pub tile_cnt: Buf,
-    pub csc_cnt: Buf,
-}
-
-impl TopkWorkspace {
-    /// A workspace large enough for `g`.
-    pub fn new(gpu: &Gpu, g: &Geometry) -> Result<Self> {
-        Ok(TopkWorkspace {
-            mark: gpu.zeros::<u32>(g.size)?,
-            old_values: gpu.zeros::<f32>(g.nnz)?,
-            old_momentum: gpu.zeros::<f32>(g.nnz)?,
-            state: gpu.zeros::<u32>(2 * SLOT)?,
-            tile_cnt: gpu.zeros::<u32>(g.ntiles + 1)?,
-            csc_cnt: gpu.zeros::<u32>(g.ncells())?,
-        })
-    }
-
-    /// Reallocates the buffers that are too small for `g`.
-    pub fn ensure(&mut self, gpu: &Gpu, g: &Geometry) -> Result<()> {
-        let grow = |b: &mut Buf, n: usize| -> Result<()> {
-            if b.len_of::<u32>() < n {
-                *b = gpu.zeros::<u32>(n)?;
-            }
-            Ok(())
-        };
-        grow(&mut self.mark, g.size)?;
-        grow(&mut self.old_values, g.nnz)?;
-        grow(&mut self.old_momentum, g.nnz)?;
-        grow(&mut self.tile_cnt, g.ntiles + 1)?;
-        grow(&mut self.csc_cnt, g.ncells())
+/// The addresses of `layer` and `score` (workspace, shape and pass fields 0).
+pub fn layer_addresses(layer: &SparseLayerRefs, score: &Buf) -> TopkParams {
+    TopkParams {
+        positions: layer.positions.addr(),
+        values: layer.values.addr(),
+        momentum: layer.momentum.addr(),
+        row_ptr: layer.row_ptr.addr(),
+        col_idx: layer.col_idx.addr(),
+        col_ptr: layer.col_ptr.addr(),
+        csc_row: layer.csc_row.addr(),
+        csc_pos: layer.csc_pos.addr(),
+        score: score.addr(),
+        ..TopkParams::zeroed()
     }
 }

@@ -25,12 +25,12 @@ mod layer;
 mod per_layer;
 
 pub use batched::{
-    batch_addresses, batch_digit, layer_addresses, plan_batched, update_layers, BatchItem,
-    BatchLayout, BatchPlan, BatchSlice, BatchStep, TopkBatchParams, TopkBatchWorkspace, KINDS,
-    KIND_CLEAR, KIND_COLS, KIND_PRUNE, KIND_SCATTER, KIND_TILES,
+    batch_addresses, batch_digit, plan_batched, update_layers, BatchItem, BatchLayout, BatchPlan,
+    BatchSlice, BatchStep, TopkBatchParams, TopkBatchWorkspace, KINDS, KIND_CLEAR, KIND_COLS,
+    KIND_PRUNE, KIND_SCATTER, KIND_TILES,
 };
-pub use layer::{HostLayer, SparseLayerBufs, SparseLayerRefs, TopkWorkspace};
-pub use per_layer::{addresses, plan, update_layer, update_layer_refs, Step};
+pub use layer::{layer_addresses, HostLayer, SparseLayerBufs, SparseLayerRefs};
+pub use per_layer::{addresses, plan, update_layer, update_layer_refs, Step, TopkWorkspace};
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};

@@ -1,17 +1,18 @@
-//! The per-layer update: the launch sequence of one layer ([`plan`]) and its run on the device
-//! ([`update_layer`]); the simple form the batched update is checked against.
+//! The per-layer update: its scratch ([`TopkWorkspace`]), the launch sequence of one layer
+//! ([`plan`]) and its run on the device ([`update_layer`]); the simple form the batched update is
+//! checked against.
 
 use super::launch::{
     clear_blocks, col_blocks, digits, hist_blocks, index_digits, linear_x, shaped,
 };
+use super::layer_addresses;
 use super::{
     topk_clear_u32, topk_colscan_u32, topk_compact_f32, topk_csc_scatter_u32, topk_grow_f32,
     topk_hist_f32, topk_prune_f32, topk_scan_u32, Geometry, SparseLayerBufs, SparseLayerRefs,
-    TopkParams, TopkWorkspace, SCAN_THREADS, THREADS,
+    TopkParams, SCAN_THREADS, SLOT, THREADS,
 };
 use crate::device::gpu::{Buf, Dim3, Gpu, KernelDef, LaunchCfg};
-use anyhow::{ensure, Result};
-use bytemuck::Zeroable;
+use anyhow::Result;
 
 /// One launch of the update.
 #[derive(Clone, Copy, Debug)]
@@ -19,6 +20,47 @@ pub struct Step {
     pub kernel: &'static KernelDef,
     pub cfg: LaunchCfg,
     pub params: TopkParams,
+}
+
+/// Scratch buffers of an update; one can serve every layer (it grows as needed).
+pub struct TopkWorkspace {
+    /// u32[size]: see kernels/topk.cu.
+    pub mark: Buf,
+    pub old_values: Buf,
+    pub old_momentum: Buf,
+    /// u32[2·SLOT]: the two radix-select slots.
+    pub state: Buf,
+    pub tile_cnt: Buf,
+    pub csc_cnt: Buf,
+}
+
+impl TopkWorkspace {
+    /// A workspace large enough for `g`.
+    pub fn new(gpu: &Gpu, g: &Geometry) -> Result<Self> {
+        Ok(TopkWorkspace {
+            mark: gpu.zeros::<u32>(g.size)?,
+            old_values: gpu.zeros::<f32>(g.nnz)?,
+            old_momentum: gpu.zeros::<f32>(g.nnz)?,
+            state: gpu.zeros::<u32>(2 * SLOT)?,
+            tile_cnt: gpu.zeros::<u32>(g.ntiles + 1)?,
+            csc_cnt: gpu.zeros::<u32>(g.ncells())?,
+        })
+    }
+
+    /// Reallocates the buffers that are too small for `g`.
+    pub fn ensure(&mut self, gpu: &Gpu, g: &Geometry) -> Result<()> {
+        let grow = |b: &mut Buf, n: usize| -> Result<()> {
+            if b.len_of::<u32>() < n {
+                *b = gpu.zeros::<u32>(n)?;
+            }
+            Ok(())
+        };
+        grow(&mut self.mark, g.size)?;
+        grow(&mut self.old_values, g.nnz)?;
+        grow(&mut self.old_momentum, g.nnz)?;
+        grow(&mut self.tile_cnt, g.ntiles + 1)?;
+        grow(&mut self.csc_cnt, g.ncells())
+    }
 }
 
 /// The launches of one update of a layer of geometry `g` pruning and regrowing `k` (1 ≤ k ≤ nnz),
@@ -82,22 +124,13 @@ pub fn plan(g: &Geometry, k: usize, base: TopkParams) -> Vec<Step> {
 /// The addresses of `layer`, `ws` and `score` in a parameter struct (shape and pass fields 0).
 pub fn addresses(layer: &SparseLayerRefs, ws: &TopkWorkspace, score: &Buf) -> TopkParams {
     TopkParams {
-        positions: layer.positions.addr(),
-        values: layer.values.addr(),
-        momentum: layer.momentum.addr(),
-        row_ptr: layer.row_ptr.addr(),
-        col_idx: layer.col_idx.addr(),
-        col_ptr: layer.col_ptr.addr(),
-        csc_row: layer.csc_row.addr(),
-        csc_pos: layer.csc_pos.addr(),
-        score: score.addr(),
         mark: ws.mark.addr(),
         old_values: ws.old_values.addr(),
         old_momentum: ws.old_momentum.addr(),
         state: ws.state.addr(),
         tile_cnt: ws.tile_cnt.addr(),
         csc_cnt: ws.csc_cnt.addr(),
-        ..TopkParams::zeroed()
+        ..layer_addresses(layer, score)
     }
 }
 
@@ -126,21 +159,7 @@ pub fn update_layer_refs(
     k_prune: usize,
     score: &Buf,
 ) -> Result<()> {
-    layer.check()?;
-    let g = Geometry::new(layer.rows, layer.cols, layer.nnz)?;
-    ensure!(
-        k_prune <= g.nnz,
-        "topk: cannot prune {k_prune} of {} weights",
-        g.nnz
-    );
-    ensure!(
-        score.len_of::<f32>() >= g.size,
-        "topk: the score holds {} values, the {}×{} layer needs {}",
-        score.len_of::<f32>(),
-        g.rows,
-        g.cols,
-        g.size
-    );
+    let g = layer.update_geometry(k_prune, score)?;
     if k_prune == 0 {
         return Ok(());
     }
