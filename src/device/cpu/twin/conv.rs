@@ -48,18 +48,7 @@ impl Dims {
 
     /// col[r, j], read from x.
     fn col(&self, x: &[f32], r: usize, j: usize) -> f32 {
-        let (ci, kh, kw) = (r / self.kk, (r % self.kk) / self.k, r % self.k);
-        let (nn, oh, ow) = (
-            j / (self.oh * self.ow),
-            (j / self.ow) % self.oh,
-            j % self.ow,
-        );
-        let ih = (oh * self.stride + kh) as isize - self.pad as isize;
-        let iw = (ow * self.stride + kw) as isize - self.pad as isize;
-        if ih < 0 || iw < 0 || ih >= self.h as isize || iw >= self.w as isize {
-            return 0.0;
-        }
-        x[((ci * self.n + nn) * self.h + ih as usize) * self.w + iw as usize]
+        self.col_src(r, j).map_or(0.0, |i| x[i])
     }
 
     /// The input pixel (flat index into x) that col[r, j] reads, if any.
@@ -83,6 +72,26 @@ impl Dims {
     }
 }
 
+/// out = the f64 accumulators, rounded to f32.
+fn store(out: &mut [f32], acc: Vec<f64>) {
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a as f32;
+    }
+}
+
+/// y[co, j] = sum(co, j) (+ bias[co]), one output at a time.
+fn each_output(d: &Dims, bias: Option<&[f32]>, y: &mut [f32], sum: impl Fn(usize, usize) -> f64) {
+    for co in 0..d.cout {
+        for j in 0..d.p {
+            let mut acc = sum(co, j);
+            if let Some(b) = bias {
+                acc += b[co] as f64;
+            }
+            y[co * d.p + j] = acc as f32;
+        }
+    }
+}
+
 /// y = W · col (+ bias), one output at a time.
 pub fn conv_fwd_dense_simple_f32(
     p: &ConvFwdParams,
@@ -96,18 +105,13 @@ pub fn conv_fwd_dense_simple_f32(
     assert_eq!(x.len(), d.cin * d.n * d.h * d.w, "x length");
     assert_eq!(w.len(), d.cout * rows, "w length");
     assert_eq!(y.len(), d.cout * d.p, "y length");
-    for co in 0..d.cout {
-        for j in 0..d.p {
-            let mut acc = 0f64;
-            for r in 0..rows {
-                acc += w[co * rows + r] as f64 * d.col(x, r, j) as f64;
-            }
-            if let Some(b) = bias {
-                acc += b[co] as f64;
-            }
-            y[co * d.p + j] = acc as f32;
+    each_output(&d, bias, y, |co, j| {
+        let mut acc = 0f64;
+        for r in 0..rows {
+            acc += w[co * rows + r] as f64 * d.col(x, r, j) as f64;
         }
-    }
+        acc
+    });
 }
 
 /// The same result as `conv_fwd_dense_simple_f32` (the tiled kernel computes the same map).
@@ -138,9 +142,7 @@ pub fn conv_bwd_data_dense_f32(p: &ConvBwdDataParams, dy: &[f32], w: &[f32], dx:
             }
         }
     }
-    for (o, a) in dx.iter_mut().zip(acc) {
-        *o = a as f32;
-    }
+    store(dx, acc);
 }
 
 /// dw[co, r] = Σ_j dy[co, j]·col[r, j]. Writes dW itself (the kernel's `out` with one split;
@@ -186,19 +188,13 @@ pub fn conv_fwd_sparse_f32(
 ) {
     let d = Dims::new(&p.s);
     assert_eq!(y.len(), d.cout * d.p, "y length");
-    for co in 0..d.cout {
-        let (eb, ee) = (row_ptr[co] as usize, row_ptr[co + 1] as usize);
-        for j in 0..d.p {
-            let mut acc = 0f64;
-            for e in eb..ee {
-                acc += values[e] as f64 * d.col(x, col_idx[e] as usize, j) as f64;
-            }
-            if let Some(b) = bias {
-                acc += b[co] as f64;
-            }
-            y[co * d.p + j] = acc as f32;
+    each_output(&d, bias, y, |co, j| {
+        let mut acc = 0f64;
+        for e in row_ptr[co] as usize..row_ptr[co + 1] as usize {
+            acc += values[e] as f64 * d.col(x, col_idx[e] as usize, j) as f64;
         }
-    }
+        acc
+    });
 }
 
 /// dx: every active weight (row co, column r) adds values·dy[co, j] to the pixel col[r, j]
@@ -226,9 +222,7 @@ pub fn conv_bwd_data_sparse_f32(
             }
         }
     }
-    for (o, a) in dx.iter_mut().zip(acc) {
-        *o = a as f32;
-    }
+    store(dx, acc);
 }
 
 /// dvalues[e] = Σ_j dy[row(e), j]·col[col_idx[e], j].

@@ -24,21 +24,7 @@ fn dims(p: &NormParams) -> (usize, usize) {
 }
 
 pub fn norm_fwd_train_f32(p: &NormParams, x: &[f32], gamma: &[f32], beta: &[f32], o: TrainFwdOut) {
-    let (c, m) = dims(p);
-    norm::batchnorm_train_forward(
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        p.eps,
-        p.momentum,
-        o.running_mean,
-        o.running_var,
-        o.y,
-        o.save_mean,
-        o.save_invstd,
-    )
+    train(false, p, x, gamma, beta, o)
 }
 
 pub fn norm_fwd_train_relu_f32(
@@ -48,8 +34,18 @@ pub fn norm_fwd_train_relu_f32(
     beta: &[f32],
     o: TrainFwdOut,
 ) {
+    train(true, p, x, gamma, beta, o)
+}
+
+/// Either training forward: `relu` picks the fused one.
+fn train(relu: bool, p: &NormParams, x: &[f32], gamma: &[f32], beta: &[f32], o: TrainFwdOut) {
     let (c, m) = dims(p);
-    norm::batchnorm_relu_train_forward(
+    let forward = if relu {
+        norm::batchnorm_relu_train_forward
+    } else {
+        norm::batchnorm_train_forward
+    };
+    forward(
         c,
         m,
         x,
@@ -100,19 +96,7 @@ pub fn norm_bwd_f32(
     dy: &[f32],
     o: BwdOut,
 ) {
-    let (c, m) = dims(p);
-    norm::batchnorm_backward(
-        c,
-        m,
-        x,
-        gamma,
-        save_mean,
-        save_invstd,
-        dy,
-        o.dx,
-        o.dgamma,
-        o.dbeta,
-    )
+    bwd(false, p, [x, gamma, &[], save_mean, save_invstd, dy], o)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -126,18 +110,14 @@ pub fn norm_bwd_relu_f32(
     dy: &[f32],
     o: BwdOut,
 ) {
+    bwd(true, p, [x, gamma, beta, save_mean, save_invstd, dy], o)
+}
+
+/// Either backward (`relu` picks the fused one's), its inputs x, gamma, beta (unused without
+/// `relu`), save_mean, save_invstd and dy.
+fn bwd(relu: bool, p: &NormParams, [x, gamma, beta, mean, invstd, dy]: [&[f32]; 6], o: BwdOut) {
     let (c, m) = dims(p);
-    norm::batchnorm_relu_backward(
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        save_mean,
-        save_invstd,
-        dy,
-        o.dx,
-        o.dgamma,
-        o.dbeta,
+    norm::batchnorm_backward_with(
+        relu, None, c, m, x, gamma, beta, mean, invstd, dy, o.dx, o.dgamma, o.dbeta,
     )
 }

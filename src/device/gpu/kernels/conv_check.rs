@@ -1,4 +1,4 @@
-//! `rest device --check` for the dense and sparse convolution kernels (`conv.rs` beside this file):
+//! `rest device --check` for the dense and sparse convolution kernels (`conv/` beside this file):
 //! each kernel against its CPU twin (`device::cpu::twin::conv`) on random inputs; tolerances in
 //! `device::gpu::check`.
 
@@ -6,13 +6,31 @@ use super::conv;
 use crate::device::cpu::twin;
 use crate::device::cpu::ConvGeom;
 use crate::device::gpu::checker::{tol, Checker, Cmp};
-use crate::device::gpu::LaunchCfg;
+use crate::device::gpu::{Buf, KernelDef, LaunchCfg};
 use crate::sparse::csr::SparseWeight;
 use anyhow::Result;
 
 /// Convolution tolerance for reduction length `l`: rel 1e-4, abs 1e-5·l.
 fn conv_tol(l: usize) -> (f64, f64) {
     (1e-4, 1e-5 * l as f64)
+}
+
+/// One row: the first `want.len()` floats of `got` against `want`, at the convolution tolerance
+/// for reduction length `l`.
+fn compare(
+    c: &mut Checker,
+    kernel: &KernelDef,
+    shape: impl Into<String>,
+    got: &Buf,
+    want: &[f32],
+    l: usize,
+) -> Result<()> {
+    let (rel, abs) = conv_tol(l);
+    let r = Cmp::new()
+        .f32s(&c.read(got, want.len())?, want, rel, abs)
+        .clone();
+    c.row(kernel, shape, tol(rel, abs), &r);
+    Ok(())
 }
 
 pub(crate) fn check(c: &mut Checker) -> Result<()> {
@@ -50,7 +68,6 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         };
         let mut want = vec![0.0; yl];
         tw::conv_fwd_dense_f32(&pf, &x, &w, bias, &mut want);
-        let (rel, abs) = conv_tol(g.col_rows());
         for (k, simple) in [
             (&conv::conv_fwd_dense_f32, false),
             (&conv::conv_fwd_dense_simple_f32, true),
@@ -61,8 +78,7 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
             } else {
                 conv::conv_fwd_dense(gpu, &g, &bx, &bw, bias_buf, &mut y)?;
             }
-            let r = Cmp::new().f32s(&c.read(&y, yl)?, &want, rel, abs).clone();
-            c.row(k, &shape, tol(rel, abs), &r);
+            compare(c, k, &shape, &y, &want, g.col_rows())?;
         }
 
         // Input gradient.
@@ -74,9 +90,14 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         tw::conv_bwd_data_dense_f32(&pd, &dy, &w, &mut want);
         let mut dx = c.out::<f32>(xl)?;
         conv::conv_bwd_data_dense(gpu, &g, &bdy, &bw, &mut dx)?;
-        let (rel, abs) = conv_tol(g.cout * g.k * g.k);
-        let r = Cmp::new().f32s(&c.read(&dx, xl)?, &want, rel, abs).clone();
-        c.row(&conv::conv_bwd_data_dense_f32, &shape, tol(rel, abs), &r);
+        compare(
+            c,
+            &conv::conv_bwd_data_dense_f32,
+            &shape,
+            &dx,
+            &want,
+            g.cout * g.k * g.k,
+        )?;
 
         // Weight gradient: one split, and three (partials, then the reduction kernel).
         let pw = conv::ConvBwdWeightParams {
@@ -85,7 +106,6 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         };
         let mut want = vec![0.0; wl];
         tw::conv_bwd_weight_dense_f32(&pw, &x, &dy, &mut want);
-        let (rel, abs) = conv_tol(g.col_cols());
         for splits in [1usize, 3] {
             let mut dw = c.out::<f32>(wl)?;
             let mut work = c.out::<f32>(conv::conv_bwd_weight_dense_workspace(&g, splits))?;
@@ -98,12 +118,18 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
                 splits,
                 Some(&mut work),
             )?;
-            let r = Cmp::new().f32s(&c.read(&dw, wl)?, &want, rel, abs).clone();
             let sh = format!(
                 "{shape}, {splits} split{}",
                 if splits > 1 { "s" } else { "" }
             );
-            c.row(&conv::conv_bwd_weight_dense_f32, sh, tol(rel, abs), &r);
+            compare(
+                c,
+                &conv::conv_bwd_weight_dense_f32,
+                sh,
+                &dw,
+                &want,
+                g.col_cols(),
+            )?;
         }
 
         // Bias gradient.
@@ -117,11 +143,7 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         tw::conv_bwd_bias_f32(&pb, &dy, &mut want);
         let mut db = c.out::<f32>(g.cout)?;
         conv::conv_bwd_bias(gpu, g.cout, cols, &bdy, &mut db)?;
-        let (rel, abs) = conv_tol(cols);
-        let r = Cmp::new()
-            .f32s(&c.read(&db, g.cout)?, &want, rel, abs)
-            .clone();
-        c.row(&conv::conv_bwd_bias_f32, &shape, tol(rel, abs), &r);
+        compare(c, &conv::conv_bwd_bias_f32, &shape, &db, &want, cols)?;
 
         // Sparse, at density 0.3 (first shape) and 0.05 (second: rows and columns left empty).
         let density = if i == 0 { 0.3 } else { 0.05 };
@@ -152,9 +174,14 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         );
         let mut y = c.out::<f32>(yl)?;
         conv::conv_fwd_sparse(gpu, &g, &bx, &sp, bias_buf, &mut y)?;
-        let (rel, abs) = conv_tol(g.col_rows());
-        let r = Cmp::new().f32s(&c.read(&y, yl)?, &want, rel, abs).clone();
-        c.row(&conv::conv_fwd_sparse_f32, &shape, tol(rel, abs), &r);
+        compare(
+            c,
+            &conv::conv_fwd_sparse_f32,
+            &shape,
+            &y,
+            &want,
+            g.col_rows(),
+        )?;
 
         let p = conv::ConvSparseBwdDataParams {
             s: cs,
@@ -173,9 +200,14 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         );
         let mut dx = c.out::<f32>(xl)?;
         conv::conv_bwd_data_sparse(gpu, &g, &bdy, &sp, &mut dx)?;
-        let (rel, abs) = conv_tol(g.cout * g.k * g.k);
-        let r = Cmp::new().f32s(&c.read(&dx, xl)?, &want, rel, abs).clone();
-        c.row(&conv::conv_bwd_data_sparse_f32, &shape, tol(rel, abs), &r);
+        compare(
+            c,
+            &conv::conv_bwd_data_sparse_f32,
+            &shape,
+            &dx,
+            &want,
+            g.cout * g.k * g.k,
+        )?;
 
         let p = conv::ConvSparseBwdWeightParams {
             s: cs,
@@ -186,11 +218,14 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         tw::conv_bwd_weight_sparse_f32(&p, &x, &dy, &sw.row_ptr, &sw.col_idx, &mut want);
         let mut dv = c.out::<f32>(sw.nnz())?;
         conv::conv_bwd_weight_sparse(gpu, &g, &bx, &bdy, &sp, &mut dv)?;
-        let (rel, abs) = conv_tol(g.col_cols());
-        let r = Cmp::new()
-            .f32s(&c.read(&dv, sw.nnz())?, &want, rel, abs)
-            .clone();
-        c.row(&conv::conv_bwd_weight_sparse_f32, &shape, tol(rel, abs), &r);
+        compare(
+            c,
+            &conv::conv_bwd_weight_sparse_f32,
+            &shape,
+            &dv,
+            &want,
+            g.col_cols(),
+        )?;
     }
 
     // The split reduction on its own: out[i] = Σ_z partial[z·len + i].
@@ -215,16 +250,14 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         LaunchCfg::linear(len, 256),
         &kp,
     )?;
-    let (rel, abs) = conv_tol(splits);
-    let r = Cmp::new()
-        .f32s(&c.read(&out, len)?, &want, rel, abs)
-        .clone();
-    c.row(
+    compare(
+        c,
         &conv::conv_bwd_weight_reduce_f32,
         format!("len {len}, {splits} splits"),
-        tol(rel, abs),
-        &r,
-    );
+        &out,
+        &want,
+        splits,
+    )?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
-//! Kernel families, one file per kernels/*.cu: parameter structs (mirrored in the .cu file),
-//! the kernel list, and typed launch wrappers; beside each, `NAME_check.rs`: the family's part of
-//! `rest device --check`.
+//! Kernel families, one file (or folder) per kernels/*.cu: parameter structs (mirrored in the .cu
+//! file), the kernel list, and typed launch wrappers; beside each, `NAME_check.rs`: the family's
+//! part of `rest device --check`.
 
 pub mod conv;
 pub(crate) mod conv_check;

@@ -1,4 +1,4 @@
-//! `rest device --check` for the topology-update (topk) kernels, per layer and batched (`topk.rs`
+//! `rest device --check` for the topology-update (topk) kernels, per layer and batched (`topk/`
 //! beside this file): each kernel against its CPU twin (`device::cpu::twin::topk`) on random
 //! inputs; tolerances in `device::gpu::check`.
 
@@ -8,37 +8,6 @@ use crate::device::gpu::checker::{Checker, Cmp, PerKernel};
 use crate::device::gpu::{Buf, Gpu};
 use crate::sparse::topology::{prune_count, random_layer};
 use anyhow::Result;
-
-/// Everything the device holds for one layer's update, as the twins' host mirror.
-fn download_topk(
-    c: &Checker,
-    layer: &topk::SparseLayerBufs,
-    ws: &topk::TopkWorkspace,
-    score: &Buf,
-) -> Result<twin::topk::HostTopk> {
-    let g = topk::Geometry::new(layer.rows, layer.cols, layer.nnz)?;
-    let u = |b: &Buf, n: usize| c.read_u32(b, n);
-    let f = |b: &Buf, n: usize| c.read(b, n);
-    Ok(twin::topk::HostTopk {
-        rows: layer.rows,
-        cols: layer.cols,
-        positions: u(&layer.positions, g.nnz)?,
-        values: f(&layer.values, g.nnz)?,
-        momentum: f(&layer.momentum, g.nnz)?,
-        row_ptr: u(&layer.row_ptr, g.rows + 1)?,
-        col_idx: u(&layer.col_idx, g.nnz)?,
-        col_ptr: u(&layer.col_ptr, g.cols + 1)?,
-        csc_row: u(&layer.csc_row, g.nnz)?,
-        csc_pos: u(&layer.csc_pos, g.nnz)?,
-        score: f(score, g.size)?,
-        mark: u(&ws.mark, g.size)?,
-        old_values: f(&ws.old_values, g.nnz)?,
-        old_momentum: f(&ws.old_momentum, g.nnz)?,
-        state: u(&ws.state, 2 * topk::SLOT)?,
-        tile_cnt: u(&ws.tile_cnt, g.ntiles + 1)?,
-        csc_cnt: u(&ws.csc_cnt, g.ncells())?,
-    })
-}
 
 fn compare_topk(a: &twin::topk::HostTopk, b: &twin::topk::HostTopk) -> Cmp {
     let mut r = Cmp::new();
@@ -60,7 +29,8 @@ fn compare_topk(a: &twin::topk::HostTopk, b: &twin::topk::HostTopk) -> Cmp {
 }
 
 /// What an update rewrites completely, poisoned before a check: a layer's CSR and CSC index
-/// (`index_bufs!`), and a workspace's scratch (`scratch_bufs!`, per-layer or batched).
+/// (`index_bufs!`), and a workspace's scratch (`scratch_bufs!`, per-layer or batched; borrowed
+/// mutably with `mut`, else shared to read it back).
 macro_rules! index_bufs {
     ($l:expr) => {
         [
@@ -73,14 +43,14 @@ macro_rules! index_bufs {
     };
 }
 macro_rules! scratch_bufs {
-    ($ws:expr) => {
+    ($ws:expr $(, $m:tt)?) => {
         [
-            &mut $ws.mark,
-            &mut $ws.old_values,
-            &mut $ws.old_momentum,
-            &mut $ws.state,
-            &mut $ws.tile_cnt,
-            &mut $ws.csc_cnt,
+            &$($m)? $ws.mark,
+            &$($m)? $ws.old_values,
+            &$($m)? $ws.old_momentum,
+            &$($m)? $ws.state,
+            &$($m)? $ws.tile_cnt,
+            &$($m)? $ws.csc_cnt,
         ]
     };
 }
@@ -91,6 +61,22 @@ fn poison<const N: usize>(gpu: &Gpu, bufs: [&mut Buf; N]) -> Result<()> {
         gpu.fill_bytes(b, 0xFF)?;
     }
     Ok(())
+}
+
+/// Everything the device holds for one layer's update, as the twins' host mirror.
+fn download_topk(
+    c: &Checker,
+    layer: &topk::SparseLayerBufs,
+    ws: &topk::TopkWorkspace,
+    score: &Buf,
+) -> Result<twin::topk::HostTopk> {
+    mirror(
+        c,
+        layer,
+        scratch_bufs!(ws),
+        &topk::BatchSlice::default(),
+        score,
+    )
 }
 
 pub(crate) fn check(c: &mut Checker) -> Result<()> {
@@ -113,7 +99,7 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         let mut ws = topk::TopkWorkspace::new(gpu, &g)?;
         // Poison what the update fully rewrites: CSR/CSC and the whole workspace.
         poison(gpu, index_bufs!(layer))?;
-        poison(gpu, scratch_bufs!(ws))?;
+        poison(gpu, scratch_bufs!(ws, mut))?;
         // One row per kernel: its launches merged (each checked from the device's state).
         let mut per_kernel = PerKernel::default();
         for step in topk::plan(&g, k, topk::addresses(&layer.refs(), &ws, &bscore)) {
@@ -137,6 +123,18 @@ fn download_topk_slice(
     sl: &topk::BatchSlice,
     score: &Buf,
 ) -> Result<twin::topk::HostTopk> {
+    mirror(c, layer, scratch_bufs!(ws), sl, score)
+}
+
+/// A layer and its scratch at the offsets `sl` of the buffers `scratch` (mark, old_values,
+/// old_momentum, state, tile_cnt, csc_cnt; offsets 0 for a per-layer workspace).
+fn mirror(
+    c: &Checker,
+    layer: &topk::SparseLayerBufs,
+    [mark, old_values, old_momentum, state, tile_cnt, csc_cnt]: [&Buf; 6],
+    sl: &topk::BatchSlice,
+    score: &Buf,
+) -> Result<twin::topk::HostTopk> {
     let g = topk::Geometry::new(layer.rows, layer.cols, layer.nnz)?;
     let u = |b: &Buf, at: usize, n: usize| -> Result<Vec<u32>> {
         Ok(c.read_u32(b, at + n)?[at..].to_vec())
@@ -156,12 +154,12 @@ fn download_topk_slice(
         csc_row: u(&layer.csc_row, 0, g.nnz)?,
         csc_pos: u(&layer.csc_pos, 0, g.nnz)?,
         score: f(score, 0, g.size)?,
-        mark: u(&ws.mark, sl.mark, g.size)?,
-        old_values: f(&ws.old_values, sl.old, g.nnz)?,
-        old_momentum: f(&ws.old_momentum, sl.old, g.nnz)?,
-        state: u(&ws.state, sl.state, 2 * topk::SLOT)?,
-        tile_cnt: u(&ws.tile_cnt, sl.tile, g.ntiles + 1)?,
-        csc_cnt: u(&ws.csc_cnt, sl.csc, g.ncells())?,
+        mark: u(mark, sl.mark, g.size)?,
+        old_values: f(old_values, sl.old, g.nnz)?,
+        old_momentum: f(old_momentum, sl.old, g.nnz)?,
+        state: u(state, sl.state, 2 * topk::SLOT)?,
+        tile_cnt: u(tile_cnt, sl.tile, g.ntiles + 1)?,
+        csc_cnt: u(csc_cnt, sl.csc, g.ncells())?,
     })
 }
 
@@ -197,7 +195,7 @@ pub(crate) fn check_batched(c: &mut Checker) -> Result<()> {
     let geoms: Vec<topk::Geometry> = recs.iter().map(|r| r.0).collect();
     let layout = topk::BatchLayout::new(&geoms);
     let mut ws = topk::TopkBatchWorkspace::new(gpu, &layout)?;
-    poison(gpu, scratch_bufs!(ws))?;
+    poison(gpu, scratch_bufs!(ws, mut))?;
     let items: Vec<(topk::Geometry, usize, topk::TopkParams)> = recs
         .iter()
         .zip(&layers)

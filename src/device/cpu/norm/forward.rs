@@ -1,0 +1,206 @@
+//! Batch norm's forward passes: training (batch statistics, running estimates updated) and
+//! evaluation (running statistics), each alone or fused with the ReLU after it.
+
+use super::sums::{affine, affine_relu, blocked_sum, per_channel, sum_f64};
+
+/// Training-mode forward. Writes y, the batch mean and 1/sqrt(var + eps) per channel, and
+/// updates running_mean / running_var in place: r = (1 − momentum)·r + momentum·batch.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_train_forward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) {
+    train_forward::<false>(
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        eps,
+        momentum,
+        running_mean,
+        running_var,
+        y,
+        save_mean,
+        save_invstd,
+    )
+}
+
+/// `batchnorm_train_forward` followed by ReLU, in the same pass over the output.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_train_forward(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) {
+    train_forward::<true>(
+        c,
+        m,
+        x,
+        gamma,
+        beta,
+        eps,
+        momentum,
+        running_mean,
+        running_var,
+        y,
+        save_mean,
+        save_invstd,
+    )
+}
+
+/// The per-channel scale of the normalised output, as the forward computes it (the fused
+/// backward recomputes the ReLU mask from x with exactly these f32 operations).
+#[inline]
+pub(super) fn bn_scale(gamma: f32, invstd: f64) -> f32 {
+    (gamma as f64 * invstd) as f32
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_forward<const RELU: bool>(
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) {
+    assert!(m > 0, "batchnorm: no values per channel");
+    for (name, v) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+        ("save_mean", &*save_mean),
+        ("save_invstd", &*save_invstd),
+    ] {
+        assert_eq!(v.len(), c, "batchnorm: {name} length");
+    }
+    // Two passes per channel (mean, then Σ(x − mean)²) for a stable variance.
+    let stats = per_channel(
+        c,
+        m,
+        x,
+        y,
+        #[inline(always)]
+        |ci, xc, yc| {
+            let mean = sum_f64(xc) / m as f64;
+            let mean32 = mean as f32;
+            let var = blocked_sum(xc, |v| (v - mean32) * (v - mean32)) / m as f64;
+            let invstd = 1.0 / (var + eps as f64).sqrt();
+            // The fused backward knows invstd only as the saved f32: build the scale from that
+            // value so its recomputed ReLU mask matches this output bit for bit.
+            let scale = bn_scale(gamma[ci], if RELU { invstd as f32 as f64 } else { invstd });
+            if RELU {
+                affine_relu(xc, yc, mean32, scale, beta[ci]);
+            } else {
+                affine(xc, yc, mean32, scale, beta[ci]);
+            }
+            (mean, var, invstd)
+        },
+    );
+    // PyTorch puts the unbiased variance into the running estimate (m = 1 has none: keep var).
+    let unbias = if m > 1 {
+        m as f64 / (m - 1) as f64
+    } else {
+        1.0
+    };
+    let mo = momentum as f64;
+    for (ci, &(mean, var, invstd)) in stats.iter().enumerate() {
+        save_mean[ci] = mean as f32;
+        save_invstd[ci] = invstd as f32;
+        running_mean[ci] = ((1.0 - mo) * running_mean[ci] as f64 + mo * mean) as f32;
+        running_var[ci] = ((1.0 - mo) * running_var[ci] as f64 + mo * var * unbias) as f32;
+    }
+}
+
+/// Evaluation-mode forward with the running statistics, followed by ReLU in the same pass when
+/// `relu` (the same bits as the two ops).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_eval_forward_with(
+    relu: bool,
+    c: usize,
+    m: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
+    for (name, v) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        assert_eq!(v.len(), c, "batchnorm: {name} length");
+    }
+    per_channel(
+        c,
+        m,
+        x,
+        y,
+        #[inline(always)]
+        |ci, xc, yc| {
+            let scale = gamma[ci] as f64 / (running_var[ci] as f64 + eps as f64).sqrt();
+            // One branch per channel; each arm is its own vector loop.
+            if relu {
+                affine_relu(xc, yc, running_mean[ci], scale as f32, beta[ci]);
+            } else {
+                affine(xc, yc, running_mean[ci], scale as f32, beta[ci]);
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused evaluation forward gives the bits of batch norm, then ReLU.
+    #[test]
+    fn fused_eval_forward_is_batchnorm_then_relu() {
+        let (c, m) = (3, 2000);
+        let mut r = crate::rng::Rng::new(4);
+        let x: Vec<f32> = (0..c * m).map(|_| r.normal()).collect();
+        let (g, b, rm, rv) = (
+            [1.2, -0.4, 0.9],
+            [0.1, 0.3, -0.2],
+            [0.05, -0.1, 0.2],
+            [0.8, 1.5, 0.3],
+        );
+        let (mut y, mut yr) = (vec![0.0; c * m], vec![0.0; c * m]);
+        batchnorm_eval_forward_with(false, c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut y);
+        batchnorm_eval_forward_with(true, c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut yr);
+        let want: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
+        assert_eq!(yr, want);
+        assert!(yr.contains(&0.0) && yr.iter().any(|&v| v > 0.0));
+    }
+}
