@@ -4,7 +4,7 @@
 use crate::autograd::{Tape, Var};
 use crate::device::gpu::alloc::GpuDevice;
 use crate::nn::on_device::DeviceParams;
-use crate::nn::ops::{self, BnStats};
+use crate::nn::ops::{self, BnParams, BnStats};
 use crate::nn::param::{ParamId, ParamKind, ParamStore};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -246,6 +246,13 @@ impl Builder {
         }
     }
 
+    /// Global average pooling of value `h` ([C, …] → [C, N]), then the linear classifier "fc".
+    fn classifier(&mut self, h: usize, c: usize, classes: usize) {
+        let feats = self.push(Layer::GlobalAvgPool { input: h });
+        let (w, b) = self.linear("fc", c, classes);
+        self.push(Layer::Linear { w, b, input: feats });
+    }
+
     /// Appends `layer`; returns the index of the value it makes.
     fn push(&mut self, layer: Layer) -> usize {
         self.layers.push(layer);
@@ -306,13 +313,7 @@ fn cnn(b: &mut Builder, config: &ModelConfig) {
         h = b.conv_bn((&conv, &bn), init, h, (cin, cout), (4, 2, 1), true);
         cin = cout;
     }
-    let feats = b.push(Layer::GlobalAvgPool { input: h });
-    let (w, bias) = b.linear("fc", cin, config.num_classes);
-    b.push(Layer::Linear {
-        w,
-        b: bias,
-        input: feats,
-    });
+    b.classifier(h, cin, config.num_classes);
 }
 
 /// ResNet-18 with width w (the reference's `resnet18vw`): 7×7/2 stem + batch norm + ReLU,
@@ -354,13 +355,7 @@ fn resnet18(b: &mut Builder, config: &ModelConfig) {
             cin = cout;
         }
     }
-    let feats = b.push(Layer::GlobalAvgPool { input: h });
-    let (w, bias) = b.linear("fc", cin, config.num_classes);
-    b.push(Layer::Linear {
-        w,
-        b: bias,
-        input: feats,
-    });
+    b.classifier(h, cin, config.num_classes);
 }
 
 impl Model {
@@ -412,12 +407,12 @@ impl Model {
                     ops::conv2d(tape, params, values[*input], c.w, c.b, c.stride, c.pad)?
                 }
                 Layer::BatchNorm { bn: n, relu, input } => {
-                    let (x, stats) = (values[*input], &mut bn[n.stats]);
-                    if *relu {
-                        ops::batchnorm_relu(tape, params, stats, x, n.gamma, n.beta, train)?
-                    } else {
-                        ops::batchnorm(tape, params, stats, x, n.gamma, n.beta, train)?
-                    }
+                    let p = BnParams {
+                        gamma: n.gamma,
+                        beta: n.beta,
+                        relu: *relu,
+                    };
+                    ops::batchnorm(tape, params, &mut bn[n.stats], values[*input], p, train)?
                 }
                 Layer::MaxPool {
                     k,

@@ -28,30 +28,13 @@ pub fn conv2d(
     stride: usize,
     pad: usize,
 ) -> Result<Var> {
+    let g = conv_geom(tape, store, x, w, stride, pad)?;
     if tape.device().is_some() {
-        return gpu::conv2d(tape, store, x, w, b, stride, pad);
+        return gpu::conv2d(tape, store, x, w, b, g);
     }
     let xv = tape.value_rc(x);
     let p = store.get(w);
-    let s = xv.shape();
-    ensure!(
-        s.len() == 4,
-        "{}: input must be [C, H, W, N], got {:?}",
-        p.name,
-        s
-    );
-    let k = if p.shape.len() == 4 { p.shape[2] } else { 1 };
-    let (cout, cols) = p.matrix_dims();
-    ensure!(
-        cols == s[0] * k * k,
-        "{}: weight {:?} does not fit an input with {} channels",
-        p.name,
-        p.shape,
-        s[0]
-    );
-    let g = ConvGeom::new(s[3], s[0], s[1], s[2], cout, k, stride, pad)
-        .map_err(|e| e.context(p.name.clone()))?
-        .with_layout(Layout::Chwn);
+    let cout = g.cout;
     let n = g.col_cols();
     let bias = b.map(|id| store.get(id).data());
     // A dense-masked weight is materialised once per step, here, and kept for backward.
@@ -123,6 +106,47 @@ pub fn conv2d(
         Ok(())
     });
     Ok(tape.push(name, out, &[x], true, backward))
+}
+
+/// The geometry of convolving x with weight `w` ([Cout, Cin, k, k], or [Cout, Cin] for k = 1),
+/// checked: x is [C, H, W, N] on the CPU (batch innermost), [C, N, H, W] on a GPU.
+fn conv_geom(
+    tape: &Tape,
+    store: &ParamStore,
+    x: Var,
+    w: ParamId,
+    stride: usize,
+    pad: usize,
+) -> Result<ConvGeom> {
+    let p = store.get(w);
+    let s = tape.value(x).shape();
+    let on_gpu = tape.device().is_some();
+    let layout = if on_gpu {
+        "[C, N, H, W]"
+    } else {
+        "[C, H, W, N]"
+    };
+    ensure!(
+        s.len() == 4,
+        "{}: input must be {layout}, got {s:?}",
+        p.name
+    );
+    let k = if p.shape.len() == 4 { p.shape[2] } else { 1 };
+    let (cout, cols) = p.matrix_dims();
+    ensure!(
+        cols == s[0] * k * k,
+        "{}: weight {:?} does not fit an input with {} channels",
+        p.name,
+        p.shape,
+        s[0]
+    );
+    let g = if on_gpu {
+        ConvGeom::new(s[1], s[0], s[2], s[3], cout, k, stride, pad)
+    } else {
+        ConvGeom::new(s[3], s[0], s[1], s[2], cout, k, stride, pad)
+            .map(|g| g.with_layout(Layout::Chwn))
+    };
+    g.map_err(|e| e.context(p.name.clone()))
 }
 
 /// The sparse path of `conv2d` as a direct convolution (`sparse::conv`): backward reads x

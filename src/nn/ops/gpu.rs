@@ -4,7 +4,8 @@
 //! allocator (`device::gpu::alloc`), and parameter gradients go into the device copies of the
 //! parameters (`nn::on_device`).
 
-use super::loss::{group_count, StepStats};
+use super::loss::{group_count, StepStats, Targets};
+use super::norm::{bn_input, BnParams};
 use super::{check_loss_inputs, BnStats, BN_EPS, BN_MOMENTUM};
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::pool::pool_out;
@@ -30,6 +31,11 @@ fn device(tape: &Tape) -> Arc<GpuDevice> {
     Arc::clone(tape.device().expect("a GPU op runs on a device tape"))
 }
 
+/// The tape's device and the parameters' copies there.
+fn engine<'s>(tape: &Tape, store: &'s ParamStore) -> Result<(Arc<GpuDevice>, &'s DeviceParams)> {
+    Ok((device(tape), on_device(store)?))
+}
+
 /// The parameters' device copies.
 fn on_device(store: &ParamStore) -> Result<&DeviceParams> {
     store.device.as_deref().ok_or_else(|| {
@@ -37,42 +43,20 @@ fn on_device(store: &ParamStore) -> Result<&DeviceParams> {
     })
 }
 
-/// Convolution of x [Cin, N, H, W] with a dense or sparse weight and an optional bias.
+/// Convolution of x [Cin, N, H, W] with a dense or sparse weight and an optional bias; `g` is
+/// checked by the caller.
 pub(super) fn conv2d(
     tape: &mut Tape,
     store: &ParamStore,
     x: Var,
     w: ParamId,
     b: Option<ParamId>,
-    stride: usize,
-    pad: usize,
+    g: ConvGeom,
 ) -> Result<Var> {
-    let dev = device(tape);
-    let dp = on_device(store)?;
+    let (dev, dp) = engine(tape, store)?;
     let xv = tape.value_rc(x);
-    let host = store.get(w);
-    let s = xv.shape().to_vec();
-    ensure!(
-        s.len() == 4,
-        "{}: input must be [C, N, H, W], got {:?}",
-        host.name,
-        s
-    );
-    let k = if host.shape.len() == 4 {
-        host.shape[2]
-    } else {
-        1
-    };
     let p = &dp.params[w.0];
-    ensure!(
-        p.cols == s[0] * k * k,
-        "{}: weight {:?} does not fit an input with {} channels",
-        host.name,
-        host.shape,
-        s[0]
-    );
-    let g = ConvGeom::new(s[1], s[0], s[2], s[3], p.rows, k, stride, pad)
-        .map_err(|e| e.context(host.name.clone()))?;
+    let name = &store.get(w).name;
     let mut y = DeviceBuf::zeros(&dev, g.cout * g.n * g.oh * g.ow)?;
     let bias = b.map(|b| &dp.params[b.0].values);
     let xb = buf(&xv)?;
@@ -82,7 +66,7 @@ pub(super) fn conv2d(
             conv::conv_fwd_sparse(dev.gpu(), &g, xb, &sw.bufs(&p.values), bias, y.buf_mut())
         }
     }
-    .with_context(|| format!("{} forward", host.name))?;
+    .with_context(|| format!("{name} forward"))?;
     let out = Tensor::from_device(&[g.cout, g.n, g.oh, g.ow], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
         let dp = on_device(ctx.params)?;
@@ -141,31 +125,21 @@ pub(super) fn conv2d(
     Ok(tape.push("conv2d", out, &[x], true, backward))
 }
 
-/// Batch norm of x [C, …] per channel (ReLU fused when `relu`): training mode with batch
+/// Batch norm of x [C, …] per channel (ReLU fused when `p.relu`): training mode with batch
 /// statistics (running statistics updated on the device), or evaluation mode with the running
 /// statistics (not differentiable).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn batchnorm(
     tape: &mut Tape,
     store: &ParamStore,
     stats: &BnStats,
     x: Var,
-    gamma: ParamId,
-    beta: ParamId,
+    p: BnParams,
     train: bool,
-    relu: bool,
 ) -> Result<Var> {
-    let dev = device(tape);
-    let dp = on_device(store)?;
-    let xv = tape.value_rc(x);
-    let c = xv.shape()[0];
+    let BnParams { gamma, beta, relu } = p;
+    let (dev, dp) = engine(tape, store)?;
+    let (xv, c, m) = bn_input(tape, store, x, gamma)?;
     let name = &store.get(gamma).name;
-    ensure!(
-        dp.params[gamma.0].len == c,
-        "{name}: {} channels, input has {c}",
-        dp.params[gamma.0].len
-    );
-    let m = xv.numel() / c;
     let y = DeviceBuf::zeros(&dev, xv.numel())?;
     let (g, bt) = (&dp.params[gamma.0].values, &dp.params[beta.0].values);
     let running = dp.bn.borrow();
@@ -264,21 +238,12 @@ pub(super) fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
     Ok(tape.push("relu", out, &[x], false, backward))
 }
 
-pub(super) fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
-    let dev = device(tape);
-    let (av, bv) = (tape.value_rc(a), tape.value_rc(b));
-    let n = av.numel();
-    let y = DeviceBuf::zeros(&dev, n)?;
-    elementwise::add(dev.gpu(), buf(&av)?, buf(&bv)?, y.buf(), n)?;
-    let out = Tensor::from_device(av.shape(), y)?;
-    let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
-        // Both inputs receive dy itself: a device tensor's clone shares its buffer, and a
-        // gradient that is added to is copied first (`Tensor::add_assign`).
-        ctx.accumulate(a, dy.clone())?;
-        ctx.accumulate(b, dy.clone())?;
-        Ok(())
-    });
-    Ok(tape.push("add", out, &[a, b], false, backward))
+/// a + b, the forward of `ops::add` (whose backward serves both devices).
+pub(super) fn add(dev: &Arc<GpuDevice>, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let n = a.numel();
+    let y = DeviceBuf::zeros(dev, n)?;
+    elementwise::add(dev.gpu(), buf(a)?, buf(b)?, y.buf(), n)?;
+    Tensor::from_device(a.shape(), y)
 }
 
 /// Max-pooling of x [C, N, H, W].
@@ -357,13 +322,8 @@ pub(super) fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
 /// The fused reweighted cross-entropy of class-major logits [K, N]: loss, per-sample losses,
 /// the gradient of the logits and the per-group statistics in one kernel; the losses and the
 /// statistics row are read back.
-pub(super) fn cross_entropy(
-    tape: &mut Tape,
-    logits: Var,
-    labels: &[u32],
-    weights: &[f32],
-    groups: Option<&[u32]>,
-) -> Result<(Var, StepStats)> {
+pub(super) fn cross_entropy(tape: &mut Tape, logits: Var, t: &Targets) -> Result<(Var, StepStats)> {
+    let (labels, weights, groups) = (t.labels, t.weights, t.groups);
     let dev = device(tape);
     let lv = tape.value_rc(logits);
     let s = lv.shape().to_vec();

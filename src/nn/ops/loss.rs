@@ -39,6 +39,13 @@ pub struct StepStats {
     pub groups: Vec<(f32, usize, usize)>,
 }
 
+/// What a loss is computed against: per sample its label, its weight and (optionally) its group.
+pub(super) struct Targets<'a> {
+    pub labels: &'a [u32],
+    pub weights: &'a [f32],
+    pub groups: Option<&'a [u32]>,
+}
+
 /// How many groups the ids name (one when there are none).
 pub(super) fn group_count(groups: Option<&[u32]>) -> usize {
     groups.map_or(1, |g| g.iter().max().map_or(1, |&m| m as usize + 1))
@@ -118,7 +125,12 @@ pub fn cross_entropy(
         );
     }
     if tape.device().is_some() {
-        return gpu::cross_entropy(tape, logits, labels, weights, groups);
+        let targets = Targets {
+            labels,
+            weights,
+            groups,
+        };
+        return gpu::cross_entropy(tape, logits, &targets);
     }
     let lv = tape.value(logits);
     let s = lv.shape().to_vec();

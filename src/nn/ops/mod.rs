@@ -19,7 +19,7 @@ mod norm;
 
 pub use conv::conv2d;
 pub use loss::{argmax_rows, check_loss_inputs, cross_entropy, logits_rows, StepStats};
-pub use norm::{batchnorm, batchnorm_relu};
+pub use norm::{batchnorm, BnParams};
 
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::buffers::overwritten;
@@ -78,13 +78,17 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
         av.shape(),
         bv.shape()
     );
-    if tape.device().is_some() {
-        return gpu::add(tape, a, b);
-    }
-    let y = overwritten(av.numel(), |y| {
-        elementwise::add_forward(av.data(), bv.data(), y)
-    });
-    let out = Tensor::from_vec(av.shape(), y)?;
+    let out = match tape.device() {
+        Some(dev) => gpu::add(dev, &av, &bv)?,
+        None => {
+            let y = overwritten(av.numel(), |y| {
+                elementwise::add_forward(av.data(), bv.data(), y)
+            });
+            Tensor::from_vec(av.shape(), y)?
+        }
+    };
+    // Both inputs receive dy itself (on a device a clone shares its buffer, and a gradient that
+    // is added to is copied first: `Tensor::add_assign`).
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
         ctx.accumulate(a, dy.clone())?;
         ctx.accumulate(b, dy.clone())?;

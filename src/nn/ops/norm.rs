@@ -11,26 +11,35 @@ use anyhow::{ensure, Result};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Batch normalisation of x [C, …] (image activations [C, H, W, N], or features [C, N]): per
-/// channel over its contiguous row. In training mode it normalises with the
-/// batch statistics and updates `stats`; in evaluation mode it uses `stats` and cannot be
-/// differentiated.
+/// A batch-norm layer as its op sees it: scale γ and shift β, and whether a ReLU follows in the
+/// same passes.
+#[derive(Clone, Copy, Debug)]
+pub struct BnParams {
+    pub gamma: ParamId,
+    pub beta: ParamId,
+    pub relu: bool,
+}
+
+/// Batch normalisation of x [C, …] (image activations, or features [C, N]) per channel, then
+/// ReLU when `p.relu` (`relu(batchnorm(x))` as one op: one pass over the activations forward and,
+/// in training, at most two backward, the ReLU mask recomputed from x). In training mode it
+/// normalises with the batch statistics and updates `stats`; in evaluation mode it uses `stats`
+/// and cannot be differentiated.
 pub fn batchnorm(
     tape: &mut Tape,
     store: &ParamStore,
     stats: &mut BnStats,
     x: Var,
-    gamma: ParamId,
-    beta: ParamId,
+    p: BnParams,
     train: bool,
 ) -> Result<Var> {
     if tape.device().is_some() {
-        return gpu::batchnorm(tape, store, stats, x, gamma, beta, train, false);
+        return gpu::batchnorm(tape, store, stats, x, p, train);
     }
     if train {
-        return batchnorm_train(tape, store, stats, x, gamma, beta, false);
+        return batchnorm_train(tape, store, stats, x, p);
     }
-    batchnorm_eval(tape, store, stats, x, gamma, beta, false)
+    batchnorm_eval(tape, store, stats, x, p)
 }
 
 /// Evaluation-mode batch norm (ReLU fused when `relu`): not differentiable.
@@ -39,10 +48,9 @@ fn batchnorm_eval(
     store: &ParamStore,
     stats: &BnStats,
     x: Var,
-    gamma: ParamId,
-    beta: ParamId,
-    relu: bool,
+    p: BnParams,
 ) -> Result<Var> {
+    let BnParams { gamma, beta, relu } = p;
     ensure!(
         !tape.is_recording(),
         "batch norm in evaluation mode cannot be differentiated: use a no_grad tape"
@@ -66,30 +74,9 @@ fn batchnorm_eval(
     Ok(tape.input(Tensor::from_vec(xv.shape(), y)?))
 }
 
-/// `relu(batchnorm(x))` as one op: one pass over the activations forward (in both modes) and,
-/// in training, at most two backward (the ReLU mask is recomputed from x), instead of a
-/// batch-norm output, a ReLU output and a masked gradient each written and read again.
-pub fn batchnorm_relu(
-    tape: &mut Tape,
-    store: &ParamStore,
-    stats: &mut BnStats,
-    x: Var,
-    gamma: ParamId,
-    beta: ParamId,
-    train: bool,
-) -> Result<Var> {
-    if tape.device().is_some() {
-        return gpu::batchnorm(tape, store, stats, x, gamma, beta, train, true);
-    }
-    if train {
-        return batchnorm_train(tape, store, stats, x, gamma, beta, true);
-    }
-    batchnorm_eval(tape, store, stats, x, gamma, beta, true)
-}
-
 /// The input of a batch norm with its channel count c and values per channel m, checked
 /// against the layer.
-fn bn_input(
+pub(super) fn bn_input(
     tape: &Tape,
     store: &ParamStore,
     x: Var,
@@ -115,10 +102,13 @@ fn batchnorm_train(
     store: &ParamStore,
     stats: &mut BnStats,
     x: Var,
-    gamma: ParamId,
-    beta: ParamId,
-    fused_relu: bool,
+    p: BnParams,
 ) -> Result<Var> {
+    let BnParams {
+        gamma,
+        beta,
+        relu: fused_relu,
+    } = p;
     let (xv, c, m) = bn_input(tape, store, x, gamma)?;
     ensure!(
         m > 1,
