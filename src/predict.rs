@@ -57,7 +57,7 @@ pub fn input_of(ck: &Checkpoint, channels: usize) -> InputSpec {
     }
     let n = match ck.config.dataset.as_str() {
         "cifar10c" => crate::data::cifar::cifar_normalize(),
-        "bffhq" => crate::data::registry::imagenet_normalize(),
+        "bffhq" => crate::data::Normalize::imagenet(),
         _ => Normalize::identity(channels),
     };
     InputSpec {

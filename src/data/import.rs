@@ -16,7 +16,7 @@
 //! images (sizes, names, two classes) and writes the three splits as cache files under
 //! `DATA_DIR/bffhq/cache/0.5pct/`, which `--dataset bffhq` then reads instead of the PNGs.
 
-use super::{cache, folder, gen, registry, Splits};
+use super::{cache, folder, gen, Normalize, Splits};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -88,13 +88,8 @@ pub fn import_bffhq(dir: &Path, data_dir: &Path) -> Result<(Splits, PathBuf)> {
     }
     let root = bffhq_root(dir);
     check_layout(&root)?;
-    let splits = folder::read_folder(
-        &root,
-        BFFHQ_RATIO,
-        Some(2),
-        Some(registry::imagenet_normalize()),
-    )
-    .with_context(|| format!("{}: reading the BFFHQ images", root.display()))?;
+    let splits = folder::read_folder(&root, BFFHQ_RATIO, Some(2), Some(Normalize::imagenet()))
+        .with_context(|| format!("{}: reading the BFFHQ images", root.display()))?;
     gen::conflicting_count(&splits.train.name, BFFHQ_RATIO, splits.train.len())?;
     let out = bffhq_cache_dir(data_dir);
     for (s, ds) in gen::SPLIT_NAMES

@@ -35,6 +35,14 @@ pub struct Normalize {
 }
 
 impl Normalize {
+    /// The ImageNet channel statistics (used for BFFHQ's face photographs).
+    pub fn imagenet() -> Self {
+        Self {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        }
+    }
+
     /// p/255, no shift or scale (the reference's Colored MNIST).
     pub fn identity(channels: usize) -> Self {
         Self {

@@ -30,14 +30,6 @@ impl Default for OpenOptions {
     }
 }
 
-/// The ImageNet channel statistics used for BFFHQ's face photographs.
-pub fn imagenet_normalize() -> Normalize {
-    Normalize {
-        mean: vec![0.485, 0.456, 0.406],
-        std: vec![0.229, 0.224, 0.225],
-    }
-}
-
 /// Whether a dataset's test split is unbiased (bias attribute uniform, independent of the label),
 /// so that its whole-split test accuracy is the literature's "unbiased accuracy". BFFHQ's test
 /// split is not (its headline is the bias-conflicting accuracy), nor need a folder dataset's be.
@@ -95,7 +87,7 @@ pub fn open_with(
                 }
             }
             let root = data_dir.join("bffhq");
-            folder::read_folder(&root, ratio_percent, Some(2), Some(imagenet_normalize()))
+            folder::read_folder(&root, ratio_percent, Some(2), Some(Normalize::imagenet()))
                 .with_context(|| {
                     format!(
                         "bffhq: expected the BFFHQ folder layout (0.5pct/align, 0.5pct/conflict, \

@@ -3,12 +3,13 @@
 
 use crate::autograd::{Tape, Var};
 use crate::device::gpu::alloc::GpuDevice;
-use crate::nn::on_device::DeviceParams;
+use crate::nn::on_device::{DeviceParams, Downloaded, HostParam};
 use crate::nn::ops::{self, BnParams, BnStats};
-use crate::nn::param::{ParamId, ParamKind, ParamStore};
+use crate::nn::param::{ParamId, ParamKind, ParamStore, Values};
 use crate::rng::Rng;
+use crate::sparse::csr::SparseWeight;
 use crate::tensor::Tensor;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use std::sync::Arc;
 
 #[derive(
@@ -447,7 +448,31 @@ impl Model {
     /// Moves the trainable state to `device` (with `momentum`, the optimiser's buffers): from
     /// now on the ops run there and the host copy is stale until `download`.
     pub fn to_device(&mut self, device: &Arc<GpuDevice>, momentum: &[Vec<f32>]) -> Result<()> {
-        let d = DeviceParams::upload(device, &self.params, momentum, &self.bn)?;
+        ensure!(
+            momentum.len() == self.params.params.len(),
+            "optimiser state has {} buffers for {} parameters",
+            momentum.len(),
+            self.params.params.len()
+        );
+        let host: Vec<HostParam> = self
+            .params
+            .params
+            .iter()
+            .zip(momentum)
+            .map(|(p, m)| {
+                let (rows, cols) = p.matrix_dims();
+                HostParam {
+                    name: &p.name,
+                    rows,
+                    cols,
+                    values: p.data(),
+                    momentum: m,
+                    sparse: p.sparse(),
+                }
+            })
+            .collect();
+        let bn: Vec<(&[f32], &[f32])> = self.bn.iter().map(|s| (&s.mean[..], &s.var[..])).collect();
+        let d = DeviceParams::upload(device, &host, &bn)?;
         self.params.device = Some(Box::new(d));
         Ok(())
     }
@@ -455,10 +480,29 @@ impl Model {
     /// Brings the host copy (and `momentum`) up to date with the device's; nothing to do for a
     /// model on the host.
     pub fn download(&mut self, momentum: &mut [Vec<f32>]) -> Result<()> {
-        if let Some(d) = self.params.device.take() {
-            let done = d.download(&mut self.params, momentum, &mut self.bn);
-            self.params.device = Some(d);
-            done?;
+        let Some(d) = &self.params.device else {
+            return Ok(());
+        };
+        let Downloaded { params: states, bn } = d.download()?;
+        ensure!(
+            states.len() == self.params.params.len() && momentum.len() == states.len(),
+            "download into a model of another architecture"
+        );
+        for ((p, s), m) in self.params.params.iter_mut().zip(states).zip(momentum) {
+            ensure!(p.name == s.name, "download: {} is not {}", s.name, p.name);
+            let (rows, cols) = p.matrix_dims();
+            match (&mut p.values, s.positions) {
+                (Values::Dense(v), None) => *v = s.values,
+                (Values::Sparse(sw, _), Some(pos)) => {
+                    *sw = SparseWeight::from_positions(rows, cols, &pos, s.values)
+                }
+                _ => bail!("{}: dense on one side, sparse on the other", p.name),
+            }
+            *m = s.momentum;
+        }
+        for (s, (mean, var)) in self.bn.iter_mut().zip(bn) {
+            s.mean = mean;
+            s.var = var;
         }
         Ok(())
     }

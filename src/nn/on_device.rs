@@ -17,8 +17,6 @@ use crate::device::gpu::kernels::conv::SparseBufs;
 use crate::device::gpu::kernels::optim::{self, SgdTable};
 use crate::device::gpu::kernels::topk::{self, BatchLayout, TopkBatchWorkspace};
 use crate::device::gpu::{Buf, Gpu};
-use crate::nn::ops::BnStats;
-use crate::nn::param::{ParamStore, Values};
 use crate::sparse::csr::SparseWeight;
 use crate::sparse::topology::{prune_count, UpdateStats};
 use anyhow::{bail, ensure, Context, Result};
@@ -66,6 +64,34 @@ impl DeviceSparseWeight {
             nnz: self.nnz,
         }
     }
+}
+
+/// A parameter as its device copy is made: its trainable numbers (all values, or a sparse
+/// layer's active ones), their momentum, and the sparse index.
+pub struct HostParam<'a> {
+    pub name: &'a str,
+    /// The weight as a matrix: (output units, inputs per unit).
+    pub rows: usize,
+    pub cols: usize,
+    pub values: &'a [f32],
+    pub momentum: &'a [f32],
+    pub sparse: Option<&'a SparseWeight>,
+}
+
+/// A parameter's state read back from the device.
+pub struct ParamState {
+    pub name: String,
+    pub values: Vec<f32>,
+    pub momentum: Vec<f32>,
+    /// A sparse layer's active positions r·cols + c, ascending.
+    pub positions: Option<Vec<u32>>,
+}
+
+/// Everything `DeviceParams::download` reads back.
+pub struct Downloaded {
+    pub params: Vec<ParamState>,
+    /// Per batch norm, its running (mean, variance).
+    pub bn: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 /// One parameter on the device.
@@ -134,57 +160,49 @@ impl std::fmt::Debug for DeviceParams {
 }
 
 impl DeviceParams {
-    /// Copies every parameter of `store`, its momentum and the batch-norm statistics `bn` to
-    /// `device`.
+    /// Copies every parameter (with its momentum) and the batch-norm statistics `bn` (mean,
+    /// variance) to `device`.
     pub fn upload(
         device: &Arc<GpuDevice>,
-        store: &ParamStore,
-        momentum: &[Vec<f32>],
-        bn: &[BnStats],
+        host: &[HostParam],
+        bn: &[(&[f32], &[f32])],
     ) -> Result<Self> {
-        ensure!(
-            momentum.len() == store.params.len(),
-            "optimiser state has {} buffers for {} parameters",
-            momentum.len(),
-            store.params.len()
-        );
         let gpu = device.gpu();
-        let mut params = Vec::with_capacity(store.params.len());
-        let mut grads = Vec::with_capacity(store.params.len());
-        for (p, m) in store.params.iter().zip(momentum) {
+        let mut params = Vec::with_capacity(host.len());
+        let mut grads = Vec::with_capacity(host.len());
+        for p in host {
+            let len = p.values.len();
             ensure!(
-                m.len() == p.len(),
-                "{}: momentum has {} values for {}",
+                p.momentum.len() == len,
+                "{}: momentum has {} values for {len}",
                 p.name,
-                m.len(),
-                p.len()
+                p.momentum.len(),
             );
-            let sparse = match &p.values {
-                Values::Dense(_) => None,
-                Values::Sparse(sw, _) => Some(DeviceSparseWeight::upload(gpu, sw)?),
-            };
-            let (rows, cols) = p.matrix_dims();
+            let sparse = p
+                .sparse
+                .map(|sw| DeviceSparseWeight::upload(gpu, sw))
+                .transpose()?;
             params.push(DeviceParam {
-                name: p.name.clone(),
-                rows,
-                cols,
-                values: gpu.upload(p.data())?,
-                momentum: gpu.upload(m)?,
-                len: p.len(),
+                name: p.name.to_string(),
+                rows: p.rows,
+                cols: p.cols,
+                values: gpu.upload(p.values)?,
+                momentum: gpu.upload(p.momentum)?,
+                len,
                 sparse,
             });
             grads.push(DeviceGrad {
-                grad: gpu.zeros::<f32>(p.len())?,
+                grad: gpu.zeros::<f32>(len)?,
                 dense: None,
                 written: false,
             });
         }
         let bn = bn
             .iter()
-            .map(|s| {
+            .map(|(mean, var)| {
                 Ok(DeviceBnStats {
-                    mean: gpu.upload(&s.mean)?,
-                    var: gpu.upload(&s.var)?,
+                    mean: gpu.upload(mean)?,
+                    var: gpu.upload(var)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -309,53 +327,41 @@ impl DeviceParams {
         }
     }
 
-    /// Writes the device state back into `store` (values, a sparse layer's structure; its
-    /// compute path is kept), `momentum` and the batch-norm statistics `bn`.
-    pub fn download(
-        &self,
-        store: &mut ParamStore,
-        momentum: &mut [Vec<f32>],
-        bn: &mut [BnStats],
-    ) -> Result<()> {
+    /// The device state, copied back: per parameter its values, momentum and (sparse layers)
+    /// active positions; per batch norm its running (mean, variance).
+    pub fn download(&self) -> Result<Downloaded> {
         let gpu = self.gpu();
-        ensure!(
-            store.params.len() == self.params.len() && momentum.len() == self.params.len(),
-            "download into a model of another architecture"
-        );
-        for (i, dp) in self.params.iter().enumerate() {
-            let p = &mut store.params[i];
-            ensure!(
-                p.name == dp.name,
-                "download: parameter {i} is {}, not {}",
-                p.name,
-                dp.name
-            );
-            let values: Vec<f32> = read(gpu, &dp.values, dp.len)?;
-            match (&mut p.values, &dp.sparse) {
-                (Values::Dense(v), None) => *v = values,
-                (Values::Sparse(sw, _), Some(ds)) => {
-                    let positions: Vec<u32> = read(gpu, &ds.positions, ds.nnz)?;
+        let mut params = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let positions = match &p.sparse {
+                None => None,
+                Some(s) => {
+                    let positions: Vec<u32> = read(gpu, &s.positions, s.nnz)?;
                     ensure!(
                         positions.windows(2).all(|w| w[0] < w[1])
                             && positions
                                 .last()
-                                .is_none_or(|&l| (l as usize) < ds.rows * ds.cols),
+                                .is_none_or(|&l| (l as usize) < s.rows * s.cols),
                         "{}: the device's sparse index is corrupt",
-                        dp.name
+                        p.name
                     );
-                    *sw = SparseWeight::from_positions(ds.rows, ds.cols, &positions, values);
+                    Some(positions)
                 }
-                _ => bail!("{}: dense on one side, sparse on the other", dp.name),
-            }
-            momentum[i] = read(gpu, &dp.momentum, dp.len)?;
+            };
+            params.push(ParamState {
+                name: p.name.clone(),
+                values: read(gpu, &p.values, p.len)?,
+                momentum: read(gpu, &p.momentum, p.len)?,
+                positions,
+            });
         }
-        let dbn = self.bn.borrow();
-        ensure!(dbn.len() == bn.len(), "download: batch-norm layers differ");
-        for (s, d) in bn.iter_mut().zip(dbn.iter()) {
-            s.mean = read(gpu, &d.mean, s.mean.len())?;
-            s.var = read(gpu, &d.var, s.var.len())?;
-        }
-        Ok(())
+        let bn = self
+            .bn
+            .borrow()
+            .iter()
+            .map(|d| Ok((gpu.read(&d.mean)?, gpu.read(&d.var)?)))
+            .collect::<Result<_>>()?;
+        Ok(Downloaded { params, bn })
     }
 }
 

@@ -10,7 +10,7 @@
 //! - one topology update (prune and regrow) of every masked weight of ResNet-18 (11 M weights,
 //!   ERK density 0.05) with the device kernels, one layer at a time and batched (every layer's
 //!   pass in one launch), with each path's launch count;
-//! - training-step images/s of both models through `GpuModel` at densities 1, 0.05 and 0.01.
+//! - training-step images/s of both models (the tape on the device) at densities 1, 0.05 and 0.01.
 //!
 //! Timing: one warm-up call (it also compiles the kernel files with NVRTC), then `--reps`
 //! samples, each the mean over enough back-to-back calls to fill ~2 ms, bracketed by

@@ -1,4 +1,4 @@
-//! `rest bench gpu`, step section: training-step images/s of both models through `GpuModel`.
+//! `rest bench gpu`, step section: training-step images/s of both models, the tape running on the device.
 
 use super::timing::{median, Plan};
 use crate::cli::device::gpu_for;

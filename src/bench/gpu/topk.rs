@@ -22,7 +22,7 @@ pub struct TopkRow {
     pub pruned: usize,
     /// One layer at a time (`topk::update_layer`, 14–20 launches per layer).
     pub ms: f64,
-    /// Every layer at once (`topk::update_layers`, each pass launched once; what `GpuModel`
+    /// Every layer at once (`topk::update_layers`, each pass launched once; what the training step
     /// runs).
     pub batched_ms: f64,
     /// Kernel launches of one update: one layer at a time, and batched (which also copies its

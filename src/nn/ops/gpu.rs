@@ -4,9 +4,10 @@
 //! allocator (`device::gpu::alloc`), and parameter gradients go into the device copies of the
 //! parameters (`nn::on_device`).
 
-use super::loss::{group_count, StepStats, Targets};
-use super::norm::{bn_input, BnParams};
-use super::{check_loss_inputs, BnStats, BN_EPS, BN_MOMENTUM};
+use super::spec::{
+    bn_input, check_loss_inputs, group_count, BnParams, BnStats, StepStats, Targets, BN_EPS,
+    BN_MOMENTUM,
+};
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::pool::pool_out;
 use crate::device::cpu::ConvGeom;

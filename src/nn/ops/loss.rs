@@ -1,55 +1,11 @@
 //! The reweighted cross-entropy, and what a training step reports about its batch.
 
 use super::gpu;
+use super::spec::{check_loss_inputs, group_count, StepStats, Targets};
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::xent;
 use crate::tensor::Tensor;
-use anyhow::{bail, ensure, Result};
-
-/// The checks every cross-entropy (CPU or GPU) makes on a batch: one label and one weight per
-/// sample, labels below `k`, weights finite, ≥ 0 and not all zero.
-pub fn check_loss_inputs(n: usize, k: usize, labels: &[u32], weights: &[f32]) -> Result<()> {
-    ensure!(
-        labels.len() == n && weights.len() == n,
-        "cross-entropy: {n} samples, {} labels, {} weights",
-        labels.len(),
-        weights.len()
-    );
-    if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
-        bail!("cross-entropy: label {l} out of range for {k} classes");
-    }
-    ensure!(
-        weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f32>() > 0.0,
-        "cross-entropy: sample weights must be finite, ≥ 0 and not all zero"
-    );
-    Ok(())
-}
-
-/// What a training step reports about its batch (the loss op computes it on either device).
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepStats {
-    /// The reweighted loss Σ wᵢlᵢ / Σ wᵢ of the batch.
-    pub loss: f32,
-    /// Per-sample (unweighted) losses lᵢ.
-    pub losses: Vec<f32>,
-    /// Samples whose prediction (first maximum of the logits) equals the label.
-    pub correct: usize,
-    /// Per group of the step's `groups` (one group when none were given): (Σ lᵢ, correct
-    /// predictions, samples).
-    pub groups: Vec<(f32, usize, usize)>,
-}
-
-/// What a loss is computed against: per sample its label, its weight and (optionally) its group.
-pub(super) struct Targets<'a> {
-    pub labels: &'a [u32],
-    pub weights: &'a [f32],
-    pub groups: Option<&'a [u32]>,
-}
-
-/// How many groups the ids name (one when there are none).
-pub(super) fn group_count(groups: Option<&[u32]>) -> usize {
-    groups.map_or(1, |g| g.iter().max().map_or(1, |&m| m as usize + 1))
-}
+use anyhow::{ensure, Result};
 
 /// Per-group (Σ loss, correct, samples) of a batch; groups None: one group.
 fn group_sums(

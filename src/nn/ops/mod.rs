@@ -16,10 +16,12 @@ mod conv;
 mod gpu;
 mod loss;
 mod norm;
+mod spec;
 
 pub use conv::conv2d;
-pub use loss::{argmax_rows, check_loss_inputs, cross_entropy, logits_rows, StepStats};
-pub use norm::{batchnorm, BnParams};
+pub use loss::{argmax_rows, cross_entropy, logits_rows};
+pub use norm::batchnorm;
+pub use spec::{check_loss_inputs, BnParams, BnStats, StepStats, BN_EPS, BN_MOMENTUM};
 
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::buffers::overwritten;
@@ -28,29 +30,6 @@ use crate::device::cpu::{elementwise, pool};
 use crate::nn::param::{ParamId, ParamStore};
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
-
-/// Running statistics of one batch-norm layer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BnStats {
-    pub mean: Vec<f32>,
-    pub var: Vec<f32>,
-    /// This layer's place among the model's batch norms: where its statistics are on a device
-    /// (`DeviceParams::bn`).
-    pub slot: usize,
-}
-
-impl BnStats {
-    pub fn new(c: usize, slot: usize) -> Self {
-        Self {
-            mean: vec![0.0; c],
-            var: vec![1.0; c],
-            slot,
-        }
-    }
-}
-
-pub const BN_EPS: f32 = 1e-5;
-pub const BN_MOMENTUM: f32 = 0.1;
 
 pub fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
     if tape.device().is_some() {

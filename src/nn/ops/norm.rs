@@ -1,24 +1,16 @@
 //! Batch normalisation (and batch norm + ReLU in one pass) on the CPU, training and evaluation.
 
 use super::conv::{BnBackward, FirstConv, ReluBnLink};
-use super::{gpu, BnStats, BN_EPS, BN_MOMENTUM};
+use super::gpu;
+use super::spec::{bn_input, BnParams, BnStats, BN_EPS, BN_MOMENTUM};
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::buffers::overwritten;
 use crate::device::cpu::norm;
-use crate::nn::param::{ParamId, ParamStore};
+use crate::nn::param::ParamStore;
 use crate::tensor::Tensor;
 use anyhow::{ensure, Result};
 use std::cell::RefCell;
 use std::rc::Rc;
-
-/// A batch-norm layer as its op sees it: scale γ and shift β, and whether a ReLU follows in the
-/// same passes.
-#[derive(Clone, Copy, Debug)]
-pub struct BnParams {
-    pub gamma: ParamId,
-    pub beta: ParamId,
-    pub relu: bool,
-}
 
 /// Batch normalisation of x [C, …] (image activations, or features [C, N]) per channel, then
 /// ReLU when `p.relu` (`relu(batchnorm(x))` as one op: one pass over the activations forward and,
@@ -72,28 +64,6 @@ fn batchnorm_eval(
         )
     });
     Ok(tape.input(Tensor::from_vec(xv.shape(), y)?))
-}
-
-/// The input of a batch norm with its channel count c and values per channel m, checked
-/// against the layer.
-pub(super) fn bn_input(
-    tape: &Tape,
-    store: &ParamStore,
-    x: Var,
-    gamma: ParamId,
-) -> Result<(Rc<Tensor>, usize, usize)> {
-    let xv = tape.value_rc(x);
-    let c = xv.shape()[0];
-    let p = store.get(gamma);
-    ensure!(
-        p.len() == c,
-        "{}: {} channels, input has {}",
-        p.name,
-        p.len(),
-        c
-    );
-    let m = xv.numel() / c;
-    Ok((xv, c, m))
 }
 
 /// Training-mode batch norm, followed by ReLU in the same passes when `fused_relu`.

@@ -7,7 +7,7 @@
 //! launches the sequence [`plan`] returns; the CPU twins (`device::cpu::twin::topk`) run the same
 //! plan on host slices. The layer's buffers keep their addresses across updates.
 //!
-//! [`update_layers`] is the batched form (what `GpuModel` runs): every pass launched once for all
+//! [`update_layers`] is the batched form (what the training step runs, `nn::on_device`): every pass launched once for all
 //! layers (17 launches for ResNet-18's 21 layers instead of 357), the layers described by a table
 //! of `TopkParams` records copied to the device once per update, each layer's scratch a slice of
 //! one [`TopkBatchWorkspace`] ([`BatchLayout`]). The batched kernels run the per-layer kernels'
