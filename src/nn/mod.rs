@@ -1,5 +1,6 @@
 //! Layers on the tape and the paper's models.
 
+mod architectures;
 pub mod models;
 pub mod on_device;
 pub mod ops;
