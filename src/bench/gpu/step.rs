@@ -3,7 +3,7 @@
 use super::timing::{median, Plan};
 use crate::cli::device::gpu_for;
 use crate::device::gpu::alloc::GpuDevice;
-use crate::device::gpu::Gpu;
+use crate::device::gpu::{Gpu, TrafficCounts};
 use crate::dst::{self, SparseConfig};
 use crate::nn::{Model, ModelConfig};
 use crate::optim::Sgd;
@@ -27,6 +27,9 @@ pub struct StepRow {
     /// Kernel launches of one (non-update) training step (`Gpu::launches`; the same on every
     /// backend). At low density a step on a GPU is bound by them, a few µs each.
     pub launches: u64,
+    /// Everything one step asked of the device beside its kernels: copies each way (a copy to
+    /// the host synchronises), memsets, synchronisations.
+    pub traffic: TrafficCounts,
 }
 
 /// Training steps on the tape, the model on the device (each model on its own `Gpu` of the same
@@ -36,8 +39,19 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
         "\n== training step on the device (forward, reweighted cross-entropy, backward, SGD) =="
     );
     println!(
-        "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9} {:>10} {:>8} {:>8}",
-        "model", "width", "batch", "image", "density", "ms", "images/s", "vs dense", "launches"
+        "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9} {:>10} {:>8} {:>8} {:>6} {:>6} {:>6}",
+        "model",
+        "width",
+        "batch",
+        "image",
+        "density",
+        "ms",
+        "images/s",
+        "vs dense",
+        "launches",
+        "to dev",
+        "to host",
+        "memset"
     );
     let mut rows = Vec::new();
     for &(arch, width, batch, image) in &plan.steps {
@@ -69,7 +83,7 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
                 .map(|i| if i % 20 == 0 { 80.0 } else { 1.0 })
                 .collect();
             let groups: Vec<u32> = (0..batch).map(|i| (i % 20 == 0) as u32).collect();
-            let launches0 = dev.gpu().launches();
+            let traffic0 = dev.gpu().traffic();
             // The step reads the losses back, so every step ends synchronised.
             let mut step = || -> Result<()> {
                 let x = Tensor::from_vec(&[3, batch, image, image], images.clone())?;
@@ -86,11 +100,20 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
             };
             let secs = time_steps(plan.reps, &mut step)?;
             // Every step is alike (no topology update): the warm-up and the timed ones.
-            let launches = (dev.gpu().launches() - launches0) / (plan.reps.max(1) as u64 + 1);
+            let steps = plan.reps.max(1) as u64 + 1;
+            let all = dev.gpu().traffic() - traffic0;
+            let traffic = TrafficCounts {
+                launches: all.launches / steps,
+                to_device: all.to_device / steps,
+                to_host: all.to_host / steps,
+                syncs: all.syncs / steps,
+                fills: all.fills / steps,
+            };
+            let launches = traffic.launches;
             let ips = batch as f64 / secs;
             let base = *dense_ips.get_or_insert(ips);
             println!(
-                "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9.3} {:>10.1} {:>8.2} {:>8}",
+                "{:<9} {:>5} {:>5} {:>5} {:>7} | {:>9.3} {:>10.1} {:>8.2} {:>8} {:>6} {:>6} {:>6}",
                 format!("{arch:?}").to_lowercase(),
                 width,
                 batch,
@@ -99,7 +122,10 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
                 secs * 1e3,
                 ips,
                 ips / base,
-                launches
+                launches,
+                traffic.to_device,
+                traffic.to_host,
+                traffic.fills
             );
             rows.push(StepRow {
                 model: format!("{arch:?}").to_lowercase(),
@@ -111,6 +137,7 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
                 images_per_s: ips,
                 vs_dense: ips / base,
                 launches,
+                traffic,
             });
         }
     }

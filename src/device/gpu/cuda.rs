@@ -39,8 +39,8 @@ pub struct CudaGpu {
     /// Per kernel file: its module and where its image came from.
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, String)>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
-    /// Kernel launches so far (`Gpu::launches`).
-    pub(super) launches: std::sync::atomic::AtomicU64,
+    /// What this GPU has done so far (`Gpu::traffic`).
+    pub(super) traffic: super::Traffic,
 }
 
 impl CudaGpu {
@@ -79,7 +79,7 @@ impl CudaGpu {
             kernels,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            launches: std::sync::atomic::AtomicU64::new(0),
+            traffic: super::Traffic::default(),
         })
     }
 

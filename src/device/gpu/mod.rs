@@ -226,17 +226,71 @@ impl std::fmt::Debug for Buf {
     }
 }
 
+/// What a backend has done so far: kernel launches, copies each way, and host synchronisations
+/// (every copy to the host waits for the stream). A training step's cost beyond its kernels.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    launches: AtomicU64,
+    to_device: AtomicU64,
+    to_host: AtomicU64,
+    syncs: AtomicU64,
+    fills: AtomicU64,
+}
+
+/// A snapshot of [`Traffic`]; subtract two for what happened between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrafficCounts {
+    pub launches: u64,
+    /// Copies from the host (uploads of batches, scalars, tables).
+    pub to_device: u64,
+    /// Copies to the host (each one a synchronisation of the stream).
+    pub to_host: u64,
+    /// Explicit synchronisations (`Gpu::sync`).
+    pub syncs: u64,
+    /// Memsets (`Gpu::fill_bytes`: the caching allocator zeroes every buffer it hands out).
+    pub fills: u64,
+}
+
+impl std::ops::Sub for TrafficCounts {
+    type Output = TrafficCounts;
+    fn sub(self, o: Self) -> Self {
+        TrafficCounts {
+            launches: self.launches - o.launches,
+            to_device: self.to_device - o.to_device,
+            to_host: self.to_host - o.to_host,
+            syncs: self.syncs - o.syncs,
+            fills: self.fills - o.fills,
+        }
+    }
+}
+
+impl Traffic {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> TrafficCounts {
+        TrafficCounts {
+            launches: self.launches.load(Ordering::Relaxed),
+            to_device: self.to_device.load(Ordering::Relaxed),
+            to_host: self.to_host.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            fills: self.fills.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A CUDA backend instance: a real GPU or the emulator.
 pub enum Gpu {
-    /// The emulator; its launch counter.
-    Emu(AtomicU64),
+    /// The emulator and what it has done.
+    Emu(Traffic),
     Cuda(Box<cuda::CudaGpu>),
 }
 
 impl Gpu {
     /// The emulator (always available).
     pub fn emu() -> Gpu {
-        Gpu::Emu(AtomicU64::new(0))
+        Gpu::Emu(Traffic::default())
     }
 
     /// GPU `ordinal` through cudarc; a clear error when no usable GPU or NVRTC is found.
@@ -299,6 +353,7 @@ impl Gpu {
             (Store::Cuda(s), Gpu::Cuda(c)) => c.write(s, bytes)?,
             _ => bail!("buffer belongs to another backend"),
         }
+        Traffic::count(&self.traffic_counters().to_device);
         Ok(())
     }
 
@@ -314,6 +369,7 @@ impl Gpu {
             (Store::Cuda(s), Gpu::Cuda(c)) => c.read(s, bytes)?,
             _ => bail!("buffer belongs to another backend"),
         }
+        Traffic::count(&self.traffic_counters().to_host);
         Ok(out)
     }
 
@@ -324,15 +380,25 @@ impl Gpu {
             (Store::Cuda(s), Gpu::Cuda(c)) => c.memset(s, byte)?,
             _ => bail!("buffer belongs to another backend"),
         }
+        Traffic::count(&self.traffic_counters().fills);
         Ok(())
+    }
+
+    fn traffic_counters(&self) -> &Traffic {
+        match self {
+            Gpu::Emu(t) => t,
+            Gpu::Cuda(c) => &c.traffic,
+        }
+    }
+
+    /// What this instance has done so far: launches, copies each way, synchronisations.
+    pub fn traffic(&self) -> TrafficCounts {
+        self.traffic_counters().snapshot()
     }
 
     /// Kernel launches made through this instance so far (each successful [`Gpu::launch`]).
     pub fn launches(&self) -> u64 {
-        match self {
-            Gpu::Emu(n) => n.load(Ordering::Relaxed),
-            Gpu::Cuda(c) => c.launches.load(Ordering::Relaxed),
-        }
+        self.traffic().launches
     }
 
     /// Launches `kernel` with its parameter struct. On a GPU the launch is asynchronous; on the
@@ -340,8 +406,8 @@ impl Gpu {
     pub fn launch<P: Pod>(&self, kernel: &KernelDef, cfg: LaunchCfg, params: &P) -> Result<()> {
         cfg.validate(kernel.name)?;
         match self {
-            Gpu::Emu(n) => {
-                n.fetch_add(1, Ordering::Relaxed);
+            Gpu::Emu(t) => {
+                Traffic::count(&t.launches);
                 // SAFETY: `params` is the #[repr(C)] struct the kernel file mirrors (checked by
                 // the layout tests); the buffers it addresses are host memory owned by `Buf`s the
                 // caller keeps alive for this synchronous call.
@@ -357,7 +423,7 @@ impl Gpu {
             }
             Gpu::Cuda(c) => {
                 c.launch(kernel, cfg, params)?;
-                c.launches.fetch_add(1, Ordering::Relaxed);
+                Traffic::count(&c.traffic.launches);
                 Ok(())
             }
         }
@@ -365,6 +431,7 @@ impl Gpu {
 
     /// Waits until all launched work has finished (a no-op on the emulator).
     pub fn sync(&self) -> Result<()> {
+        Traffic::count(&self.traffic_counters().syncs);
         match self {
             Gpu::Emu(_) => Ok(()),
             Gpu::Cuda(c) => c.sync(),
