@@ -13,58 +13,15 @@
 //! write in a step is an error, and the SGD step refuses a parameter without a gradient.
 
 use crate::device::gpu::alloc::GpuDevice;
-use crate::device::gpu::kernels::conv::SparseBufs;
 use crate::device::gpu::kernels::optim::{self, SgdTable};
 use crate::device::gpu::kernels::topk::{self, BatchLayout, TopkBatchWorkspace};
+use crate::device::gpu::sparse_weight::DeviceSparseWeight;
 use crate::device::gpu::{Buf, Gpu};
 use crate::sparse::csr::SparseWeight;
 use crate::sparse::topology::{prune_count, UpdateStats};
 use anyhow::{bail, ensure, Context, Result};
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-
-/// A sparse layer's index on the device (the `SparseWeight` arrays, same meaning).
-pub struct DeviceSparseWeight {
-    pub rows: usize,
-    pub cols: usize,
-    pub nnz: usize,
-    /// u32 [nnz]: flat positions r·cols + c, ascending (the topology kernels keep them).
-    positions: Buf,
-    row_ptr: Buf,
-    col_idx: Buf,
-    col_ptr: Buf,
-    csc_row: Buf,
-    csc_pos: Buf,
-}
-
-impl DeviceSparseWeight {
-    fn upload(gpu: &Gpu, sw: &SparseWeight) -> Result<Self> {
-        Ok(Self {
-            rows: sw.rows,
-            cols: sw.cols,
-            nnz: sw.nnz(),
-            positions: gpu.upload(&sw.positions())?,
-            row_ptr: gpu.upload(&sw.row_ptr)?,
-            col_idx: gpu.upload(&sw.col_idx)?,
-            col_ptr: gpu.upload(&sw.col_ptr)?,
-            csc_row: gpu.upload(&sw.csc_row)?,
-            csc_pos: gpu.upload(&sw.csc_pos)?,
-        })
-    }
-
-    /// The layer as the convolution kernels take it, with its values.
-    pub fn bufs<'a>(&'a self, values: &'a Buf) -> SparseBufs<'a> {
-        SparseBufs {
-            row_ptr: &self.row_ptr,
-            col_idx: &self.col_idx,
-            values,
-            col_ptr: &self.col_ptr,
-            csc_row: &self.csc_row,
-            csc_pos: &self.csc_pos,
-            nnz: self.nnz,
-        }
-    }
-}
 
 /// A parameter as its device copy is made: its trainable numbers (all values, or a sparse
 /// layer's active ones), their momentum, and the sparse index.
@@ -289,19 +246,7 @@ impl DeviceParams {
             };
             let k = prune_count(death_rate, s.nnz);
             items.push(topk::BatchItem {
-                layer: topk::SparseLayerRefs {
-                    rows: s.rows,
-                    cols: s.cols,
-                    nnz: s.nnz,
-                    positions: &s.positions,
-                    values: &p.values,
-                    momentum: &p.momentum,
-                    row_ptr: &s.row_ptr,
-                    col_idx: &s.col_idx,
-                    col_ptr: &s.col_ptr,
-                    csc_row: &s.csc_row,
-                    csc_pos: &s.csc_pos,
-                },
+                layer: s.topk_layer(&p.values, &p.momentum),
                 score,
                 k_prune: k,
             });
@@ -322,7 +267,7 @@ impl DeviceParams {
     /// for a dense parameter).
     pub fn positions(&self, param: usize) -> Result<Vec<u32>> {
         match &self.params[param].sparse {
-            Some(s) => read(self.gpu(), &s.positions, s.nnz),
+            Some(s) => read(self.gpu(), s.positions(), s.nnz),
             None => Ok(Vec::new()),
         }
     }
@@ -336,7 +281,7 @@ impl DeviceParams {
             let positions = match &p.sparse {
                 None => None,
                 Some(s) => {
-                    let positions: Vec<u32> = read(gpu, &s.positions, s.nnz)?;
+                    let positions: Vec<u32> = read(gpu, s.positions(), s.nnz)?;
                     ensure!(
                         positions.windows(2).all(|w| w[0] < w[1])
                             && positions

@@ -22,6 +22,7 @@ pub mod info;
 pub mod kernel_store;
 pub mod kernels;
 pub mod nvrtc;
+pub mod sparse_weight;
 
 use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
