@@ -82,18 +82,39 @@ pub fn maxpool_forward(
             }
         }
     };
-    let (pin, pout) = (h * w, oh * ow);
+    for_each_plane((x, h * w), (y, argmax, oh * ow), plane);
+}
+
+/// f(x plane, y plane, argmax plane) over the planes of x (`pin` floats each) and of y and
+/// argmax (`pout` each), on rayon's threads from `PAR_MIN` input floats.
+fn for_each_plane(
+    (x, pin): (&[f32], usize),
+    (y, argmax, pout): (&mut [f32], &mut [u32], usize),
+    f: impl Fn(&[f32], &mut [f32], &mut [u32]) + Sync,
+) {
     if x.len() >= PAR_MIN {
         x.par_chunks(pin)
             .zip(y.par_chunks_mut(pout))
             .zip(argmax.par_chunks_mut(pout))
-            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
+            .for_each(|((xp, yp), ap)| f(xp, yp, ap));
     } else {
         x.chunks(pin)
             .zip(y.chunks_mut(pout))
             .zip(argmax.chunks_mut(pout))
-            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
+            .for_each(|((xp, yp), ap)| f(xp, yp, ap));
     }
+}
+
+/// dx's planes (`pin` floats each, overwritten) from the planes of dy and argmax (`pout` each)
+/// by f(dy plane, argmax plane, dx plane), on rayon's threads from `PAR_MIN` floats of dx.
+fn for_each_grad_plane(
+    (dy, argmax, pout): (&[f32], &[u32], usize),
+    (dx, pin): (&mut [f32], usize),
+    f: impl Fn(&[f32], &[u32], &mut [f32]) + Sync + Send,
+) {
+    super::for_each_chunk(dx, pin, dx.len() >= PAR_MIN, |i, dxp| {
+        f(&dy[i * pout..][..pout], &argmax[i * pout..][..pout], dxp)
+    });
 }
 
 /// dx (overwritten, [planes, h, w]) from dy [planes, oh, ow] through the saved argmax.
@@ -126,31 +147,14 @@ pub fn maxpool_backward(
             }
         }
     };
-    let (pin, pout) = (h * w, oh * ow);
-    if pout == 0 {
-        dx.fill(0.0);
-    } else if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(pin)
-            .zip(dy.par_chunks(pout))
-            .zip(argmax.par_chunks(pout))
-            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
-    } else {
-        dx.chunks_mut(pin)
-            .zip(dy.chunks(pout))
-            .zip(argmax.chunks(pout))
-            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
-    }
+    for_each_grad_plane((dy, argmax, oh * ow), (dx, h * w), plane);
 }
 
 /// y[c, n] = mean over the hw pixels of x[c, n, :].
 pub fn global_avgpool_forward(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), c * n * hw, "global_avgpool_forward: x length");
-    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
-    if hw == 0 {
-        y.fill(f32::NAN);
+    let Some(inv) = avgpool_forward_scale(c, n, hw, x, y) else {
         return;
-    }
-    let inv = 1.0 / hw as f64;
+    };
     if x.len() >= PAR_MIN {
         y.par_iter_mut()
             .zip(x.par_chunks(hw))
@@ -162,6 +166,18 @@ pub fn global_avgpool_forward(c: usize, n: usize, hw: usize, x: &[f32], y: &mut 
     }
 }
 
+/// Checks either global average-pool forward's lengths (x holds c·n·hw floats, y c·n) and gives
+/// 1/hw; None, with y all NaN, when there are no pixels.
+fn avgpool_forward_scale(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) -> Option<f64> {
+    assert_eq!(x.len(), c * n * hw, "global_avgpool_forward: x length");
+    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
+    if hw == 0 {
+        y.fill(f32::NAN);
+        return None;
+    }
+    Some(1.0 / hw as f64)
+}
+
 /// dx[c, n, p] = dy[c, n] / hw.
 pub fn global_avgpool_backward(c: usize, n: usize, hw: usize, dy: &[f32], dx: &mut [f32]) {
     assert_eq!(dy.len(), c * n, "global_avgpool_backward: dy length");
@@ -170,15 +186,8 @@ pub fn global_avgpool_backward(c: usize, n: usize, hw: usize, dy: &[f32], dx: &m
         return;
     }
     let inv = 1.0 / hw as f32;
-    if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(hw)
-            .zip(dy.par_iter())
-            .for_each(|(p, &g)| p.fill(g * inv));
-    } else {
-        dx.chunks_mut(hw)
-            .zip(dy)
-            .for_each(|(p, &g)| p.fill(g * inv));
-    }
+    let parallel = dx.len() >= PAR_MIN;
+    super::for_each_chunk(dx, hw, parallel, |i, p| p.fill(dy[i] * inv));
 }
 
 /// `maxpool_forward` over x [c, h, w, n] (batch innermost): y [c, oh, ow, n], and for each output
@@ -256,18 +265,7 @@ pub fn maxpool_forward_chwn(
             },
         )
     };
-    let (pin, pout) = (h * w * n, oh * ow * n);
-    if x.len() >= PAR_MIN {
-        x.par_chunks(pin)
-            .zip(y.par_chunks_mut(pout))
-            .zip(argmax.par_chunks_mut(pout))
-            .for_each(|((xc, yc), ac)| channel(xc, yc, ac));
-    } else {
-        x.chunks(pin)
-            .zip(y.chunks_mut(pout))
-            .zip(argmax.chunks_mut(pout))
-            .for_each(|((xc, yc), ac)| channel(xc, yc, ac));
-    }
+    for_each_plane((x, h * w * n), (y, argmax, oh * ow * n), channel);
 }
 
 /// dx [c, h, w, n] (overwritten) from dy [c, oh, ow, n] through `maxpool_forward_chwn`'s argmax.
@@ -289,28 +287,14 @@ pub fn maxpool_backward_chwn(n: usize, hw: usize, dy: &[f32], argmax: &[u32], dx
             }
         }
     };
-    if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(hw * n)
-            .zip(dy.par_chunks(pout))
-            .zip(argmax.par_chunks(pout))
-            .for_each(|((dxc, dyc), ac)| channel(dyc, ac, dxc));
-    } else {
-        dx.chunks_mut(hw * n)
-            .zip(dy.chunks(pout))
-            .zip(argmax.chunks(pout))
-            .for_each(|((dxc, dyc), ac)| channel(dyc, ac, dxc));
-    }
+    for_each_grad_plane((dy, argmax, pout), (dx, hw * n), channel);
 }
 
 /// y[c, n] = mean over the hw pixels of x [c, hw, n] (batch innermost).
 pub fn global_avgpool_forward_chwn(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), c * hw * n, "global_avgpool_forward: x length");
-    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
-    if hw == 0 {
-        y.fill(f32::NAN);
+    let Some(inv) = avgpool_forward_scale(c, n, hw, x, y) else {
         return;
-    }
-    let inv = 1.0 / hw as f64;
+    };
     let channel = |xc: &[f32], yc: &mut [f32]| {
         super::simd(
             #[inline(always)]
