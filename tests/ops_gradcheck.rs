@@ -18,7 +18,8 @@ use rest::device::cpu::norm::{
     batchnorm_relu_train_forward, batchnorm_train_forward, BnGradIn, BnIn, BwdOut, TrainFwdOut,
 };
 use rest::device::cpu::pool::{
-    global_avgpool_backward, global_avgpool_forward, maxpool_backward, maxpool_forward, pool_out,
+    global_avgpool_backward, global_avgpool_forward, maxpool_backward_chwn, maxpool_forward_chwn,
+    pool_out,
 };
 use rest::device::cpu::xent::cross_entropy;
 use rest::rng::Rng;
@@ -738,7 +739,7 @@ fn maxpool(
         vec![f32::NAN; planes * oh * ow],
         vec![0u32; planes * oh * ow],
     );
-    maxpool_forward(planes, h, w, k, s, p, x, &mut y, &mut a);
+    maxpool_forward_chwn(planes, h, w, 1, k, s, p, x, &mut y, &mut a);
     (y, a)
 }
 
@@ -791,7 +792,7 @@ fn maxpool_known_values() {
     // The tie of three 6s: the first in scan order (index 10) wins.
     assert_eq!(a, vec![1, 6, 13, 10]);
     let mut dx = vec![f32::NAN; 16];
-    maxpool_backward(1, 4, 4, 2, 2, &[1.0, 2.0, 3.0, 4.0], &a, &mut dx);
+    maxpool_backward_chwn(1, 16, &[1.0, 2.0, 3.0, 4.0], &a, &mut dx);
     let mut want = vec![0f32; 16];
     (want[1], want[6], want[13], want[10]) = (1.0, 2.0, 3.0, 4.0);
     assert_eq!(dx, want);
@@ -838,7 +839,7 @@ fn maxpool_gradcheck() {
         let r = randn(&mut rng, planes * oh * ow);
         let (_, a) = maxpool(planes, h, w, k, s, p, &x);
         let mut dx = vec![f32::NAN; n];
-        maxpool_backward(planes, h, w, oh, ow, &r, &a, &mut dx);
+        maxpool_backward_chwn(1, h * w, &r, &a, &mut dx);
         let num = numeric_grad(&x, 1e-3, |x| {
             project(&maxpool(planes, h, w, k, s, p, x).0, &r)
         });
