@@ -5,8 +5,7 @@ use rest::autograd::Tape;
 use rest::device::cpu::conv::{col2im, conv2d_backward, conv2d_forward, im2col, ConvGeom, Layout};
 use rest::device::cpu::pool::{
     global_avgpool_backward, global_avgpool_backward_chwn, global_avgpool_forward,
-    global_avgpool_forward_chwn, maxpool_backward, maxpool_backward_chwn, maxpool_forward,
-    maxpool_forward_chwn, pool_out,
+    global_avgpool_forward_chwn, maxpool_backward_chwn, maxpool_forward_chwn, pool_out,
 };
 use rest::nn::ops;
 use rest::rng::Rng;
@@ -146,7 +145,7 @@ fn pooling_chwn_is_the_cnhw_pooling_transposed() {
         let (oh, ow) = (pool_out(h, k, s, p), pool_out(w, k, s, p));
         let x = randn(&mut rng, c * n * h * w);
         let (mut y, mut a) = (vec![f32::NAN; c * n * oh * ow], vec![0u32; c * n * oh * ow]);
-        maxpool_forward(c * n, h, w, k, s, p, &x, &mut y, &mut a);
+        maxpool_forward_chwn(c * n, h, w, 1, k, s, p, &x, &mut y, &mut a);
         let xc = to_chwn(&x, c, n, h * w);
         let (mut yc, mut ac) = (vec![f32::NAN; y.len()], vec![0u32; y.len()]);
         maxpool_forward_chwn(c, h, w, n, k, s, p, &xc, &mut yc, &mut ac);
@@ -157,7 +156,7 @@ fn pooling_chwn_is_the_cnhw_pooling_transposed() {
 
         let dy = randn(&mut rng, y.len());
         let mut dx = vec![f32::NAN; x.len()];
-        maxpool_backward(c * n, h, w, oh, ow, &dy, &a, &mut dx);
+        maxpool_backward_chwn(1, h * w, &dy, &a, &mut dx);
         let mut dxc = vec![f32::NAN; x.len()];
         maxpool_backward_chwn(n, h * w, &to_chwn(&dy, c, n, oh * ow), &ac, &mut dxc);
         assert_eq!(dxc, to_chwn(&dx, c, n, h * w), "maxpool dx");
@@ -206,7 +205,7 @@ fn maxpool_chwn_keeps_first_maxima_and_nans_as_the_plane_pooling() {
         .map(|(i, v)| if i % 37 == 5 { f32::NAN } else { v.round() })
         .collect();
     let (mut y, mut a) = (vec![0.0; c * n * oh * ow], vec![0u32; c * n * oh * ow]);
-    maxpool_forward(c * n, h, w, k, s, p, &x, &mut y, &mut a);
+    maxpool_forward_chwn(c * n, h, w, 1, k, s, p, &x, &mut y, &mut a);
     let xc = to_chwn(&x, c, n, h * w);
     let (mut yc, mut ac) = (vec![0.0; y.len()], vec![0u32; y.len()]);
     maxpool_forward_chwn(c, h, w, n, k, s, p, &xc, &mut yc, &mut ac);

@@ -15,10 +15,11 @@ use rest::device::cpu::elementwise::{add_forward, relu_backward, relu_forward};
 use rest::device::cpu::gemm::matmul;
 use rest::device::cpu::norm::{
     batchnorm_backward, batchnorm_eval_forward_with, batchnorm_relu_backward,
-    batchnorm_relu_train_forward, batchnorm_train_forward,
+    batchnorm_relu_train_forward, batchnorm_train_forward, BnGradIn, BnIn, BwdOut, TrainFwdOut,
 };
 use rest::device::cpu::pool::{
-    global_avgpool_backward, global_avgpool_forward, maxpool_backward, maxpool_forward, pool_out,
+    global_avgpool_backward, global_avgpool_forward, maxpool_backward_chwn, maxpool_forward_chwn,
+    pool_out,
 };
 use rest::device::cpu::xent::cross_entropy;
 use rest::rng::Rng;
@@ -467,20 +468,14 @@ fn bn_train(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
     let (mut y, mut mean, mut invstd) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-    batchnorm_train_forward(
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        1e-5,
-        0.1,
-        &mut rm,
-        &mut rv,
-        &mut y,
-        &mut mean,
-        &mut invstd,
-    );
+    let o = TrainFwdOut {
+        running_mean: &mut rm,
+        running_var: &mut rv,
+        y: &mut y,
+        save_mean: &mut mean,
+        save_invstd: &mut invstd,
+    };
+    batchnorm_train_forward(BnIn::new(c, m, x, gamma, beta), 1e-5, 0.1, o);
     (y, mean, invstd)
 }
 
@@ -493,20 +488,14 @@ fn batchnorm_known_values() {
     let (gamma, beta) = ([1.0, 2.0], [0.0, 1.0]);
     let (mut rm, mut rv) = (vec![0.0f32, 1.0], vec![1.0f32, 2.0]);
     let (mut y, mut mean, mut invstd) = (vec![0f32; 8], vec![0f32; 2], vec![0f32; 2]);
-    batchnorm_train_forward(
-        c,
-        m,
-        &x,
-        &gamma,
-        &beta,
-        eps as f32,
-        0.1,
-        &mut rm,
-        &mut rv,
-        &mut y,
-        &mut mean,
-        &mut invstd,
-    );
+    let o = TrainFwdOut {
+        running_mean: &mut rm,
+        running_var: &mut rv,
+        y: &mut y,
+        save_mean: &mut mean,
+        save_invstd: &mut invstd,
+    };
+    batchnorm_train_forward(BnIn::new(c, m, &x, &gamma, &beta), eps as f32, 0.1, o);
 
     let (i0, i1) = (1.0 / (1.25 + eps).sqrt(), 1.0 / (5.0 + eps).sqrt());
     assert_close("mean", &mean, &[2.5, 5.0], 1e-6, 1e-6);
@@ -530,7 +519,14 @@ fn batchnorm_known_values() {
     // Eval mode uses the running statistics: y = gamma·(x − rm)/sqrt(rv + eps) + beta.
     let (rm, rv) = ([1.0f32, -1.0], [4.0f32, 0.25]);
     let mut ye = vec![0f32; 8];
-    batchnorm_eval_forward_with(false, c, m, &x, &gamma, &beta, &rm, &rv, 0.0, &mut ye);
+    batchnorm_eval_forward_with(
+        false,
+        BnIn::new(c, m, &x, &gamma, &beta),
+        &rm,
+        &rv,
+        0.0,
+        &mut ye,
+    );
     assert_close(
         "eval y",
         &ye,
@@ -554,9 +550,18 @@ fn batchnorm_gradcheck() {
 
     let (_, mean, invstd) = bn_train(c, m, &x, &gamma, &beta);
     let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-    batchnorm_backward(
-        c, m, &x, &gamma, &mean, &invstd, &r, &mut dx, &mut dg, &mut db,
-    );
+    let g = BnGradIn {
+        fwd: BnIn::new(c, m, &x, &gamma, &[]),
+        save_mean: &mean,
+        save_invstd: &invstd,
+        dy: &r,
+    };
+    let o = BwdOut {
+        dx: &mut dx,
+        dgamma: &mut dg,
+        dbeta: &mut db,
+    };
+    batchnorm_backward(g, o);
 
     // ε = 1e-2 on unit-scale inputs: truncation error O(ε²) ≪ GRAD_TOL.
     let eps = 1e-2;
@@ -588,24 +593,27 @@ fn batchnorm_large_matches_f64_reference() {
     let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
     let (mut y, mut mean, mut invstd) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
     let eps = 1e-5;
-    batchnorm_train_forward(
-        c,
-        m,
-        &x,
-        &gamma,
-        &beta,
-        eps,
-        0.1,
-        &mut rm,
-        &mut rv,
-        &mut y,
-        &mut mean,
-        &mut invstd,
-    );
+    let o = TrainFwdOut {
+        running_mean: &mut rm,
+        running_var: &mut rv,
+        y: &mut y,
+        save_mean: &mut mean,
+        save_invstd: &mut invstd,
+    };
+    batchnorm_train_forward(BnIn::new(c, m, &x, &gamma, &beta), eps, 0.1, o);
     let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-    batchnorm_backward(
-        c, m, &x, &gamma, &mean, &invstd, &dy, &mut dx, &mut dg, &mut db,
-    );
+    let g = BnGradIn {
+        fwd: BnIn::new(c, m, &x, &gamma, &[]),
+        save_mean: &mean,
+        save_invstd: &invstd,
+        dy: &dy,
+    };
+    let o = BwdOut {
+        dx: &mut dx,
+        dgamma: &mut dg,
+        dbeta: &mut db,
+    };
+    batchnorm_backward(g, o);
 
     for ci in 0..c {
         let xc = to_f64(&x[ci * m..][..m]);
@@ -731,7 +739,7 @@ fn maxpool(
         vec![f32::NAN; planes * oh * ow],
         vec![0u32; planes * oh * ow],
     );
-    maxpool_forward(planes, h, w, k, s, p, x, &mut y, &mut a);
+    maxpool_forward_chwn(planes, h, w, 1, k, s, p, x, &mut y, &mut a);
     (y, a)
 }
 
@@ -784,7 +792,7 @@ fn maxpool_known_values() {
     // The tie of three 6s: the first in scan order (index 10) wins.
     assert_eq!(a, vec![1, 6, 13, 10]);
     let mut dx = vec![f32::NAN; 16];
-    maxpool_backward(1, 4, 4, 2, 2, &[1.0, 2.0, 3.0, 4.0], &a, &mut dx);
+    maxpool_backward_chwn(1, 16, &[1.0, 2.0, 3.0, 4.0], &a, &mut dx);
     let mut want = vec![0f32; 16];
     (want[1], want[6], want[13], want[10]) = (1.0, 2.0, 3.0, 4.0);
     assert_eq!(dx, want);
@@ -831,7 +839,7 @@ fn maxpool_gradcheck() {
         let r = randn(&mut rng, planes * oh * ow);
         let (_, a) = maxpool(planes, h, w, k, s, p, &x);
         let mut dx = vec![f32::NAN; n];
-        maxpool_backward(planes, h, w, oh, ow, &r, &a, &mut dx);
+        maxpool_backward_chwn(1, h * w, &r, &a, &mut dx);
         let num = numeric_grad(&x, 1e-3, |x| {
             project(&maxpool(planes, h, w, k, s, p, x).0, &r)
         });
@@ -973,39 +981,56 @@ fn batchnorm_relu_matches_unfused() {
         // Unfused: batch norm, ReLU; backward ReLU then batch norm.
         let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
         let (mut ybn, mut mean, mut invstd) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        batchnorm_train_forward(
-            c,
-            m,
-            &x,
-            &gamma,
-            &beta,
-            1e-5,
-            0.1,
-            &mut rm,
-            &mut rv,
-            &mut ybn,
-            &mut mean,
-            &mut invstd,
-        );
+        let o = TrainFwdOut {
+            running_mean: &mut rm,
+            running_var: &mut rv,
+            y: &mut ybn,
+            save_mean: &mut mean,
+            save_invstd: &mut invstd,
+        };
+        batchnorm_train_forward(BnIn::new(c, m, &x, &gamma, &beta), 1e-5, 0.1, o);
         let mut y = vec![0f32; c * m];
         relu_forward(&ybn, &mut y);
         let mut dybn = vec![0f32; c * m];
         relu_backward(&ybn, &dy, &mut dybn);
         let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        batchnorm_backward(
-            c, m, &x, &gamma, &mean, &invstd, &dybn, &mut dx, &mut dg, &mut db,
-        );
+        let g = BnGradIn {
+            fwd: BnIn::new(c, m, &x, &gamma, &[]),
+            save_mean: &mean,
+            save_invstd: &invstd,
+            dy: &dybn,
+        };
+        let o = BwdOut {
+            dx: &mut dx,
+            dgamma: &mut dg,
+            dbeta: &mut db,
+        };
+        batchnorm_backward(g, o);
 
         // Fused.
         let (mut frm, mut frv) = (vec![0f32; c], vec![1f32; c]);
         let (mut fy, mut fmean, mut finv) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        batchnorm_relu_train_forward(
-            c, m, &x, &gamma, &beta, 1e-5, 0.1, &mut frm, &mut frv, &mut fy, &mut fmean, &mut finv,
-        );
+        let o = TrainFwdOut {
+            running_mean: &mut frm,
+            running_var: &mut frv,
+            y: &mut fy,
+            save_mean: &mut fmean,
+            save_invstd: &mut finv,
+        };
+        batchnorm_relu_train_forward(BnIn::new(c, m, &x, &gamma, &beta), 1e-5, 0.1, o);
         let (mut fdx, mut fdg, mut fdb) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        batchnorm_relu_backward(
-            c, m, &x, &gamma, &beta, &fmean, &finv, &dy, &mut fdx, &mut fdg, &mut fdb,
-        );
+        let g = BnGradIn {
+            fwd: BnIn::new(c, m, &x, &gamma, &beta),
+            save_mean: &fmean,
+            save_invstd: &finv,
+            dy: &dy,
+        };
+        let o = BwdOut {
+            dx: &mut fdx,
+            dgamma: &mut fdg,
+            dbeta: &mut fdb,
+        };
+        batchnorm_relu_backward(g, o);
 
         assert_eq!((&frm, &frv, &fmean, &finv), (&rm, &rv, &mean, &invstd));
         let clipped = fy.iter().filter(|&&v| v == 0.0).count();

@@ -224,30 +224,32 @@ fn weight_gradient_through_batch_norm_equals_the_stored_gradient() {
         let (mut rm, mut rv) = (vec![0.0; cout], vec![1.0; cout]);
         let (mut out, mut mean, mut invstd) =
             (vec![0.0; y.len()], vec![0.0; cout], vec![0.0; cout]);
-        norm::batchnorm_relu_train_forward(
-            cout,
-            m,
-            &y,
-            &gamma,
-            &beta,
-            1e-5,
-            0.1,
-            &mut rm,
-            &mut rv,
-            &mut out,
-            &mut mean,
-            &mut invstd,
-        );
+        let fwd = norm::BnIn::new(cout, m, &y, &gamma, &beta);
+        let o = norm::TrainFwdOut {
+            running_mean: &mut rm,
+            running_var: &mut rv,
+            y: &mut out,
+            save_mean: &mut mean,
+            save_invstd: &mut invstd,
+        };
+        norm::batchnorm_relu_train_forward(fwd, 1e-5, 0.1, o);
         let dy: Vec<f32> = (0..y.len()).map(|_| rng.normal()).collect();
         let (mut dx, mut dga, mut dba) = (vec![0.0; y.len()], vec![0.0; cout], vec![0.0; cout]);
-        norm::batchnorm_relu_backward(
-            cout, m, &y, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dga, &mut dba,
-        );
+        let bg = norm::BnGradIn {
+            fwd,
+            save_mean: &mean,
+            save_invstd: &invstd,
+            dy: &dy,
+        };
+        let o = norm::BwdOut {
+            dx: &mut dx,
+            dgamma: &mut dga,
+            dbeta: &mut dba,
+        };
+        norm::batchnorm_relu_backward(bg, o);
         let want = dg.weight_grad(&sw, &dx, &x);
         let (mut dgb, mut dbb) = (vec![0.0; cout], vec![0.0; cout]);
-        let coefs = norm::batchnorm_backward_coefs(
-            true, None, cout, m, &y, &gamma, &beta, &mean, &invstd, &dy, &mut dgb, &mut dbb,
-        );
+        let coefs = norm::batchnorm_backward_coefs(true, None, bg, &mut dgb, &mut dbb);
         let got = dg
             .weight_grad_through_bn(&sw, &dy, &coefs, &x)
             .expect("the output walk");

@@ -33,36 +33,26 @@ pub fn relu_forward(x: &[f32], y: &mut [f32]) {
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert_eq!(y.len(), dx.len(), "relu_backward: y/dx length mismatch");
     assert_eq!(dy.len(), dx.len(), "relu_backward: dy/dx length mismatch");
-    let kernel = |y: &[f32], dy: &[f32], dx: &mut [f32]| {
-        super::simd(
-            #[inline(always)]
-            || {
-                for ((o, &v), &g) in dx.iter_mut().zip(y).zip(dy) {
-                    *o = if v > 0.0 { g } else { 0.0 };
-                }
-            },
-        )
-    };
-    if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK))
-            .zip(dy.par_chunks(CHUNK))
-            .for_each(|((dx, y), dy)| kernel(y, dy, dx));
-    } else {
-        kernel(y, dy, dx);
-    }
+    binary(y, dy, dx, |v, g| if v > 0.0 { g } else { 0.0 });
 }
 
 /// y = a + b.
 pub fn add_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
     assert_eq!(a.len(), y.len(), "add_forward: a/y length mismatch");
     assert_eq!(b.len(), y.len(), "add_forward: b/y length mismatch");
+    binary(a, b, y, |u, v| u + v);
+}
+
+/// y[i] = f(a[i], b[i]) over slices of one length, in `CHUNK`-float pieces on rayon's threads
+/// from `PAR_MIN` floats.
+#[inline(always)]
+fn binary(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32 + Copy + Sync) {
     let kernel = |a: &[f32], b: &[f32], y: &mut [f32]| {
         super::simd(
             #[inline(always)]
             || {
                 for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
-                    *o = u + v;
+                    *o = f(u, v);
                 }
             },
         )

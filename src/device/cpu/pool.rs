@@ -13,144 +13,11 @@ pub fn pool_out(size: usize, k: usize, stride: usize, pad: usize) -> usize {
     (size + 2 * pad - k) / stride + 1
 }
 
-/// Max-pool each of `planes` [h, w] planes (padding counts as −∞). Writes y [planes, oh, ow] and
-/// the flat in-plane index of each maximum (first maximum wins) for backward.
-#[allow(clippy::too_many_arguments)]
-pub fn maxpool_forward(
-    planes: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    x: &[f32],
-    y: &mut [f32],
-    argmax: &mut [u32],
-) {
-    assert!(
-        k > 0 && stride > 0,
-        "maxpool: kernel and stride must be positive"
-    );
-    assert!(
-        h + 2 * pad >= k && w + 2 * pad >= k,
-        "maxpool: kernel {k} larger than the padded {h}x{w} plane"
-    );
-    let (oh, ow) = (pool_out(h, k, stride, pad), pool_out(w, k, stride, pad));
-    assert_eq!(x.len(), planes * h * w, "maxpool_forward: x length");
-    assert_eq!(y.len(), planes * oh * ow, "maxpool_forward: y length");
-    assert_eq!(
-        argmax.len(),
-        planes * oh * ow,
-        "maxpool_forward: argmax length"
-    );
-    assert!(
-        h * w < NO_INPUT as usize,
-        "maxpool: plane too large for u32 indices"
-    );
-    if planes == 0 || oh * ow == 0 {
-        return;
-    }
-    let plane = |xp: &[f32], yp: &mut [f32], ap: &mut [u32]| {
-        for oy in 0..oh {
-            // Window rows clipped to the plane (padding is −∞ and never wins).
-            let y0 = (oy * stride) as isize - pad as isize;
-            let (r0, r1) = (
-                y0.max(0) as usize,
-                ((y0 + k as isize).min(h as isize)).max(0) as usize,
-            );
-            for ox in 0..ow {
-                let x0 = (ox * stride) as isize - pad as isize;
-                let (c0, c1) = (
-                    x0.max(0) as usize,
-                    ((x0 + k as isize).min(w as isize)).max(0) as usize,
-                );
-                let mut best = f32::NEG_INFINITY;
-                let mut arg = NO_INPUT;
-                for r in r0..r1 {
-                    let row = &xp[r * w..(r + 1) * w];
-                    for (c, &v) in row.iter().enumerate().take(c1).skip(c0) {
-                        // Strict comparison: the first maximum wins. A NaN wins over any number
-                        // (as in PyTorch) and the first NaN is kept.
-                        if arg == NO_INPUT || v > best || (v.is_nan() && !best.is_nan()) {
-                            best = v;
-                            arg = (r * w + c) as u32;
-                        }
-                    }
-                }
-                yp[oy * ow + ox] = best;
-                ap[oy * ow + ox] = arg;
-            }
-        }
-    };
-    let (pin, pout) = (h * w, oh * ow);
-    if x.len() >= PAR_MIN {
-        x.par_chunks(pin)
-            .zip(y.par_chunks_mut(pout))
-            .zip(argmax.par_chunks_mut(pout))
-            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
-    } else {
-        x.chunks(pin)
-            .zip(y.chunks_mut(pout))
-            .zip(argmax.chunks_mut(pout))
-            .for_each(|((xp, yp), ap)| plane(xp, yp, ap));
-    }
-}
-
-/// dx (overwritten, [planes, h, w]) from dy [planes, oh, ow] through the saved argmax.
-#[allow(clippy::too_many_arguments)]
-pub fn maxpool_backward(
-    planes: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    dy: &[f32],
-    argmax: &[u32],
-    dx: &mut [f32],
-) {
-    assert_eq!(dy.len(), planes * oh * ow, "maxpool_backward: dy length");
-    assert_eq!(
-        argmax.len(),
-        planes * oh * ow,
-        "maxpool_backward: argmax length"
-    );
-    assert_eq!(dx.len(), planes * h * w, "maxpool_backward: dx length");
-    if planes == 0 || h * w == 0 {
-        return;
-    }
-    let plane = |dyp: &[f32], ap: &[u32], dxp: &mut [f32]| {
-        dxp.fill(0.0);
-        for (&g, &a) in dyp.iter().zip(ap) {
-            if a != NO_INPUT {
-                dxp[a as usize] += g;
-            }
-        }
-    };
-    let (pin, pout) = (h * w, oh * ow);
-    if pout == 0 {
-        dx.fill(0.0);
-    } else if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(pin)
-            .zip(dy.par_chunks(pout))
-            .zip(argmax.par_chunks(pout))
-            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
-    } else {
-        dx.chunks_mut(pin)
-            .zip(dy.chunks(pout))
-            .zip(argmax.chunks(pout))
-            .for_each(|((dxp, dyp), ap)| plane(dyp, ap, dxp));
-    }
-}
-
 /// y[c, n] = mean over the hw pixels of x[c, n, :].
 pub fn global_avgpool_forward(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), c * n * hw, "global_avgpool_forward: x length");
-    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
-    if hw == 0 {
-        y.fill(f32::NAN);
+    let Some(inv) = avgpool_forward_scale(c, n, hw, x, y) else {
         return;
-    }
-    let inv = 1.0 / hw as f64;
+    };
     if x.len() >= PAR_MIN {
         y.par_iter_mut()
             .zip(x.par_chunks(hw))
@@ -162,6 +29,18 @@ pub fn global_avgpool_forward(c: usize, n: usize, hw: usize, x: &[f32], y: &mut 
     }
 }
 
+/// Checks either global average-pool forward's lengths (x holds c·n·hw floats, y c·n) and gives
+/// 1/hw; None, with y all NaN, when there are no pixels.
+fn avgpool_forward_scale(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) -> Option<f64> {
+    assert_eq!(x.len(), c * n * hw, "global_avgpool_forward: x length");
+    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
+    if hw == 0 {
+        y.fill(f32::NAN);
+        return None;
+    }
+    Some(1.0 / hw as f64)
+}
+
 /// dx[c, n, p] = dy[c, n] / hw.
 pub fn global_avgpool_backward(c: usize, n: usize, hw: usize, dy: &[f32], dx: &mut [f32]) {
     assert_eq!(dy.len(), c * n, "global_avgpool_backward: dy length");
@@ -170,19 +49,13 @@ pub fn global_avgpool_backward(c: usize, n: usize, hw: usize, dy: &[f32], dx: &m
         return;
     }
     let inv = 1.0 / hw as f32;
-    if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(hw)
-            .zip(dy.par_iter())
-            .for_each(|(p, &g)| p.fill(g * inv));
-    } else {
-        dx.chunks_mut(hw)
-            .zip(dy)
-            .for_each(|(p, &g)| p.fill(g * inv));
-    }
+    let parallel = dx.len() >= PAR_MIN;
+    super::for_each_chunk(dx, hw, parallel, |i, p| p.fill(dy[i] * inv));
 }
 
-/// `maxpool_forward` over x [c, h, w, n] (batch innermost): y [c, oh, ow, n], and for each output
-/// the in-plane pixel index ih·w + iw of its maximum (first maximum wins).
+/// Max-pool of x [c, h, w, n] (batch innermost; padding counts as −∞): y [c, oh, ow, n], and for
+/// each output the in-plane pixel index ih·w + iw of its maximum (first maximum wins), for
+/// backward. With n = 1 this pools the [c, h, w] planes of any layout.
 #[allow(clippy::too_many_arguments)]
 pub fn maxpool_forward_chwn(
     c: usize,
@@ -246,7 +119,7 @@ pub fn maxpool_forward_chwn(
                             yv.iter_mut().zip(av.iter_mut()).zip(&xc[pix * n..][..n])
                         {
                             // The first maximum wins; a NaN wins over any number and the first
-                            // NaN is kept (as `maxpool_forward`, and PyTorch).
+                            // NaN is kept (as in PyTorch).
                             let take = v > *o || (v.is_nan() && !o.is_nan());
                             *o = if take { v } else { *o };
                             *a = if take { tap } else { *a };
@@ -257,20 +130,19 @@ pub fn maxpool_forward_chwn(
         )
     };
     let (pin, pout) = (h * w * n, oh * ow * n);
+    let run =
+        |(ci, (yc, ac)): (usize, (&mut [f32], &mut [u32]))| channel(&x[ci * pin..][..pin], yc, ac);
     if x.len() >= PAR_MIN {
-        x.par_chunks(pin)
-            .zip(y.par_chunks_mut(pout))
-            .zip(argmax.par_chunks_mut(pout))
-            .for_each(|((xc, yc), ac)| channel(xc, yc, ac));
+        let outs = y.par_chunks_mut(pout).zip(argmax.par_chunks_mut(pout));
+        outs.enumerate().for_each(run);
     } else {
-        x.chunks(pin)
-            .zip(y.chunks_mut(pout))
-            .zip(argmax.chunks_mut(pout))
-            .for_each(|((xc, yc), ac)| channel(xc, yc, ac));
+        let outs = y.chunks_mut(pout).zip(argmax.chunks_mut(pout));
+        outs.enumerate().for_each(run);
     }
 }
 
-/// dx [c, h, w, n] (overwritten) from dy [c, oh, ow, n] through `maxpool_forward_chwn`'s argmax.
+/// dx [c, h, w, n] (overwritten) from dy [c, oh, ow, n] through `maxpool_forward_chwn`'s argmax
+/// (n = 1: [planes, h, w] from [planes, oh, ow]).
 pub fn maxpool_backward_chwn(n: usize, hw: usize, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
     assert_eq!(argmax.len(), dy.len(), "maxpool_backward: argmax length");
     let c = dx.len().checked_div(hw * n).unwrap_or(0);
@@ -289,28 +161,17 @@ pub fn maxpool_backward_chwn(n: usize, hw: usize, dy: &[f32], argmax: &[u32], dx
             }
         }
     };
-    if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(hw * n)
-            .zip(dy.par_chunks(pout))
-            .zip(argmax.par_chunks(pout))
-            .for_each(|((dxc, dyc), ac)| channel(dyc, ac, dxc));
-    } else {
-        dx.chunks_mut(hw * n)
-            .zip(dy.chunks(pout))
-            .zip(argmax.chunks(pout))
-            .for_each(|((dxc, dyc), ac)| channel(dyc, ac, dxc));
-    }
+    let parallel = dx.len() >= PAR_MIN;
+    super::for_each_chunk(dx, hw * n, parallel, |ci, dxc| {
+        channel(&dy[ci * pout..][..pout], &argmax[ci * pout..][..pout], dxc)
+    });
 }
 
 /// y[c, n] = mean over the hw pixels of x [c, hw, n] (batch innermost).
 pub fn global_avgpool_forward_chwn(c: usize, n: usize, hw: usize, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), c * hw * n, "global_avgpool_forward: x length");
-    assert_eq!(y.len(), c * n, "global_avgpool_forward: y length");
-    if hw == 0 {
-        y.fill(f32::NAN);
+    let Some(inv) = avgpool_forward_scale(c, n, hw, x, y) else {
         return;
-    }
-    let inv = 1.0 / hw as f64;
+    };
     let channel = |xc: &[f32], yc: &mut [f32]| {
         super::simd(
             #[inline(always)]

@@ -285,10 +285,13 @@ impl FirstConv {
             return None;
         }
         let (mut dg, mut db) = (vec![0.0; bn.c], vec![0.0; bn.c]);
-        let coefs = norm::batchnorm_backward_coefs(
-            bn.relu, bn.given, bn.c, bn.m, bn.y, bn.gamma, bn.beta, bn.mean, bn.invstd, bn.dy,
-            &mut dg, &mut db,
-        );
+        let g = norm::BnGradIn {
+            fwd: norm::BnIn::new(bn.c, bn.m, bn.y, bn.gamma, bn.beta),
+            save_mean: bn.mean,
+            save_invstd: bn.invstd,
+            dy: bn.dy,
+        };
+        let coefs = norm::batchnorm_backward_coefs(bn.relu, bn.given, g, &mut dg, &mut db);
         let gv = d.weight_grad_through_bn(sw, bn.dy, &coefs, self.x.data())?;
         ctx.grads.add(self.w, &gv);
         Some((dg, db))

@@ -50,18 +50,8 @@ fn batchnorm_eval(
     let (xv, c, m) = bn_input(tape, store, x, gamma)?;
     let (gv, bv) = (store.get(gamma).data(), store.get(beta).data());
     let y = overwritten(xv.numel(), |y| {
-        norm::batchnorm_eval_forward_with(
-            relu,
-            c,
-            m,
-            xv.data(),
-            gv,
-            bv,
-            &stats.mean,
-            &stats.var,
-            BN_EPS,
-            y,
-        )
+        let fwd = norm::BnIn::new(c, m, xv.data(), gv, bv);
+        norm::batchnorm_eval_forward_with(relu, fwd, &stats.mean, &stats.var, BN_EPS, y)
     });
     Ok(tape.input(Tensor::from_vec(xv.shape(), y)?))
 }
@@ -94,19 +84,18 @@ fn batchnorm_train(
         norm::batchnorm_train_forward
     };
     let y = overwritten(xv.numel(), |y| {
+        let o = norm::TrainFwdOut {
+            running_mean: &mut stats.mean,
+            running_var: &mut stats.var,
+            y,
+            save_mean: &mut mean,
+            save_invstd: &mut invstd,
+        };
         forward(
-            c,
-            m,
-            xv.data(),
-            gv,
-            bv,
+            norm::BnIn::new(c, m, xv.data(), gv, bv),
             BN_EPS,
             BN_MOMENTUM,
-            &mut stats.mean,
-            &mut stats.var,
-            y,
-            &mut mean,
-            &mut invstd,
+            o,
         )
     });
     let out = Tensor::from_vec(xv.shape(), y)?;
@@ -149,21 +138,18 @@ fn batchnorm_train(
             }
         }
         let dx = overwritten(xv.numel(), |dx| {
-            norm::batchnorm_backward_with(
-                fused_relu,
-                given.as_deref(),
-                c,
-                m,
-                xv.data(),
-                gv,
-                bv,
-                mean,
-                &invstd,
-                dy.data(),
+            let g = norm::BnGradIn {
+                fwd: norm::BnIn::new(c, m, xv.data(), gv, bv),
+                save_mean: mean,
+                save_invstd: &invstd,
+                dy: dy.data(),
+            };
+            let o = norm::BwdOut {
                 dx,
-                &mut dg,
-                &mut db,
-            )
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            };
+            norm::batchnorm_backward_with(fused_relu, given.as_deref(), g, o)
         });
         ctx.grads.add(gamma, &dg);
         ctx.grads.add(beta, &db);

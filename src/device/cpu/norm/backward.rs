@@ -4,71 +4,36 @@
 
 use rayon::prelude::*;
 
-use super::forward::bn_scale;
+use super::forward::{bn_scale, BnIn};
 use super::sums::{dot_centered_f64, masked_sums, per_channel, sum_f64, PAR_MIN};
 
-/// Backward of the training-mode forward. Overwrites dx, dgamma, dbeta.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_backward(
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    backward::<false>(
-        None,
-        c,
-        m,
-        x,
-        gamma,
-        &[],
-        save_mean,
-        save_invstd,
-        dy,
-        dx,
-        dgamma,
-        dbeta,
-    )
+/// What a backward reads: the forward's input and layer (`fwd`; beta is read only behind the
+/// ReLU), its saved mean and 1/sqrt(var + eps) per channel, and dy [c, m].
+#[derive(Clone, Copy)]
+pub struct BnGradIn<'a> {
+    pub fwd: BnIn<'a>,
+    pub save_mean: &'a [f32],
+    pub save_invstd: &'a [f32],
+    pub dy: &'a [f32],
+}
+
+/// What a backward writes (overwritten): dx [c, m], dgamma and dbeta [c].
+pub struct BwdOut<'a> {
+    pub dx: &'a mut [f32],
+    pub dgamma: &'a mut [f32],
+    pub dbeta: &'a mut [f32],
+}
+
+/// Backward of the training-mode forward.
+pub fn batchnorm_backward(g: BnGradIn, o: BwdOut) {
+    batchnorm_backward_with(false, None, g, o)
 }
 
 /// Backward of `batchnorm_relu_train_forward` (dy is the gradient of the ReLU's output). The
 /// ReLU mask is recomputed from x, gamma, beta and the saved statistics with the forward's
 /// arithmetic, and the masked dy is never stored: one pass for the sums, one for dx.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_backward(
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    assert_eq!(beta.len(), c, "batchnorm: beta length");
-    backward::<true>(
-        None,
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        save_mean,
-        save_invstd,
-        dy,
-        dx,
-        dgamma,
-        dbeta,
-    )
+pub fn batchnorm_relu_backward(g: BnGradIn, o: BwdOut) {
+    batchnorm_backward_with(true, None, g, o)
 }
 
 /// The backward of either training forward: `batchnorm_relu_backward` when `relu`, else
@@ -77,47 +42,13 @@ pub fn batchnorm_relu_backward(
 /// Σ dy'·(out − β)) over the forward's output `out`, with dy' = dy where out > 0. Then it makes
 /// one pass, for dx, on each channel where these sums are accurate (see `from_relu_sums`); the
 /// others take theirs from x as usual.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_backward_with(
-    relu: bool,
-    given: Option<&[(f64, f64)]>,
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
+pub fn batchnorm_backward_with(relu: bool, given: Option<&[(f64, f64)]>, g: BnGradIn, o: BwdOut) {
+    check_backward(relu, given, g, o.dgamma, o.dbeta);
     if relu {
-        assert_eq!(beta.len(), c, "batchnorm: beta length");
-    }
-    if let Some(g) = given {
-        assert_eq!(g.len(), c, "batchnorm: sums length");
-    }
-    let run = if relu {
-        backward::<true>
+        backward::<true>(given, g, o)
     } else {
-        backward::<false>
-    };
-    run(
-        given,
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        save_mean,
-        save_invstd,
-        dy,
-        dx,
-        dgamma,
-        dbeta,
-    )
+        backward::<false>(given, g, o)
+    }
 }
 
 /// (Σ dy', Σ dy'·(x − mean)) from (Σ dy', Σ dy'·(out − β)): where out > 0, out − β is
@@ -171,28 +102,24 @@ impl DxCoefs {
 
 /// One channel's coefficients and (dgamma, dbeta), its sums from `given` where accurate, else
 /// from its x and dy (one read).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn channel_coefs<const RELU: bool>(
     ci: usize,
-    m: usize,
     xc: &[f32],
     dyc: &[f32],
     given: Option<&[(f64, f64)]>,
-    gamma: &[f32],
-    beta: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
+    g: BnGradIn,
 ) -> (DxCoefs, f64, f64) {
+    let (m, gamma, beta) = (g.fwd.m, g.fwd.gamma, g.fwd.beta);
     // With xhat = (x − mean)·invstd and y = gamma·xhat + beta:
     //   dbeta = Σ dy,  dgamma = Σ dy·xhat,
     //   dx = gamma·invstd·(dy − dbeta/m − xhat·dgamma/m),
     // which is dx = a·dy + b·(x − mean) + c0 with the per-channel constants below.
-    let mean = save_mean[ci] as f64;
-    let invstd = save_invstd[ci] as f64;
+    let mean = g.save_mean[ci] as f64;
+    let invstd = g.save_invstd[ci] as f64;
     // The forward's output was positive where (x − mean)·scale + beta > 0.
     let relu = RELU.then(|| (bn_scale(gamma[ci], invstd), beta[ci]));
-    let from_given = given.and_then(|g| from_relu_sums(g[ci], gamma[ci], beta[ci], invstd));
+    let from_given = given.and_then(|s| from_relu_sums(s[ci], gamma[ci], beta[ci], invstd));
     let (sum_dy, dot) = match (from_given, relu) {
         (Some(sums), _) => sums,
         (None, Some((scale, shift))) => {
@@ -219,58 +146,25 @@ fn channel_coefs<const RELU: bool>(
 /// without computing dx: `relu` for `batchnorm_relu_backward` (beta then used), `given` as
 /// `batchnorm_backward_with` takes it. One read of x and dy for the channels whose sums
 /// are not given.
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_coefs(
     relu: bool,
     given: Option<&[(f64, f64)]>,
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
-    dy: &[f32],
+    g: BnGradIn,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) -> Vec<DxCoefs> {
-    check_backward(c, m, gamma, save_mean, save_invstd, dy, dgamma, dbeta);
-    assert_eq!(x.len(), c * m, "batchnorm: input length");
-    if relu {
-        assert_eq!(beta.len(), c, "batchnorm: beta length");
-    }
-    if let Some(g) = given {
-        assert_eq!(g.len(), c, "batchnorm: sums length");
-    }
+    check_backward(relu, given, g, dgamma, dbeta);
+    let (c, m) = (g.fwd.c, g.fwd.m);
+    assert_eq!(g.fwd.x.len(), c * m, "batchnorm: input length");
     let one = |ci: usize| {
-        let (xc, dyc) = (&x[ci * m..][..m], &dy[ci * m..][..m]);
+        let (xc, dyc) = (&g.fwd.x[ci * m..][..m], &g.dy[ci * m..][..m]);
         crate::device::cpu::simd(
             #[inline(always)]
             || {
                 if relu {
-                    channel_coefs::<true>(
-                        ci,
-                        m,
-                        xc,
-                        dyc,
-                        given,
-                        gamma,
-                        beta,
-                        save_mean,
-                        save_invstd,
-                    )
+                    channel_coefs::<true>(ci, xc, dyc, given, g)
                 } else {
-                    channel_coefs::<false>(
-                        ci,
-                        m,
-                        xc,
-                        dyc,
-                        given,
-                        gamma,
-                        beta,
-                        save_mean,
-                        save_invstd,
-                    )
+                    channel_coefs::<false>(ci, xc, dyc, given, g)
                 }
             },
         )
@@ -290,70 +184,59 @@ pub fn batchnorm_backward_coefs(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The lengths every backward checks (beta only behind the ReLU, the sums where given).
 fn check_backward(
-    c: usize,
-    m: usize,
-    gamma: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
-    dy: &[f32],
+    relu: bool,
+    given: Option<&[(f64, f64)]>,
+    g: BnGradIn,
     dgamma: &[f32],
     dbeta: &[f32],
 ) {
+    let c = g.fwd.c;
     for (name, v) in [
-        ("gamma", gamma),
-        ("save_mean", save_mean),
-        ("save_invstd", save_invstd),
+        ("gamma", g.fwd.gamma),
+        ("save_mean", g.save_mean),
+        ("save_invstd", g.save_invstd),
         ("dgamma", dgamma),
         ("dbeta", dbeta),
     ] {
         assert_eq!(v.len(), c, "batchnorm: {name} length");
     }
-    assert_eq!(dy.len(), c * m, "batchnorm: dy length");
+    assert_eq!(g.dy.len(), c * g.fwd.m, "batchnorm: dy length");
+    if relu {
+        assert_eq!(g.fwd.beta.len(), c, "batchnorm: beta length");
+    }
+    if let Some(s) = given {
+        assert_eq!(s.len(), c, "batchnorm: sums length");
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward<const RELU: bool>(
-    given: Option<&[(f64, f64)]>,
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    save_mean: &[f32],
-    save_invstd: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    check_backward(c, m, gamma, save_mean, save_invstd, dy, dgamma, dbeta);
+fn backward<const RELU: bool>(given: Option<&[(f64, f64)]>, g: BnGradIn, o: BwdOut) {
+    let (c, m) = (g.fwd.c, g.fwd.m);
     // Per channel, the sums (where not given) and then dx, while the channel is in L2.
     let grads = per_channel(
         c,
         m,
-        x,
-        dx,
+        g.fwd.x,
+        o.dx,
         #[inline(always)]
         |ci, xc, dxc| {
-            let dyc = &dy[ci * m..][..m];
-            let (coefs, dg, db) =
-                channel_coefs::<RELU>(ci, m, xc, dyc, given, gamma, beta, save_mean, save_invstd);
+            let dyc = &g.dy[ci * m..][..m];
+            let (coefs, dg, db) = channel_coefs::<RELU>(ci, xc, dyc, given, g);
             coefs.apply(dyc, xc, dxc);
             (dg, db)
         },
     );
     for (ci, &(dg, db)) in grads.iter().enumerate() {
-        dgamma[ci] = dg as f32;
-        dbeta[ci] = db as f32;
+        o.dgamma[ci] = dg as f32;
+        o.dbeta[ci] = db as f32;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::cpu::norm::batchnorm_relu_train_forward;
+    use crate::device::cpu::norm::{batchnorm_relu_train_forward, TrainFwdOut};
 
     /// The backward from sums over the output (`batchnorm_backward_with`) matches the one
     /// that takes them from x; channels where those sums are not accurate enough (|β| > 16|γ|,
@@ -369,20 +252,15 @@ mod tests {
         let beta = [0.4, 0.3, -1.5, 2.0, 0.5];
         let (mut rm, mut rv) = (vec![0.0; c], vec![1.0; c]);
         let (mut out, mut mean, mut invstd) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c]);
-        batchnorm_relu_train_forward(
-            c,
-            m,
-            &x,
-            &gamma,
-            &beta,
-            1e-5,
-            0.1,
-            &mut rm,
-            &mut rv,
-            &mut out,
-            &mut mean,
-            &mut invstd,
-        );
+        let fwd = BnIn::new(c, m, &x, &gamma, &beta);
+        let o = TrainFwdOut {
+            running_mean: &mut rm,
+            running_var: &mut rv,
+            y: &mut out,
+            save_mean: &mut mean,
+            save_invstd: &mut invstd,
+        };
+        batchnorm_relu_train_forward(fwd, 1e-5, 0.1, o);
         let sums: Vec<(f64, f64)> = (0..c)
             .map(|ci| {
                 let (mut s1, mut s2) = (0f64, 0f64);
@@ -397,25 +275,20 @@ mod tests {
             .collect();
         let run = |given: Option<&[(f64, f64)]>| {
             let (mut dx, mut dg, mut db) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c]);
+            let g = BnGradIn {
+                fwd,
+                save_mean: &mean,
+                save_invstd: &invstd,
+                dy: &dy,
+            };
+            let o = BwdOut {
+                dx: &mut dx,
+                dgamma: &mut dg,
+                dbeta: &mut db,
+            };
             match given {
-                Some(s) => batchnorm_backward_with(
-                    true,
-                    Some(s),
-                    c,
-                    m,
-                    &x,
-                    &gamma,
-                    &beta,
-                    &mean,
-                    &invstd,
-                    &dy,
-                    &mut dx,
-                    &mut dg,
-                    &mut db,
-                ),
-                None => batchnorm_relu_backward(
-                    c, m, &x, &gamma, &beta, &mean, &invstd, &dy, &mut dx, &mut dg, &mut db,
-                ),
+                Some(s) => batchnorm_backward_with(true, Some(s), g, o),
+                None => batchnorm_relu_backward(g, o),
             }
             (dx, dg, db)
         };

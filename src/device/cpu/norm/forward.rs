@@ -3,69 +3,48 @@
 
 use super::sums::{affine, affine_relu, blocked_sum, per_channel, sum_f64};
 
-/// Training-mode forward. Writes y, the batch mean and 1/sqrt(var + eps) per channel, and
-/// updates running_mean / running_var in place: r = (1 − momentum)·r + momentum·batch.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_train_forward(
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    momentum: f32,
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
-    y: &mut [f32],
-    save_mean: &mut [f32],
-    save_invstd: &mut [f32],
-) {
-    train_forward::<false>(
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        eps,
-        momentum,
-        running_mean,
-        running_var,
-        y,
-        save_mean,
-        save_invstd,
-    )
+/// A batch norm's input and layer: c channels of m values each (x [c, m], one contiguous row
+/// per channel) and the per-channel gamma and beta.
+#[derive(Clone, Copy)]
+pub struct BnIn<'a> {
+    pub c: usize,
+    pub m: usize,
+    pub x: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+}
+
+impl<'a> BnIn<'a> {
+    pub fn new(c: usize, m: usize, x: &'a [f32], gamma: &'a [f32], beta: &'a [f32]) -> Self {
+        BnIn {
+            c,
+            m,
+            x,
+            gamma,
+            beta,
+        }
+    }
+}
+
+/// What a training-mode forward writes: y, the batch mean and 1/sqrt(var + eps) per channel;
+/// running_mean and running_var are updated in place.
+pub struct TrainFwdOut<'a> {
+    pub running_mean: &'a mut [f32],
+    pub running_var: &'a mut [f32],
+    pub y: &'a mut [f32],
+    pub save_mean: &'a mut [f32],
+    pub save_invstd: &'a mut [f32],
+}
+
+/// Training-mode forward: writes `o`, the running estimates as r = (1 − momentum)·r +
+/// momentum·batch.
+pub fn batchnorm_train_forward(i: BnIn, eps: f32, momentum: f32, o: TrainFwdOut) {
+    train_forward::<false>(i, eps, momentum, o)
 }
 
 /// `batchnorm_train_forward` followed by ReLU, in the same pass over the output.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_train_forward(
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    momentum: f32,
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
-    y: &mut [f32],
-    save_mean: &mut [f32],
-    save_invstd: &mut [f32],
-) {
-    train_forward::<true>(
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        eps,
-        momentum,
-        running_mean,
-        running_var,
-        y,
-        save_mean,
-        save_invstd,
-    )
+pub fn batchnorm_relu_train_forward(i: BnIn, eps: f32, momentum: f32, o: TrainFwdOut) {
+    train_forward::<true>(i, eps, momentum, o)
 }
 
 /// The per-channel scale of the normalised output, as the forward computes it (the fused
@@ -75,21 +54,15 @@ pub(super) fn bn_scale(gamma: f32, invstd: f64) -> f32 {
     (gamma as f64 * invstd) as f32
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_forward<const RELU: bool>(
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    momentum: f32,
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
-    y: &mut [f32],
-    save_mean: &mut [f32],
-    save_invstd: &mut [f32],
-) {
+fn train_forward<const RELU: bool>(i: BnIn, eps: f32, momentum: f32, o: TrainFwdOut) {
+    let (c, m, gamma, beta) = (i.c, i.m, i.gamma, i.beta);
+    let TrainFwdOut {
+        running_mean,
+        running_var,
+        y,
+        save_mean,
+        save_invstd,
+    } = o;
     assert!(m > 0, "batchnorm: no values per channel");
     for (name, v) in [
         ("gamma", gamma),
@@ -105,7 +78,7 @@ fn train_forward<const RELU: bool>(
     let stats = per_channel(
         c,
         m,
-        x,
+        i.x,
         y,
         #[inline(always)]
         |ci, xc, yc| {
@@ -141,19 +114,15 @@ fn train_forward<const RELU: bool>(
 
 /// Evaluation-mode forward with the running statistics, followed by ReLU in the same pass when
 /// `relu` (the same bits as the two ops).
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_eval_forward_with(
     relu: bool,
-    c: usize,
-    m: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+    i: BnIn,
     running_mean: &[f32],
     running_var: &[f32],
     eps: f32,
     y: &mut [f32],
 ) {
+    let (c, gamma, beta) = (i.c, i.gamma, i.beta);
     for (name, v) in [
         ("gamma", gamma),
         ("beta", beta),
@@ -164,8 +133,8 @@ pub fn batchnorm_eval_forward_with(
     }
     per_channel(
         c,
-        m,
-        x,
+        i.m,
+        i.x,
         y,
         #[inline(always)]
         |ci, xc, yc| {
@@ -197,8 +166,9 @@ mod tests {
             [0.8, 1.5, 0.3],
         );
         let (mut y, mut yr) = (vec![0.0; c * m], vec![0.0; c * m]);
-        batchnorm_eval_forward_with(false, c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut y);
-        batchnorm_eval_forward_with(true, c, m, &x, &g, &b, &rm, &rv, 1e-5, &mut yr);
+        let i = BnIn::new(c, m, &x, &g, &b);
+        batchnorm_eval_forward_with(false, i, &rm, &rv, 1e-5, &mut y);
+        batchnorm_eval_forward_with(true, i, &rm, &rv, 1e-5, &mut yr);
         let want: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
         assert_eq!(yr, want);
         assert!(yr.contains(&0.0) && yr.iter().any(|&v| v > 0.0));

@@ -10,9 +10,10 @@ mod sums;
 
 pub use backward::{
     batchnorm_backward, batchnorm_backward_coefs, batchnorm_backward_with, batchnorm_relu_backward,
-    DxCoefs,
+    BnGradIn, BwdOut, DxCoefs,
 };
 pub use forward::{
-    batchnorm_eval_forward_with, batchnorm_relu_train_forward, batchnorm_train_forward,
+    batchnorm_eval_forward_with, batchnorm_relu_train_forward, batchnorm_train_forward, BnIn,
+    TrainFwdOut,
 };
 pub(crate) use sums::sum_f64;

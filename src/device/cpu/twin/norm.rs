@@ -1,26 +1,13 @@
 //! CPU twins of kernels/norm.cu: the functions of `device::cpu::norm`.
 
-use crate::device::cpu::norm;
+use crate::device::cpu::norm::{self, BnGradIn, BnIn};
+/// Outputs of a training-mode forward (running statistics updated in place), and of a backward.
+pub use crate::device::cpu::norm::{BwdOut, TrainFwdOut};
 pub use crate::device::gpu::kernels::norm::NormParams;
 
-/// Outputs of a training-mode forward (running statistics are updated in place).
-pub struct TrainFwdOut<'a> {
-    pub running_mean: &'a mut [f32],
-    pub running_var: &'a mut [f32],
-    pub y: &'a mut [f32],
-    pub save_mean: &'a mut [f32],
-    pub save_invstd: &'a mut [f32],
-}
-
-/// Outputs of a backward.
-pub struct BwdOut<'a> {
-    pub dx: &'a mut [f32],
-    pub dgamma: &'a mut [f32],
-    pub dbeta: &'a mut [f32],
-}
-
-fn dims(p: &NormParams) -> (usize, usize) {
-    (p.c as usize, p.m as usize)
+/// The batch norm of `p`'s c channels of m values.
+fn layer<'a>(p: &NormParams, x: &'a [f32], gamma: &'a [f32], beta: &'a [f32]) -> BnIn<'a> {
+    BnIn::new(p.c as usize, p.m as usize, x, gamma, beta)
 }
 
 pub fn norm_fwd_train_f32(p: &NormParams, x: &[f32], gamma: &[f32], beta: &[f32], o: TrainFwdOut) {
@@ -39,26 +26,12 @@ pub fn norm_fwd_train_relu_f32(
 
 /// Either training forward: `relu` picks the fused one.
 fn train(relu: bool, p: &NormParams, x: &[f32], gamma: &[f32], beta: &[f32], o: TrainFwdOut) {
-    let (c, m) = dims(p);
     let forward = if relu {
         norm::batchnorm_relu_train_forward
     } else {
         norm::batchnorm_train_forward
     };
-    forward(
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        p.eps,
-        p.momentum,
-        o.running_mean,
-        o.running_var,
-        o.y,
-        o.save_mean,
-        o.save_invstd,
-    )
+    forward(layer(p, x, gamma, beta), p.eps, p.momentum, o)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -71,19 +44,8 @@ pub fn norm_fwd_eval_f32(
     running_var: &[f32],
     y: &mut [f32],
 ) {
-    let (c, m) = dims(p);
-    norm::batchnorm_eval_forward_with(
-        false,
-        c,
-        m,
-        x,
-        gamma,
-        beta,
-        running_mean,
-        running_var,
-        p.eps,
-        y,
-    )
+    let fwd = layer(p, x, gamma, beta);
+    norm::batchnorm_eval_forward_with(false, fwd, running_mean, running_var, p.eps, y)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -116,8 +78,11 @@ pub fn norm_bwd_relu_f32(
 /// Either backward (`relu` picks the fused one's), its inputs x, gamma, beta (unused without
 /// `relu`), save_mean, save_invstd and dy.
 fn bwd(relu: bool, p: &NormParams, [x, gamma, beta, mean, invstd, dy]: [&[f32]; 6], o: BwdOut) {
-    let (c, m) = dims(p);
-    norm::batchnorm_backward_with(
-        relu, None, c, m, x, gamma, beta, mean, invstd, dy, o.dx, o.dgamma, o.dbeta,
-    )
+    let g = BnGradIn {
+        fwd: layer(p, x, gamma, beta),
+        save_mean: mean,
+        save_invstd: invstd,
+        dy,
+    };
+    norm::batchnorm_backward_with(relu, None, g, o)
 }

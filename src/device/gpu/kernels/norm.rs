@@ -82,6 +82,27 @@ fn per_channel(buffers: &[(&Buf, &str)], n: usize, kernel: &str) -> Result<()> {
     Ok(())
 }
 
+/// `[(b.f, "f"), …]`: the named fields of `b` with their names, for `per_channel`.
+macro_rules! named {
+    ($b:ident: $($f:ident),*) => { [$(($b.$f, stringify!($f))),*] };
+}
+
+/// The addresses and shape every training-side kernel reads: x, gamma, beta, the saved
+/// statistics and y (the backward's dx).
+fn saved_params(c: usize, m: usize, [x, gamma, beta, mean, invstd, y]: [&Buf; 6]) -> NormParams {
+    NormParams {
+        x: x.addr(),
+        gamma: gamma.addr(),
+        beta: beta.addr(),
+        save_mean: mean.addr(),
+        save_invstd: invstd.addr(),
+        y: y.addr(),
+        c: c as u32,
+        m: m as u32,
+        ..Default::default()
+    }
+}
+
 /// One block per channel; 1024 threads for long channels.
 fn channel_cfg(c: usize, m: usize) -> LaunchCfg {
     LaunchCfg {
@@ -108,33 +129,19 @@ pub fn train_fwd(
         &norm_fwd_train_f32
     };
     check_shape(c, m, k.name)?;
-    per_channel(&[(b.x, "x"), (b.y, "y")], c * m, k.name)?;
-    per_channel(
-        &[
-            (b.gamma, "gamma"),
-            (b.beta, "beta"),
-            (b.running_mean, "running_mean"),
-            (b.running_var, "running_var"),
-            (b.save_mean, "save_mean"),
-            (b.save_invstd, "save_invstd"),
-        ],
-        c,
-        k.name,
-    )?;
+    per_channel(&named!(b: x, y), c * m, k.name)?;
+    let chans = named!(b: gamma, beta, running_mean, running_var, save_mean, save_invstd);
+    per_channel(&chans, c, k.name)?;
     let p = NormParams {
-        x: b.x.addr(),
-        gamma: b.gamma.addr(),
-        beta: b.beta.addr(),
         running_mean: b.running_mean.addr(),
         running_var: b.running_var.addr(),
-        save_mean: b.save_mean.addr(),
-        save_invstd: b.save_invstd.addr(),
-        y: b.y.addr(),
-        c: c as u32,
-        m: m as u32,
         eps,
         momentum,
-        ..Default::default()
+        ..saved_params(
+            c,
+            m,
+            [b.x, b.gamma, b.beta, b.save_mean, b.save_invstd, b.y],
+        )
     };
     gpu.launch(k, channel_cfg(c, m), &p)
 }
@@ -195,32 +202,18 @@ pub fn bwd(gpu: &Gpu, b: &BnBwd, c: usize, m: usize, relu: bool) -> Result<()> {
         &norm_bwd_f32
     };
     check_shape(c, m, k.name)?;
-    per_channel(&[(b.x, "x"), (b.dy, "dy"), (b.dx, "dx")], c * m, k.name)?;
-    per_channel(
-        &[
-            (b.gamma, "gamma"),
-            (b.beta, "beta"),
-            (b.save_mean, "save_mean"),
-            (b.save_invstd, "save_invstd"),
-            (b.dgamma, "dgamma"),
-            (b.dbeta, "dbeta"),
-        ],
-        c,
-        k.name,
-    )?;
+    per_channel(&named!(b: x, dy, dx), c * m, k.name)?;
+    let chans = named!(b: gamma, beta, save_mean, save_invstd, dgamma, dbeta);
+    per_channel(&chans, c, k.name)?;
     let p = NormParams {
-        x: b.x.addr(),
-        gamma: b.gamma.addr(),
-        beta: b.beta.addr(),
-        save_mean: b.save_mean.addr(),
-        save_invstd: b.save_invstd.addr(),
-        y: b.dx.addr(),
         dy: b.dy.addr(),
         dgamma: b.dgamma.addr(),
         dbeta: b.dbeta.addr(),
-        c: c as u32,
-        m: m as u32,
-        ..Default::default()
+        ..saved_params(
+            c,
+            m,
+            [b.x, b.gamma, b.beta, b.save_mean, b.save_invstd, b.dx],
+        )
     };
     gpu.launch(k, channel_cfg(c, m), &p)
 }
