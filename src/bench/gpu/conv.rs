@@ -4,6 +4,7 @@
 use super::timing::{uniform, Plan, Timer};
 use crate::device::cpu::ConvGeom;
 use crate::device::gpu::kernels::conv;
+use crate::device::gpu::sparse_weight::DeviceSparseWeight;
 use crate::rng::Rng;
 use crate::sparse::topology::random_layer;
 use anyhow::Result;
@@ -166,8 +167,8 @@ pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<ConvS
         for &d in &plan.densities {
             let nnz = ((d * wl as f64).round() as usize).clamp(1, wl);
             let sw = random_layer(rows, cols, nnz, &dense_w, rng);
-            let bufs = conv::upload_sparse(gpu, &sw)?;
-            let sp = conv::SparseBufs::from_uploaded(&bufs, nnz);
+            let (dsw, values) = DeviceSparseWeight::upload_with_values(gpu, &sw)?;
+            let sp = dsw.bufs(&values);
             let mut dv = gpu.zeros::<f32>(nnz)?;
             let t_fwd = timer.time(|| conv::conv_fwd_sparse(gpu, &g, &x, &sp, None, &mut y))?;
             let t_bd = timer.time(|| conv::conv_bwd_data_sparse(gpu, &g, &dy, &sp, &mut dx))?;

@@ -38,6 +38,17 @@ impl DeviceSparseWeight {
         })
     }
 
+    /// `sw`'s index and a buffer of its values (at least one float, so never an empty buffer),
+    /// for the checks and benchmarks that convolve with a layer outside a model.
+    pub fn upload_with_values(gpu: &Gpu, sw: &SparseWeight) -> Result<(Self, Buf)> {
+        let values = if sw.values.is_empty() {
+            gpu.upload(&[0.0f32])?
+        } else {
+            gpu.upload(&sw.values)?
+        };
+        Ok((Self::upload(gpu, sw)?, values))
+    }
+
     /// The active positions r·cols + c (u32, ascending).
     pub fn positions(&self) -> &Buf {
         &self.positions

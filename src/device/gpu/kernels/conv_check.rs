@@ -6,6 +6,7 @@ use super::conv;
 use crate::device::cpu::twin;
 use crate::device::cpu::ConvGeom;
 use crate::device::gpu::checker::{tol, Checker, Cmp};
+use crate::device::gpu::sparse_weight::DeviceSparseWeight;
 use crate::device::gpu::{Buf, KernelDef, LaunchCfg};
 use crate::sparse::csr::SparseWeight;
 use anyhow::Result;
@@ -152,8 +153,8 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
             .map(|_| c.rng.uniform_f64() < density)
             .collect();
         let sw = SparseWeight::from_dense_mask(rows, kcols, &w, &mask);
-        let sb = conv::upload_sparse(c.gpu, &sw)?;
-        let sp = conv::SparseBufs::from_uploaded(&sb, sw.nnz());
+        let (dsw, values) = DeviceSparseWeight::upload_with_values(c.gpu, &sw)?;
+        let sp = dsw.bufs(&values);
         let shape = format!("{shape}, density {density}, nnz {}", sw.nnz());
         let nnz = sw.nnz() as u32;
 

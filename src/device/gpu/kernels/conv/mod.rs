@@ -21,9 +21,7 @@ pub use params::{
     ConvBwdBiasParams, ConvBwdDataParams, ConvBwdWeightParams, ConvFwdParams, ConvReduceParams,
     ConvSparseBwdDataParams, ConvSparseBwdWeightParams, ConvSparseFwdParams,
 };
-pub use sparse::{
-    conv_bwd_data_sparse, conv_bwd_weight_sparse, conv_fwd_sparse, upload_sparse, SparseBufs,
-};
+pub use sparse::{conv_bwd_data_sparse, conv_bwd_weight_sparse, conv_fwd_sparse, SparseBufs};
 
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::gpu::{Buf, Dim3, Gpu, LaunchCfg};

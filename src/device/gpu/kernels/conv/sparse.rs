@@ -9,7 +9,6 @@ use super::{
 };
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::gpu::{Buf, Dim3, Gpu, LaunchCfg};
-use crate::sparse::csr::SparseWeight;
 use anyhow::{ensure, Result};
 
 /// Threads and output pixels per block of the sparse forward / input-gradient kernels.
@@ -17,26 +16,6 @@ const SP_THREADS: u32 = 256;
 const SP_TILE: usize = 1024;
 /// Active weights per block of the sparse weight gradient.
 const SW_G: usize = 8;
-
-/// `w` on the device, its buffers in `SparseBufs` order (row_ptr, col_idx, values, col_ptr,
-/// csc_row, csc_pos; see `SparseBufs::from_uploaded`). An empty array gets one element, so every
-/// address is valid.
-pub fn upload_sparse(gpu: &Gpu, w: &SparseWeight) -> Result<[Buf; 6]> {
-    let u = |v: &[u32]| gpu.upload(if v.is_empty() { &[0u32][..] } else { v });
-    let vals = if w.values.is_empty() {
-        vec![0.0]
-    } else {
-        w.values.clone()
-    };
-    Ok([
-        u(&w.row_ptr)?,
-        u(&w.col_idx)?,
-        gpu.upload(&vals)?,
-        u(&w.col_ptr)?,
-        u(&w.csc_row)?,
-        u(&w.csc_pos)?,
-    ])
-}
 
 /// A sparse weight on the device: `SparseWeight`'s index arrays (u32) and values (f32).
 /// Index buffers may be longer than needed (capacity); `nnz` says how many entries are live.
@@ -52,19 +31,6 @@ pub struct SparseBufs<'a> {
 }
 
 impl<'a> SparseBufs<'a> {
-    /// The buffers of `upload_sparse`, with `nnz` live entries.
-    pub fn from_uploaded(bufs: &'a [Buf; 6], nnz: usize) -> Self {
-        SparseBufs {
-            row_ptr: &bufs[0],
-            col_idx: &bufs[1],
-            values: &bufs[2],
-            col_ptr: &bufs[3],
-            csc_row: &bufs[4],
-            csc_pos: &bufs[5],
-            nnz,
-        }
-    }
-
     fn check(&self, s: &ConvShape) -> Result<()> {
         let (rows, cols, nnz) = (s.cout as usize, s.k_len(), self.nnz);
         ensure!(
