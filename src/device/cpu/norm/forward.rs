@@ -148,29 +148,3 @@ pub fn batchnorm_eval_forward_with(
         },
     );
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The fused evaluation forward gives the bits of batch norm, then ReLU.
-    #[test]
-    fn fused_eval_forward_is_batchnorm_then_relu() {
-        let (c, m) = (3, 2000);
-        let mut r = crate::rng::Rng::new(4);
-        let x: Vec<f32> = (0..c * m).map(|_| r.normal()).collect();
-        let (g, b, rm, rv) = (
-            [1.2, -0.4, 0.9],
-            [0.1, 0.3, -0.2],
-            [0.05, -0.1, 0.2],
-            [0.8, 1.5, 0.3],
-        );
-        let (mut y, mut yr) = (vec![0.0; c * m], vec![0.0; c * m]);
-        let i = BnIn::new(c, m, &x, &g, &b);
-        batchnorm_eval_forward_with(false, i, &rm, &rv, 1e-5, &mut y);
-        batchnorm_eval_forward_with(true, i, &rm, &rv, 1e-5, &mut yr);
-        let want: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
-        assert_eq!(yr, want);
-        assert!(yr.contains(&0.0) && yr.iter().any(|&v| v > 0.0));
-    }
-}

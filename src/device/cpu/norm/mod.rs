@@ -7,6 +7,8 @@
 mod backward;
 mod forward;
 mod sums;
+#[cfg(test)]
+mod tests;
 
 pub use backward::{
     batchnorm_backward, batchnorm_backward_coefs, batchnorm_backward_with, batchnorm_relu_backward,

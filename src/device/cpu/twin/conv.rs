@@ -5,55 +5,36 @@
 //! j = (n·OH + oh)·OW + ow reads x[ci, n, oh·s + kh − pad, ow·s + kw − pad] (0 outside);
 //! y[co, j] = Σ_r W[co, r]·col[r, j] + bias[co].
 
+use crate::device::cpu::ConvGeom;
 use crate::device::gpu::kernels::conv::{
     ConvBwdBiasParams, ConvBwdDataParams, ConvBwdWeightParams, ConvFwdParams, ConvReduceParams,
     ConvShape, ConvSparseBwdDataParams, ConvSparseBwdWeightParams, ConvSparseFwdParams,
 };
 
-/// Sizes of one convolution as usize.
-struct Dims {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    k: usize,
-    kk: usize,
-    oh: usize,
-    ow: usize,
-    /// N·OH·OW
-    p: usize,
-    stride: usize,
-    pad: usize,
+/// The geometry of `s` ([C, N, H, W] activations), as the CPU's convolutions take it.
+fn geom(s: &ConvShape) -> ConvGeom {
+    let u = |v: u32| v as usize;
+    let (k, stride, pad) = (u(s.k), u(s.stride), u(s.pad));
+    let g = ConvGeom::new(u(s.n), u(s.cin), u(s.h), u(s.w), u(s.cout), k, stride, pad)
+        .expect("conv twin: shape");
+    assert_eq!((g.oh, g.ow), (u(s.oh), u(s.ow)), "conv twin: output size");
+    g
 }
 
-impl Dims {
-    fn new(s: &ConvShape) -> Self {
-        let u = |v: u32| v as usize;
-        Dims {
-            n: u(s.n),
-            cin: u(s.cin),
-            h: u(s.h),
-            w: u(s.w),
-            cout: u(s.cout),
-            k: u(s.k),
-            kk: u(s.k * s.k),
-            oh: u(s.oh),
-            ow: u(s.ow),
-            p: u(s.n) * u(s.oh) * u(s.ow),
-            stride: u(s.stride),
-            pad: u(s.pad),
-        }
-    }
+/// What the twins read of the im2col buffer without building it.
+trait Cols {
+    fn col(&self, x: &[f32], r: usize, j: usize) -> f32;
+    fn col_src(&self, r: usize, j: usize) -> Option<usize>;
+}
 
-    /// col[r, j], read from x.
+impl Cols for ConvGeom {
     fn col(&self, x: &[f32], r: usize, j: usize) -> f32 {
         self.col_src(r, j).map_or(0.0, |i| x[i])
     }
 
-    /// The input pixel (flat index into x) that col[r, j] reads, if any.
     fn col_src(&self, r: usize, j: usize) -> Option<usize> {
-        let (ci, kh, kw) = (r / self.kk, (r % self.kk) / self.k, r % self.k);
+        let kk = self.k * self.k;
+        let (ci, kh, kw) = (r / kk, (r % kk) / self.k, r % self.k);
         let (nn, oh, ow) = (
             j / (self.oh * self.ow),
             (j / self.ow) % self.oh,
@@ -66,10 +47,6 @@ impl Dims {
         }
         Some(((ci * self.n + nn) * self.h + ih as usize) * self.w + iw as usize)
     }
-
-    fn rows(&self) -> usize {
-        self.cin * self.kk
-    }
 }
 
 /// out = the f64 accumulators, rounded to f32.
@@ -79,15 +56,30 @@ fn store(out: &mut [f32], acc: Vec<f64>) {
     }
 }
 
+/// Σ_j dy[co, j]·col[r, j]: one weight's gradient.
+fn dy_dot_col(d: &ConvGeom, x: &[f32], dy: &[f32], co: usize, r: usize) -> f64 {
+    let p = d.col_cols();
+    let mut acc = 0f64;
+    for j in 0..p {
+        acc += dy[co * p + j] as f64 * d.col(x, r, j) as f64;
+    }
+    acc
+}
+
 /// y[co, j] = sum(co, j) (+ bias[co]), one output at a time.
-fn each_output(d: &Dims, bias: Option<&[f32]>, y: &mut [f32], sum: impl Fn(usize, usize) -> f64) {
+fn each_output(
+    d: &ConvGeom,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    sum: impl Fn(usize, usize) -> f64,
+) {
     for co in 0..d.cout {
-        for j in 0..d.p {
+        for j in 0..d.col_cols() {
             let mut acc = sum(co, j);
             if let Some(b) = bias {
                 acc += b[co] as f64;
             }
-            y[co * d.p + j] = acc as f32;
+            y[co * d.col_cols() + j] = acc as f32;
         }
     }
 }
@@ -100,11 +92,11 @@ pub fn conv_fwd_dense_simple_f32(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let d = Dims::new(&p.s);
-    let rows = d.rows();
+    let d = geom(&p.s);
+    let rows = d.col_rows();
     assert_eq!(x.len(), d.cin * d.n * d.h * d.w, "x length");
     assert_eq!(w.len(), d.cout * rows, "w length");
-    assert_eq!(y.len(), d.cout * d.p, "y length");
+    assert_eq!(y.len(), d.cout * d.col_cols(), "y length");
     each_output(&d, bias, y, |co, j| {
         let mut acc = 0f64;
         for r in 0..rows {
@@ -127,17 +119,17 @@ pub fn conv_fwd_dense_f32(
 
 /// dx = colᵀ-adjoint of Wᵀ·dy: every (r, j) adds W[co, r]·dy[co, j] to the pixel col[r, j] reads.
 pub fn conv_bwd_data_dense_f32(p: &ConvBwdDataParams, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let d = Dims::new(&p.s);
-    let rows = d.rows();
-    assert_eq!(dy.len(), d.cout * d.p, "dy length");
+    let d = geom(&p.s);
+    let rows = d.col_rows();
+    assert_eq!(dy.len(), d.cout * d.col_cols(), "dy length");
     assert_eq!(w.len(), d.cout * rows, "w length");
     assert_eq!(dx.len(), d.cin * d.n * d.h * d.w, "dx length");
     let mut acc = vec![0f64; dx.len()];
     for r in 0..rows {
-        for j in 0..d.p {
+        for j in 0..d.col_cols() {
             if let Some(src) = d.col_src(r, j) {
                 for co in 0..d.cout {
-                    acc[src] += w[co * rows + r] as f64 * dy[co * d.p + j] as f64;
+                    acc[src] += w[co * rows + r] as f64 * dy[co * d.col_cols() + j] as f64;
                 }
             }
         }
@@ -148,18 +140,14 @@ pub fn conv_bwd_data_dense_f32(p: &ConvBwdDataParams, dy: &[f32], w: &[f32], dx:
 /// dw[co, r] = Σ_j dy[co, j]·col[r, j]. Writes dW itself (the kernel's `out` with one split;
 /// with several the kernel's partials plus `conv_bwd_weight_reduce_f32` give the same).
 pub fn conv_bwd_weight_dense_f32(p: &ConvBwdWeightParams, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    let d = Dims::new(&p.s);
-    let rows = d.rows();
+    let d = geom(&p.s);
+    let rows = d.col_rows();
     assert_eq!(x.len(), d.cin * d.n * d.h * d.w, "x length");
-    assert_eq!(dy.len(), d.cout * d.p, "dy length");
+    assert_eq!(dy.len(), d.cout * d.col_cols(), "dy length");
     assert_eq!(dw.len(), d.cout * rows, "dw length");
     for co in 0..d.cout {
         for r in 0..rows {
-            let mut acc = 0f64;
-            for j in 0..d.p {
-                acc += dy[co * d.p + j] as f64 * d.col(x, r, j) as f64;
-            }
-            dw[co * rows + r] = acc as f32;
+            dw[co * rows + r] = dy_dot_col(&d, x, dy, co, r) as f32;
         }
     }
 }
@@ -186,8 +174,8 @@ pub fn conv_fwd_sparse_f32(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let d = Dims::new(&p.s);
-    assert_eq!(y.len(), d.cout * d.p, "y length");
+    let d = geom(&p.s);
+    assert_eq!(y.len(), d.cout * d.col_cols(), "y length");
     each_output(&d, bias, y, |co, j| {
         let mut acc = 0f64;
         for e in row_ptr[co] as usize..row_ptr[co + 1] as usize {
@@ -208,16 +196,16 @@ pub fn conv_bwd_data_sparse_f32(
     values: &[f32],
     dx: &mut [f32],
 ) {
-    let d = Dims::new(&p.s);
-    assert_eq!(dy.len(), d.cout * d.p, "dy length");
+    let d = geom(&p.s);
+    assert_eq!(dy.len(), d.cout * d.col_cols(), "dy length");
     assert_eq!(dx.len(), d.cin * d.n * d.h * d.w, "dx length");
     let mut acc = vec![0f64; dx.len()];
-    for r in 0..d.rows() {
+    for r in 0..d.col_rows() {
         for e in col_ptr[r] as usize..col_ptr[r + 1] as usize {
             let (co, v) = (csc_row[e] as usize, values[csc_pos[e] as usize] as f64);
-            for j in 0..d.p {
+            for j in 0..d.col_cols() {
                 if let Some(src) = d.col_src(r, j) {
-                    acc[src] += v * dy[co * d.p + j] as f64;
+                    acc[src] += v * dy[co * d.col_cols() + j] as f64;
                 }
             }
         }
@@ -234,16 +222,11 @@ pub fn conv_bwd_weight_sparse_f32(
     col_idx: &[u32],
     dvalues: &mut [f32],
 ) {
-    let d = Dims::new(&p.s);
-    assert_eq!(dy.len(), d.cout * d.p, "dy length");
+    let d = geom(&p.s);
+    assert_eq!(dy.len(), d.cout * d.col_cols(), "dy length");
     for co in 0..d.cout {
         for e in row_ptr[co] as usize..row_ptr[co + 1] as usize {
-            let r = col_idx[e] as usize;
-            let mut acc = 0f64;
-            for j in 0..d.p {
-                acc += dy[co * d.p + j] as f64 * d.col(x, r, j) as f64;
-            }
-            dvalues[e] = acc as f32;
+            dvalues[e] = dy_dot_col(&d, x, dy, co, col_idx[e] as usize) as f32;
         }
     }
 }
