@@ -12,6 +12,10 @@
 //!   pass in one launch), with each path's launch count;
 //! - training-step images/s of both models (the tape on the device) at densities 1, 0.05 and 0.01.
 //!
+//! With `--cost`, nothing is timed: training steps of the CMNIST CNN and ResNet-18 (32 and 128 px,
+//! batch 64 and 256, densities 1, 0.05, 0.01) run on the dry emulator and the cost model prices
+//! them on the GPU named by `--gpu-model` (`cost.rs`, `device::gpu::cost`).
+//!
 //! Timing: one warm-up call (it also compiles the kernel files with NVRTC), then `--reps`
 //! samples, each the mean over enough back-to-back calls to fill ~2 ms, bracketed by
 //! `gpu.sync()`; the median sample is reported. On the emulator the numbers say nothing about a
@@ -21,12 +25,14 @@
 //! and `step.rs` for whole training steps; `timing.rs` holds the sizes and the timer.
 
 mod conv;
+mod cost;
 mod step;
 mod timing;
 mod topk;
 mod xent;
 
 pub use conv::{ConvLayerRow, ConvSection, NetworkRow, PassTime, Passes, SparseRow};
+pub use cost::CostRow;
 pub use step::StepRow;
 pub use topk::TopkRow;
 pub use xent::XentRow;
@@ -53,6 +59,17 @@ pub struct GpuArgs {
     pub reps: Option<usize>,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Estimate instead of measure: cost training steps with the cost model (every kernel's
+    /// stated bytes and FLOPs, priced by a roofline of --gpu-model). Needs no GPU and ignores
+    /// --device; the figures are estimates, not measurements.
+    #[arg(long)]
+    pub cost: bool,
+    /// The GPU --cost prices for: h100 (SXM) or h200.
+    #[arg(long, default_value = "h100", requires = "cost")]
+    pub gpu_model: String,
+    /// With --cost: each step's kernels, largest estimated time first.
+    #[arg(long, requires = "cost")]
+    pub per_kernel: bool,
 }
 
 // Results (the JSON file).
@@ -76,6 +93,11 @@ pub fn run(args: &GpuArgs) -> Result<()> {
     );
     if let Some(p) = &args.json {
         super::checks::check_json_path(p)?;
+    }
+    if args.cost {
+        let spec = cost::spec(&args.gpu_model)?;
+        let rows = cost::section(&spec, args.quick, args.per_kernel, args.seed)?;
+        return write_json(args, &rows);
     }
     let (gpu, why) = gpu_for(&args.device, "rest bench gpu")?;
     let plan = Plan::new(args.quick, args.reps);
@@ -116,8 +138,12 @@ pub fn run(args: &GpuArgs) -> Result<()> {
         topology_update,
         train_step,
     };
+    write_json(args, &results)
+}
+
+fn write_json(args: &GpuArgs, results: &impl serde::Serialize) -> Result<()> {
     if let Some(p) = &args.json {
-        crate::checkpoint::write_atomic(p, serde_json::to_string_pretty(&results)?.as_bytes())
+        crate::checkpoint::write_atomic(p, serde_json::to_string_pretty(results)?.as_bytes())
             .with_context(|| format!("writing {}", p.display()))?;
         println!("results written to {}", p.display());
     }

@@ -59,6 +59,32 @@ pub mod selftest {
         selftest_deadlock,
     );
 
+    /// The self-test kernels are not part of the cost model.
+    macro_rules! unmodelled {
+        ($($t:ty),+) => {$(
+            impl crate::device::gpu::KernelCost for $t {
+                fn cost(
+                    &self,
+                    _: &crate::device::gpu::KernelDef,
+                    _: &crate::device::gpu::LaunchCfg,
+                ) -> crate::device::gpu::Cost {
+                    crate::device::gpu::Cost::UNMODELLED
+                }
+            }
+        )+};
+    }
+    unmodelled!(
+        BlockSumParams,
+        GemmParams,
+        IndexParams,
+        WarpParams,
+        VoteParams,
+        AtomicParams,
+        DynParams,
+        SpinParams,
+        DeadlockParams
+    );
+
     /// `selftest_block_sum_f32`: block b writes the sum and the sum of squares of
     /// `x[b*chunk .. min(n, (b+1)*chunk)]` to `out[2b]`, `out[2b+1]`.
     #[repr(C)]

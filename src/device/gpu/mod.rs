@@ -15,6 +15,7 @@
 pub mod alloc;
 pub mod check;
 pub(crate) mod checker;
+pub mod cost;
 pub mod cuda;
 pub mod driver;
 pub mod emu;
@@ -28,6 +29,9 @@ use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub use cost::{Cost, Event, KernelCost};
 
 /// CUDA's `dim3`.
 #[repr(C)]
@@ -202,6 +206,8 @@ pub struct Buf {
 enum Store {
     /// Emulator memory: 16-byte aligned host words.
     Host(Vec<u128>),
+    /// The dry emulator's: an address and a size, no memory (nothing ever runs there).
+    Absent,
     Cuda(cudarc::driver::CudaSlice<u8>),
 }
 
@@ -236,6 +242,8 @@ pub struct Traffic {
     to_host: AtomicU64,
     syncs: AtomicU64,
     fills: AtomicU64,
+    /// Every event since `Gpu::record` (None: not recording).
+    log: Mutex<Option<Vec<Event>>>,
 }
 
 /// A snapshot of [`Traffic`]; subtract two for what happened between them.
@@ -270,6 +278,12 @@ impl Traffic {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn note(&self, event: impl FnOnce() -> Event) {
+        if let Some(log) = self.log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            log.push(event());
+        }
+    }
+
     fn snapshot(&self) -> TrafficCounts {
         TrafficCounts {
             launches: self.launches.load(Ordering::Relaxed),
@@ -284,14 +298,61 @@ impl Traffic {
 /// A CUDA backend instance: a real GPU or the emulator.
 pub enum Gpu {
     /// The emulator and what it has done.
-    Emu(Traffic),
+    Emu(Emulator),
     Cuda(Box<cuda::CudaGpu>),
+}
+
+/// The emulator's state: its counters, and whether it is dry.
+#[derive(Debug, Default)]
+pub struct Emulator {
+    traffic: Traffic,
+    /// Dry: launches, copies and memsets are recorded and counted but nothing runs, buffers
+    /// take no memory and reads return zeros (the cost model's device).
+    dry: bool,
+    /// The dry emulator's next buffer address.
+    next_addr: AtomicU64,
 }
 
 impl Gpu {
     /// The emulator (always available).
     pub fn emu() -> Gpu {
-        Gpu::Emu(Traffic::default())
+        Gpu::Emu(Emulator::default())
+    }
+
+    /// The dry emulator: the backend's whole host side (checks, launch configurations,
+    /// allocations, counters, [`Gpu::record`]) with nothing run and no memory behind buffers,
+    /// so that a full-size training step can be costed ([`cost`]). Results read back are zeros.
+    pub fn emu_dry() -> Gpu {
+        Gpu::Emu(Emulator {
+            dry: true,
+            next_addr: AtomicU64::new(1 << 40),
+            ..Default::default()
+        })
+    }
+
+    /// True for the dry emulator.
+    pub fn is_dry(&self) -> bool {
+        matches!(self, Gpu::Emu(e) if e.dry)
+    }
+
+    /// Starts recording every launch (with its [`Cost`]), copy, memset and synchronisation;
+    /// [`Gpu::take_record`] returns them. Recording again restarts the record.
+    pub fn record(&self) {
+        *self
+            .traffic_counters()
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// The events since [`Gpu::record`], and recording stops (empty if it never started).
+    pub fn take_record(&self) -> Vec<Event> {
+        self.traffic_counters()
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
     }
 
     /// GPU `ordinal` through cudarc; a clear error when no usable GPU or NVRTC is found.
@@ -306,6 +367,7 @@ impl Gpu {
     /// A short description: "emu" or the GPU's name and compute capability.
     pub fn describe(&self) -> String {
         match self {
+            Gpu::Emu(e) if e.dry => "emu, dry (nothing runs: the cost model's device)".into(),
             Gpu::Emu(_) => "emu (CUDA kernels emulated on the CPU)".into(),
             Gpu::Cuda(c) => c.describe(),
         }
@@ -314,6 +376,13 @@ impl Gpu {
     /// A zero-filled buffer of `bytes` bytes.
     pub fn alloc(&self, bytes: usize) -> Result<Buf> {
         let (addr, store) = match self {
+            Gpu::Emu(e) if e.dry => {
+                let addr = e.next_addr.fetch_add(
+                    bytes.next_multiple_of(256).max(256) as u64,
+                    Ordering::Relaxed,
+                );
+                (addr, Store::Absent)
+            }
             Gpu::Emu(_) => {
                 let v = vec![0u128; bytes.div_ceil(16).max(1)];
                 (v.as_ptr() as u64, Store::Host(v))
@@ -352,9 +421,14 @@ impl Gpu {
                 bytemuck::cast_slice_mut::<u128, u8>(v)[..bytes.len()].copy_from_slice(bytes)
             }
             (Store::Cuda(s), Gpu::Cuda(c)) => c.write(s, bytes)?,
+            (Store::Absent, Gpu::Emu(_)) => {}
             _ => bail!("buffer belongs to another backend"),
         }
-        Traffic::count(&self.traffic_counters().to_device);
+        let t = self.traffic_counters();
+        Traffic::count(&t.to_device);
+        t.note(|| Event::ToDevice {
+            bytes: bytes.len() as u64,
+        });
         Ok(())
     }
 
@@ -368,9 +442,14 @@ impl Gpu {
                 bytes.copy_from_slice(&bytemuck::cast_slice::<u128, u8>(v)[..bytes.len()])
             }
             (Store::Cuda(s), Gpu::Cuda(c)) => c.read(s, bytes)?,
+            (Store::Absent, Gpu::Emu(_)) => {}
             _ => bail!("buffer belongs to another backend"),
         }
-        Traffic::count(&self.traffic_counters().to_host);
+        let t = self.traffic_counters();
+        Traffic::count(&t.to_host);
+        t.note(|| Event::ToHost {
+            bytes: bytes.len() as u64,
+        });
         Ok(out)
     }
 
@@ -379,15 +458,20 @@ impl Gpu {
         match (&mut dst.store, self) {
             (Store::Host(v), Gpu::Emu(_)) => bytemuck::cast_slice_mut::<u128, u8>(v).fill(byte),
             (Store::Cuda(s), Gpu::Cuda(c)) => c.memset(s, byte)?,
+            (Store::Absent, Gpu::Emu(_)) => {}
             _ => bail!("buffer belongs to another backend"),
         }
-        Traffic::count(&self.traffic_counters().fills);
+        let t = self.traffic_counters();
+        Traffic::count(&t.fills);
+        t.note(|| Event::Memset {
+            bytes: dst.bytes as u64,
+        });
         Ok(())
     }
 
     fn traffic_counters(&self) -> &Traffic {
         match self {
-            Gpu::Emu(t) => t,
+            Gpu::Emu(e) => &e.traffic,
             Gpu::Cuda(c) => &c.traffic,
         }
     }
@@ -404,11 +488,34 @@ impl Gpu {
 
     /// Launches `kernel` with its parameter struct. On a GPU the launch is asynchronous; on the
     /// emulator it has finished when this returns.
-    pub fn launch<P: Pod>(&self, kernel: &KernelDef, cfg: LaunchCfg, params: &P) -> Result<()> {
+    pub fn launch<P: Pod + KernelCost>(
+        &self,
+        kernel: &KernelDef,
+        cfg: LaunchCfg,
+        params: &P,
+    ) -> Result<()> {
+        self.launch_costed(kernel, cfg, params, params.cost(kernel, &cfg))
+    }
+
+    /// [`Gpu::launch`] with the cost stated by the caller, for parameter structs that cannot
+    /// know it (a table of tensors in device memory).
+    pub fn launch_costed<P: Pod>(
+        &self,
+        kernel: &KernelDef,
+        cfg: LaunchCfg,
+        params: &P,
+        cost: Cost,
+    ) -> Result<()> {
         cfg.validate(kernel.name)?;
+        self.traffic_counters()
+            .note(|| Event::launch(kernel, &cfg, cost));
         match self {
-            Gpu::Emu(t) => {
-                Traffic::count(&t.launches);
+            Gpu::Emu(e) if e.dry => {
+                Traffic::count(&e.traffic.launches);
+                Ok(())
+            }
+            Gpu::Emu(e) => {
+                Traffic::count(&e.traffic.launches);
                 // SAFETY: `params` is the #[repr(C)] struct the kernel file mirrors (checked by
                 // the layout tests); the buffers it addresses are host memory owned by `Buf`s the
                 // caller keeps alive for this synchronous call.
@@ -432,7 +539,9 @@ impl Gpu {
 
     /// Waits until all launched work has finished (a no-op on the emulator).
     pub fn sync(&self) -> Result<()> {
-        Traffic::count(&self.traffic_counters().syncs);
+        let t = self.traffic_counters();
+        Traffic::count(&t.syncs);
+        t.note(|| Event::Sync);
         match self {
             Gpu::Emu(_) => Ok(()),
             Gpu::Cuda(c) => c.sync(),

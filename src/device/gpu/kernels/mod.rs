@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub(crate) mod conv_check;
+pub mod costs;
 pub mod elementwise;
 pub(crate) mod elementwise_check;
 pub mod norm;

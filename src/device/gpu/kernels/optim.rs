@@ -166,5 +166,6 @@ pub fn sgd_multi(
         block: Dim3::x(256),
         smem: 0,
     };
-    gpu.launch(&optim_sgd_multi_f32, cfg, &p)
+    let n = table.records.iter().map(|r| r.n as usize).sum();
+    gpu.launch_costed(&optim_sgd_multi_f32, cfg, &p, super::costs::sgd_cost(n))
 }

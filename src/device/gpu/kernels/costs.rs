@@ -1,0 +1,272 @@
+//! What one launch of each kernel costs, per family: the cost model's statements
+//! ([`KernelCost`], `device::gpu::cost`), from each parameter struct and launch configuration.
+//! tests/gpu_cost.rs checks them against the bytes the emulator sees the kernels touch.
+//!
+//! Counting conventions: `read`/`written` are unique bytes; `requested` every load issued;
+//! FLOPs count a multiply-add as two. Tiled kernels re-read their operands once per tile of the
+//! other dimension (grid.x column tiles, grid.y row tiles); gathers that fall into padding load
+//! nothing, which the formulas ignore (they overstate requests by the padding's share).
+
+use super::conv::{self, *};
+use super::elementwise::{self, ElementwiseParams};
+use super::norm::{self, NormParams};
+use super::optim::SgdParams;
+use super::pool::{self, AvgPoolParams, MaxPoolParams};
+use super::topk::{TopkBatchParams, TopkParams};
+use super::xent::{self, XentParams, XENT_STATS};
+use crate::device::gpu::cost::{f32s, Cost, KernelCost};
+use crate::device::gpu::{KernelDef, LaunchCfg};
+
+// ---- conv.cu -----------------------------------------------------------------------------
+/// Elements of x a convolution reads: all of it, unless the kernel is smaller than the stride
+/// (a 1×1, stride-2 shortcut reads one pixel in four).
+fn x_touched(s: &ConvShape) -> usize {
+    if s.k < s.stride {
+        s.cin as usize * s.cols() * (s.k * s.k) as usize
+    } else {
+        s.x_len()
+    }
+}
+
+fn bias_len(bias: u64, s: &ConvShape) -> usize {
+    if bias != 0 {
+        s.cout as usize
+    } else {
+        0
+    }
+}
+
+impl KernelCost for ConvFwdParams {
+    fn cost(&self, kernel: &KernelDef, cfg: &LaunchCfg) -> Cost {
+        let s = &self.s;
+        let (m, n, k) = (s.cout as usize, s.cols(), s.k_len());
+        let read = f32s(x_touched(s) + s.w_len() + bias_len(self.bias, s));
+        let flops = 2 * (m * n * k) as u64;
+        let requested = if kernel.name == conv::conv_fwd_dense_simple_f32.name {
+            // Every output element reads its K weights and K inputs.
+            2 * f32s(m * n * k)
+        } else {
+            f32s(s.w_len()) * cfg.grid.x as u64 + f32s(k * n) * cfg.grid.y as u64
+        };
+        Cost::streaming(read, f32s(s.y_len()), flops).with_requests(requested)
+    }
+}
+
+impl KernelCost for ConvBwdDataParams {
+    fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
+        let s = &self.s;
+        let (m, n) = (s.cin as usize, s.n as usize * (s.h * s.w) as usize);
+        let r = s.cout as usize * (s.k * s.k) as usize;
+        // The col2im gather finds an output pixel for one (pixel, tap) in stride² only.
+        let stride2 = (s.stride * s.stride).max(1) as u64;
+        let requested =
+            f32s(s.w_len()) * cfg.grid.x as u64 + f32s(r * n) * cfg.grid.y as u64 / stride2;
+        Cost::streaming(
+            f32s(s.y_len() + s.w_len()),
+            f32s(s.x_len()),
+            2 * (m * n * r) as u64,
+        )
+        .with_requests(requested)
+    }
+}
+
+impl KernelCost for ConvBwdWeightParams {
+    fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
+        let s = &self.s;
+        let (m, k, p) = (s.cout as usize, s.k_len(), s.cols());
+        let requested = f32s(m * p) * cfg.grid.x as u64 + f32s(k * p) * cfg.grid.y as u64;
+        Cost::streaming(
+            f32s(s.y_len() + x_touched(s)),
+            f32s(self.splits.max(1) as usize * m * k),
+            2 * (m * k * p) as u64,
+        )
+        .with_requests(requested)
+    }
+}
+
+impl KernelCost for ConvReduceParams {
+    fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
+        let (len, splits) = (self.len as usize, self.splits as usize);
+        Cost::streaming(f32s(len * splits), f32s(len), (len * splits) as u64)
+    }
+}
+
+impl KernelCost for ConvSparseFwdParams {
+    fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
+        let s = &self.s;
+        let (nnz, p, cout) = (self.nnz as usize, s.cols(), s.cout as usize);
+        let index = f32s(cout + 1 + 2 * nnz);
+        // Each block stages its row's entries, then every entry reads one input per pixel.
+        let requested = index * cfg.grid.x as u64 + f32s(nnz * p);
+        Cost::streaming(
+            f32s(x_touched(s) + bias_len(self.bias, s)) + index,
+            f32s(s.y_len()),
+            2 * (nnz * p) as u64,
+        )
+        .with_requests(requested)
+    }
+}
+
+impl KernelCost for ConvSparseBwdDataParams {
+    fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
+        let s = &self.s;
+        let (nnz, p) = (self.nnz as usize, s.cols());
+        let index = f32s(s.k_len() + 1 + 3 * nnz);
+        // Each block reads its channel's columns of the CSC index (a 1/Cin share), and every
+        // (entry, output pixel) pair reads one dY.
+        let requested = index * cfg.grid.x as u64 + f32s(nnz * p);
+        Cost::streaming(
+            f32s(s.y_len()) + index,
+            f32s(s.x_len()),
+            2 * (nnz * p) as u64,
+        )
+        .with_requests(requested)
+    }
+}
+
+impl KernelCost for ConvSparseBwdWeightParams {
+    fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
+        let s = &self.s;
+        let (nnz, p, cout) = (self.nnz as usize, s.cols(), s.cout as usize);
+        let index = f32s(cout + 1 + nnz);
+        // Every active weight reduces over P pixels, reading x and dY at each.
+        let requested = index + 2 * f32s(nnz * p);
+        Cost::streaming(
+            f32s(s.y_len() + x_touched(s)) + index,
+            f32s(nnz),
+            2 * (nnz * p) as u64,
+        )
+        .with_requests(requested)
+    }
+}
+
+impl KernelCost for ConvBwdBiasParams {
+    fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
+        let n = self.cout as usize * self.cols as usize;
+        Cost::streaming(f32s(n), f32s(self.cout as usize), n as u64)
+    }
+}
+
+// ---- elementwise.cu ------------------------------------------------------------------------
+
+impl KernelCost for ElementwiseParams {
+    fn cost(&self, kernel: &KernelDef, _: &LaunchCfg) -> Cost {
+        let n = self.n as usize;
+        // (arrays read, flops per element)
+        let (inputs, flops) = match kernel.name {
+            k if k == elementwise::elementwise_fill_f32.name => (0, 0),
+            k if k == elementwise::elementwise_relu_fwd_f32.name => (1, 1),
+            k if k == elementwise::elementwise_scale_f32.name => (1, 1),
+            k if k == elementwise::elementwise_add_relu_f32.name => (2, 2),
+            _ => (2, 1), // relu_bwd, add, acc (acc reads its output)
+        };
+        Cost::streaming(f32s(inputs * n), f32s(n), (flops * n) as u64)
+    }
+}
+
+// ---- norm.cu -------------------------------------------------------------------------------
+
+impl KernelCost for NormParams {
+    fn cost(&self, kernel: &KernelDef, _: &LaunchCfg) -> Cost {
+        let (c, cm) = (self.c as usize, self.c as usize * self.m as usize);
+        match kernel.name {
+            // One block per channel, three passes over x (sum, squared deviations, normalise);
+            // reads γ, β and the running statistics, writes the saved and running statistics.
+            k if k == norm::norm_fwd_train_f32.name || k == norm::norm_fwd_train_relu_f32.name => {
+                Cost::streaming(f32s(cm + 4 * c), f32s(cm + 4 * c), 7 * cm as u64)
+                    .with_requests(f32s(3 * cm + 4 * c))
+            }
+            k if k == norm::norm_fwd_eval_f32.name => {
+                Cost::streaming(f32s(cm + 4 * c), f32s(cm), 2 * cm as u64)
+            }
+            // Backward: two passes over x and dY (sums, then dx); reads the saved statistics.
+            _ => Cost::streaming(f32s(2 * cm + 4 * c), f32s(cm + 2 * c), 10 * cm as u64)
+                .with_requests(f32s(4 * cm + 4 * c)),
+        }
+    }
+}
+
+// ---- pool.cu -------------------------------------------------------------------------------
+
+impl KernelCost for MaxPoolParams {
+    fn cost(&self, kernel: &KernelDef, _: &LaunchCfg) -> Cost {
+        let input = self.planes as usize * (self.h * self.w) as usize;
+        let out = self.planes as usize * (self.oh * self.ow) as usize;
+        let window = (self.k * self.k) as usize;
+        if kernel.name == pool::pool_max_fwd_f32.name {
+            // Each output scans its window; writes the maximum and its index.
+            Cost::streaming(f32s(input), f32s(2 * out), (out * window) as u64)
+                .with_requests(f32s(out * window))
+        } else {
+            // Each input pixel checks the outputs whose window holds it: argmax, then dY.
+            let reach = window.div_ceil((self.stride * self.stride).max(1) as usize);
+            Cost::streaming(f32s(2 * out), f32s(input), (input * reach) as u64)
+                .with_requests(f32s(2 * input * reach))
+        }
+    }
+}
+
+impl KernelCost for AvgPoolParams {
+    fn cost(&self, kernel: &KernelDef, _: &LaunchCfg) -> Cost {
+        let (planes, all) = (
+            self.planes as usize,
+            self.planes as usize * self.hw as usize,
+        );
+        if kernel.name == pool::pool_avg_fwd_f32.name {
+            Cost::streaming(f32s(all), f32s(planes), all as u64)
+        } else {
+            Cost::streaming(f32s(planes), f32s(all), all as u64).with_requests(f32s(all))
+        }
+    }
+}
+
+// ---- xent.cu -------------------------------------------------------------------------------
+
+impl KernelCost for XentParams {
+    fn cost(&self, kernel: &KernelDef, _: &LaunchCfg) -> Cost {
+        let (n, k, blocks) = (self.n as usize, self.k as usize, self.blocks as usize);
+        let partials = f32s(blocks * XENT_STATS);
+        if kernel.name == xent::xent_fused_f32.name {
+            // Three passes over each sample's logits (max, sum of exponentials, gradient);
+            // labels, weights and groups once; losses, dlogits and the block partials out.
+            let groups = if self.groups != 0 { n } else { 0 };
+            Cost::streaming(
+                f32s(k * n + 2 * n + groups),
+                f32s(k * n + n) + partials,
+                (8 * k * n) as u64,
+            )
+            .with_requests(f32s(3 * k * n + 2 * n + groups))
+        } else {
+            Cost::streaming(partials, f32s(XENT_STATS), (blocks * XENT_STATS) as u64)
+        }
+    }
+}
+
+// ---- optim.cu ------------------------------------------------------------------------------
+
+impl KernelCost for SgdParams {
+    fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
+        sgd_cost(self.n as usize)
+    }
+}
+
+/// SGD with momentum over `n` weights: reads weight, gradient and momentum, writes weight and
+/// momentum (`optim_sgd_multi_f32` states it through its wrapper: its sizes are in a table).
+pub fn sgd_cost(n: usize) -> Cost {
+    Cost::streaming(f32s(3 * n), f32s(2 * n), 6 * n as u64)
+}
+
+// ---- topk.cu -------------------------------------------------------------------------------
+// The topology update's passes (once per ΔT steps) are not modelled yet: counted as launches.
+
+impl KernelCost for TopkParams {
+    fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
+        Cost::UNMODELLED
+    }
+}
+
+impl KernelCost for TopkBatchParams {
+    fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
+        Cost::UNMODELLED
+    }
+}
