@@ -172,7 +172,7 @@ impl Tensor {
                 if let Some(own) = Arc::get_mut(a) {
                     elementwise::acc(b.gpu(), own.buf(), b.buf(), n)?;
                 } else {
-                    let sum = DeviceBuf::zeros(a.device(), n)?;
+                    let sum = DeviceBuf::uninit(a.device(), n)?;
                     elementwise::add(a.gpu(), a.buf(), b.buf(), sum.buf(), n)?;
                     *a = Arc::new(sum);
                 }

@@ -3,9 +3,11 @@
 //! a training step whose shapes repeat allocates nothing on the device after its first run (a
 //! `cudaMalloc` synchronises the device; a free-list hit costs a lock and a memset launch).
 //!
-//! Every buffer handed out is zero-filled, fresh or reused: kernels that accumulate into their
-//! output (split reductions, atomics) rely on it, and it keeps reused memory from leaking values
-//! of an earlier step into a later one.
+//! Two kinds of request: [`GpuDevice::take`] hands out a zero-filled buffer (a memset when it is
+//! reused), for kernels that accumulate into their output; [`GpuDevice::take_uninit`] one whose
+//! contents are undefined, for outputs a kernel overwrites in full — every op output of a
+//! training step, so a step launches no memset. The emulator fills undefined buffers with NaN
+//! (uncounted), so a kernel that leaves an element unwritten fails the parity tests.
 
 use super::{Buf, Gpu};
 use anyhow::Result;
@@ -61,6 +63,27 @@ impl GpuDevice {
         }
     }
 
+    /// A buffer of `bytes` bytes with undefined contents (NaN on the emulator), from the cache
+    /// when one of that size is free: for outputs the next kernel writes in full.
+    pub fn take_uninit(&self, bytes: usize) -> Result<Buf> {
+        let reused = self
+            .free
+            .lock()
+            .expect("allocator lock")
+            .get_mut(&bytes)
+            .and_then(Vec::pop);
+        let mut b = match reused {
+            Some(b) => b,
+            None => {
+                self.fresh
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.gpu.alloc(bytes)?
+            }
+        };
+        self.gpu.poison(&mut b);
+        Ok(b)
+    }
+
     /// Returns `b` to the cache.
     pub fn give_back(&self, b: Buf) {
         if let Ok(mut free) = self.free.lock() {
@@ -87,9 +110,19 @@ impl DeviceBuf {
         })
     }
 
+    /// `n` undefined values on `device` (NaN on the emulator): for an output the next kernel
+    /// overwrites in full.
+    pub fn uninit(device: &Arc<GpuDevice>, n: usize) -> Result<Self> {
+        Ok(Self {
+            buf: Some(device.take_uninit(n * 4)?),
+            device: Arc::clone(device),
+            len: n,
+        })
+    }
+
     /// A copy of `values` on `device`.
     pub fn upload(device: &Arc<GpuDevice>, values: &[f32]) -> Result<Self> {
-        let mut d = Self::zeros(device, values.len())?;
+        let mut d = Self::uninit(device, values.len())?;
         device.gpu.write(d.buf_mut(), values)?;
         Ok(d)
     }
@@ -161,5 +194,17 @@ mod tests {
         let c = DeviceBuf::zeros(&dev, 4).unwrap();
         assert_ne!(c.buf().addr(), addr);
         assert_eq!(dev.fresh_allocations(), 2);
+    }
+
+    #[test]
+    fn an_uninitialised_buffer_is_poisoned_on_the_emulator_and_costs_no_memset() {
+        let dev = GpuDevice::new(Gpu::emu());
+        let a = DeviceBuf::upload(&dev, &[1.0, 2.0]).unwrap();
+        drop(a);
+        let fills = dev.gpu().traffic().fills;
+        let b = DeviceBuf::uninit(&dev, 2).unwrap();
+        assert_eq!(dev.fresh_allocations(), 1, "reused");
+        assert!(b.to_host().unwrap().iter().all(|v| v.is_nan()));
+        assert_eq!(dev.gpu().traffic().fills, fills, "no memset counted");
     }
 }

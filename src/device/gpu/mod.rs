@@ -469,6 +469,14 @@ impl Gpu {
         Ok(())
     }
 
+    /// Fills an emulator buffer with 0xFF bytes (NaN as f32), uncounted: how the emulator
+    /// marks memory whose contents are undefined. A no-op on a GPU and on the dry emulator.
+    pub fn poison(&self, dst: &mut Buf) {
+        if let (Store::Host(v), Gpu::Emu(_)) = (&mut dst.store, self) {
+            bytemuck::cast_slice_mut::<u128, u8>(v).fill(0xFF);
+        }
+    }
+
     fn traffic_counters(&self) -> &Traffic {
         match self {
             Gpu::Emu(e) => &e.traffic,

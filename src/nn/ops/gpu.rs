@@ -44,6 +44,32 @@ fn on_device(store: &ParamStore) -> Result<&DeviceParams> {
     })
 }
 
+/// dw = the dense weight gradient, its long reduction (N·OH·OW) split over enough blocks to fill
+/// a GPU (`conv_bwd_weight_dense_splits`; one split would leave most SMs idle on the early
+/// layers) and summed in a fixed order by a second pass: deterministic. The partials live in a
+/// workspace from the device's cache.
+fn dense_weight_grad(
+    dev: &Arc<GpuDevice>,
+    g: &ConvGeom,
+    x: &Buf,
+    dy: &Buf,
+    dw: &mut Buf,
+) -> Result<()> {
+    let splits = conv::conv_bwd_weight_dense_splits(g);
+    let floats = conv::conv_bwd_weight_dense_workspace(g, splits);
+    let mut work = (floats > 0)
+        .then(|| DeviceBuf::uninit(dev, floats))
+        .transpose()?;
+    conv::conv_bwd_weight_dense(
+        dev.gpu(),
+        g,
+        x,
+        dy,
+        dw,
+        work.as_mut().map(DeviceBuf::buf_mut),
+    )
+}
+
 /// Convolution of x [Cin, N, H, W] with a dense or sparse weight and an optional bias; `g` is
 /// checked by the caller.
 pub(super) fn conv2d(
@@ -58,7 +84,7 @@ pub(super) fn conv2d(
     let xv = tape.value_rc(x);
     let p = &dp.params[w.0];
     let name = &store.get(w).name;
-    let mut y = DeviceBuf::zeros(&dev, g.cout * g.n * g.oh * g.ow)?;
+    let mut y = DeviceBuf::uninit(&dev, g.cout * g.n * g.oh * g.ow)?;
     let bias = b.map(|b| &dp.params[b.0].values);
     let xb = buf(&xv)?;
     match &p.sparse {
@@ -79,10 +105,8 @@ pub(super) fn conv2d(
             let mut grads = dp.grads.borrow_mut();
             let gw = &mut grads[w.0];
             gw.claim(&p.name)?;
-            // Dense weight gradients in one split (no workspace: deterministic, and the weight
-            // gradient is a small part of a step on the shapes trained here).
             match &p.sparse {
-                None => conv::conv_bwd_weight_dense(gpu, &g, xb, dyb, &mut gw.grad, None),
+                None => dense_weight_grad(&dev, &g, xb, dyb, &mut gw.grad),
                 Some(sw) => {
                     conv::conv_bwd_weight_sparse(
                         gpu,
@@ -94,9 +118,7 @@ pub(super) fn conv2d(
                     )
                     .with_context(name)?;
                     match (dp.dense_grads(), &mut gw.dense) {
-                        (true, Some(dense)) => {
-                            conv::conv_bwd_weight_dense(gpu, &g, xb, dyb, dense, None)
-                        }
+                        (true, Some(dense)) => dense_weight_grad(&dev, &g, xb, dyb, dense),
                         (true, None) => bail!("{}: no dense gradient buffer", p.name),
                         (false, _) => Ok(()),
                     }
@@ -111,7 +133,7 @@ pub(super) fn conv2d(
             }
         }
         if ctx.wants(x) {
-            let mut dx = DeviceBuf::zeros(dp.device(), g.cin * g.n * g.h * g.w)?;
+            let mut dx = DeviceBuf::uninit(dp.device(), g.cin * g.n * g.h * g.w)?;
             match &p.sparse {
                 None => conv::conv_bwd_data_dense(gpu, &g, dyb, &p.values, dx.buf_mut()),
                 Some(sw) => {
@@ -141,7 +163,7 @@ pub(super) fn batchnorm(
     let (dev, dp) = engine(tape, store)?;
     let (xv, c, m) = bn_input(tape, store, x, gamma)?;
     let name = &store.get(gamma).name;
-    let y = DeviceBuf::zeros(&dev, xv.numel())?;
+    let y = DeviceBuf::uninit(&dev, xv.numel())?;
     let (g, bt) = (&dp.params[gamma.0].values, &dp.params[beta.0].values);
     let running = dp.bn.borrow();
     let rs = running
@@ -178,7 +200,7 @@ pub(super) fn batchnorm(
         "batch norm needs more than one value per channel in training (got a batch of shape {:?})",
         xv.shape()
     );
-    let (mean, invstd) = (DeviceBuf::zeros(&dev, c)?, DeviceBuf::zeros(&dev, c)?);
+    let (mean, invstd) = (DeviceBuf::uninit(&dev, c)?, DeviceBuf::uninit(&dev, c)?);
     let fwd = norm::BnTrainFwd {
         x: buf(&xv)?,
         gamma: g,
@@ -196,7 +218,7 @@ pub(super) fn batchnorm(
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
         let dp = on_device(ctx.params)?;
         let (pg, pb) = (&dp.params[gamma.0], &dp.params[beta.0]);
-        let dx = DeviceBuf::zeros(dp.device(), xv.numel())?;
+        let dx = DeviceBuf::uninit(dp.device(), xv.numel())?;
         {
             let mut grads = dp.grads.borrow_mut();
             grads[gamma.0].claim(&pg.name)?;
@@ -225,13 +247,13 @@ pub(super) fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
     let dev = device(tape);
     let xv = tape.value_rc(x);
     let n = xv.numel();
-    let y = DeviceBuf::zeros(&dev, n)?;
+    let y = DeviceBuf::uninit(&dev, n)?;
     elementwise::relu_fwd(dev.gpu(), buf(&xv)?, y.buf(), n)?;
     let out = Tensor::from_device(xv.shape(), y)?;
     // The output is positive exactly where the input is: it serves as the mask.
     let mask = out.clone();
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
-        let dx = DeviceBuf::zeros(&dev, n)?;
+        let dx = DeviceBuf::uninit(&dev, n)?;
         elementwise::relu_bwd(dev.gpu(), buf(&mask)?, buf(dy)?, dx.buf(), n)?;
         ctx.accumulate(x, Tensor::from_device(mask.shape(), dx)?)?;
         Ok(())
@@ -242,7 +264,7 @@ pub(super) fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
 /// a + b, the forward of `ops::add` (whose backward serves both devices).
 pub(super) fn add(dev: &Arc<GpuDevice>, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let n = a.numel();
-    let y = DeviceBuf::zeros(dev, n)?;
+    let y = DeviceBuf::uninit(dev, n)?;
     elementwise::add(dev.gpu(), buf(a)?, buf(b)?, y.buf(), n)?;
     Tensor::from_device(a.shape(), y)
 }
@@ -262,9 +284,9 @@ pub(super) fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usi
         "max-pool {k}x{k}/{stride} pad {pad} does not fit input {s:?}"
     );
     let (oh, ow) = (pool_out(h, k, stride, pad), pool_out(w, k, stride, pad));
-    let y = DeviceBuf::zeros(&dev, planes * oh * ow)?;
+    let y = DeviceBuf::uninit(&dev, planes * oh * ow)?;
     // u32 indices, in a buffer of as many 4-byte words.
-    let argmax = DeviceBuf::zeros(&dev, planes * oh * ow)?;
+    let argmax = DeviceBuf::uninit(&dev, planes * oh * ow)?;
     pool::max_fwd(
         dev.gpu(),
         buf(&xv)?,
@@ -279,7 +301,7 @@ pub(super) fn maxpool(tape: &mut Tape, x: Var, k: usize, stride: usize, pad: usi
     )?;
     let out = Tensor::from_device(&[s[0], s[1], oh, ow], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
-        let dx = DeviceBuf::zeros(&dev, planes * h * w)?;
+        let dx = DeviceBuf::uninit(&dev, planes * h * w)?;
         pool::max_bwd(
             dev.gpu(),
             buf(dy)?,
@@ -308,11 +330,11 @@ pub(super) fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
         "global pooling input must be [C, N, H, W], got {s:?}"
     );
     let (planes, hw) = (s[0] * s[1], s[2] * s[3]);
-    let y = DeviceBuf::zeros(&dev, planes)?;
+    let y = DeviceBuf::uninit(&dev, planes)?;
     pool::avg_fwd(dev.gpu(), buf(&xv)?, y.buf(), planes, hw)?;
     let out = Tensor::from_device(&[s[0], s[1]], y)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
-        let dx = DeviceBuf::zeros(&dev, planes * hw)?;
+        let dx = DeviceBuf::uninit(&dev, planes * hw)?;
         pool::avg_bwd(dev.gpu(), buf(dy)?, dx.buf(), planes, hw)?;
         ctx.accumulate(x, Tensor::from_device(&s, dx)?)?;
         Ok(())
@@ -339,17 +361,17 @@ pub(super) fn cross_entropy(tape: &mut Tape, logits: Var, t: &Targets) -> Result
     );
     let gpu = dev.gpu();
     let upload_u32 = |v: &[u32]| -> Result<DeviceBuf> {
-        let mut d = DeviceBuf::zeros(&dev, v.len())?;
+        let mut d = DeviceBuf::uninit(&dev, v.len())?;
         gpu.write(d.buf_mut(), v)?;
         Ok(d)
     };
     let labels_d = upload_u32(labels)?;
     let groups_d = groups.map(upload_u32).transpose()?;
     let weights_d = DeviceBuf::upload(&dev, weights)?;
-    let losses = DeviceBuf::zeros(&dev, n)?;
-    let dlogits = DeviceBuf::zeros(&dev, k * n)?;
-    let partials = DeviceBuf::zeros(&dev, xent::partials_len(n))?;
-    let stats = DeviceBuf::zeros(&dev, xent::XENT_STATS)?;
+    let losses = DeviceBuf::uninit(&dev, n)?;
+    let dlogits = DeviceBuf::uninit(&dev, k * n)?;
+    let partials = DeviceBuf::uninit(&dev, xent::partials_len(n))?;
+    let stats = DeviceBuf::uninit(&dev, xent::XENT_STATS)?;
     // Σw in f64 as the CPU loss does.
     let inv_wsum = (1.0 / weights.iter().map(|&w| w as f64).sum::<f64>()) as f32;
     let bufs = xent::XentBufs {
@@ -383,7 +405,7 @@ pub(super) fn cross_entropy(tape: &mut Tape, logits: Var, t: &Targets) -> Result
         let g = if scale == 1.0 {
             dlogits
         } else {
-            let d = DeviceBuf::zeros(&dev, k * n)?;
+            let d = DeviceBuf::uninit(&dev, k * n)?;
             elementwise::scale(dev.gpu(), buf(&dlogits)?, d.buf(), scale, k * n)?;
             Tensor::from_device(&[k, n], d)?
         };
