@@ -83,7 +83,7 @@ pub(super) fn section(
         for &batch in batches {
             let mut dense_ips = None;
             for &density in densities {
-                let est = step_record(arch, width, image, batch, density, seed)?;
+                let est = record_step(Gpu::emu_dry(), arch, width, image, batch, density, seed)?;
                 let est = gpu_spec.estimate(&est);
                 let ips = batch as f64 / est.total_s;
                 let vs_dense = ips / *dense_ips.get_or_insert(ips);
@@ -131,8 +131,9 @@ pub(super) fn section(
 }
 
 /// The record of one steady-state training step (after a warm-up step that fills the caching
-/// allocator) of the model on the dry emulator.
-pub(super) fn step_record(
+/// allocator) of the model on `gpu` (the dry emulator for `--cost`).
+pub fn record_step(
+    gpu: Gpu,
     arch: Arch,
     width: usize,
     image: usize,
@@ -152,7 +153,7 @@ pub(super) fn step_record(
         dst::sparsify(&mut model, &SparseConfig::reference(density), seed)?;
     }
     let mut opt = Sgd::new(&model.params, 0.01, 0.9, 0.0);
-    let dev = GpuDevice::new(Gpu::emu_dry());
+    let dev = GpuDevice::new(gpu);
     model.to_device(&dev, &opt.buffers)?;
     let mut rng = Rng::new(seed);
     let images = Tensor::from_vec(

@@ -1,0 +1,164 @@
+//! The GPU cost model (`device::gpu::cost`, `rest bench gpu --cost`): the dry emulator records
+//! what the real backend does, a steady training step launches no memset, and the roofline
+//! prices a record as its documentation says.
+
+use rest::bench::gpu::record_step;
+use rest::device::gpu::cost::{Cost, GpuSpec, H100_SXM};
+use rest::device::gpu::{Event, Gpu};
+use rest::nn::Arch;
+
+mod common;
+
+/// (arch, width, image, batch, density) of small steps the emulator runs quickly.
+const SMALL: &[(Arch, usize, usize, usize, f64)] = &[
+    (Arch::Cnn, 4, 12, 4, 1.0),
+    (Arch::Cnn, 4, 12, 4, 0.1),
+    (Arch::Resnet18, 4, 16, 2, 1.0),
+    (Arch::Resnet18, 4, 16, 2, 0.1),
+];
+
+#[test]
+fn the_dry_emulator_records_what_the_real_one_does() {
+    for &(arch, width, image, batch, density) in SMALL {
+        let wet = record_step(Gpu::emu(), arch, width, image, batch, density, 3).unwrap();
+        let dry = record_step(Gpu::emu_dry(), arch, width, image, batch, density, 3).unwrap();
+        assert!(!wet.is_empty());
+        assert_eq!(wet, dry, "{arch:?} width {width} density {density}");
+    }
+}
+
+#[test]
+fn a_steady_training_step_launches_no_memset_and_costs_every_step_kernel() {
+    for &(arch, width, image, batch, density) in SMALL {
+        let events = record_step(Gpu::emu_dry(), arch, width, image, batch, density, 3).unwrap();
+        let memsets = events
+            .iter()
+            .filter(|e| matches!(e, Event::Memset { .. }))
+            .count();
+        assert_eq!(memsets, 0, "{arch:?} density {density}: memsets in a step");
+        for e in &events {
+            if let Event::Launch { kernel, cost, .. } = e {
+                assert!(cost.modelled, "{kernel} launched in a step without a cost");
+                assert!(cost.written > 0, "{kernel} writes nothing?");
+            }
+        }
+        let est = H100_SXM.estimate(&events);
+        assert_eq!(
+            est.launches as usize,
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Launch { .. }))
+                .count()
+        );
+        assert!(est.flops > 0 && est.total_s > 0.0);
+    }
+}
+
+#[test]
+fn a_sparse_step_moves_fewer_bytes_and_flops_than_the_dense_one() {
+    let dense = H100_SXM
+        .estimate(&record_step(Gpu::emu_dry(), Arch::Resnet18, 64, 32, 64, 1.0, 3).unwrap());
+    let sparse = H100_SXM
+        .estimate(&record_step(Gpu::emu_dry(), Arch::Resnet18, 64, 32, 64, 0.01, 3).unwrap());
+    assert!(
+        sparse.flops * 5 < dense.flops,
+        "{} vs {}",
+        sparse.flops,
+        dense.flops
+    );
+    assert!(sparse.bytes < dense.bytes);
+}
+
+/// A spec with round numbers, so expected times are easy to write down.
+const ROUND: GpuSpec = GpuSpec {
+    name: "round",
+    dram_bytes_per_s: 1e12,
+    l2_bytes_per_s: 2e12,
+    l2_bytes: 1e6,
+    fp32_flops_per_s: 10e12,
+    tf32_flops_per_s: 100e12,
+    sms: 100,
+    host_launch_s: 4e-6,
+    kernel_gap_s: 1e-6,
+    sync_s: 10e-6,
+    pageable_copy_bytes_per_s: 1e10,
+};
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1e-12)
+}
+
+#[test]
+fn the_roofline_takes_the_slowest_resource_and_idle_sms_into_account() {
+    // 1 MB read once, 1 MB written: DRAM-bound, 2 µs + the gap.
+    let stream = Cost::streaming(1_000_000, 1_000_000, 0);
+    assert!(close(ROUND.launch_time(1000, &stream).0, 2e-6 + 1e-6));
+    // Half the SMs busy: twice as long.
+    assert!(close(ROUND.launch_time(50, &stream).0, 4e-6 + 1e-6));
+    // Compute-bound: 100 MFLOP at 10 TFLOP/s.
+    let math = Cost::streaming(1000, 1000, 100_000_000);
+    assert!(close(ROUND.launch_time(1000, &math).0, 10e-6 + 1e-6));
+    // Re-reads within L2 are served at L2 speed: 0.5 MB footprint, 8 MB requested.
+    let reuse = Cost::streaming(250_000, 250_000, 0).with_requests(8_000_000);
+    assert!(close(
+        ROUND.launch_time(1000, &reuse).0,
+        8.25e6 / 2e12 + 1e-6
+    ));
+    // A footprint 4× L2 spills three quarters of its re-reads to DRAM.
+    let spill = Cost::streaming(2_000_000, 2_000_000, 0).with_requests(10_000_000);
+    let (_, dram) = ROUND.launch_time(1000, &spill);
+    assert!(close(dram, 4e6 + 8e6 * 0.75));
+}
+
+#[test]
+fn a_step_estimate_adds_host_waits_to_the_larger_of_gpu_and_host_time() {
+    let launch = Event::Launch {
+        kernel: "k",
+        blocks: 1000,
+        threads_per_block: 256,
+        cost: Cost::streaming(1_000_000, 1_000_000, 0),
+    };
+    let events = vec![
+        launch.clone(),
+        launch,
+        Event::ToDevice { bytes: 10_000 },
+        Event::ToHost { bytes: 100 },
+        Event::Sync,
+    ];
+    let e = ROUND.estimate(&events);
+    assert_eq!((e.launches, e.to_device, e.to_host, e.syncs), (2, 1, 1, 1));
+    assert!(close(e.gpu_s, 2.0 * 3e-6));
+    // Host: two launches, and the upload (1 µs of copying plus its issue).
+    assert!(close(e.host_s, 2.0 * 4e-6 + 1e-6 + 4e-6));
+    assert!(close(e.stall_s, (100.0 / 1e10 + 10e-6) + 10e-6));
+    assert!(close(e.total_s, e.host_s.max(e.gpu_s) + e.stall_s));
+    assert_eq!(e.kernels.len(), 1);
+    assert_eq!(e.kernels[0].launches, 2);
+}
+
+#[test]
+fn bench_cost_runs_from_the_command_line_and_names_unknown_gpus() {
+    let dir = common::temp_dir("bench-cost");
+    let json = dir.join("cost.json");
+    let (ok, text) = common::rest(&[
+        "bench",
+        "gpu",
+        "--cost",
+        "--quick",
+        "--per-kernel",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("estimated on H100 SXM"), "{text}");
+    assert!(text.contains("conv_fwd_dense_f32"), "{text}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 4);
+    assert!(rows[0]["estimate"]["launches"].as_u64().unwrap() > 10);
+    common::fails_with(
+        &["bench", "gpu", "--cost", "--gpu-model", "a100"],
+        "h100, h200",
+    );
+    common::fails_with(&["bench", "gpu", "--gpu-model", "h200"], "--cost");
+}
