@@ -28,7 +28,7 @@ fn the_dry_emulator_records_what_the_real_one_does() {
 }
 
 #[test]
-fn a_steady_training_step_launches_no_memset_and_costs_every_step_kernel() {
+fn a_steady_training_step_launches_no_memset_never_waits_and_costs_every_kernel() {
     for &(arch, width, image, batch, density) in SMALL {
         let events = record_step(Gpu::emu_dry(), arch, width, image, batch, density, 3).unwrap();
         let memsets = events
@@ -36,6 +36,14 @@ fn a_steady_training_step_launches_no_memset_and_costs_every_step_kernel() {
             .filter(|e| matches!(e, Event::Memset { .. }))
             .count();
         assert_eq!(memsets, 0, "{arch:?} density {density}: memsets in a step");
+        let waits = events
+            .iter()
+            .filter(|e| matches!(e, Event::ToHost { .. } | Event::Sync))
+            .count();
+        assert_eq!(
+            waits, 0,
+            "{arch:?} density {density}: the host waited for the step"
+        );
         for e in &events {
             if let Event::Launch { kernel, cost, .. } = e {
                 assert!(cost.modelled, "{kernel} launched in a step without a cost");

@@ -233,6 +233,7 @@ fn check(arch: Arch, width: usize, n: usize, size: usize, sparse: Option<Compute
         )
         .unwrap();
         let step_time = t.elapsed();
+        let (stats, gs) = (stats.resolve().unwrap(), gs.resolve().unwrap());
         close_scalar(gs.loss, stats.loss, 1e-4, &format!("{what}: loss"));
         for (a, b) in gs.losses.iter().zip(&stats.losses) {
             close_scalar(*a, *b, 1e-4, &format!("{what}: per-sample loss"));
@@ -431,4 +432,65 @@ fn other_topology_rules_on_the_gpu_are_a_clear_error() {
     assert!(!text.contains("panicked"), "{text}");
     assert!(text.contains("--device cpu"), "{text}");
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn step_totals_on_the_device_match_the_host_and_wait_for_nothing_until_read() {
+    use rest::train::StepTotals;
+    let cfg = model_cfg(Arch::Cnn, 8);
+    let model = Model::new(&cfg, 5).unwrap();
+    let opt = Sgd::new(&model.params, LR, MOMENTUM, WD);
+    let (mut cpu, mut copt) = (model.clone(), opt.clone());
+    let (mut gpu, mut gopt) = (model, opt);
+    let dev = GpuDevice::new(Gpu::emu());
+    gpu.to_device(&dev, &gopt.buffers).unwrap();
+    let (mut host_totals, mut device_totals) = (StepTotals::new(), StepTotals::new());
+    let reads = dev.gpu().traffic().to_host;
+    for step in 0..3 {
+        let n = 6;
+        let (x, labels, weights) = batch(n, 28, 40 + step);
+        let groups: Vec<u32> = (0..n as u32).map(|i| (i % 3 == 1) as u32).collect();
+        let (rc, _) = train_step(
+            &mut cpu,
+            &mut copt,
+            x.clone(),
+            &labels,
+            &weights,
+            Some(&groups),
+            false,
+        )
+        .unwrap();
+        let (rg, _) = train_step(
+            &mut gpu,
+            &mut gopt,
+            x,
+            &labels,
+            &weights,
+            Some(&groups),
+            false,
+        )
+        .unwrap();
+        host_totals.add(rc).unwrap();
+        device_totals.add(rg).unwrap();
+    }
+    assert_eq!(
+        dev.gpu().traffic().to_host,
+        reads,
+        "three GPU steps and their totals read nothing back"
+    );
+    let (h, d) = (host_totals.read().unwrap(), device_totals.read().unwrap());
+    assert_eq!(
+        dev.gpu().traffic().to_host,
+        reads + 1,
+        "one read for the sums"
+    );
+    assert_eq!(d.correct, h.correct);
+    assert_eq!(d.by_group, h.by_group);
+    assert_eq!(d.by_group[0].1 + d.by_group[1].1, 18);
+    assert!(
+        (d.loss_sum - h.loss_sum).abs() <= 1e-4 * (1.0 + h.loss_sum.abs()),
+        "{} vs {}",
+        d.loss_sum,
+        h.loss_sum
+    );
 }

@@ -9,6 +9,7 @@ use super::report::{
     arch_name, keep_epochs_before, progress_bar, selection_score, EpochRecord, Summary,
 };
 use super::step::train_step;
+use super::totals::{StepTotals, Totals};
 use super::Trainer;
 use crate::checkpoint;
 use crate::data::loader::{batches, LoaderConfig};
@@ -20,7 +21,7 @@ use crate::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 use std::fs::File;
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What stays fixed over the epochs of one `train` call.
 struct RunPlan {
@@ -214,9 +215,10 @@ impl Trainer<'_> {
             self.config.epochs,
             opts.quiet,
         );
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        // (correct, seen) of the aligned (group 0) and conflicting (group 1) samples.
-        let mut by_group = [(0usize, 0usize); 2];
+        let mut seen = 0usize;
+        // Loss, accuracy and per-group sums; on a GPU they stay there until read (at most once
+        // a second for the progress bar, and at the end).
+        let mut totals = StepTotals::new();
         for batch in batches(&self.splits.train, loader, epoch as u64) {
             let n = batch.len();
             if n < 2 {
@@ -263,12 +265,7 @@ impl Trainer<'_> {
             } else {
                 None
             };
-            correct += stats.correct;
-            for (acc, &(_, c, k)) in by_group.iter_mut().zip(&stats.groups) {
-                acc.0 += c;
-                acc.1 += k;
-            }
-            loss_sum += stats.losses.iter().map(|&l| l as f64).sum::<f64>();
+            totals.add(stats)?;
             seen += n;
             if let Some((ustats, rate)) = update_report {
                 if !opts.quiet {
@@ -277,22 +274,25 @@ impl Trainer<'_> {
             }
             self.progress.step += 1;
             self.progress.images_seen += n as u64;
-            let loss_v = loss_sum / seen as f64;
-            if !loss_v.is_finite() {
-                bail!(
-                    "training diverged at epoch {epoch}, step {} (loss {loss_v}); try a lower --lr",
-                    self.progress.step
-                );
+            if let Some(t) = totals.read_if_due(Duration::from_secs(1))? {
+                check_finite(&t, seen, epoch, self.progress.step)?;
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3} {:.0} img/s",
+                    t.loss_sum / seen as f64,
+                    t.correct as f64 / seen as f64,
+                    seen as f64 / t0.elapsed().as_secs_f64()
+                ));
             }
-            bar.set_message(format!(
-                "loss {:.4} acc {:.3} {:.0} img/s",
-                loss_v,
-                correct as f64 / seen as f64,
-                seen as f64 / t0.elapsed().as_secs_f64()
-            ));
             bar.inc(1);
         }
         bar.finish_and_clear();
+        let t = totals.read()?;
+        check_finite(&t, seen, epoch, self.progress.step)?;
+        let Totals {
+            loss_sum,
+            correct,
+            by_group,
+        } = t;
         let train_secs = t0.elapsed().as_secs_f64();
         Ok(EpochPass {
             loss_sum,
@@ -459,4 +459,13 @@ impl Trainer<'_> {
         }
         Ok(summary)
     }
+}
+
+/// Fails a run whose mean training loss so far is not finite.
+fn check_finite(t: &Totals, seen: usize, epoch: usize, step: u64) -> Result<()> {
+    let loss = t.loss_sum / seen.max(1) as f64;
+    if !loss.is_finite() {
+        bail!("training diverged at epoch {epoch}, step {step} (loss {loss}); try a lower --lr");
+    }
+    Ok(())
 }

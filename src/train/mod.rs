@@ -9,12 +9,14 @@ pub mod config;
 mod epoch;
 pub mod report;
 pub mod step;
+mod totals;
 
 pub use config::{
     check_memory, ensure_gpu_topology, Progress, Reweight, ReweightMode, RunOptions, TrainConfig,
 };
 pub use report::{render_summary, selection_score, EpochRecord, Summary};
-pub use step::{train_step, StepStats};
+pub use step::{train_step, StepReport, StepStats};
+pub use totals::{StepTotals, Totals};
 
 use crate::checkpoint::{self, Checkpoint, InputSpec, RunState};
 use crate::data::{Dataset, Splits};

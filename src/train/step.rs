@@ -8,7 +8,7 @@ use crate::optim::Sgd;
 use crate::tensor::Tensor;
 use anyhow::Result;
 
-pub use crate::nn::ops::StepStats;
+pub use crate::nn::ops::{StepReport, StepStats};
 
 /// One training step: forward (batch norm in training mode, running statistics updated),
 /// reweighted cross-entropy, backward, and the SGD step on `model`. With `dense_grads`
@@ -23,7 +23,7 @@ pub fn train_step(
     weights: &[f32],
     groups: Option<&[u32]>,
     dense_grads: bool,
-) -> Result<(StepStats, Grads)> {
+) -> Result<(StepReport, Grads)> {
     let _awake = crate::device::cpu::KeepAwake::new();
     let device = model.params.device.as_ref().map(|d| d.device().clone());
     let mut tape = Tape::new().on(device);

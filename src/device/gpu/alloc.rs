@@ -131,6 +131,13 @@ impl DeviceBuf {
         self.len
     }
 
+    /// Shows only the first `n` values (n ≤ len); the buffer keeps its size, and a read of the
+    /// whole [`Buf`] still sees the rest. The loss op's value is its statistics' first float.
+    pub fn view_first(&mut self, n: usize) {
+        assert!(n <= self.len, "view_first({n}) of {} values", self.len);
+        self.len = n;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

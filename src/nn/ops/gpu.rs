@@ -5,8 +5,8 @@
 //! parameters (`nn::on_device`).
 
 use super::spec::{
-    bn_input, check_loss_inputs, group_count, BnParams, BnStats, StepStats, Targets, BN_EPS,
-    BN_MOMENTUM,
+    bn_input, check_loss_inputs, group_count, BnParams, BnStats, StepReport, StepStats, Targets,
+    BN_EPS, BN_MOMENTUM,
 };
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::pool::pool_out;
@@ -345,7 +345,11 @@ pub(super) fn global_avgpool(tape: &mut Tape, x: Var) -> Result<Var> {
 /// The fused reweighted cross-entropy of class-major logits [K, N]: loss, per-sample losses,
 /// the gradient of the logits and the per-group statistics in one kernel; the losses and the
 /// statistics row are read back.
-pub(super) fn cross_entropy(tape: &mut Tape, logits: Var, t: &Targets) -> Result<(Var, StepStats)> {
+pub(super) fn cross_entropy(
+    tape: &mut Tape,
+    logits: Var,
+    t: &Targets,
+) -> Result<(Var, StepReport)> {
     let (labels, weights, groups) = (t.labels, t.weights, t.groups);
     let dev = device(tape);
     let lv = tape.value_rc(logits);
@@ -385,20 +389,17 @@ pub(super) fn cross_entropy(tape: &mut Tape, logits: Var, t: &Targets) -> Result
         stats: stats.buf(),
     };
     xent::fused(gpu, &bufs, n, k, num_groups, inv_wsum)?;
-    let row = xent::XentStats::decode(&stats.to_host()?, num_groups);
-    let groups: Vec<(f32, usize, usize)> = row
-        .groups
-        .iter()
-        .map(|&(l, c, s)| (l, c.round() as usize, s.round() as usize))
-        .collect();
-    let stats = StepStats {
-        loss: row.loss,
-        losses: losses.to_host()?,
-        correct: groups.iter().map(|g| g.1).sum(),
-        groups,
+    // The loss value is stats[0]: the statistics buffer seen as one value. Nothing is read
+    // back here, so the host never waits for the step.
+    let mut stats = stats;
+    stats.view_first(1);
+    let out = Tensor::from_device(&[1], stats)?;
+    let report = DeviceReport {
+        stats: out.clone(),
+        losses: Tensor::from_device(&[n], losses)?,
+        num_groups,
     };
     let dlogits = Tensor::from_device(&[k, n], dlogits)?;
-    let out = Tensor::from_vec(&[1], vec![row.loss])?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
         // The seed of a loss is a host scalar; 1 (a training step) passes dlogits as they are.
         let scale = dy.data()[0];
@@ -414,6 +415,48 @@ pub(super) fn cross_entropy(tape: &mut Tape, logits: Var, t: &Targets) -> Result
     });
     Ok((
         tape.push("cross_entropy", out, &[logits], false, backward),
-        stats,
+        StepReport::Device(report),
     ))
+}
+
+/// A GPU loss op's report, still on the device: the statistics buffer (`xent::XENT_STATS`
+/// floats, `xent::XentStats`' layout) and the per-sample losses.
+pub struct DeviceReport {
+    /// The loss value [1], a view of the statistics buffer's first float.
+    stats: Tensor,
+    losses: Tensor,
+    num_groups: usize,
+}
+
+impl DeviceReport {
+    /// The whole statistics buffer (`xent::XENT_STATS` floats).
+    pub fn stats_buf(&self) -> Result<&Buf> {
+        buf(&self.stats)
+    }
+
+    /// The device it lives on.
+    pub fn device(&self) -> Result<&Arc<GpuDevice>> {
+        self.stats
+            .on_device()
+            .map(DeviceBuf::device)
+            .ok_or_else(|| anyhow!("a device report on the host"))
+    }
+
+    /// Reads the statistics and the losses back (the host waits for the step).
+    pub fn resolve(self) -> Result<StepStats> {
+        let sb = self.stats_buf()?;
+        let raw: Vec<f32> = self.device()?.gpu().read(sb)?;
+        let row = xent::XentStats::decode(&raw, self.num_groups);
+        let groups: Vec<(f32, usize, usize)> = row
+            .groups
+            .iter()
+            .map(|&(l, c, s)| (l, c.round() as usize, s.round() as usize))
+            .collect();
+        Ok(StepStats {
+            loss: row.loss,
+            losses: self.losses.to_host()?.into_vec(),
+            correct: groups.iter().map(|g| g.1).sum(),
+            groups,
+        })
+    }
 }

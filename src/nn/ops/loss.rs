@@ -1,7 +1,7 @@
 //! The reweighted cross-entropy, and what a training step reports about its batch.
 
 use super::gpu;
-use super::spec::{check_loss_inputs, group_count, StepStats, Targets};
+use super::spec::{check_loss_inputs, group_count, StepReport, StepStats, Targets};
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::xent;
 use crate::tensor::Tensor;
@@ -71,7 +71,7 @@ pub fn cross_entropy(
     labels: &[u32],
     weights: &[f32],
     groups: Option<&[u32]>,
-) -> Result<(Var, StepStats)> {
+) -> Result<(Var, StepReport)> {
     if let Some(g) = groups {
         ensure!(
             g.len() == labels.len(),
@@ -113,6 +113,6 @@ pub fn cross_entropy(
     };
     Ok((
         tape.push("cross_entropy", out, &[logits], false, backward),
-        stats,
+        StepReport::Host(stats),
     ))
 }
