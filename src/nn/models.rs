@@ -229,10 +229,7 @@ impl Model {
                     pad,
                     input,
                 } => ops::maxpool(tape, values[*input], *k, *stride, *pad)?,
-                Layer::AddRelu { a, b } => {
-                    let sum = ops::add(tape, values[*a], values[*b])?;
-                    ops::relu(tape, sum)?
-                }
+                Layer::AddRelu { a, b } => ops::add_relu(tape, values[*a], values[*b])?,
                 Layer::GlobalAvgPool { input } => ops::global_avgpool(tape, values[*input])?,
                 Layer::Linear { w, b, input } => {
                     ops::linear(tape, params, values[*input], *w, Some(*b))?

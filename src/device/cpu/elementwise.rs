@@ -43,6 +43,13 @@ pub fn add_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
     binary(a, b, y, |u, v| u + v);
 }
 
+/// y = max(a + b, 0): the residual add and its ReLU in one pass.
+pub fn add_relu_forward(a: &[f32], b: &[f32], y: &mut [f32]) {
+    assert_eq!(a.len(), y.len(), "add_relu_forward: a/y length mismatch");
+    assert_eq!(b.len(), y.len(), "add_relu_forward: b/y length mismatch");
+    binary(a, b, y, |u, v| (u + v).max(0.0));
+}
+
 /// y[i] = f(a[i], b[i]) over slices of one length, in `CHUNK`-float pieces on rayon's threads
 /// from `PAR_MIN` floats.
 #[inline(always)]

@@ -253,20 +253,26 @@ pub(super) fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
     // The output is positive exactly where the input is: it serves as the mask.
     let mask = out.clone();
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
-        let dx = DeviceBuf::uninit(&dev, n)?;
-        elementwise::relu_bwd(dev.gpu(), buf(&mask)?, buf(dy)?, dx.buf(), n)?;
-        ctx.accumulate(x, Tensor::from_device(mask.shape(), dx)?)?;
+        ctx.accumulate(x, relu_grad(&dev, &mask, dy)?)?;
         Ok(())
     });
     Ok(tape.push("relu", out, &[x], false, backward))
 }
 
-/// a + b, the forward of `ops::add` (whose backward serves both devices).
-pub(super) fn add(dev: &Arc<GpuDevice>, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// max(a + b, 0), the forward of `ops::add_relu`.
+pub(super) fn add_relu(dev: &Arc<GpuDevice>, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let n = a.numel();
     let y = DeviceBuf::uninit(dev, n)?;
-    elementwise::add(dev.gpu(), buf(a)?, buf(b)?, y.buf(), n)?;
+    elementwise::add_relu(dev.gpu(), buf(a)?, buf(b)?, y.buf(), n)?;
     Tensor::from_device(a.shape(), y)
+}
+
+/// dy masked by y > 0 (a ReLU's input gradient, from its output).
+pub(super) fn relu_grad(dev: &Arc<GpuDevice>, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let n = y.numel();
+    let dx = DeviceBuf::uninit(dev, n)?;
+    elementwise::relu_bwd(dev.gpu(), buf(y)?, buf(dy)?, dx.buf(), n)?;
+    Tensor::from_device(y.shape(), dx)
 }
 
 /// Max-pooling of x [C, N, H, W].

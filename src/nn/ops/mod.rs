@@ -50,7 +50,10 @@ pub fn relu(tape: &mut Tape, x: Var) -> Result<Var> {
     Ok(tape.push("relu", out, &[x], false, backward))
 }
 
-pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
+/// relu(a + b), a residual block's end, in one pass each way: the forward writes max(a + b, 0),
+/// the backward masks dy by the output once and hands the result to both inputs. The same
+/// numbers as `relu(add(a, b))` with one launch (and one pass over memory) fewer each way.
+pub fn add_relu(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     let (av, bv) = (tape.value_rc(a), tape.value_rc(b));
     ensure!(
         av.shape() == bv.shape(),
@@ -58,23 +61,33 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
         av.shape(),
         bv.shape()
     );
-    let out = match tape.device() {
-        Some(dev) => gpu::add(dev, &av, &bv)?,
-        None => {
-            let y = overwritten(av.numel(), |y| {
-                elementwise::add_forward(av.data(), bv.data(), y)
-            });
-            Tensor::from_vec(av.shape(), y)?
-        }
-    };
-    // Both inputs receive dy itself (on a device a clone shares its buffer, and a gradient that
-    // is added to is copied first: `Tensor::add_assign`).
+    if let Some(dev) = tape.device() {
+        let dev = std::sync::Arc::clone(dev);
+        let out = gpu::add_relu(&dev, &av, &bv)?;
+        let mask = out.clone();
+        let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
+            let dx = gpu::relu_grad(&dev, &mask, dy)?;
+            ctx.accumulate(a, dx.clone())?;
+            ctx.accumulate(b, dx)?;
+            Ok(())
+        });
+        return Ok(tape.push("add+relu", out, &[a, b], false, backward));
+    }
+    let y = overwritten(av.numel(), |y| {
+        elementwise::add_relu_forward(av.data(), bv.data(), y)
+    });
+    let out = Tensor::from_vec(av.shape(), y)?;
+    let mask = out.clone();
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
-        ctx.accumulate(a, dy.clone())?;
-        ctx.accumulate(b, dy.clone())?;
+        let dx = overwritten(dy.numel(), |dx| {
+            elementwise::relu_backward(mask.data(), dy.data(), dx)
+        });
+        let dx = Tensor::from_vec(mask.shape(), dx)?;
+        ctx.accumulate(a, dx.clone())?;
+        ctx.accumulate(b, dx)?;
         Ok(())
     });
-    Ok(tape.push("add", out, &[a, b], false, backward))
+    Ok(tape.push("add+relu", out, &[a, b], false, backward))
 }
 
 /// Max-pooling of x [C, H, W, N] ([C, N, H, W] on a GPU) with a k×k window.
