@@ -29,9 +29,10 @@
 //   The weight gradient's long reduction is split over grid.z: split z writes its partial
 //   dW into work[z] and conv_bwd_weight_reduce_f32 sums the splits in order (deterministic,
 //   no atomics); with one split the kernel writes dW directly.
-// - conv_fwd_sparse_f32: block (256 threads) per (1024 output pixels, output channel); the row's
-//   active weights are staged 256 at a time in shared memory as (x offset, kh, kw, value), each
-//   thread accumulates 4 pixels (j = base + tid + 256q: reads of x coalesce along ow).
+// - conv_fwd_sparse_f32: block (256 threads) per (tile of ≤ 1024 output pixels: whole images or a
+//   band of rows, group of 8 output channels); per input channel the rows use, the tile's input
+//   window is staged in shared memory once and every active weight of the 8 rows reads it there;
+//   each thread accumulates 4 pixels × 8 channels.
 // - conv_bwd_data_sparse_f32: block per (1024 input pixels, input channel); for each of the
 //   channel's k·k columns, the pixel's source (oh, ow) is resolved once, then the column's
 //   active rows (CSC) are staged and gathered from dY. No atomics.
@@ -89,7 +90,9 @@ struct ConvSparseFwdParams {
   const float* bias;        // [Cout] or null
   float* y;                 // [Cout, N, OH, OW]
   ConvShape s;
-  unsigned nnz, pad0;
+  unsigned nnz;
+  unsigned rows, images;  // the tile: output rows of an image, or whole images (rows = OH)
+  unsigned pad0;
 };
 
 struct ConvSparseBwdDataParams {
@@ -126,7 +129,7 @@ static_assert(sizeof(ConvFwdParams) == 72, "ConvFwdParams");
 static_assert(sizeof(ConvBwdDataParams) == 64, "ConvBwdDataParams");
 static_assert(sizeof(ConvBwdWeightParams) == 72, "ConvBwdWeightParams");
 static_assert(sizeof(ConvReduceParams) == 24, "ConvReduceParams");
-static_assert(sizeof(ConvSparseFwdParams) == 96, "ConvSparseFwdParams");
+static_assert(sizeof(ConvSparseFwdParams) == 104, "ConvSparseFwdParams");
 static_assert(sizeof(ConvSparseBwdDataParams) == 96, "ConvSparseBwdDataParams");
 static_assert(sizeof(ConvSparseBwdWeightParams) == 88, "ConvSparseBwdWeightParams");
 static_assert(sizeof(ConvBwdBiasParams) == 24, "ConvBwdBiasParams");
@@ -529,64 +532,98 @@ KERNEL(conv_bwd_weight_reduce_f32, ConvReduceParams) {
 #define SP_STAGE SP_THREADS
 
 // y[co, j] = Σ_{e in row co} values[e] · col[col_idx[e], j] (+ bias[co]).
-// Grid (⌈P/1024⌉, Cout), block 256.
+// Block (256 threads) per (tile of output pixels, group of SPF_G output channels). A tile is
+// `images` whole images, or a band of `rows` output rows of one image (the wrapper picks them so
+// that the tile has ≤ 1024 pixels and its input window fits SPF_SMEM floats). The block walks
+// the input channels its rows use, in order: it stages the tile's input window of channel ci in
+// shared memory once (zero-padded, so the inner loop needs no bounds checks), then every active
+// weight of its rows in ci reads from there. An input value is loaded from global memory once
+// per (block, channel) instead of once per active weight. Each row's entries are summed in
+// CSR order, as the CPU twin does.
+// Grid (⌈N/images⌉·⌈OH/rows⌉, ⌈Cout/SPF_G⌉), block 256.
+#define SPF_G 8
+#define SPF_SMEM 8192
+
 KERNEL(conv_fwd_sparse_f32, ConvSparseFwdParams) {
-  __shared__ int s_off[SP_STAGE];
-  __shared__ int s_kh[SP_STAGE];
-  __shared__ int s_kw[SP_STAGE];
-  __shared__ float s_val[SP_STAGE];
+  __shared__ float xs[SPF_SMEM];
   const ConvShape s = p.s;
-  const int tid = (int)threadIdx.x, co = (int)blockIdx.y;
-  const int ohw = (int)(s.oh * s.ow), P = (int)s.n * ohw;
-  const int H = (int)s.h, W = (int)s.w, k = (int)s.k, kk = k * k;
-  const int plane = (int)s.n * H * W;
-  const int j0 = (int)blockIdx.x * SP_TILE + tid;
-  int pix[SP_PPT], ih0[SP_PPT], iw0[SP_PPT];
-  float acc[SP_PPT];
+  const int tid = (int)threadIdx.x;
+  const int H = (int)s.h, W = (int)s.w, OH = (int)s.oh, OW = (int)s.ow;
+  const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
+  const int plane = (int)s.n * H * W, P = (int)s.n * OH * OW;
+  const int WP = W + 2 * pd;  // staged row pitch: the padded input row
+  // The tile.
+  const int bands = (OH + (int)p.rows - 1) / (int)p.rows;
+  const int tile = (int)blockIdx.x, group = tile / bands, band = tile - group * bands;
+  const int n0 = group * (int)p.images, oh0 = band * (int)p.rows;
+  const int nimg = min((int)p.images, (int)s.n - n0), orows = min((int)p.rows, OH - oh0);
+  const int IR = (orows - 1) * st + k;  // staged input rows per image
+  const int ih0 = oh0 * st - pd;        // input row of staged row 0
+  const int staged = nimg * IR * WP, tile_px = nimg * orows * OW;
+  // The thread's pixels: where each reads its window in xs, and where it writes y.
+  int sb[SP_PPT], yo[SP_PPT];
 #pragma unroll
   for (int q = 0; q < SP_PPT; ++q) {
-    const int j = j0 + q * SP_THREADS;
-    acc[q] = 0.0f;
-    if (j < P) {
-      const int nn = j / ohw, t = j - nn * ohw, oh = t / (int)s.ow, ow = t - oh * (int)s.ow;
-      pix[q] = nn * H * W;
-      ih0[q] = oh * (int)s.stride - (int)s.pad;
-      iw0[q] = ow * (int)s.stride - (int)s.pad;
-    } else {
-      pix[q] = 0;
-      ih0[q] = CONV_NOWHERE;  // never inside the input
-      iw0[q] = CONV_NOWHERE;
+    const int t = tid + q * SP_THREADS;
+    sb[q] = 0;
+    yo[q] = -1;
+    if (t < tile_px) {
+      const int img = t / (orows * OW), r = t - img * (orows * OW), orow = r / OW;
+      const int ow = r - orow * OW;
+      sb[q] = img * IR * WP + orow * st * WP + ow * st;
+      yo[q] = ((n0 + img) * OH + oh0 + orow) * OW + ow;
     }
   }
-  const int eb = (int)p.row_ptr[co], ee = (int)p.row_ptr[co + 1];
-  for (int e0 = eb; e0 < ee; e0 += SP_STAGE) {
-    const int cnt = min(SP_STAGE, ee - e0);
-    __syncthreads();  // the previous chunk has been consumed
-    if (tid < cnt) {
-      const int c = (int)p.col_idx[e0 + tid];
-      const int ci = c / kk, t = c - ci * kk, kh = t / k;
-      s_off[tid] = ci * plane;
-      s_kh[tid] = kh;
-      s_kw[tid] = t - kh * k;
-      s_val[tid] = p.values[e0 + tid];
+  // Each of the group's rows: the next entry and the end (every thread keeps the same copy).
+  const int co0 = (int)blockIdx.y * SPF_G;
+  int cur[SPF_G], end[SPF_G];
+  float acc[SPF_G][SP_PPT];
+#pragma unroll
+  for (int g = 0; g < SPF_G; ++g) {
+    const bool live = co0 + g < (int)s.cout;
+    cur[g] = live ? (int)p.row_ptr[co0 + g] : 0;
+    end[g] = live ? (int)p.row_ptr[co0 + g + 1] : 0;
+#pragma unroll
+    for (int q = 0; q < SP_PPT; ++q) acc[g][q] = 0.0f;
+  }
+  for (;;) {
+    // The next input channel any row uses (uniform over the block).
+    int ci = 1 << 30;
+#pragma unroll
+    for (int g = 0; g < SPF_G; ++g)
+      if (cur[g] < end[g]) ci = min(ci, (int)p.col_idx[cur[g]] / kk);
+    if (ci == 1 << 30) break;
+    __syncthreads();  // the previous channel's window has been used
+    const float* xc = p.x + ci * plane + n0 * H * W;
+    for (int e = tid; e < staged; e += SP_THREADS) {
+      const int img = e / (IR * WP), r = e - img * (IR * WP), row = r / WP, c = r - row * WP;
+      const int ih = ih0 + row, iw = c - pd;
+      xs[e] = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                  ? xc[img * H * W + ih * W + iw]
+                  : 0.0f;
     }
     __syncthreads();
-    for (int i = 0; i < cnt; ++i) {
-      const int off = s_off[i], kh = s_kh[i], kw = s_kw[i];
-      const float v = s_val[i];
+    const int cend = (ci + 1) * kk;
 #pragma unroll
-      for (int q = 0; q < SP_PPT; ++q) {
-        const int ih = ih0[q] + kh, iw = iw0[q] + kw;
-        if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-          acc[q] += v * p.x[off + pix[q] + ih * W + iw];
+    for (int g = 0; g < SPF_G; ++g) {
+      for (; cur[g] < end[g]; ++cur[g]) {
+        const int c = (int)p.col_idx[cur[g]];
+        if (c >= cend) break;
+        const int t = c - ci * kk, kh = t / k, off = kh * WP + (t - kh * k);
+        const float v = p.values[cur[g]];
+#pragma unroll
+        for (int q = 0; q < SP_PPT; ++q) acc[g][q] += v * xs[sb[q] + off];
       }
     }
   }
-  const float b = p.bias ? p.bias[co] : 0.0f;
 #pragma unroll
-  for (int q = 0; q < SP_PPT; ++q) {
-    const int j = j0 + q * SP_THREADS;
-    if (j < P) p.y[co * P + j] = acc[q] + b;
+  for (int g = 0; g < SPF_G; ++g) {
+    const int co = co0 + g;
+    if (co >= (int)s.cout) continue;
+    const float b = p.bias ? p.bias[co] : 0.0f;
+#pragma unroll
+    for (int q = 0; q < SP_PPT; ++q)
+      if (yo[q] >= 0) p.y[co * P + yo[q]] = acc[g][q] + b;
   }
 }
 

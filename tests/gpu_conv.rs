@@ -92,7 +92,7 @@ fn param_struct_layouts() {
     assert_eq!(size_of::<ConvBwdDataParams>(), 64);
     assert_eq!(size_of::<ConvBwdWeightParams>(), 72);
     assert_eq!(size_of::<ConvReduceParams>(), 24);
-    assert_eq!(size_of::<ConvSparseFwdParams>(), 96);
+    assert_eq!(size_of::<ConvSparseFwdParams>(), 104);
     assert_eq!(size_of::<ConvSparseBwdDataParams>(), 96);
     assert_eq!(size_of::<ConvSparseBwdWeightParams>(), 88);
     assert_eq!(size_of::<ConvBwdBiasParams>(), 24);
@@ -435,6 +435,38 @@ fn sparse_kernels_match_twins() {
             let w = sparse_weight(&mut rng, g.cout, g.col_rows(), density);
             sparse_case(&gpu, &mut rng, name, &g, &w, i % 2 == 1);
         }
+    }
+}
+
+/// The sparse forward's tiles: several whole images per block, bands of rows of one image (an
+/// output plane over 1024 pixels), and bands whose staged window holds a strided 7×7 stem's rows.
+#[test]
+fn sparse_forward_tiles_of_images_and_of_row_bands_match_twins() {
+    let gpu = Gpu::emu();
+    let mut rng = Lcg(11);
+    let shapes: &[(&str, Shape, (usize, usize))] = &[
+        (
+            "k3 s1 p1 6x5, images per block",
+            (7, 3, 6, 5, 9, 3, 1, 1),
+            (6, 7),
+        ),
+        ("k3 s1 p1 40x36, bands", (2, 2, 40, 36, 9, 3, 1, 1), (28, 1)),
+        (
+            "k7 s2 p3 70x66, bands",
+            (1, 3, 70, 66, 17, 7, 2, 3),
+            (31, 1),
+        ),
+    ];
+    for &(name, s, tile) in shapes {
+        let g = geom(s);
+        assert_eq!(
+            rest::device::gpu::kernels::conv::sparse_fwd_tile(&ConvShape::new(&g).unwrap())
+                .unwrap(),
+            tile,
+            "{name}: the tile this test means to cover"
+        );
+        let w = sparse_weight(&mut rng, g.cout, g.col_rows(), 0.2);
+        sparse_case(&gpu, &mut rng, name, &g, &w, true);
     }
 }
 

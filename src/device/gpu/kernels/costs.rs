@@ -14,7 +14,7 @@ use super::optim::SgdParams;
 use super::pool::{self, AvgPoolParams, MaxPoolParams};
 use super::topk::{TopkBatchParams, TopkParams};
 use super::xent::{self, XentParams, XENT_STATS};
-use crate::device::gpu::cost::{f32s, Cost, KernelCost};
+use crate::device::gpu::cost::{blocks, f32s, Cost, KernelCost};
 use crate::device::gpu::{KernelDef, LaunchCfg};
 
 // ---- conv.cu -----------------------------------------------------------------------------
@@ -96,8 +96,19 @@ impl KernelCost for ConvSparseFwdParams {
         let s = &self.s;
         let (nnz, p, cout) = (self.nnz as usize, s.cols(), s.cout as usize);
         let index = f32s(cout + 1 + 2 * nnz);
-        // Each block stages its row's entries, then every entry reads one input per pixel.
-        let requested = index * cfg.grid.x as u64 + f32s(nnz * p);
+        // Each block reads its rows' entries, and stages its tile's input window once per input
+        // channel its rows use: for a uniformly random mask, a channel is used by a group of
+        // SPF_G rows with probability 1 − (1 − density)^(SPF_G·k²).
+        let (kk, cin) = ((s.k * s.k) as f64, s.cin as f64);
+        let density = nnz as f64 / (cout * s.k_len()).max(1) as f64;
+        let used = cin * (1.0 - (1.0 - density).powf(conv::SPF_G as f64 * kk));
+        let rows_in =
+            |rows: usize| ((rows - 1) * s.stride as usize + s.k as usize).min(s.h as usize);
+        let window = (self.images as usize).min(s.n as usize)
+            * rows_in((self.rows as usize).min(s.oh as usize))
+            * s.w as usize;
+        let requested =
+            index * cfg.grid.x as u64 + (f32s(window) as f64 * used * blocks(cfg) as f64) as u64;
         Cost::streaming(
             f32s(x_touched(s) + bias_len(self.bias, s)) + index,
             f32s(s.y_len()),

@@ -21,7 +21,10 @@ pub use params::{
     ConvBwdBiasParams, ConvBwdDataParams, ConvBwdWeightParams, ConvFwdParams, ConvReduceParams,
     ConvSparseBwdDataParams, ConvSparseBwdWeightParams, ConvSparseFwdParams,
 };
-pub use sparse::{conv_bwd_data_sparse, conv_bwd_weight_sparse, conv_fwd_sparse, SparseBufs};
+pub use sparse::{
+    conv_bwd_data_sparse, conv_bwd_weight_sparse, conv_fwd_sparse, sparse_fwd_tile, SparseBufs,
+    SPF_G,
+};
 
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::gpu::{Buf, Dim3, Gpu, LaunchCfg};

@@ -48,7 +48,8 @@ pub struct ConvReduceParams {
     pub splits: u32,
 }
 
-/// `conv_fwd_sparse_f32`. `bias` 0 = no bias.
+/// `conv_fwd_sparse_f32`. `bias` 0 = no bias. A block's tile is `images` whole images, or a band
+/// of `rows` output rows of one image (`rows` = OH when whole images): `sparse_fwd_tile`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ConvSparseFwdParams {
@@ -60,6 +61,8 @@ pub struct ConvSparseFwdParams {
     pub y: u64,
     pub s: ConvShape,
     pub nnz: u32,
+    pub rows: u32,
+    pub images: u32,
     pub pad0: u32,
 }
 

@@ -14,6 +14,34 @@ use anyhow::{ensure, Result};
 /// Threads and output pixels per block of the sparse forward / input-gradient kernels.
 const SP_THREADS: u32 = 256;
 const SP_TILE: usize = 1024;
+/// Output channels per block of the sparse forward, and the floats of its staged input window
+/// (kernels/conv.cu `SPF_G`, `SPF_SMEM`).
+pub const SPF_G: usize = 8;
+const SPF_SMEM: usize = 8192;
+
+/// The sparse forward's tile: (output rows, images). Whole images when one image's output fits
+/// the block's pixels and its padded input the staged window (as many images as fit both);
+/// else a band of output rows of one image.
+pub fn sparse_fwd_tile(s: &ConvShape) -> Result<(usize, usize)> {
+    let (n, w, oh, ow) = (s.n as usize, s.w as usize, s.oh as usize, s.ow as usize);
+    let (k, st, pd) = (s.k as usize, s.stride as usize, s.pad as usize);
+    let wp = w + 2 * pd;
+    let in_rows = |rows: usize| (rows - 1) * st + k;
+    let (img_px, img_floats) = (oh * ow, in_rows(oh) * wp);
+    if img_px <= SP_TILE && img_floats <= SPF_SMEM {
+        let images = (SP_TILE / img_px).min(SPF_SMEM / img_floats).min(n);
+        return Ok((oh, images.max(1)));
+    }
+    let by_px = SP_TILE / ow;
+    let by_smem = (SPF_SMEM / wp).saturating_sub(k) / st + 1;
+    let rows = by_px.min(by_smem).min(oh);
+    ensure!(
+        rows >= 1 && k * wp <= SPF_SMEM,
+        "sparse convolution: an output row of {ow} pixels or a padded input row of {wp} floats is \
+         too large for the kernel's tile ({SP_TILE} pixels, {SPF_SMEM} staged floats)"
+    );
+    Ok((rows, 1))
+}
 /// Active weights per block of the sparse weight gradient.
 const SW_G: usize = 8;
 
@@ -82,12 +110,25 @@ pub fn conv_fwd_sparse(
         y: y.addr(),
         s,
         nnz: w.nnz as u32,
+        rows: 0,
+        images: 0,
         pad0: 0,
+    };
+    let (rows, images) = sparse_fwd_tile(&s)?;
+    let tiles = (s.n as usize).div_ceil(images) * (s.oh as usize).div_ceil(rows);
+    ensure!(
+        tiles <= i32::MAX as usize,
+        "sparse convolution: {tiles} tiles exceed the grid"
+    );
+    let p = ConvSparseFwdParams {
+        rows: rows as u32,
+        images: images as u32,
+        ..p
     };
     let cfg = LaunchCfg {
         grid: Dim3::xy(
-            s.cols().div_ceil(SP_TILE) as u32,
-            grid_dim(s.cout as usize, "output channels")?,
+            tiles as u32,
+            grid_dim((s.cout as usize).div_ceil(SPF_G), "output channel groups")?,
         ),
         block: Dim3::x(SP_THREADS),
         smem: 0,
