@@ -33,12 +33,13 @@
 //   band of rows, group of 8 output channels); per input channel the rows use, the tile's input
 //   window is staged in shared memory once and every active weight of the 8 rows reads it there;
 //   each thread accumulates 4 pixels × 8 channels.
-// - conv_bwd_data_sparse_f32: block per (1024 input pixels, input channel); for each of the
-//   channel's k·k columns, the pixel's source (oh, ow) is resolved once, then the column's
-//   active rows (CSC) are staged and gathered from dY. No atomics.
-// - conv_bwd_weight_sparse_f32: block per 8 consecutive active weights (values order, rows may
-//   differ); threads stride over the reduction P, 8 accumulators each, then warp shuffles and a
-//   shared-memory pass. Block size min(256, P rounded up to 32).
+// - conv_bwd_data_sparse_f32: block per (tile of ≤ 1024 input pixels, group of 8 input
+//   channels); per output channel its columns use, dY's window is staged in shared memory (zero
+//   where the stride maps no output) and every active (channel, tap) in that row reads it there.
+// - conv_bwd_weight_sparse_f32: block per (split of the forward's tiles, group of 8 output
+//   channels); per tile the pixels' dY of the 8 rows in registers, per input channel the input
+//   window staged in shared memory, per active weight a block reduction; splits summed by
+//   conv_bwd_weight_reduce_f32.
 // - conv_bwd_bias_f32: block (256) per output channel: block_sum of its dY row.
 //
 // CPU twins: src/device/cpu/twin/conv.rs (same names; plain loops with f64 accumulators).
@@ -103,7 +104,9 @@ struct ConvSparseBwdDataParams {
   const float* values;      // [nnz]
   float* dx;                // [Cin, N, H, W]
   ConvShape s;
-  unsigned nnz, pad0;
+  unsigned nnz;
+  unsigned rows, images;  // the tile of dx: input rows of an image, or whole images (rows = H)
+  unsigned pad0;
 };
 
 struct ConvSparseBwdWeightParams {
@@ -111,9 +114,11 @@ struct ConvSparseBwdWeightParams {
   const float* dy;          // [Cout, N, OH, OW]
   const unsigned* row_ptr;  // [Cout + 1]
   const unsigned* col_idx;  // [nnz]
-  float* dvalues;           // [nnz], values order
+  float* out;               // dvalues [nnz] (splits = 1) or partials [splits, nnz]
   ConvShape s;
-  unsigned nnz, pad0;
+  unsigned nnz;
+  unsigned rows, images;  // the tile, as the forward's
+  unsigned splits;        // = gridDim.x
 };
 
 struct ConvBwdBiasParams {
@@ -130,8 +135,8 @@ static_assert(sizeof(ConvBwdDataParams) == 64, "ConvBwdDataParams");
 static_assert(sizeof(ConvBwdWeightParams) == 72, "ConvBwdWeightParams");
 static_assert(sizeof(ConvReduceParams) == 24, "ConvReduceParams");
 static_assert(sizeof(ConvSparseFwdParams) == 104, "ConvSparseFwdParams");
-static_assert(sizeof(ConvSparseBwdDataParams) == 96, "ConvSparseBwdDataParams");
-static_assert(sizeof(ConvSparseBwdWeightParams) == 88, "ConvSparseBwdWeightParams");
+static_assert(sizeof(ConvSparseBwdDataParams) == 104, "ConvSparseBwdDataParams");
+static_assert(sizeof(ConvSparseBwdWeightParams) == 96, "ConvSparseBwdWeightParams");
 static_assert(sizeof(ConvBwdBiasParams) == 24, "ConvBwdBiasParams");
 
 // A pixel index no (ih, iw) can reach: added to a kernel offset it stays negative.
@@ -529,7 +534,6 @@ KERNEL(conv_bwd_weight_reduce_f32, ConvReduceParams) {
 #define SP_THREADS 256
 #define SP_PPT 4
 #define SP_TILE (SP_THREADS * SP_PPT)
-#define SP_STAGE SP_THREADS
 
 // y[co, j] = Σ_{e in row co} values[e] · col[col_idx[e], j] (+ bias[co]).
 // Block (256 threads) per (tile of output pixels, group of SPF_G output channels). A tile is
@@ -627,138 +631,253 @@ KERNEL(conv_fwd_sparse_f32, ConvSparseFwdParams) {
   }
 }
 
+// The block-wide minimum of v (every thread gets it). `red` holds a value per warp.
+__device__ __forceinline__ int block_min_int(int v, int* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  int m = red[0];
+  for (int w = 1; w < (int)(blockDim.x >> 5); ++w) m = min(m, red[w]);
+  __syncthreads();
+  return m;
+}
+
+#define SPB_G 8
+#define SPB_MAXK 7
+#define SPB_COLS (SPB_G * SPB_MAXK * SPB_MAXK)
+#define SPB_NONE 0x7fffffff
+
 // dx[ci, (n, ih, iw)] = Σ_{kh, kw} Σ_{e in column ci·kk + kh·k + kw} values[csc_pos[e]] ·
 // dY[csc_row[e], n, oh, ow] with oh·s + kh − pad = ih, ow·s + kw − pad = iw.
-// Grid (⌈N·H·W/1024⌉, Cin), block 256.
+// Block (256 threads) per (tile of dx pixels: whole images or a band of rows, group of SPB_G
+// input channels). The block walks, in ascending order, the output channels co its columns
+// (the group's channels × k² taps, one cursor each over the CSC index) use: it stages dY[co]'s
+// window for the tile in shared memory once — in "virtual" coordinates u = ih + pad − kh, zero
+// where u is not a multiple of the stride or outside dY, so strided layers need no test in the
+// inner loop — and every active (channel, tap) of the group in row co reads it there. Each
+// output sums over co ascending, then taps ascending. Needs k ≤ SPB_MAXK.
+// Grid (⌈N/images⌉·⌈H/rows⌉, ⌈Cin/SPB_G⌉), block 256.
 KERNEL(conv_bwd_data_sparse_f32, ConvSparseBwdDataParams) {
-  __shared__ int s_off[SP_STAGE];
-  __shared__ float s_val[SP_STAGE];
+  __shared__ float ds[SPF_SMEM];
+  __shared__ float s_val[SPB_G][SPB_MAXK * SPB_MAXK];
+  __shared__ unsigned long long s_mask[SPB_G];
+  __shared__ int s_tapoff[SPB_MAXK * SPB_MAXK];
+  __shared__ int red[SP_THREADS / 32];
   const ConvShape s = p.s;
-  const int tid = (int)threadIdx.x, ci = (int)blockIdx.y;
-  const int H = (int)s.h, W = (int)s.w, hw = H * W, NHW = (int)s.n * hw;
-  const int OH = (int)s.oh, OW = (int)s.ow, ohw = OH * OW, P = (int)s.n * ohw;
-  const int k = (int)s.k, kk = k * k, st = (int)s.stride;
-  const int j0 = (int)blockIdx.x * SP_TILE + tid;
-  int dpix[SP_PPT], th[SP_PPT], tw[SP_PPT];
-  float acc[SP_PPT];
+  const int tid = (int)threadIdx.x;
+  const int H = (int)s.h, W = (int)s.w, OH = (int)s.oh, OW = (int)s.ow;
+  const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
+  const int P = (int)s.n * OH * OW, NHW = (int)s.n * H * W;
+  const int VC = W + k - 1;  // staged row pitch (virtual columns)
+  // The tile.
+  const int bands = (H + (int)p.rows - 1) / (int)p.rows;
+  const int tile = (int)blockIdx.x, group = tile / bands, band = tile - group * bands;
+  const int n0 = group * (int)p.images, ih0 = band * (int)p.rows;
+  const int nimg = min((int)p.images, (int)s.n - n0), irows = min((int)p.rows, H - ih0);
+  const int VR = irows + k - 1;       // staged rows per image
+  const int ur0 = ih0 + pd - k + 1;   // virtual row of staged row 0
+  const int uc0 = pd - k + 1;         // virtual column of staged column 0
+  const int staged = nimg * VR * VC, tile_px = nimg * irows * W;
+  int sb[SP_PPT], xo[SP_PPT];
 #pragma unroll
   for (int q = 0; q < SP_PPT; ++q) {
-    const int j = j0 + q * SP_THREADS;
-    acc[q] = 0.0f;
-    if (j < NHW) {
-      const int nn = j / hw, t = j - nn * hw, ih = t / W, iw = t - ih * W;
-      dpix[q] = nn * ohw;
-      th[q] = ih + (int)s.pad;
-      tw[q] = iw + (int)s.pad;
-    } else {
-      dpix[q] = 0;
-      th[q] = CONV_NOWHERE;
-      tw[q] = CONV_NOWHERE;
+    const int t = tid + q * SP_THREADS;
+    sb[q] = 0;
+    xo[q] = -1;
+    if (t < tile_px) {
+      const int img = t / (irows * W), r = t - img * (irows * W), lr = r / W, iw = r - lr * W;
+      sb[q] = img * VR * VC + lr * VC + iw;
+      xo[q] = (n0 + img) * H * W + (ih0 + lr) * W + iw;
     }
   }
-  for (int khw = 0; khw < kk; ++khw) {
-    const int c = ci * kk + khw;
-    const int eb = (int)p.col_ptr[c], ee = (int)p.col_ptr[c + 1];
-    if (eb == ee) continue;  // uniform over the block
-    const int kh = khw / k, kw = khw - kh * k;
-    // Where in dY's plane each pixel reads through this tap, or −1.
-    int doff[SP_PPT];
+  // The group's columns: slot t is (channel ci0 + t / kk, tap t % kk); two slots per thread.
+  const int ci0 = (int)blockIdx.y * SPB_G, ncols = SPB_G * kk;
+  int cur[2], end[2];
 #pragma unroll
-    for (int q = 0; q < SP_PPT; ++q) {
-      const int a = th[q] - kh, b = tw[q] - kw;
-      doff[q] = -1;
-      if (a >= 0 && b >= 0) {
-        const int oy = a / st, ox = b / st;
-        if (oy * st == a && ox * st == b && oy < OH && ox < OW) doff[q] = dpix[q] + oy * OW + ox;
+  for (int i = 0; i < 2; ++i) {
+    const int t = tid + i * SP_THREADS, g = t / kk;
+    const bool live = t < ncols && ci0 + g < (int)s.cin;
+    const int c = (ci0 + g) * kk + (t - g * kk);
+    cur[i] = live ? (int)p.col_ptr[c] : 0;
+    end[i] = live ? (int)p.col_ptr[c + 1] : 0;
+  }
+  if (tid < kk) {
+    const int kh = tid / k, kw = tid - kh * k;
+    s_tapoff[tid] = (k - 1 - kh) * VC + (k - 1 - kw);
+  }
+  if (tid < SPB_G) s_mask[tid] = 0ull;
+  float acc[SPB_G][SP_PPT];
+#pragma unroll
+  for (int g = 0; g < SPB_G; ++g)
+#pragma unroll
+    for (int q = 0; q < SP_PPT; ++q) acc[g][q] = 0.0f;
+  __syncthreads();
+  for (;;) {
+    int mine = SPB_NONE;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      if (cur[i] < end[i]) mine = min(mine, (int)p.csc_row[cur[i]]);
+    const int co = block_min_int(mine, red);
+    if (co == SPB_NONE) break;
+    // The group's entries in row co: each column holds at most one.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (cur[i] < end[i] && (int)p.csc_row[cur[i]] == co) {
+        const int t = tid + i * SP_THREADS, g = t / kk, tap = t - g * kk;
+        s_val[g][tap] = p.values[p.csc_pos[cur[i]]];
+        atomicOr(&s_mask[g], 1ull << tap);
+        ++cur[i];
       }
     }
-    for (int e0 = eb; e0 < ee; e0 += SP_STAGE) {
-      const int cnt = min(SP_STAGE, ee - e0);
-      __syncthreads();
-      if (tid < cnt) {
-        s_off[tid] = (int)p.csc_row[e0 + tid] * P;
-        s_val[tid] = p.values[p.csc_pos[e0 + tid]];
+    // dY[co]'s window, zero where no output pixel maps.
+    const float* dyc = p.dy + co * P + n0 * OH * OW;
+    for (int e = tid; e < staged; e += SP_THREADS) {
+      const int img = e / (VR * VC), r = e - img * (VR * VC), row = r / VC, c = r - row * VC;
+      const int ur = ur0 + row, uc = uc0 + c;
+      float v = 0.0f;
+      if (ur >= 0 && uc >= 0) {
+        const int oy = ur / st, ox = uc / st;
+        if (oy * st == ur && ox * st == uc && oy < OH && ox < OW) v = dyc[img * OH * OW + oy * OW + ox];
       }
-      __syncthreads();
-      for (int i = 0; i < cnt; ++i) {
-        const int off = s_off[i];
-        const float v = s_val[i];
+      ds[e] = v;
+    }
+    __syncthreads();
 #pragma unroll
-        for (int q = 0; q < SP_PPT; ++q)
-          if (doff[q] >= 0) acc[q] += v * p.dy[off + doff[q]];
+    for (int g = 0; g < SPB_G; ++g) {
+      unsigned long long m = s_mask[g];
+      while (m) {
+        const int tap = __ffsll((long long)m) - 1;
+        m &= m - 1ull;
+        const float v = s_val[g][tap];
+        const int off = s_tapoff[tap];
+#pragma unroll
+        for (int q = 0; q < SP_PPT; ++q) acc[g][q] += v * ds[sb[q] + off];
       }
     }
+    __syncthreads();  // the window and the masks have been used
+    if (tid < SPB_G) s_mask[tid] = 0ull;
   }
 #pragma unroll
-  for (int q = 0; q < SP_PPT; ++q) {
-    const int j = j0 + q * SP_THREADS;
-    if (j < NHW) p.dx[ci * NHW + j] = acc[q];
+  for (int g = 0; g < SPB_G; ++g) {
+    const int ci = ci0 + g;
+    if (ci >= (int)s.cin) continue;
+#pragma unroll
+    for (int q = 0; q < SP_PPT; ++q)
+      if (xo[q] >= 0) p.dx[ci * NHW + xo[q]] = acc[g][q];
   }
 }
 
-#define SW_G 8
+#define SWB_SLOTS 32
 
-// dvalues[e] = Σ_j dY[row(e), j] · col[col_idx[e], j] for e in [8·blockIdx.x, +8).
-// Grid ⌈nnz/8⌉, block a multiple of 32 up to 256.
-KERNEL(conv_bwd_weight_sparse_f32, ConvSparseBwdWeightParams) {
-  __shared__ float s_red[SW_G][32];
-  const ConvShape s = p.s;
-  const int H = (int)s.h, W = (int)s.w, hw = H * W, plane = (int)s.n * hw;
-  const int OW = (int)s.ow, ohw = (int)s.oh * OW, P = (int)s.n * ohw;
-  const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
-  const int e0 = (int)blockIdx.x * SW_G;
-  const int cnt = min(SW_G, (int)p.nnz - e0);
-  // Row of e0: the last row r with row_ptr[r] ≤ e0 (skips empty rows); then walk forward.
-  int lo = 0, hi = (int)s.cout;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if ((int)p.row_ptr[mid] <= e0) lo = mid;
-    else hi = mid;
-  }
-  int dyoff[SW_G], xoff[SW_G], dh[SW_G], dw[SW_G];
-  float acc[SW_G];
-  int row = lo;
-#pragma unroll
-  for (int g = 0; g < SW_G; ++g) {
-    acc[g] = 0.0f;
-    if (g < cnt) {
-      while ((int)p.row_ptr[row + 1] <= e0 + g) ++row;
-      const int c = (int)p.col_idx[e0 + g];
-      const int ci = c / kk, t = c - ci * kk, kh = t / k;
-      dyoff[g] = row * P;
-      xoff[g] = ci * plane;
-      dh[g] = kh - pd;
-      dw[g] = t - kh * k - pd;
-    } else {
-      dyoff[g] = 0;
-      xoff[g] = 0;
-      dh[g] = CONV_NOWHERE;  // never inside the input
-      dw[g] = CONV_NOWHERE;
-    }
-  }
-  for (int j = (int)threadIdx.x; j < P; j += (int)blockDim.x) {
-    const int nn = j / ohw, t = j - nn * ohw, oy = t / OW, ox = t - oy * OW;
-    const int ihb = oy * st, iwb = ox * st, pix = nn * hw;
-#pragma unroll
-    for (int g = 0; g < SW_G; ++g) {
-      const int ih = ihb + dh[g], iw = iwb + dw[g];
-      if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-        acc[g] += p.dy[dyoff[g] + j] * p.x[xoff[g] + pix + ih * W + iw];
-    }
-  }
-  const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
-  const int warps = (int)blockDim.x >> 5;
-#pragma unroll
-  for (int g = 0; g < SW_G; ++g) {
-    const float v = warp_sum(acc[g]);
-    if (lane == 0) s_red[g][warp] = v;
+// Writes the block's `slots` pending sums: each is its warps' partials in warp order, stored to
+// out[e] (the block's first tile) or added to it (later tiles of the same block, in order).
+__device__ __forceinline__ void swb_flush(float (*red)[SWB_SLOTS], const int* slot_e, int slots,
+                                          bool first, float* out) {
+  __syncthreads();
+  const int tid = (int)threadIdx.x;
+  if (tid < slots) {
+    float v = 0.0f;
+    for (int w = 0; w < SP_THREADS / 32; ++w) v += red[w][tid];
+    const int e = slot_e[tid];
+    out[e] = first ? v : out[e] + v;
   }
   __syncthreads();
-  if (warp == 0) {
+}
+
+// dvalues[e] = Σ_j dY[row(e), j] · col[col_idx[e], j].
+// Block (256 threads) per (split z, group of SPF_G output channels); the split takes the tiles
+// z, z + splits, … (tiles as the forward's). Per tile, each thread holds its 4 pixels' dY of the
+// group's rows in registers; per input channel the rows use, the tile's input window is staged
+// in shared memory, and for each active weight of the channel every thread sums its pixels,
+// then the block reduces (warp shuffles, then the 8 warps' sums in order). Deterministic: a
+// split writes its own partials, conv_bwd_weight_reduce_f32 sums the splits in order.
+// Grid (splits, ⌈Cout/SPF_G⌉), block 256.
+KERNEL(conv_bwd_weight_sparse_f32, ConvSparseBwdWeightParams) {
+  __shared__ float xs[SPF_SMEM];
+  __shared__ float red[SP_THREADS / 32][SWB_SLOTS];
+  __shared__ int slot_e[SWB_SLOTS];
+  const ConvShape s = p.s;
+  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int H = (int)s.h, W = (int)s.w, OH = (int)s.oh, OW = (int)s.ow;
+  const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
+  const int plane = (int)s.n * H * W, P = (int)s.n * OH * OW, WP = W + 2 * pd;
+  const int bands = (OH + (int)p.rows - 1) / (int)p.rows;
+  const int tiles = ((int)s.n + (int)p.images - 1) / (int)p.images * bands;
+  const int co0 = (int)blockIdx.y * SPF_G;
+  float* out = p.out + (size_t)blockIdx.x * p.nnz;
+  int rb[SPF_G], re[SPF_G];
 #pragma unroll
-    for (int g = 0; g < SW_G; ++g) {
-      const float v = warp_sum(lane < warps ? s_red[g][lane] : 0.0f);
-      if (lane == 0 && g < cnt) p.dvalues[e0 + g] = v;
+  for (int g = 0; g < SPF_G; ++g) {
+    const bool live = co0 + g < (int)s.cout;
+    rb[g] = live ? (int)p.row_ptr[co0 + g] : 0;
+    re[g] = live ? (int)p.row_ptr[co0 + g + 1] : 0;
+  }
+  for (int tile = (int)blockIdx.x; tile < tiles; tile += (int)gridDim.x) {
+    const bool first = tile == (int)blockIdx.x;
+    const int group = tile / bands, band = tile - group * bands;
+    const int n0 = group * (int)p.images, oh0 = band * (int)p.rows;
+    const int nimg = min((int)p.images, (int)s.n - n0), orows = min((int)p.rows, OH - oh0);
+    const int IR = (orows - 1) * st + k, ih0 = oh0 * st - pd;
+    const int staged = nimg * IR * WP, tile_px = nimg * orows * OW;
+    int sb[SP_PPT];
+    float dyr[SPF_G][SP_PPT];
+#pragma unroll
+    for (int q = 0; q < SP_PPT; ++q) {
+      const int t = tid + q * SP_THREADS;
+      sb[q] = 0;
+      int yo = -1;
+      if (t < tile_px) {
+        const int img = t / (orows * OW), r = t - img * (orows * OW), orow = r / OW;
+        const int ow = r - orow * OW;
+        sb[q] = img * IR * WP + orow * st * WP + ow * st;
+        yo = ((n0 + img) * OH + oh0 + orow) * OW + ow;
+      }
+#pragma unroll
+      for (int g = 0; g < SPF_G; ++g)
+        dyr[g][q] = (yo >= 0 && co0 + g < (int)s.cout) ? p.dy[(co0 + g) * P + yo] : 0.0f;
+    }
+    int cur[SPF_G];
+#pragma unroll
+    for (int g = 0; g < SPF_G; ++g) cur[g] = rb[g];
+    for (;;) {
+      int ci = 1 << 30;
+#pragma unroll
+      for (int g = 0; g < SPF_G; ++g)
+        if (cur[g] < re[g]) ci = min(ci, (int)p.col_idx[cur[g]] / kk);
+      if (ci == 1 << 30) break;
+      __syncthreads();  // the previous channel's window has been used
+      const float* xc = p.x + ci * plane + n0 * H * W;
+      for (int e = tid; e < staged; e += SP_THREADS) {
+        const int img = e / (IR * WP), r = e - img * (IR * WP), row = r / WP, c = r - row * WP;
+        const int ih = ih0 + row, iw = c - pd;
+        xs[e] = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                    ? xc[img * H * W + ih * W + iw]
+                    : 0.0f;
+      }
+      __syncthreads();
+      const int cend = (ci + 1) * kk;
+      int slots = 0;
+#pragma unroll
+      for (int g = 0; g < SPF_G; ++g) {
+        for (; cur[g] < re[g]; ++cur[g]) {
+          const int c = (int)p.col_idx[cur[g]];
+          if (c >= cend) break;
+          const int t = c - ci * kk, kh = t / k, off = kh * WP + (t - kh * k);
+          float part = 0.0f;
+#pragma unroll
+          for (int q = 0; q < SP_PPT; ++q) part += dyr[g][q] * xs[sb[q] + off];
+          part = warp_sum(part);
+          if (lane == 0) red[warp][slots] = part;
+          if (tid == 0) slot_e[slots] = cur[g];
+          if (++slots == SWB_SLOTS) {  // uniform
+            swb_flush(red, slot_e, slots, first, out);
+            slots = 0;
+          }
+        }
+      }
+      if (slots > 0) swb_flush(red, slot_e, slots, first, out);
     }
   }
 }

@@ -93,8 +93,8 @@ fn param_struct_layouts() {
     assert_eq!(size_of::<ConvBwdWeightParams>(), 72);
     assert_eq!(size_of::<ConvReduceParams>(), 24);
     assert_eq!(size_of::<ConvSparseFwdParams>(), 104);
-    assert_eq!(size_of::<ConvSparseBwdDataParams>(), 96);
-    assert_eq!(size_of::<ConvSparseBwdWeightParams>(), 88);
+    assert_eq!(size_of::<ConvSparseBwdDataParams>(), 104);
+    assert_eq!(size_of::<ConvSparseBwdWeightParams>(), 96);
     assert_eq!(size_of::<ConvBwdBiasParams>(), 24);
     let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
     assert_eq!(names.len(), 9, "{names:?}");
@@ -414,15 +414,23 @@ fn sparse_case(gpu: &Gpu, rng: &mut Lcg, name: &str, g: &ConvGeom, w: &SparseWei
     };
     let mut want = vec![0f32; w.nnz()];
     twin::conv_bwd_weight_sparse_f32(&p, &x, &dy, &w.row_ptr, &w.col_idx, &mut want);
-    let mut dv = out_buf(gpu, w.nnz().max(1));
-    conv_bwd_weight_sparse(gpu, g, &xb, &dyb, &dev.bufs(), &mut dv).unwrap();
-    let got = gpu.read::<f32>(&dv).unwrap();
-    check(
-        &format!("bwd weight sparse {what}"),
-        &got[..w.nnz()],
-        &want,
-        g.col_cols(),
+    // One split, and the splits the wrapper picks (with a workspace).
+    let splits = conv_bwd_weight_sparse_splits(g).unwrap();
+    let mut work = out_buf(
+        gpu,
+        conv_bwd_weight_sparse_workspace(w.nnz(), splits).max(1),
     );
+    for (label, work) in [("one split", None), ("split", Some(&mut work))] {
+        let mut dv = out_buf(gpu, w.nnz().max(1));
+        conv_bwd_weight_sparse(gpu, g, &xb, &dyb, &dev.bufs(), &mut dv, work).unwrap();
+        let got = gpu.read::<f32>(&dv).unwrap();
+        check(
+            &format!("bwd weight sparse {what}, {label} of {splits}"),
+            &got[..w.nnz()],
+            &want,
+            g.col_cols(),
+        );
+    }
 }
 
 #[test]

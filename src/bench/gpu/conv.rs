@@ -170,10 +170,14 @@ pub(super) fn section(timer: &Timer, plan: &Plan, rng: &mut Rng) -> Result<ConvS
             let (dsw, values) = DeviceSparseWeight::upload_with_values(gpu, &sw)?;
             let sp = dsw.bufs(&values);
             let mut dv = gpu.zeros::<f32>(nnz)?;
+            let splits = conv::conv_bwd_weight_sparse_splits(&g)?;
+            let mut swork =
+                gpu.zeros::<f32>(conv::conv_bwd_weight_sparse_workspace(nnz, splits).max(1))?;
             let t_fwd = timer.time(|| conv::conv_fwd_sparse(gpu, &g, &x, &sp, None, &mut y))?;
             let t_bd = timer.time(|| conv::conv_bwd_data_sparse(gpu, &g, &dy, &sp, &mut dx))?;
-            let t_bw =
-                timer.time(|| conv::conv_bwd_weight_sparse(gpu, &g, &x, &dy, &sp, &mut dv))?;
+            let t_bw = timer.time(|| {
+                conv::conv_bwd_weight_sparse(gpu, &g, &x, &dy, &sp, &mut dv, Some(&mut swork))
+            })?;
             let nz = nnz as f64;
             let csr = nz * 8.0 + (rows + 1) as f64 * f4;
             let csc = nz * 12.0 + (cols + 1) as f64 * f4;

@@ -70,6 +70,33 @@ fn dense_weight_grad(
     )
 }
 
+/// The sparse weight gradient at the active positions, its reduction over the batch's tiles split
+/// to fill a GPU (`conv_bwd_weight_sparse_splits`) and summed in order; partials in a workspace
+/// from the device's cache.
+fn sparse_weight_grad(
+    dev: &Arc<GpuDevice>,
+    g: &ConvGeom,
+    x: &Buf,
+    dy: &Buf,
+    w: &conv::SparseBufs,
+    dvalues: &mut Buf,
+) -> Result<()> {
+    let splits = conv::conv_bwd_weight_sparse_splits(g)?;
+    let floats = conv::conv_bwd_weight_sparse_workspace(w.nnz, splits);
+    let mut work = (floats > 0)
+        .then(|| DeviceBuf::uninit(dev, floats))
+        .transpose()?;
+    conv::conv_bwd_weight_sparse(
+        dev.gpu(),
+        g,
+        x,
+        dy,
+        w,
+        dvalues,
+        work.as_mut().map(DeviceBuf::buf_mut),
+    )
+}
+
 /// Convolution of x [Cin, N, H, W] with a dense or sparse weight and an optional bias; `g` is
 /// checked by the caller.
 pub(super) fn conv2d(
@@ -108,15 +135,8 @@ pub(super) fn conv2d(
             match &p.sparse {
                 None => dense_weight_grad(&dev, &g, xb, dyb, &mut gw.grad),
                 Some(sw) => {
-                    conv::conv_bwd_weight_sparse(
-                        gpu,
-                        &g,
-                        xb,
-                        dyb,
-                        &sw.bufs(&p.values),
-                        &mut gw.grad,
-                    )
-                    .with_context(name)?;
+                    sparse_weight_grad(&dev, &g, xb, dyb, &sw.bufs(&p.values), &mut gw.grad)
+                        .with_context(name)?;
                     match (dp.dense_grads(), &mut gw.dense) {
                         (true, Some(dense)) => dense_weight_grad(&dev, &g, xb, dyb, dense),
                         (true, None) => bail!("{}: no dense gradient buffer", p.name),

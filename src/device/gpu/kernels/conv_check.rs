@@ -218,7 +218,7 @@ pub(crate) fn check(c: &mut Checker) -> Result<()> {
         let mut want = vec![0.0; sw.nnz()];
         tw::conv_bwd_weight_sparse_f32(&p, &x, &dy, &sw.row_ptr, &sw.col_idx, &mut want);
         let mut dv = c.out::<f32>(sw.nnz())?;
-        conv::conv_bwd_weight_sparse(gpu, &g, &bx, &bdy, &sp, &mut dv)?;
+        conv::conv_bwd_weight_sparse(gpu, &g, &bx, &bdy, &sp, &mut dv, None)?;
         compare(
             c,
             &conv::conv_bwd_weight_sparse_f32,

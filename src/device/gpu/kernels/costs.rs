@@ -91,24 +91,27 @@ impl KernelCost for ConvReduceParams {
     }
 }
 
+/// Bytes one block of the sparse forward or weight gradient loads into its staged input windows
+/// for one tile: the window (rows of `images` images) once per input channel its group of
+/// `SPF_G` rows uses — for a uniformly random mask, with probability 1 − (1 − density)^(SPF_G·k²).
+fn sparse_window(s: &ConvShape, rows: u32, images: u32, nnz: usize) -> f64 {
+    let (kk, cin) = ((s.k * s.k) as f64, s.cin as f64);
+    let density = nnz as f64 / (s.cout as usize * s.k_len()).max(1) as f64;
+    let used = cin * (1.0 - (1.0 - density).powf(conv::SPF_G as f64 * kk));
+    let rows = (rows as usize).clamp(1, s.oh as usize);
+    let rows_in = ((rows - 1) * s.stride as usize + s.k as usize).min(s.h as usize);
+    let window = (images as usize).clamp(1, s.n as usize) * rows_in * s.w as usize;
+    f32s(window) as f64 * used
+}
+
 impl KernelCost for ConvSparseFwdParams {
     fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
         let s = &self.s;
         let (nnz, p, cout) = (self.nnz as usize, s.cols(), s.cout as usize);
         let index = f32s(cout + 1 + 2 * nnz);
-        // Each block reads its rows' entries, and stages its tile's input window once per input
-        // channel its rows use: for a uniformly random mask, a channel is used by a group of
-        // SPF_G rows with probability 1 − (1 − density)^(SPF_G·k²).
-        let (kk, cin) = ((s.k * s.k) as f64, s.cin as f64);
-        let density = nnz as f64 / (cout * s.k_len()).max(1) as f64;
-        let used = cin * (1.0 - (1.0 - density).powf(conv::SPF_G as f64 * kk));
-        let rows_in =
-            |rows: usize| ((rows - 1) * s.stride as usize + s.k as usize).min(s.h as usize);
-        let window = (self.images as usize).min(s.n as usize)
-            * rows_in((self.rows as usize).min(s.oh as usize))
-            * s.w as usize;
-        let requested =
-            index * cfg.grid.x as u64 + (f32s(window) as f64 * used * blocks(cfg) as f64) as u64;
+        // Each block reads its rows' entries and stages its tile's input window.
+        let requested = index * cfg.grid.x as u64
+            + (sparse_window(s, self.rows, self.images, nnz) * blocks(cfg) as f64) as u64;
         Cost::streaming(
             f32s(x_touched(s) + bias_len(self.bias, s)) + index,
             f32s(s.y_len()),
@@ -121,30 +124,53 @@ impl KernelCost for ConvSparseFwdParams {
 impl KernelCost for ConvSparseBwdDataParams {
     fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
         let s = &self.s;
-        let (nnz, p) = (self.nnz as usize, s.cols());
+        let (nnz, p, cin) = (self.nnz as usize, s.cols(), s.cin as usize);
         let index = f32s(s.k_len() + 1 + 3 * nnz);
-        // Each block reads its channel's columns of the CSC index (a 1/Cin share), and every
-        // (entry, output pixel) pair reads one dY.
-        let requested = index * cfg.grid.x as u64 + f32s(nnz * p);
+        // Each block walks its group's columns of the CSC index (a SPB_G/Cin share; the row is
+        // read twice), and stages dY's window once per output channel the columns use: for a
+        // uniformly random mask, with probability 1 − (1 − density)^(SPB_G·k²). Only the
+        // window's positions a stride maps to an output pixel are loaded.
+        let kk = (s.k * s.k) as usize;
+        let density = nnz as f64 / (s.cout as usize * s.k_len()).max(1) as f64;
+        let used = s.cout as f64 * (1.0 - (1.0 - density).powf((conv::SPB_G * kk) as f64));
+        let st = s.stride.max(1) as usize;
+        let rows = (self.rows as usize).clamp(1, s.h as usize);
+        let win_rows = (rows + s.k as usize - 1).div_ceil(st).min(s.oh as usize);
+        let win_cols = (s.w as usize + s.k as usize - 1)
+            .div_ceil(st)
+            .min(s.ow as usize);
+        let window = (self.images as usize).clamp(1, s.n as usize) * win_rows * win_cols;
+        let share = (conv::SPB_G.min(cin) as f64 / cin as f64).min(1.0);
+        let per_block = f32s(4 * nnz) as f64 * share + f32s(window) as f64 * used;
+        let requested = (per_block * blocks(cfg) as f64) as u64;
+        // Every active weight meets every dx pixel of the tile (zeros where the stride maps
+        // none: s² times the useful work of a strided layer).
+        let dx_px = s.x_len() / cin.max(1);
         Cost::streaming(
             f32s(s.y_len()) + index,
             f32s(s.x_len()),
-            2 * (nnz * p) as u64,
+            2 * (nnz * dx_px) as u64,
         )
-        .with_requests(requested)
+        .with_requests(requested.max(f32s(p.min(1))))
     }
 }
 
 impl KernelCost for ConvSparseBwdWeightParams {
-    fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
+    fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
         let s = &self.s;
         let (nnz, p, cout) = (self.nnz as usize, s.cols(), s.cout as usize);
         let index = f32s(cout + 1 + nnz);
-        // Every active weight reduces over P pixels, reading x and dY at each.
-        let requested = index + 2 * f32s(nnz * p);
+        // dY is read once (each tile's pixels of each channel group), the entries once per
+        // tile, and each tile's input window once per input channel its group uses, as the
+        // forward's.
+        let tiles = (s.n as usize).div_ceil(self.images.max(1) as usize)
+            * (s.oh as usize).div_ceil(self.rows.max(1) as usize);
+        let window =
+            sparse_window(s, self.rows, self.images, nnz) * (tiles * cfg.grid.y as usize) as f64;
+        let requested = index * tiles as u64 + f32s(s.y_len()) + window as u64;
         Cost::streaming(
             f32s(s.y_len() + x_touched(s)) + index,
-            f32s(nnz),
+            f32s(self.splits.max(1) as usize * nnz),
             2 * (nnz * p) as u64,
         )
         .with_requests(requested)

@@ -22,8 +22,9 @@ pub use params::{
     ConvSparseBwdDataParams, ConvSparseBwdWeightParams, ConvSparseFwdParams,
 };
 pub use sparse::{
-    conv_bwd_data_sparse, conv_bwd_weight_sparse, conv_fwd_sparse, sparse_fwd_tile, SparseBufs,
-    SPF_G,
+    conv_bwd_data_sparse, conv_bwd_weight_sparse, conv_bwd_weight_sparse_splits,
+    conv_bwd_weight_sparse_workspace, conv_fwd_sparse, sparse_bwd_data_tile, sparse_fwd_tile,
+    SparseBufs, SPB_G, SPF_G,
 };
 
 use crate::device::cpu::conv::ConvGeom;

@@ -78,10 +78,14 @@ pub struct ConvSparseBwdDataParams {
     pub dx: u64,
     pub s: ConvShape,
     pub nnz: u32,
+    /// The tile of dx: `rows` input rows of one image, or `images` whole images (rows = H).
+    pub rows: u32,
+    pub images: u32,
     pub pad0: u32,
 }
 
 /// `conv_bwd_weight_sparse_f32`: the weight gradient at the active positions, `values` order.
+/// `out` is dvalues with one split, else the partials [splits, nnz]; the tile as the forward's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ConvSparseBwdWeightParams {
@@ -89,10 +93,12 @@ pub struct ConvSparseBwdWeightParams {
     pub dy: u64,
     pub row_ptr: u64,
     pub col_idx: u64,
-    pub dvalues: u64,
+    pub out: u64,
     pub s: ConvShape,
     pub nnz: u32,
-    pub pad0: u32,
+    pub rows: u32,
+    pub images: u32,
+    pub splits: u32,
 }
 
 /// `conv_bwd_bias_f32`: db[co] = Σ_j dy[co·cols + j].

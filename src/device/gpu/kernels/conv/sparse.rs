@@ -3,13 +3,13 @@
 //! the active positions.
 
 use super::{
-    check_bias, check_len, conv_bwd_data_sparse_f32, conv_bwd_weight_sparse_f32,
-    conv_fwd_sparse_f32, grid_dim, ConvShape, ConvSparseBwdDataParams, ConvSparseBwdWeightParams,
-    ConvSparseFwdParams,
+    check_bias, check_len, conv_bwd_data_sparse_f32, conv_bwd_weight_reduce_f32,
+    conv_bwd_weight_sparse_f32, conv_fwd_sparse_f32, grid_dim, ConvReduceParams, ConvShape,
+    ConvSparseBwdDataParams, ConvSparseBwdWeightParams, ConvSparseFwdParams,
 };
 use crate::device::cpu::conv::ConvGeom;
 use crate::device::gpu::{Buf, Dim3, Gpu, LaunchCfg};
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 /// Threads and output pixels per block of the sparse forward / input-gradient kernels.
 const SP_THREADS: u32 = 256;
@@ -18,32 +18,64 @@ const SP_TILE: usize = 1024;
 /// (kernels/conv.cu `SPF_G`, `SPF_SMEM`).
 pub const SPF_G: usize = 8;
 const SPF_SMEM: usize = 8192;
+/// Input channels per block of the sparse input gradient, and its largest kernel size
+/// (kernels/conv.cu `SPB_G`, `SPB_MAXK`).
+pub const SPB_G: usize = 8;
+const SPB_MAXK: usize = 7;
 
 /// The sparse forward's tile: (output rows, images). Whole images when one image's output fits
 /// the block's pixels and its padded input the staged window (as many images as fit both);
 /// else a band of output rows of one image.
 pub fn sparse_fwd_tile(s: &ConvShape) -> Result<(usize, usize)> {
-    let (n, w, oh, ow) = (s.n as usize, s.w as usize, s.oh as usize, s.ow as usize);
     let (k, st, pd) = (s.k as usize, s.stride as usize, s.pad as usize);
-    let wp = w + 2 * pd;
-    let in_rows = |rows: usize| (rows - 1) * st + k;
-    let (img_px, img_floats) = (oh * ow, in_rows(oh) * wp);
+    pick_tile(
+        s.n as usize,
+        (s.oh as usize, s.ow as usize),
+        |rows| (rows - 1) * st + k,
+        s.w as usize + 2 * pd,
+    )
+}
+
+/// The sparse input gradient's tile of dx: (input rows, images), its staged dY window
+/// rows + k − 1 rows of W + k − 1 virtual columns.
+pub fn sparse_bwd_data_tile(s: &ConvShape) -> Result<(usize, usize)> {
+    let k = s.k as usize;
+    pick_tile(
+        s.n as usize,
+        (s.h as usize, s.w as usize),
+        |rows| rows + k - 1,
+        s.w as usize + k - 1,
+    )
+}
+
+/// A tile of ≤ `SP_TILE` pixels of a (rows × cols) plane over `n` images whose staged window
+/// (`window_rows(rows)` rows of `pitch` floats per image) fits `SPF_SMEM`: as many whole images
+/// as fit, else a band of rows of one image. Returns (rows, images).
+fn pick_tile(
+    n: usize,
+    (rows, cols): (usize, usize),
+    window_rows: impl Fn(usize) -> usize,
+    pitch: usize,
+) -> Result<(usize, usize)> {
+    let (img_px, img_floats) = (rows * cols, window_rows(rows) * pitch);
     if img_px <= SP_TILE && img_floats <= SPF_SMEM {
         let images = (SP_TILE / img_px).min(SPF_SMEM / img_floats).min(n);
-        return Ok((oh, images.max(1)));
+        return Ok((rows, images.max(1)));
     }
-    let by_px = SP_TILE / ow;
-    let by_smem = (SPF_SMEM / wp).saturating_sub(k) / st + 1;
-    let rows = by_px.min(by_smem).min(oh);
-    ensure!(
-        rows >= 1 && k * wp <= SPF_SMEM,
-        "sparse convolution: an output row of {ow} pixels or a padded input row of {wp} floats is \
-         too large for the kernel's tile ({SP_TILE} pixels, {SPF_SMEM} staged floats)"
-    );
-    Ok((rows, 1))
+    let by_px = SP_TILE / cols;
+    let band = (1..=by_px.min(rows))
+        .rev()
+        .find(|&r| window_rows(r) * pitch <= SPF_SMEM);
+    match band {
+        Some(r) => Ok((r, 1)),
+        None => bail!(
+            "sparse convolution: a row of {cols} pixels, or the staged window of one row \
+             ({} rows of {pitch} floats), is too large for the kernel's tile ({SP_TILE} \
+             pixels, {SPF_SMEM} staged floats)",
+            window_rows(1)
+        ),
+    }
 }
-/// Active weights per block of the sparse weight gradient.
-const SW_G: usize = 8;
 
 /// A sparse weight on the device: `SparseWeight`'s index arrays (u32) and values (f32).
 /// Index buffers may be longer than needed (capacity); `nnz` says how many entries are live.
@@ -115,7 +147,7 @@ pub fn conv_fwd_sparse(
         pad0: 0,
     };
     let (rows, images) = sparse_fwd_tile(&s)?;
-    let tiles = (s.n as usize).div_ceil(images) * (s.oh as usize).div_ceil(rows);
+    let tiles = tile_count(&s, (rows, images));
     ensure!(
         tiles <= i32::MAX as usize,
         "sparse convolution: {tiles} tiles exceed the grid"
@@ -158,12 +190,32 @@ pub fn conv_bwd_data_sparse(
         dx: dx.addr(),
         s,
         nnz: w.nnz as u32,
+        rows: 0,
+        images: 0,
         pad0: 0,
+    };
+    ensure!(
+        s.k as usize <= SPB_MAXK,
+        "sparse convolution input gradient: a {}×{} kernel is larger than the kernel supports \
+         ({SPB_MAXK}×{SPB_MAXK})",
+        s.k,
+        s.k
+    );
+    let (rows, images) = sparse_bwd_data_tile(&s)?;
+    let tiles = (s.n as usize).div_ceil(images) * (s.h as usize).div_ceil(rows);
+    ensure!(
+        tiles <= i32::MAX as usize,
+        "sparse convolution: {tiles} tiles exceed the grid"
+    );
+    let p = ConvSparseBwdDataParams {
+        rows: rows as u32,
+        images: images as u32,
+        ..p
     };
     let cfg = LaunchCfg {
         grid: Dim3::xy(
-            (s.x_len() / s.cin as usize).div_ceil(SP_TILE) as u32,
-            grid_dim(s.cin as usize, "input channels")?,
+            tiles as u32,
+            grid_dim((s.cin as usize).div_ceil(SPB_G), "input channel groups")?,
         ),
         block: Dim3::x(SP_THREADS),
         smem: 0,
@@ -171,8 +223,35 @@ pub fn conv_bwd_data_sparse(
     gpu.launch(&conv_bwd_data_sparse_f32, cfg, &p)
 }
 
+/// Tiles of the sparse forward and weight gradient (`sparse_fwd_tile`).
+fn tile_count(s: &ConvShape, (rows, images): (usize, usize)) -> usize {
+    (s.n as usize).div_ceil(images) * (s.oh as usize).div_ceil(rows)
+}
+
+/// The splits of the sparse weight gradient's reduction over tiles: enough blocks to fill a
+/// large GPU (~256 with the channel groups), at most one per tile.
+pub fn conv_bwd_weight_sparse_splits(g: &ConvGeom) -> Result<usize> {
+    let s = ConvShape::new(g)?;
+    let tiles = tile_count(&s, sparse_fwd_tile(&s)?);
+    let groups = g.cout.div_ceil(SPF_G);
+    Ok(256usize.div_ceil(groups).min(tiles).clamp(1, 64))
+}
+
+/// Floats of workspace `conv_bwd_weight_sparse` wants for `splits` splits of `nnz` weights (0
+/// for one split).
+pub fn conv_bwd_weight_sparse_workspace(nnz: usize, splits: usize) -> usize {
+    if splits <= 1 {
+        0
+    } else {
+        splits * nnz
+    }
+}
+
 /// dvalues [nnz] (overwritten, `values` order) = the weight gradient at the active positions of
-/// `w`: dY row · im2col(x) row for each active (row, column).
+/// `w`: dY row · im2col(x) row for each active (row, column). With a workspace of at least
+/// `conv_bwd_weight_sparse_workspace(nnz, splits)` floats for the splits
+/// `conv_bwd_weight_sparse_splits` suggests, the tiles are split over blocks and the splits
+/// summed in order by a second pass; without one, one split.
 pub fn conv_bwd_weight_sparse(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -180,6 +259,7 @@ pub fn conv_bwd_weight_sparse(
     dy: &Buf,
     w: &SparseBufs,
     dvalues: &mut Buf,
+    work: Option<&mut Buf>,
 ) -> Result<()> {
     let s = ConvShape::new(g)?;
     w.check(&s)?;
@@ -194,22 +274,48 @@ pub fn conv_bwd_weight_sparse(
     if w.nnz == 0 {
         return Ok(());
     }
+    let tile = sparse_fwd_tile(&s)?;
+    let want = conv_bwd_weight_sparse_splits(g)?;
+    let need = conv_bwd_weight_sparse_workspace(w.nnz, want);
+    let (splits, out) = match work {
+        Some(wk) if want > 1 && wk.len_of::<f32>() >= need && need <= u32::MAX as usize => {
+            (want, wk)
+        }
+        _ => (1, dvalues as &mut Buf),
+    };
     let p = ConvSparseBwdWeightParams {
         x: x.addr(),
         dy: dy.addr(),
         row_ptr: w.row_ptr.addr(),
         col_idx: w.col_idx.addr(),
-        dvalues: dvalues.addr(),
+        out: out.addr(),
         s,
         nnz: w.nnz as u32,
-        pad0: 0,
+        rows: tile.0 as u32,
+        images: tile.1 as u32,
+        splits: splits as u32,
     };
-    // Threads stride over the reduction: no more than it has (rounded to whole warps).
-    let threads = s.cols().div_ceil(32).clamp(1, 8) as u32 * 32;
     let cfg = LaunchCfg {
-        grid: Dim3::x(w.nnz.div_ceil(SW_G) as u32),
-        block: Dim3::x(threads),
+        grid: Dim3::xy(
+            splits as u32,
+            grid_dim((s.cout as usize).div_ceil(SPF_G), "output channel groups")?,
+        ),
+        block: Dim3::x(SP_THREADS),
         smem: 0,
     };
-    gpu.launch(&conv_bwd_weight_sparse_f32, cfg, &p)
+    gpu.launch(&conv_bwd_weight_sparse_f32, cfg, &p)?;
+    if splits > 1 {
+        let r = ConvReduceParams {
+            partial: p.out,
+            out: dvalues.addr(),
+            len: w.nnz as u32,
+            splits: splits as u32,
+        };
+        gpu.launch(
+            &conv_bwd_weight_reduce_f32,
+            LaunchCfg::linear(w.nnz, 256),
+            &r,
+        )?;
+    }
+    Ok(())
 }
