@@ -7,6 +7,11 @@
 // calling OS thread, each CUDA thread of a block as a cooperative fiber. See README.md.
 //
 // All emulator state is per OS thread (thread_local), so tests may launch concurrently.
+//
+// build.rs compiles every kernel file twice: a plain copy, whose host entries the Rust side
+// calls, and a counted copy (CUDA_EMU_COUNTED defined, -fsanitize=thread) with entries
+// rest_emu_counted_<name>, to which a plain entry hands the launch while the calling thread
+// counts global-memory bytes (counting.cpp).
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
@@ -17,6 +22,15 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+
+// The header's inline functions live in an inline namespace named after the copy, so that the
+// linker (which keeps one definition of an inline function) never mixes the plain and the
+// counted (instrumented) copies. Types and the runtime interface are common to both.
+#if defined(CUDA_EMU_COUNTED)
+#define CUDA_EMU_COPY counted
+#else
+#define CUDA_EMU_COPY plain
+#endif
 
 // ---- built-in types and variables ------------------------------------------------------------
 
@@ -83,6 +97,10 @@ unsigned active_mask();
 // Dynamic shared memory of the running block (see DYN_SHARED), 128-byte aligned.
 inline thread_local unsigned char* dyn_smem = nullptr;
 
+// Whether the calling thread counts global-memory bytes (counting.cpp).
+bool counting();
+
+inline namespace CUDA_EMU_COPY {
 template <class To, class From>
 __forceinline__ To bits(From f) {
   static_assert(sizeof(To) == sizeof(From), "size mismatch");
@@ -90,19 +108,36 @@ __forceinline__ To bits(From f) {
   memcpy(&t, &f, sizeof t);
   return t;
 }
+}  // namespace CUDA_EMU_COPY
 
 }  // namespace cuda_emu
 
 // KERNEL(name, P) { body } — the body becomes a static function of the parameter struct `p`;
-// `name` is the host entry the Rust side calls (same symbol as the CUDA kernel).
+// `name` is the host entry the Rust side calls (same symbol as the CUDA kernel). It runs the
+// counted copy's entry instead while the calling thread counts bytes.
+#if defined(CUDA_EMU_COUNTED)
 #define KERNEL(name, P)                                                                  \
   static void rest_emu_body_##name(const P p);                                           \
-  extern "C" void name(dim3 grid, dim3 block, unsigned smem, const void* params) {       \
+  extern "C" void rest_emu_counted_##name(dim3 grid, dim3 block, unsigned smem,          \
+                                          const void* params) {                          \
     ::cuda_emu::launch(#name, grid, block, smem, params, [](const void* q) {             \
       rest_emu_body_##name(*static_cast<const P*>(q));                                   \
     });                                                                                  \
   }                                                                                      \
   static void rest_emu_body_##name(const P p)
+#else
+#define KERNEL(name, P)                                                                  \
+  static void rest_emu_body_##name(const P p);                                           \
+  extern "C" void rest_emu_counted_##name(dim3, dim3, unsigned, const void*);            \
+  extern "C" void name(dim3 grid, dim3 block, unsigned smem, const void* params) {       \
+    if (__builtin_expect(::cuda_emu::counting(), 0))                                     \
+      return rest_emu_counted_##name(grid, block, smem, params);                         \
+    ::cuda_emu::launch(#name, grid, block, smem, params, [](const void* q) {             \
+      rest_emu_body_##name(*static_cast<const P*>(q));                                   \
+    });                                                                                  \
+  }                                                                                      \
+  static void rest_emu_body_##name(const P p)
+#endif
 
 // Dynamic shared memory: the launch's `smem` bytes, poisoned with 0xFF before every block and
 // ending right at a PROT_NONE page (reading past the launch's size faults).
@@ -110,6 +145,8 @@ __forceinline__ To bits(From f) {
 
 // Call-site capture for the deadlock report.
 #define CUDA_EMU_SITE int line_ = __builtin_LINE(), const char* file_ = __builtin_FILE()
+
+inline namespace CUDA_EMU_COPY {  // up to the cas_loop helpers
 
 // ---- barriers ---------------------------------------------------------------------------------
 
@@ -215,19 +252,34 @@ CUDA_EMU_CAS(unsigned)
 CUDA_EMU_CAS(unsigned long long)
 #undef CUDA_EMU_CAS
 
+}  // namespace CUDA_EMU_COPY
+
 namespace cuda_emu {
+inline namespace CUDA_EMU_COPY {
+// The first load of a compare-and-swap loop, left out of the byte counting (counting.cpp): the
+// atomic then counts as one read and one write (its compare-and-swap, which succeeds at once
+// since nothing runs in between), as on a GPU. noinline: the attribute must survive inlining
+// into the instrumented kernel units.
+template <class U>
+__attribute__((noinline, no_sanitize("thread"))) U cas_first_load(const U* w) {
+  return __atomic_load_n(w, __ATOMIC_RELAXED);
+}
+
 // Read-modify-write through compare-and-swap on the value's bits: f(old) -> new.
 template <class T, class U, class F>
 inline T cas_loop(T* a, F f) {
   U* w = reinterpret_cast<U*>(a);
-  U old = __atomic_load_n(w, __ATOMIC_RELAXED);
+  U old = cas_first_load(w);
   for (;;) {
     U next = bits<U>(f(bits<T>(old)));
     if (__atomic_compare_exchange_n(w, &old, next, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
       return bits<T>(old);
   }
 }
+}  // namespace CUDA_EMU_COPY
 }  // namespace cuda_emu
+
+inline namespace CUDA_EMU_COPY {  // up to the vector types
 
 inline float atomicAdd(float* a, float v) {
   return cuda_emu::cas_loop<float, unsigned>(a, [v](float o) { return o + v; });
@@ -331,6 +383,8 @@ inline double max(float a, double b) { return fmax(a, b); }
 inline double min(double a, float b) { return fmin(a, b); }
 inline double max(double a, float b) { return fmax(a, b); }
 
+}  // namespace CUDA_EMU_COPY
+
 // ---- vector types ------------------------------------------------------------------------------
 
 struct __align__(8) float2 { float x, y; };
@@ -339,6 +393,8 @@ struct __align__(8) int2 { int x, y; };
 struct __align__(16) int4 { int x, y, z, w; };
 struct __align__(8) uint2 { unsigned x, y; };
 struct __align__(16) uint4 { unsigned x, y, z, w; };
+
+inline namespace CUDA_EMU_COPY {
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline int2 make_int2(int x, int y) { return {x, y}; }
@@ -346,3 +402,4 @@ inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
 inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline dim3 make_uint3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }
+}  // namespace CUDA_EMU_COPY

@@ -18,10 +18,19 @@
 //!
 //! Numerics differ from a GPU (libm `expf` is more exact than `__expf`; g++ does not fuse
 //! multiply-adds): tests size their tolerances for the GPU, not for the emulator.
+//!
+//! Global-memory traffic: [`count_global_bytes`] measures the bytes the kernels launched on the
+//! calling thread read and write in the emulator's device buffers (through a second copy of each
+//! kernel compiled with ThreadSanitizer's instrumentation, whose hooks are
+//! kernels/emu/counting.cpp).
 
 extern "C" {
     fn rest_emu_set_reverse(mode: i32);
     fn rest_emu_resumes() -> u64;
+    fn rest_emu_buffer_register(addr: u64, bytes: u64);
+    fn rest_emu_buffer_unregister(addr: u64);
+    fn rest_emu_count_begin() -> i32;
+    fn rest_emu_count_end(out: *mut GlobalBytes) -> i32;
 }
 
 /// Fiber order for launches made from the calling OS thread: `Some(true)` reverse,
@@ -40,6 +49,80 @@ pub fn set_reverse_order(order: Option<bool>) {
 pub fn resumes() -> u64 {
     // SAFETY: plain C function reading a thread-local counter.
     unsafe { rest_emu_resumes() }
+}
+
+/// Global-memory traffic of the kernels launched in a [`count_global_bytes`] window.
+///
+/// Only bytes inside live `Gpu::Emu` buffers count: not fiber stacks (locals), `__shared__` or
+/// dynamic shared memory, the parameter struct, nor host-side copies (`Gpu::write`, `read`,
+/// `fill_bytes`). An atomic read-modify-write counts as a read and a write of its bytes (a
+/// compare-and-swap too, whether or not it swaps); an atomic load as a read, a store as a write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalBytes {
+    /// Unique bytes read: each byte of a buffer once, however often it was read.
+    pub read: u64,
+    /// Unique bytes written.
+    pub written: u64,
+    /// Bytes over all reads (every access counted): what loads request.
+    pub read_requests: u64,
+    /// Bytes over all writes.
+    pub written_requests: u64,
+}
+
+/// Runs `f` with global-memory counting on for the calling OS thread and returns its result with
+/// the bytes the emulated kernels launched from this thread meanwhile read and wrote (see
+/// [`GlobalBytes`]). Launches on other threads, and buffers they use, are not seen; buffers
+/// allocated inside the window count like the others. A buffer freed and reallocated inside the
+/// window counts as a new buffer.
+///
+/// Windows do not nest: opening one while this thread already counts panics. If `f` panics, the
+/// window is closed and the panic goes on.
+///
+/// Cost: none while no window is open (a launch tests a thread-local flag and runs the kernel's
+/// plain copy). Inside a window a launch runs the kernel's instrumented copy, a hook call, a
+/// buffer lookup and a bitmap update per access: 6-8x slower (kernels/emu/README.md).
+pub fn count_global_bytes<R>(f: impl FnOnce() -> R) -> (R, GlobalBytes) {
+    /// Closes the window, also when `f` unwinds.
+    struct Window;
+    impl Window {
+        fn close(&self) -> Option<GlobalBytes> {
+            let mut out = GlobalBytes::default();
+            // SAFETY: `out` is a live #[repr(C)] struct of four u64, the layout the C side writes.
+            let rc = unsafe { rest_emu_count_end(&mut out) };
+            (rc == 0).then_some(out)
+        }
+    }
+    impl Drop for Window {
+        fn drop(&mut self) {
+            self.close();
+        }
+    }
+
+    // SAFETY: plain C function setting up thread-local state; no pointers involved.
+    let rc = unsafe { rest_emu_count_begin() };
+    assert!(
+        rc == 0,
+        "count_global_bytes: this thread is already counting (windows do not nest)"
+    );
+    let window = Window;
+    let r = f();
+    let bytes = window.close().expect("the counting window is open");
+    std::mem::forget(window); // closed
+    (r, bytes)
+}
+
+/// Registers an emulator buffer (host memory `[addr, addr + bytes)`) for [`count_global_bytes`];
+/// called by `Gpu::alloc`. Empty buffers are ignored.
+pub(crate) fn register_buffer(addr: u64, bytes: usize) {
+    // SAFETY: the C side only records the range (under a lock); it dereferences nothing.
+    unsafe { rest_emu_buffer_register(addr, bytes as u64) }
+}
+
+/// Unregisters the buffer at `addr` before its memory is freed (`Buf`'s `Drop`).
+pub(crate) fn unregister_buffer(addr: u64) {
+    // SAFETY: the C side only removes the range from its registry; it dereferences nothing.
+    unsafe { rest_emu_buffer_unregister(addr) }
 }
 
 /// The emulator's self-test kernels (kernels/emu/selftest.cu), used by tests/emu_runtime.rs.

@@ -227,6 +227,14 @@ impl Buf {
     }
 }
 
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if let Store::Host(_) = self.store {
+            emu::unregister_buffer(self.addr);
+        }
+    }
+}
+
 impl std::fmt::Debug for Buf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Buf({} bytes @ {:#x})", self.bytes, self.addr())
@@ -385,6 +393,7 @@ impl Gpu {
             }
             Gpu::Emu(_) => {
                 let v = vec![0u128; bytes.div_ceil(16).max(1)];
+                emu::register_buffer(v.as_ptr() as u64, bytes);
                 (v.as_ptr() as u64, Store::Host(v))
             }
             Gpu::Cuda(c) => {
