@@ -170,3 +170,104 @@ fn bench_cost_runs_from_the_command_line_and_names_unknown_gpus() {
     );
     common::fails_with(&["bench", "gpu", "--gpu-model", "h200"], "--cost");
 }
+
+/// Kernels whose threads load distinct addresses (no warp-wide broadcast of one value): the
+/// emulator's per-thread request count is then what the kernel asks of L2, and the stated
+/// `requested` must agree with it. Other kernels broadcast indices or per-channel scalars to
+/// every thread (one transaction per warp on a GPU, 32 counted here), so the count only bounds
+/// the stated figure from above.
+const PER_THREAD_LOADS: &[&str] = &[
+    "conv_fwd_dense_f32",
+    "conv_bwd_data_dense_f32",
+    "conv_bwd_weight_dense_f32",
+    "conv_bwd_weight_reduce_f32",
+    "conv_bwd_bias_f32",
+    "elementwise_add_relu_f32",
+    "elementwise_acc_f32",
+    "pool_max_fwd_f32",
+    "pool_max_bwd_f32",
+    "pool_avg_fwd_f32",
+    "pool_avg_bwd_f32",
+    "xent_fused_f32",
+    "xent_reduce_f32",
+];
+
+/// Every kernel of small training steps, run on the emulator with its global-memory accesses
+/// counted (`Gpu::measure`): the cost model's bytes against what the kernel touched.
+/// - written: exact (±512 bytes);
+/// - read: exact, except `elementwise_relu_bwd_f32`, which loads dy only where the output is
+///   positive (stated in full: a GPU fetches whole 32-byte sectors), and
+///   `optim_sgd_multi_f32`, which also reads its table of tensors (+1 %);
+/// - requested: ±15 % for `PER_THREAD_LOADS` (the formulas count whole tiles), else at most the
+///   per-thread count.
+#[test]
+fn stated_bytes_match_the_bytes_the_kernels_touch() {
+    let cases: &[(Arch, usize, usize, usize, f64)] = &[
+        (Arch::Cnn, 8, 28, 8, 1.0),
+        (Arch::Cnn, 8, 28, 8, 0.2),
+        (Arch::Resnet18, 8, 32, 4, 1.0),
+        (Arch::Resnet18, 8, 32, 4, 0.2),
+    ];
+    let mut kernels = std::collections::BTreeSet::new();
+    for &(arch, width, image, batch, density) in cases {
+        let measured =
+            rest::bench::gpu::measure_step(Gpu::emu(), arch, width, image, batch, density, 3)
+                .unwrap();
+        assert!(measured.len() > 20);
+        for m in &measured {
+            let what = format!("{arch:?} density {density}: {}", m.kernel);
+            let (stated, got) = (m.cost, m.bytes);
+            kernels.insert(m.kernel);
+            assert!(stated.modelled, "{what}: no cost stated");
+            assert!(
+                got.written.abs_diff(stated.written) <= 512,
+                "{what}: wrote {} bytes, {} stated",
+                got.written,
+                stated.written
+            );
+            let read_ok = match m.kernel {
+                "elementwise_relu_bwd_f32" => {
+                    got.read <= stated.read && got.read * 2 >= stated.read
+                }
+                "optim_sgd_multi_f32" => got.read.abs_diff(stated.read) <= stated.read / 100 + 512,
+                _ => got.read.abs_diff(stated.read) <= 512,
+            };
+            assert!(
+                read_ok,
+                "{what}: read {} bytes, {} stated",
+                got.read, stated.read
+            );
+            let (req, got_req) = (stated.requested as f64, got.read_requests as f64);
+            if PER_THREAD_LOADS.contains(&m.kernel) {
+                assert!(
+                    (req - got_req).abs() <= 0.15 * got_req + 512.0,
+                    "{what}: {got_req} bytes requested, {req} stated"
+                );
+            } else {
+                // relu_bwd's conditional loads: see read.
+                let slack = if m.kernel == "elementwise_relu_bwd_f32" {
+                    2.0
+                } else {
+                    1.05
+                };
+                assert!(
+                    req <= got_req * slack + 512.0,
+                    "{what}: {got_req} bytes requested, {req} stated"
+                );
+            }
+        }
+    }
+    // Every kernel of a training step was checked.
+    for k in [
+        "conv_fwd_sparse_f32",
+        "conv_bwd_data_sparse_f32",
+        "conv_bwd_weight_sparse_f32",
+        "norm_fwd_train_relu_f32",
+        "norm_bwd_f32",
+        "pool_max_bwd_f32",
+        "optim_sgd_multi_f32",
+    ] {
+        assert!(kernels.contains(k), "{k} not in the measured steps");
+    }
+    assert!(kernels.len() >= 20, "{kernels:?}");
+}

@@ -141,6 +141,40 @@ pub fn record_step(
     density: f64,
     seed: u64,
 ) -> Result<Vec<crate::device::gpu::Event>> {
+    let dev = steady_step(gpu, arch, width, image, batch, density, seed, |g| {
+        g.record();
+        Ok(())
+    })?;
+    Ok(dev.gpu().take_record())
+}
+
+/// One steady-state training step on the emulator with every launch's global-memory bytes
+/// counted (`Gpu::measure`): each launch's stated cost beside what it touched.
+pub fn measure_step(
+    gpu: Gpu,
+    arch: Arch,
+    width: usize,
+    image: usize,
+    batch: usize,
+    density: f64,
+    seed: u64,
+) -> Result<Vec<crate::device::gpu::cost::Measured>> {
+    let dev = steady_step(gpu, arch, width, image, batch, density, seed, Gpu::measure)?;
+    Ok(dev.gpu().take_measured())
+}
+
+/// A model on `gpu`, a warm-up step, then `start` (record or measure) and one more step.
+#[allow(clippy::too_many_arguments)]
+fn steady_step(
+    gpu: Gpu,
+    arch: Arch,
+    width: usize,
+    image: usize,
+    batch: usize,
+    density: f64,
+    seed: u64,
+    start: impl FnOnce(&Gpu) -> Result<()>,
+) -> Result<std::sync::Arc<GpuDevice>> {
     let in_channels = 3;
     let cfg = ModelConfig {
         arch,
@@ -179,9 +213,9 @@ pub fn record_step(
         )
     };
     step(&mut model)?;
-    dev.gpu().record();
+    start(dev.gpu())?;
     step(&mut model)?;
-    Ok(dev.gpu().take_record())
+    Ok(dev)
 }
 
 fn print_kernels(e: &Estimate) {

@@ -73,6 +73,15 @@ pub trait KernelCost {
     fn cost(&self, kernel: &KernelDef, cfg: &LaunchCfg) -> Cost;
 }
 
+/// A launch on the emulator with its stated cost and the bytes it was measured to touch
+/// ([`Gpu::measure`](super::Gpu::measure)).
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub kernel: &'static str,
+    pub cost: Cost,
+    pub bytes: super::emu::GlobalBytes,
+}
+
 /// One thing a backend did, as recorded by [`Gpu::record`](super::Gpu::record).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub enum Event {

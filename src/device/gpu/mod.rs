@@ -319,6 +319,8 @@ pub struct Emulator {
     dry: bool,
     /// The dry emulator's next buffer address.
     next_addr: AtomicU64,
+    /// Launches with the bytes they touched, while measuring (`Gpu::measure`).
+    measured: Mutex<Option<Vec<cost::Measured>>>,
 }
 
 impl Gpu {
@@ -351,6 +353,32 @@ impl Gpu {
             .log
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// Starts measuring (the emulator only): every launch from now runs with the emulator's
+    /// global-memory counting (`emu::count_global_bytes`, several times slower) and is kept with
+    /// its stated cost, for [`Gpu::take_measured`]. An error on a GPU or the dry emulator.
+    pub fn measure(&self) -> Result<()> {
+        match self {
+            Gpu::Emu(e) if !e.dry => {
+                *e.measured.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+                Ok(())
+            }
+            _ => bail!("only the emulator measures the bytes a kernel touches"),
+        }
+    }
+
+    /// The launches measured since [`Gpu::measure`], and measuring stops.
+    pub fn take_measured(&self) -> Vec<cost::Measured> {
+        match self {
+            Gpu::Emu(e) => e
+                .measured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_default(),
+            Gpu::Cuda(_) => Vec::new(),
+        }
     }
 
     /// The events since [`Gpu::record`], and recording stops (empty if it never started).
@@ -536,7 +564,7 @@ impl Gpu {
                 // SAFETY: `params` is the #[repr(C)] struct the kernel file mirrors (checked by
                 // the layout tests); the buffers it addresses are host memory owned by `Buf`s the
                 // caller keeps alive for this synchronous call.
-                unsafe {
+                let run = || unsafe {
                     (kernel.emu)(
                         cfg.grid,
                         cfg.block,
@@ -544,6 +572,18 @@ impl Gpu {
                         params as *const P as *const c_void,
                     )
                 };
+                let mut measured = e.measured.lock().unwrap_or_else(|p| p.into_inner());
+                match measured.as_mut() {
+                    Some(log) => {
+                        let ((), bytes) = emu::count_global_bytes(run);
+                        log.push(cost::Measured {
+                            kernel: kernel.name,
+                            cost,
+                            bytes,
+                        });
+                    }
+                    None => run(),
+                }
                 Ok(())
             }
             Gpu::Cuda(c) => {

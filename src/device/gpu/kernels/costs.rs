@@ -28,6 +28,25 @@ fn x_touched(s: &ConvShape) -> usize {
     }
 }
 
+/// Pairs (output pixel, tap) of one image whose input pixel lies inside the input (not in the
+/// padding): the loads of an im2col gather per input channel, and of the col2im gather (the same
+/// pairs seen from the input) per output channel.
+fn taps_inside(s: &ConvShape) -> usize {
+    let axis = |outs: u32, size: u32| -> usize {
+        (0..s.k)
+            .map(|t| {
+                (0..outs)
+                    .filter(|&o| {
+                        let i = (o * s.stride + t) as i64 - s.pad as i64;
+                        (0..size as i64).contains(&i)
+                    })
+                    .count()
+            })
+            .sum()
+    };
+    axis(s.oh, s.h) * axis(s.ow, s.w)
+}
+
 fn bias_len(bias: u64, s: &ConvShape) -> usize {
     if bias != 0 {
         s.cout as usize
@@ -42,11 +61,15 @@ impl KernelCost for ConvFwdParams {
         let (m, n, k) = (s.cout as usize, s.cols(), s.k_len());
         let read = f32s(x_touched(s) + s.w_len() + bias_len(self.bias, s));
         let flops = 2 * (m * n * k) as u64;
+        // The im2col gather loads Cin · (the taps inside the input) per image.
+        let gathers = s.cin as usize * taps_inside(s) * s.n as usize;
         let requested = if kernel.name == conv::conv_fwd_dense_simple_f32.name {
-            // Every output element reads its K weights and K inputs.
-            2 * f32s(m * n * k)
+            // Every output element reads its K weights and its inputs.
+            f32s(m * n * k) + f32s(m * gathers)
         } else {
-            f32s(s.w_len()) * cfg.grid.x as u64 + f32s(k * n) * cfg.grid.y as u64
+            // The tile's store reads the bias once per thread and row.
+            f32s(s.w_len() + 16 * bias_len(self.bias, s)) * cfg.grid.x as u64
+                + f32s(gathers) * cfg.grid.y as u64
         };
         Cost::streaming(read, f32s(s.y_len()), flops).with_requests(requested)
     }
@@ -57,10 +80,10 @@ impl KernelCost for ConvBwdDataParams {
         let s = &self.s;
         let (m, n) = (s.cin as usize, s.n as usize * (s.h * s.w) as usize);
         let r = s.cout as usize * (s.k * s.k) as usize;
-        // The col2im gather finds an output pixel for one (pixel, tap) in stride² only.
-        let stride2 = (s.stride * s.stride).max(1) as u64;
-        let requested =
-            f32s(s.w_len()) * cfg.grid.x as u64 + f32s(r * n) * cfg.grid.y as u64 / stride2;
+        // The col2im gather loads dY for the (input pixel, tap) pairs that meet an output pixel:
+        // the pairs (output pixel, tap) inside the input, per output channel.
+        let gathers = s.cout as usize * taps_inside(s) * s.n as usize;
+        let requested = f32s(s.w_len()) * cfg.grid.x as u64 + f32s(gathers) * cfg.grid.y as u64;
         Cost::streaming(
             f32s(s.y_len() + s.w_len()),
             f32s(s.x_len()),
@@ -74,7 +97,8 @@ impl KernelCost for ConvBwdWeightParams {
     fn cost(&self, _: &KernelDef, cfg: &LaunchCfg) -> Cost {
         let s = &self.s;
         let (m, k, p) = (s.cout as usize, s.k_len(), s.cols());
-        let requested = f32s(m * p) * cfg.grid.x as u64 + f32s(k * p) * cfg.grid.y as u64;
+        let gathers = s.cin as usize * taps_inside(s) * s.n as usize;
+        let requested = f32s(m * p) * cfg.grid.x as u64 + f32s(gathers) * cfg.grid.y as u64;
         Cost::streaming(
             f32s(s.y_len() + x_touched(s)),
             f32s(self.splits.max(1) as usize * m * k),
@@ -229,16 +253,26 @@ impl KernelCost for MaxPoolParams {
     fn cost(&self, kernel: &KernelDef, _: &LaunchCfg) -> Cost {
         let input = self.planes as usize * (self.h * self.w) as usize;
         let out = self.planes as usize * (self.oh * self.ow) as usize;
-        let window = (self.k * self.k) as usize;
+        // (output, input pixel) pairs inside the input: per plane, the product of each axis'
+        // window overlaps.
+        let axis = |outs: u32, size: u32| -> usize {
+            (0..outs)
+                .map(|o| {
+                    let lo = (o * self.stride) as i64 - self.pad as i64;
+                    let hi = (lo + self.k as i64).min(size as i64);
+                    (hi - lo.max(0)).max(0) as usize
+                })
+                .sum()
+        };
+        let pairs = self.planes as usize * axis(self.oh, self.h) * axis(self.ow, self.w);
         if kernel.name == pool::pool_max_fwd_f32.name {
             // Each output scans its window; writes the maximum and its index.
-            Cost::streaming(f32s(input), f32s(2 * out), (out * window) as u64)
-                .with_requests(f32s(out * window))
+            Cost::streaming(f32s(input), f32s(2 * out), pairs as u64).with_requests(f32s(pairs))
         } else {
-            // Each input pixel checks the outputs whose window holds it: argmax, then dY.
-            let reach = window.div_ceil((self.stride * self.stride).max(1) as usize);
-            Cost::streaming(f32s(2 * out), f32s(input), (input * reach) as u64)
-                .with_requests(f32s(2 * input * reach))
+            // Each input pixel reads the argmax of every output whose window holds it, and dY
+            // where it is that maximum (once per output).
+            Cost::streaming(f32s(2 * out), f32s(input), pairs as u64)
+                .with_requests(f32s(pairs + out))
         }
     }
 }
