@@ -73,13 +73,14 @@ fn quick_gpu_bench_on_the_emulator_writes_every_section() {
     for s in steps {
         assert!(s["images_per_s"].as_f64().unwrap() > 0.0);
         assert!(s["launches"].as_u64().unwrap() > 0, "{s}");
-        // What a step asks of the device beside its kernels, as built today: the batch's
-        // images, labels, weights and groups go up; the losses and the loss statistics come back
-        // (each a synchronisation); one memset per buffer the allocator hands out.
+        // What a step asks of the device beside its kernels: the batch's images, labels,
+        // weights and groups go up; nothing comes back (the loss statistics stay on the device)
+        // and no memset runs (outputs are overwritten in full); the bench's timer syncs once.
         let t = &s["traffic"];
-        assert!(t["to_device"].as_u64().unwrap() >= 4, "{s}");
-        assert!(t["to_host"].as_u64().unwrap() >= 2, "{s}");
-        assert!(t["fills"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(t["to_device"].as_u64().unwrap(), 4, "{s}");
+        assert_eq!(t["to_host"].as_u64().unwrap(), 0, "{s}");
+        assert_eq!(t["fills"].as_u64().unwrap(), 0, "{s}");
+        assert_eq!(t["syncs"].as_u64().unwrap(), 1, "{s}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -28,7 +28,7 @@ pub struct StepRow {
     /// backend). At low density a step on a GPU is bound by them, a few µs each.
     pub launches: u64,
     /// Everything one step asked of the device beside its kernels: copies each way (a copy to
-    /// the host synchronises), memsets, synchronisations.
+    /// the host synchronises), memsets, synchronisations (one: the bench's own, to time it).
     pub traffic: TrafficCounts,
 }
 
@@ -84,7 +84,8 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
                 .collect();
             let groups: Vec<u32> = (0..batch).map(|i| (i % 20 == 0) as u32).collect();
             let traffic0 = dev.gpu().traffic();
-            // The step reads the losses back, so every step ends synchronised.
+            // A step reads nothing back (its statistics stay on the device): the timer waits
+            // for the device after each one.
             let mut step = || -> Result<()> {
                 let x = Tensor::from_vec(&[3, batch, image, image], images.clone())?;
                 train_step(
@@ -95,8 +96,8 @@ pub(super) fn section(gpu: &Gpu, spec: &str, plan: &Plan, seed: u64) -> Result<V
                     &weights,
                     Some(&groups),
                     false,
-                )
-                .map(|_| ())
+                )?;
+                dev.gpu().sync()
             };
             let secs = time_steps(plan.reps, &mut step)?;
             // Every step is alike (no topology update): the warm-up and the timed ones.

@@ -264,7 +264,8 @@ pub struct TrafficCounts {
     pub to_host: u64,
     /// Explicit synchronisations (`Gpu::sync`).
     pub syncs: u64,
-    /// Memsets (`Gpu::fill_bytes`: the caching allocator zeroes every buffer it hands out).
+    /// Memsets (`Gpu::fill_bytes`; the caching allocator zeroes what `GpuDevice::take` hands
+    /// out).
     pub fills: u64,
 }
 
