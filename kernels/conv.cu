@@ -548,6 +548,49 @@ KERNEL(conv_bwd_weight_reduce_f32, ConvReduceParams) {
 #define SPF_G 8
 #define SPF_SMEM 8192
 
+// A block's tile of the sparse kernels: `nimg` images from n0, `nrows` plane rows from r0 (of a
+// plane of `plane_rows` rows; `rows` per band, `images` per tile as the wrapper chose).
+struct SparseTile {
+  int n0, r0, nimg, nrows;
+};
+
+__device__ __forceinline__ SparseTile sparse_tile(int tile, int rows, int images, int n,
+                                                  int plane_rows) {
+  const int bands = (plane_rows + rows - 1) / rows;
+  const int group = tile / bands, band = tile - group * bands;
+  SparseTile t;
+  t.n0 = group * images;
+  t.r0 = band * rows;
+  t.nimg = min(images, n - t.n0);
+  t.nrows = min(rows, plane_rows - t.r0);
+  return t;
+}
+
+// Stages rows [ih0, ih0 + IR) × columns [−pd, W + pd) of `nimg` images of one input channel
+// (xc: its plane at the tile's first image) into xs, zero outside the input.
+__device__ __forceinline__ void stage_x_window(float* xs, const float* xc, int nimg, int IR,
+                                               int WP, int ih0, int pd, int H, int W) {
+  const int staged = nimg * IR * WP;
+  for (int e = (int)threadIdx.x; e < staged; e += (int)blockDim.x) {
+    const int img = e / (IR * WP), r = e - img * (IR * WP), row = r / WP, c = r - row * WP;
+    const int ih = ih0 + row, iw = c - pd;
+    xs[e] = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                ? xc[img * H * W + ih * W + iw]
+                : 0.0f;
+  }
+}
+
+// The lowest input channel the group's rows still use (entries cur[g] .. end[g], columns
+// ascending), or −1 when every row is done. Uniform over the block.
+__device__ __forceinline__ int next_input_channel(const int* cur, const int* end,
+                                                  const unsigned* col_idx, int kk) {
+  int ci = 1 << 30;
+#pragma unroll
+  for (int g = 0; g < SPF_G; ++g)
+    if (cur[g] < end[g]) ci = min(ci, (int)col_idx[cur[g]] / kk);
+  return ci == 1 << 30 ? -1 : ci;
+}
+
 KERNEL(conv_fwd_sparse_f32, ConvSparseFwdParams) {
   __shared__ float xs[SPF_SMEM];
   const ConvShape s = p.s;
@@ -556,14 +599,11 @@ KERNEL(conv_fwd_sparse_f32, ConvSparseFwdParams) {
   const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
   const int plane = (int)s.n * H * W, P = (int)s.n * OH * OW;
   const int WP = W + 2 * pd;  // staged row pitch: the padded input row
-  // The tile.
-  const int bands = (OH + (int)p.rows - 1) / (int)p.rows;
-  const int tile = (int)blockIdx.x, group = tile / bands, band = tile - group * bands;
-  const int n0 = group * (int)p.images, oh0 = band * (int)p.rows;
-  const int nimg = min((int)p.images, (int)s.n - n0), orows = min((int)p.rows, OH - oh0);
+  const SparseTile tl = sparse_tile((int)blockIdx.x, (int)p.rows, (int)p.images, (int)s.n, OH);
+  const int n0 = tl.n0, oh0 = tl.r0, nimg = tl.nimg, orows = tl.nrows;
   const int IR = (orows - 1) * st + k;  // staged input rows per image
   const int ih0 = oh0 * st - pd;        // input row of staged row 0
-  const int staged = nimg * IR * WP, tile_px = nimg * orows * OW;
+  const int tile_px = nimg * orows * OW;
   // The thread's pixels: where each reads its window in xs, and where it writes y.
   int sb[SP_PPT], yo[SP_PPT];
 #pragma unroll
@@ -591,21 +631,10 @@ KERNEL(conv_fwd_sparse_f32, ConvSparseFwdParams) {
     for (int q = 0; q < SP_PPT; ++q) acc[g][q] = 0.0f;
   }
   for (;;) {
-    // The next input channel any row uses (uniform over the block).
-    int ci = 1 << 30;
-#pragma unroll
-    for (int g = 0; g < SPF_G; ++g)
-      if (cur[g] < end[g]) ci = min(ci, (int)p.col_idx[cur[g]] / kk);
-    if (ci == 1 << 30) break;
+    const int ci = next_input_channel(cur, end, p.col_idx, kk);
+    if (ci < 0) break;
     __syncthreads();  // the previous channel's window has been used
-    const float* xc = p.x + ci * plane + n0 * H * W;
-    for (int e = tid; e < staged; e += SP_THREADS) {
-      const int img = e / (IR * WP), r = e - img * (IR * WP), row = r / WP, c = r - row * WP;
-      const int ih = ih0 + row, iw = c - pd;
-      xs[e] = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                  ? xc[img * H * W + ih * W + iw]
-                  : 0.0f;
-    }
+    stage_x_window(xs, p.x + ci * plane + n0 * H * W, nimg, IR, WP, ih0, pd, H, W);
     __syncthreads();
     const int cend = (ci + 1) * kk;
 #pragma unroll
@@ -671,11 +700,8 @@ KERNEL(conv_bwd_data_sparse_f32, ConvSparseBwdDataParams) {
   const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
   const int P = (int)s.n * OH * OW, NHW = (int)s.n * H * W;
   const int VC = W + k - 1;  // staged row pitch (virtual columns)
-  // The tile.
-  const int bands = (H + (int)p.rows - 1) / (int)p.rows;
-  const int tile = (int)blockIdx.x, group = tile / bands, band = tile - group * bands;
-  const int n0 = group * (int)p.images, ih0 = band * (int)p.rows;
-  const int nimg = min((int)p.images, (int)s.n - n0), irows = min((int)p.rows, H - ih0);
+  const SparseTile tl = sparse_tile((int)blockIdx.x, (int)p.rows, (int)p.images, (int)s.n, H);
+  const int n0 = tl.n0, ih0 = tl.r0, nimg = tl.nimg, irows = tl.nrows;
   const int VR = irows + k - 1;       // staged rows per image
   const int ur0 = ih0 + pd - k + 1;   // virtual row of staged row 0
   const int uc0 = pd - k + 1;         // virtual column of staged column 0
@@ -803,8 +829,8 @@ KERNEL(conv_bwd_weight_sparse_f32, ConvSparseBwdWeightParams) {
   const int H = (int)s.h, W = (int)s.w, OH = (int)s.oh, OW = (int)s.ow;
   const int k = (int)s.k, kk = k * k, st = (int)s.stride, pd = (int)s.pad;
   const int plane = (int)s.n * H * W, P = (int)s.n * OH * OW, WP = W + 2 * pd;
-  const int bands = (OH + (int)p.rows - 1) / (int)p.rows;
-  const int tiles = ((int)s.n + (int)p.images - 1) / (int)p.images * bands;
+  const int tiles =
+      ((int)s.n + (int)p.images - 1) / (int)p.images * ((OH + (int)p.rows - 1) / (int)p.rows);
   const int co0 = (int)blockIdx.y * SPF_G;
   float* out = p.out + (size_t)blockIdx.x * p.nnz;
   int rb[SPF_G], re[SPF_G];
@@ -816,11 +842,10 @@ KERNEL(conv_bwd_weight_sparse_f32, ConvSparseBwdWeightParams) {
   }
   for (int tile = (int)blockIdx.x; tile < tiles; tile += (int)gridDim.x) {
     const bool first = tile == (int)blockIdx.x;
-    const int group = tile / bands, band = tile - group * bands;
-    const int n0 = group * (int)p.images, oh0 = band * (int)p.rows;
-    const int nimg = min((int)p.images, (int)s.n - n0), orows = min((int)p.rows, OH - oh0);
+    const SparseTile tl = sparse_tile(tile, (int)p.rows, (int)p.images, (int)s.n, OH);
+    const int n0 = tl.n0, oh0 = tl.r0, nimg = tl.nimg, orows = tl.nrows;
     const int IR = (orows - 1) * st + k, ih0 = oh0 * st - pd;
-    const int staged = nimg * IR * WP, tile_px = nimg * orows * OW;
+    const int tile_px = nimg * orows * OW;
     int sb[SP_PPT];
     float dyr[SPF_G][SP_PPT];
 #pragma unroll
@@ -842,20 +867,10 @@ KERNEL(conv_bwd_weight_sparse_f32, ConvSparseBwdWeightParams) {
 #pragma unroll
     for (int g = 0; g < SPF_G; ++g) cur[g] = rb[g];
     for (;;) {
-      int ci = 1 << 30;
-#pragma unroll
-      for (int g = 0; g < SPF_G; ++g)
-        if (cur[g] < re[g]) ci = min(ci, (int)p.col_idx[cur[g]] / kk);
-      if (ci == 1 << 30) break;
+      const int ci = next_input_channel(cur, re, p.col_idx, kk);
+      if (ci < 0) break;
       __syncthreads();  // the previous channel's window has been used
-      const float* xc = p.x + ci * plane + n0 * H * W;
-      for (int e = tid; e < staged; e += SP_THREADS) {
-        const int img = e / (IR * WP), r = e - img * (IR * WP), row = r / WP, c = r - row * WP;
-        const int ih = ih0 + row, iw = c - pd;
-        xs[e] = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    ? xc[img * H * W + ih * W + iw]
-                    : 0.0f;
-      }
+      stage_x_window(xs, p.x + ci * plane + n0 * H * W, nimg, IR, WP, ih0, pd, H, W);
       __syncthreads();
       const int cend = (ci + 1) * kk;
       int slots = 0;

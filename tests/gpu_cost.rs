@@ -2,7 +2,7 @@
 //! what the real backend does, a steady training step launches no memset, and the roofline
 //! prices a record as its documentation says.
 
-use rest::bench::gpu::record_step;
+use rest::bench::gpu::{measure_step, record_step, StepSpec};
 use rest::device::gpu::cost::{Cost, GpuSpec, H100_SXM};
 use rest::device::gpu::{Event, Gpu};
 use rest::nn::Arch;
@@ -17,11 +17,23 @@ const SMALL: &[(Arch, usize, usize, usize, f64)] = &[
     (Arch::Resnet18, 4, 16, 2, 0.1),
 ];
 
+fn step(arch: Arch, width: usize, image: usize, batch: usize, density: f64) -> StepSpec {
+    StepSpec {
+        arch,
+        width,
+        image,
+        batch,
+        density,
+        seed: 3,
+    }
+}
+
 #[test]
 fn the_dry_emulator_records_what_the_real_one_does() {
     for &(arch, width, image, batch, density) in SMALL {
-        let wet = record_step(Gpu::emu(), arch, width, image, batch, density, 3).unwrap();
-        let dry = record_step(Gpu::emu_dry(), arch, width, image, batch, density, 3).unwrap();
+        let spec = step(arch, width, image, batch, density);
+        let wet = record_step(Gpu::emu(), spec).unwrap();
+        let dry = record_step(Gpu::emu_dry(), spec).unwrap();
         assert!(!wet.is_empty());
         assert_eq!(wet, dry, "{arch:?} width {width} density {density}");
     }
@@ -30,7 +42,7 @@ fn the_dry_emulator_records_what_the_real_one_does() {
 #[test]
 fn a_steady_training_step_launches_no_memset_never_waits_and_costs_every_kernel() {
     for &(arch, width, image, batch, density) in SMALL {
-        let events = record_step(Gpu::emu_dry(), arch, width, image, batch, density, 3).unwrap();
+        let events = record_step(Gpu::emu_dry(), step(arch, width, image, batch, density)).unwrap();
         let memsets = events
             .iter()
             .filter(|e| matches!(e, Event::Memset { .. }))
@@ -64,10 +76,11 @@ fn a_steady_training_step_launches_no_memset_never_waits_and_costs_every_kernel(
 
 #[test]
 fn a_sparse_step_moves_fewer_bytes_and_flops_than_the_dense_one() {
-    let dense = H100_SXM
-        .estimate(&record_step(Gpu::emu_dry(), Arch::Resnet18, 64, 32, 64, 1.0, 3).unwrap());
-    let sparse = H100_SXM
-        .estimate(&record_step(Gpu::emu_dry(), Arch::Resnet18, 64, 32, 64, 0.01, 3).unwrap());
+    let cost = |density| {
+        let spec = step(Arch::Resnet18, 64, 32, 64, density);
+        H100_SXM.estimate(&record_step(Gpu::emu_dry(), spec).unwrap())
+    };
+    let (dense, sparse) = (cost(1.0), cost(0.01));
     assert!(
         sparse.flops * 5 < dense.flops,
         "{} vs {}",
@@ -210,9 +223,7 @@ fn stated_bytes_match_the_bytes_the_kernels_touch() {
     ];
     let mut kernels = std::collections::BTreeSet::new();
     for &(arch, width, image, batch, density) in cases {
-        let measured =
-            rest::bench::gpu::measure_step(Gpu::emu(), arch, width, image, batch, density, 3)
-                .unwrap();
+        let measured = measure_step(Gpu::emu(), step(arch, width, image, batch, density)).unwrap();
         assert!(measured.len() > 20);
         for m in &measured {
             let what = format!("{arch:?} density {density}: {}", m.kernel);

@@ -83,7 +83,17 @@ pub(super) fn section(
         for &batch in batches {
             let mut dense_ips = None;
             for &density in densities {
-                let est = record_step(Gpu::emu_dry(), arch, width, image, batch, density, seed)?;
+                let est = record_step(
+                    Gpu::emu_dry(),
+                    StepSpec {
+                        arch,
+                        width,
+                        image,
+                        batch,
+                        density,
+                        seed,
+                    },
+                )?;
                 let est = gpu_spec.estimate(&est);
                 let ips = batch as f64 / est.total_s;
                 let vs_dense = ips / *dense_ips.get_or_insert(ips);
@@ -130,18 +140,21 @@ pub(super) fn section(
     Ok(rows)
 }
 
+/// A training step to cost: the model (3 input channels, 10 classes), its input and density.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSpec {
+    pub arch: Arch,
+    pub width: usize,
+    pub image: usize,
+    pub batch: usize,
+    pub density: f64,
+    pub seed: u64,
+}
+
 /// The record of one steady-state training step (after a warm-up step that fills the caching
 /// allocator) of the model on `gpu` (the dry emulator for `--cost`).
-pub fn record_step(
-    gpu: Gpu,
-    arch: Arch,
-    width: usize,
-    image: usize,
-    batch: usize,
-    density: f64,
-    seed: u64,
-) -> Result<Vec<crate::device::gpu::Event>> {
-    let dev = steady_step(gpu, arch, width, image, batch, density, seed, |g| {
+pub fn record_step(gpu: Gpu, spec: StepSpec) -> Result<Vec<crate::device::gpu::Event>> {
+    let dev = steady_step(gpu, spec, |g| {
         g.record();
         Ok(())
     })?;
@@ -150,31 +163,25 @@ pub fn record_step(
 
 /// One steady-state training step on the emulator with every launch's global-memory bytes
 /// counted (`Gpu::measure`): each launch's stated cost beside what it touched.
-pub fn measure_step(
-    gpu: Gpu,
-    arch: Arch,
-    width: usize,
-    image: usize,
-    batch: usize,
-    density: f64,
-    seed: u64,
-) -> Result<Vec<crate::device::gpu::cost::Measured>> {
-    let dev = steady_step(gpu, arch, width, image, batch, density, seed, Gpu::measure)?;
+pub fn measure_step(gpu: Gpu, spec: StepSpec) -> Result<Vec<crate::device::gpu::cost::Measured>> {
+    let dev = steady_step(gpu, spec, Gpu::measure)?;
     Ok(dev.gpu().take_measured())
 }
 
 /// A model on `gpu`, a warm-up step, then `start` (record or measure) and one more step.
-#[allow(clippy::too_many_arguments)]
 fn steady_step(
     gpu: Gpu,
-    arch: Arch,
-    width: usize,
-    image: usize,
-    batch: usize,
-    density: f64,
-    seed: u64,
+    spec: StepSpec,
     start: impl FnOnce(&Gpu) -> Result<()>,
 ) -> Result<std::sync::Arc<GpuDevice>> {
+    let StepSpec {
+        arch,
+        width,
+        image,
+        batch,
+        density,
+        seed,
+    } = spec;
     let in_channels = 3;
     let cfg = ModelConfig {
         arch,

@@ -32,7 +32,7 @@ mod topk;
 mod xent;
 
 pub use conv::{ConvLayerRow, ConvSection, NetworkRow, PassTime, Passes, SparseRow};
-pub use cost::{measure_step, record_step, CostRow};
+pub use cost::{measure_step, record_step, CostRow, StepSpec};
 pub use step::StepRow;
 pub use topk::TopkRow;
 pub use xent::XentRow;

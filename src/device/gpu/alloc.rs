@@ -44,44 +44,40 @@ impl GpuDevice {
 
     /// A zero-filled buffer of `bytes` bytes, from the cache when one of that size is free.
     pub fn take(&self, bytes: usize) -> Result<Buf> {
-        let reused = self
-            .free
-            .lock()
-            .expect("allocator lock")
-            .get_mut(&bytes)
-            .and_then(Vec::pop);
-        match reused {
+        match self.reuse(bytes) {
             Some(mut b) => {
                 self.gpu.fill_bytes(&mut b, 0)?;
                 Ok(b)
             }
-            None => {
-                self.fresh
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.gpu.alloc(bytes)
-            }
+            None => self.fresh(bytes),
         }
     }
 
     /// A buffer of `bytes` bytes with undefined contents (NaN on the emulator), from the cache
     /// when one of that size is free: for outputs the next kernel writes in full.
     pub fn take_uninit(&self, bytes: usize) -> Result<Buf> {
-        let reused = self
-            .free
-            .lock()
-            .expect("allocator lock")
-            .get_mut(&bytes)
-            .and_then(Vec::pop);
-        let mut b = match reused {
+        let mut b = match self.reuse(bytes) {
             Some(b) => b,
-            None => {
-                self.fresh
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.gpu.alloc(bytes)?
-            }
+            None => self.fresh(bytes)?,
         };
         self.gpu.poison(&mut b);
         Ok(b)
+    }
+
+    /// A free buffer of exactly `bytes`, if the cache holds one.
+    fn reuse(&self, bytes: usize) -> Option<Buf> {
+        self.free
+            .lock()
+            .expect("allocator lock")
+            .get_mut(&bytes)
+            .and_then(Vec::pop)
+    }
+
+    /// A new (zero-filled) buffer from the driver.
+    fn fresh(&self, bytes: usize) -> Result<Buf> {
+        self.fresh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.gpu.alloc(bytes)
     }
 
     /// Returns `b` to the cache.

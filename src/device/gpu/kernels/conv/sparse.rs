@@ -133,6 +133,7 @@ pub fn conv_fwd_sparse(
     w.check(&s)?;
     check_len("x", x, s.x_len())?;
     check_len("y", y, s.y_len())?;
+    let (rows, images) = sparse_fwd_tile(&s)?;
     let p = ConvSparseFwdParams {
         x: x.addr(),
         row_ptr: w.row_ptr.addr(),
@@ -142,26 +143,12 @@ pub fn conv_fwd_sparse(
         y: y.addr(),
         s,
         nnz: w.nnz as u32,
-        rows: 0,
-        images: 0,
-        pad0: 0,
-    };
-    let (rows, images) = sparse_fwd_tile(&s)?;
-    let tiles = tile_count(&s, (rows, images));
-    ensure!(
-        tiles <= i32::MAX as usize,
-        "sparse convolution: {tiles} tiles exceed the grid"
-    );
-    let p = ConvSparseFwdParams {
         rows: rows as u32,
         images: images as u32,
-        ..p
+        pad0: 0,
     };
     let cfg = LaunchCfg {
-        grid: Dim3::xy(
-            tiles as u32,
-            grid_dim((s.cout as usize).div_ceil(SPF_G), "output channel groups")?,
-        ),
+        grid: tile_grid(&s, s.oh, (rows, images), s.cout, SPF_G, "output")?,
         block: Dim3::x(SP_THREADS),
         smem: 0,
     };
@@ -181,6 +168,14 @@ pub fn conv_bwd_data_sparse(
     w.check(&s)?;
     check_len("dy", dy, s.y_len())?;
     check_len("dx", dx, s.x_len())?;
+    ensure!(
+        s.k as usize <= SPB_MAXK,
+        "sparse convolution input gradient: a {}×{} kernel is larger than the kernel supports \
+         ({SPB_MAXK}×{SPB_MAXK})",
+        s.k,
+        s.k
+    );
+    let (rows, images) = sparse_bwd_data_tile(&s)?;
     let p = ConvSparseBwdDataParams {
         dy: dy.addr(),
         col_ptr: w.col_ptr.addr(),
@@ -190,49 +185,49 @@ pub fn conv_bwd_data_sparse(
         dx: dx.addr(),
         s,
         nnz: w.nnz as u32,
-        rows: 0,
-        images: 0,
-        pad0: 0,
-    };
-    ensure!(
-        s.k as usize <= SPB_MAXK,
-        "sparse convolution input gradient: a {}×{} kernel is larger than the kernel supports \
-         ({SPB_MAXK}×{SPB_MAXK})",
-        s.k,
-        s.k
-    );
-    let (rows, images) = sparse_bwd_data_tile(&s)?;
-    let tiles = (s.n as usize).div_ceil(images) * (s.h as usize).div_ceil(rows);
-    ensure!(
-        tiles <= i32::MAX as usize,
-        "sparse convolution: {tiles} tiles exceed the grid"
-    );
-    let p = ConvSparseBwdDataParams {
         rows: rows as u32,
         images: images as u32,
-        ..p
+        pad0: 0,
     };
     let cfg = LaunchCfg {
-        grid: Dim3::xy(
-            tiles as u32,
-            grid_dim((s.cin as usize).div_ceil(SPB_G), "input channel groups")?,
-        ),
+        grid: tile_grid(&s, s.h, (rows, images), s.cin, SPB_G, "input")?,
         block: Dim3::x(SP_THREADS),
         smem: 0,
     };
     gpu.launch(&conv_bwd_data_sparse_f32, cfg, &p)
 }
 
-/// Tiles of the sparse forward and weight gradient (`sparse_fwd_tile`).
-fn tile_count(s: &ConvShape, (rows, images): (usize, usize)) -> usize {
-    (s.n as usize).div_ceil(images) * (s.oh as usize).div_ceil(rows)
+/// Tiles of a plane of `plane_rows` rows over the batch, `rows` a band and `images` a tile.
+fn tile_count(s: &ConvShape, plane_rows: u32, (rows, images): (usize, usize)) -> usize {
+    (s.n as usize).div_ceil(images) * (plane_rows as usize).div_ceil(rows)
+}
+
+/// The grid of a tiled sparse kernel: (tiles, groups of `per_group` of the `channels`).
+fn tile_grid(
+    s: &ConvShape,
+    plane_rows: u32,
+    tile: (usize, usize),
+    channels: u32,
+    per_group: usize,
+    what: &str,
+) -> Result<Dim3> {
+    let tiles = tile_count(s, plane_rows, tile);
+    ensure!(
+        tiles <= i32::MAX as usize,
+        "sparse convolution: {tiles} tiles exceed the grid"
+    );
+    let groups = (channels as usize).div_ceil(per_group);
+    Ok(Dim3::xy(
+        tiles as u32,
+        grid_dim(groups, &format!("{what} channel groups"))?,
+    ))
 }
 
 /// The splits of the sparse weight gradient's reduction over tiles: enough blocks to fill a
 /// large GPU (~256 with the channel groups), at most one per tile.
 pub fn conv_bwd_weight_sparse_splits(g: &ConvGeom) -> Result<usize> {
     let s = ConvShape::new(g)?;
-    let tiles = tile_count(&s, sparse_fwd_tile(&s)?);
+    let tiles = tile_count(&s, s.oh, sparse_fwd_tile(&s)?);
     let groups = g.cout.div_ceil(SPF_G);
     Ok(256usize.div_ceil(groups).min(tiles).clamp(1, 64))
 }
