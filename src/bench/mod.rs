@@ -27,7 +27,8 @@ pub enum BenchWhat {
     /// Peak resident memory of a short training run, dense vs sparse (one process each).
     Memory(memory::MemoryArgs),
     /// The CUDA engine: sparse vs dense convolution per layer, cross-entropy bandwidth, topology
-    /// update, training steps (on a GPU, or the emulator).
+    /// update, training steps (on a GPU, or the emulator); with --cost, training steps estimated
+    /// by the cost model (no GPU needed).
     Gpu(gpu::GpuArgs),
     #[command(hide = true)]
     MemoryChild(memory::MemoryChildArgs),
