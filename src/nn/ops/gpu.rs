@@ -4,9 +4,9 @@
 //! allocator (`device::gpu::alloc`), and parameter gradients go into the device copies of the
 //! parameters (`nn::on_device`).
 
+use super::report::{DeviceReport, StepReport};
 use super::spec::{
-    bn_input, check_loss_inputs, group_count, BnParams, BnStats, StepReport, StepStats, Targets,
-    BN_EPS, BN_MOMENTUM,
+    bn_input, check_loss_inputs, group_count, BnParams, BnStats, Targets, BN_EPS, BN_MOMENTUM,
 };
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::pool::pool_out;
@@ -420,11 +420,7 @@ pub(super) fn cross_entropy(
     let mut stats = stats;
     stats.view_first(1);
     let out = Tensor::from_device(&[1], stats)?;
-    let report = DeviceReport {
-        stats: out.clone(),
-        losses: Tensor::from_device(&[n], losses)?,
-        num_groups,
-    };
+    let report = DeviceReport::new(out.clone(), Tensor::from_device(&[n], losses)?, num_groups);
     let dlogits = Tensor::from_device(&[k, n], dlogits)?;
     let backward = Box::new(move |dy: &Tensor, ctx: &mut BackwardCtx| {
         // The seed of a loss is a host scalar; 1 (a training step) passes dlogits as they are.
@@ -443,46 +439,4 @@ pub(super) fn cross_entropy(
         tape.push("cross_entropy", out, &[logits], false, backward),
         StepReport::Device(report),
     ))
-}
-
-/// A GPU loss op's report, still on the device: the statistics buffer (`xent::XENT_STATS`
-/// floats, `xent::XentStats`' layout) and the per-sample losses.
-pub struct DeviceReport {
-    /// The loss value [1], a view of the statistics buffer's first float.
-    stats: Tensor,
-    losses: Tensor,
-    num_groups: usize,
-}
-
-impl DeviceReport {
-    /// The whole statistics buffer (`xent::XENT_STATS` floats).
-    pub fn stats_buf(&self) -> Result<&Buf> {
-        buf(&self.stats)
-    }
-
-    /// The device it lives on.
-    pub fn device(&self) -> Result<&Arc<GpuDevice>> {
-        self.stats
-            .on_device()
-            .map(DeviceBuf::device)
-            .ok_or_else(|| anyhow!("a device report on the host"))
-    }
-
-    /// Reads the statistics and the losses back (the host waits for the step).
-    pub fn resolve(self) -> Result<StepStats> {
-        let sb = self.stats_buf()?;
-        let raw: Vec<f32> = self.device()?.gpu().read(sb)?;
-        let row = xent::XentStats::decode(&raw, self.num_groups);
-        let groups: Vec<(f32, usize, usize)> = row
-            .groups
-            .iter()
-            .map(|&(l, c, s)| (l, c.round() as usize, s.round() as usize))
-            .collect();
-        Ok(StepStats {
-            loss: row.loss,
-            losses: self.losses.to_host()?.into_vec(),
-            correct: groups.iter().map(|g| g.1).sum(),
-            groups,
-        })
-    }
 }

@@ -1,7 +1,8 @@
 //! The reweighted cross-entropy, and what a training step reports about its batch.
 
 use super::gpu;
-use super::spec::{check_loss_inputs, group_count, StepReport, StepStats, Targets};
+use super::report::StepReport;
+use super::spec::{check_loss_inputs, group_count, StepStats, Targets};
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::xent;
 use crate::tensor::Tensor;

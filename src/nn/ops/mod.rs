@@ -16,13 +16,14 @@ mod conv;
 mod gpu;
 mod loss;
 mod norm;
+mod report;
 mod spec;
 
 pub use conv::conv2d;
-pub use gpu::DeviceReport;
 pub use loss::{argmax_rows, cross_entropy, logits_rows};
 pub use norm::batchnorm;
-pub use spec::{check_loss_inputs, BnParams, BnStats, StepReport, StepStats, BN_EPS, BN_MOMENTUM};
+pub use report::{DeviceReport, StepReport};
+pub use spec::{check_loss_inputs, BnParams, BnStats, StepStats, BN_EPS, BN_MOMENTUM};
 
 use crate::autograd::{BackwardCtx, Tape, Var};
 use crate::device::cpu::buffers::overwritten;

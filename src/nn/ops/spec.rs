@@ -52,25 +52,6 @@ pub(super) fn group_count(groups: Option<&[u32]>) -> usize {
     groups.map_or(1, |g| g.iter().max().map_or(1, |&m| m as usize + 1))
 }
 
-/// What the loss op reports about its batch: on the host at once (the CPU), or still on the device
-/// (a GPU: reading the statistics back would make the host wait for the whole step, so the
-/// trainer adds reports up on the device, `train::StepTotals`, and reads the sums when it needs
-/// them).
-pub enum StepReport {
-    Host(StepStats),
-    Device(super::gpu::DeviceReport),
-}
-
-impl StepReport {
-    /// The statistics on the host. A device report is read back: the host waits for the step.
-    pub fn resolve(self) -> anyhow::Result<StepStats> {
-        match self {
-            StepReport::Host(s) => Ok(s),
-            StepReport::Device(d) => d.resolve(),
-        }
-    }
-}
-
 /// A batch-norm layer as its op sees it: scale γ and shift β, and whether a ReLU follows in the
 /// same passes.
 #[derive(Clone, Copy, Debug)]

@@ -10,7 +10,7 @@
 use super::conv::{self, *};
 use super::elementwise::{self, ElementwiseParams};
 use super::norm::{self, NormParams};
-use super::optim::SgdParams;
+use super::optim::{sgd_cost, SgdParams};
 use super::pool::{self, AvgPoolParams, MaxPoolParams};
 use super::topk::{TopkBatchParams, TopkParams};
 use super::xent::{self, XentParams, XENT_STATS};
@@ -319,12 +319,6 @@ impl KernelCost for SgdParams {
     fn cost(&self, _: &KernelDef, _: &LaunchCfg) -> Cost {
         sgd_cost(self.n as usize)
     }
-}
-
-/// SGD with momentum over `n` weights: reads weight, gradient and momentum, writes weight and
-/// momentum (`optim_sgd_multi_f32` states it through its wrapper: its sizes are in a table).
-pub fn sgd_cost(n: usize) -> Cost {
-    Cost::streaming(f32s(3 * n), f32s(2 * n), 6 * n as u64)
 }
 
 // ---- topk.cu -------------------------------------------------------------------------------

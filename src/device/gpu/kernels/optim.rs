@@ -1,6 +1,7 @@
 //! Kernels of kernels/optim.cu: SGD with momentum and weight decay, in place.
 
 use super::elementwise::{ensure_count, ensure_len, grid_stride};
+use crate::device::gpu::cost::{f32s, Cost};
 use crate::device::gpu::{Buf, Dim3, Gpu, LaunchCfg};
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
@@ -167,5 +168,12 @@ pub fn sgd_multi(
         smem: 0,
     };
     let n = table.records.iter().map(|r| r.n as usize).sum();
-    gpu.launch_costed(&optim_sgd_multi_f32, cfg, &p, super::costs::sgd_cost(n))
+    gpu.launch_costed(&optim_sgd_multi_f32, cfg, &p, sgd_cost(n))
+}
+
+/// SGD with momentum over `n` weights: reads weight, gradient and momentum, writes weight and
+/// momentum (`optim_sgd_multi_f32`'s wrapper states it so: its sizes are in a device table; the
+/// per-tensor kernel's `KernelCost` in `costs.rs` uses it too).
+pub fn sgd_cost(n: usize) -> Cost {
+    Cost::streaming(f32s(3 * n), f32s(2 * n), 6 * n as u64)
 }
