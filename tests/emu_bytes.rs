@@ -5,25 +5,12 @@
 
 use rest::device::gpu::emu::{count_global_bytes, selftest::*, GlobalBytes};
 use rest::device::gpu::kernels::elementwise as ew;
-use rest::device::gpu::{Dim3, Gpu, LaunchCfg};
+use rest::device::gpu::{Dim3, Gpu};
 use std::sync::{Arc, Barrier};
 
-/// Values in [-1, 1) from a small LCG (deterministic).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn cfg(grid: Dim3, block: Dim3, smem: u32) -> LaunchCfg {
-    LaunchCfg { grid, block, smem }
-}
+#[path = "common/emu.rs"]
+mod emu_fixtures;
+use emu_fixtures::{atomic_case, cfg, values};
 
 fn bytes(read: u64, written: u64, read_requests: u64, written_requests: u64) -> GlobalBytes {
     GlobalBytes {
@@ -181,23 +168,12 @@ fn shared_memory_does_not_count() {
 #[test]
 fn atomics_count_as_a_read_and_a_write() {
     let gpu = Gpu::emu();
-    let n = 1000usize;
-    let x = values(n, 3);
-    let xb = gpu.upload(&x).unwrap();
-    let fsum = gpu.zeros::<f32>(2).unwrap();
-    let ints = gpu
-        .upload(&[0u32, 0, 0, u32::MAX, 0, 0, 0, 10_000])
-        .unwrap();
-    let p = AtomicParams {
-        x: xb.addr(),
-        fsum: fsum.addr(),
-        ints: ints.addr(),
-        n: n as u32,
-        pad: 0,
-    };
-    let blocks = n.div_ceil(128) + 1; // one idle block
-    let c = cfg(Dim3::x(blocks as u32), Dim3::x(128), 0);
-    let ((), got) = count_global_bytes(|| gpu.launch(&selftest_atomic, c, &p).unwrap());
+    let case = atomic_case(&gpu, 1000);
+    let (n, blocks, ints) = (case.n, case.blocks, &case.ints);
+    let ((), got) = count_global_bytes(|| {
+        gpu.launch(&selftest_atomic, case.cfg, &case.params)
+            .unwrap()
+    });
     // Each of the n threads: x[i] (a read), eight atomics on global memory (a float atomicAdd
     // emulated by compare-and-swap, add, max, min, or, xor, CAS, sub: a read and a write each),
     // one plain read of ints[6] before its CAS. Thread 0 of every block: two atomicAdds of the
@@ -210,7 +186,7 @@ fn atomics_count_as_a_read_and_a_write() {
         32 * n + 8 * blocks,
     );
     assert_eq!(got, want);
-    let i = gpu.read::<u32>(&ints).unwrap();
+    let i = gpu.read::<u32>(ints).unwrap();
     assert_eq!(i[0], n as u32);
     assert_eq!(i[6], 2 * n as u32);
 }

@@ -7,28 +7,13 @@
 //! kernels sum in another order than the sequential Rust sums); everything else is exact.
 
 use rest::device::gpu::emu::{self, selftest::*};
-use rest::device::gpu::{Dim3, Gpu, LaunchCfg};
+use rest::device::gpu::{Dim3, Gpu};
+
+#[path = "common/emu.rs"]
+mod emu_fixtures;
+use emu_fixtures::{atomic_case, cfg, values};
 
 const FULL: u32 = u32::MAX;
-
-/// Values in [-1, 1) from a small LCG (deterministic).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn cfg(grid: Dim3, block: Dim3, smem: u32) -> LaunchCfg {
-    LaunchCfg { grid, block, smem }
-}
 
 fn close(got: f32, want: f32, terms: usize) -> bool {
     (got - want).abs() <= 1e-5 * terms as f32 + 1e-6
@@ -275,23 +260,11 @@ fn check_vote(gpu: &Gpu) {
 }
 
 fn check_atomic(gpu: &Gpu) {
-    let n = 1000usize;
-    let x = values(n, 3);
-    let xb = gpu.upload(&x).unwrap();
-    let fsum = gpu.zeros::<f32>(2).unwrap();
-    let ints = gpu
-        .upload(&[0u32, 0, 0, u32::MAX, 0, 0, 0, 10_000])
+    let case = atomic_case(gpu, 1000);
+    let (n, x, fsum, ints) = (case.n, &case.x, &case.fsum, &case.ints);
+    gpu.launch(&selftest_atomic, case.cfg, &case.params)
         .unwrap();
-    let p = AtomicParams {
-        x: xb.addr(),
-        fsum: fsum.addr(),
-        ints: ints.addr(),
-        n: n as u32,
-        pad: 0,
-    };
-    let c = cfg(Dim3::x(n.div_ceil(128) as u32 + 1), Dim3::x(128), 0); // one idle block
-    gpu.launch(&selftest_atomic, c, &p).unwrap();
-    let f = gpu.read::<f32>(&fsum).unwrap();
+    let f = gpu.read::<f32>(fsum).unwrap();
     let sum: f32 = x.iter().sum();
     assert!(
         close(f[0], sum, n),
@@ -303,7 +276,7 @@ fn check_atomic(gpu: &Gpu) {
         "shared float atomicAdd: {} vs {sum}",
         f[1]
     );
-    let i = gpu.read::<u32>(&ints).unwrap();
+    let i = gpu.read::<u32>(ints).unwrap();
     let xor = (0..n as u32).fold(0, |a, v| a ^ v);
     let n = n as u32;
     assert_eq!(i, [n, n, n - 1, 0, FULL, xor, 2 * n, 10_000 - n]);

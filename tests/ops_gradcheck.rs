@@ -459,6 +459,71 @@ fn matmul_matches_triple_loop() {
 // ---------------------------------------------------------------------------------------------
 // batch normalisation
 
+/// What one training forward of batch norm leaves (running statistics from mean 0, variance 1;
+/// ε 1e-5, momentum 0.1).
+struct BnFwd {
+    y: Vec<f32>,
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+}
+
+/// Batch norm's training forward, fused with a ReLU or not.
+fn bn_forward(relu: bool, fwd: BnIn) -> BnFwd {
+    let (c, m) = (fwd.c, fwd.m);
+    let mut f = BnFwd {
+        y: vec![0f32; c * m],
+        mean: vec![0f32; c],
+        invstd: vec![0f32; c],
+        running_mean: vec![0f32; c],
+        running_var: vec![1f32; c],
+    };
+    let o = TrainFwdOut {
+        running_mean: &mut f.running_mean,
+        running_var: &mut f.running_var,
+        y: &mut f.y,
+        save_mean: &mut f.mean,
+        save_invstd: &mut f.invstd,
+    };
+    if relu {
+        batchnorm_relu_train_forward(fwd, 1e-5, 0.1, o);
+    } else {
+        batchnorm_train_forward(fwd, 1e-5, 0.1, o);
+    }
+    f
+}
+
+/// Batch norm's backward (fused with a ReLU or not) from a forward's saved statistics: (dx,
+/// dgamma, dbeta).
+fn bn_backward(
+    relu: bool,
+    fwd: BnIn,
+    mean: &[f32],
+    invstd: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (c, m) = (fwd.c, fwd.m);
+    let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
+    let g = BnGradIn {
+        fwd,
+        save_mean: mean,
+        save_invstd: invstd,
+        dy,
+    };
+    let o = BwdOut {
+        dx: &mut dx,
+        dgamma: &mut dg,
+        dbeta: &mut db,
+    };
+    if relu {
+        batchnorm_relu_backward(g, o);
+    } else {
+        batchnorm_backward(g, o);
+    }
+    (dx, dg, db)
+}
+
 fn bn_train(
     c: usize,
     m: usize,
@@ -466,17 +531,8 @@ fn bn_train(
     gamma: &[f32],
     beta: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
-    let (mut y, mut mean, mut invstd) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-    let o = TrainFwdOut {
-        running_mean: &mut rm,
-        running_var: &mut rv,
-        y: &mut y,
-        save_mean: &mut mean,
-        save_invstd: &mut invstd,
-    };
-    batchnorm_train_forward(BnIn::new(c, m, x, gamma, beta), 1e-5, 0.1, o);
-    (y, mean, invstd)
+    let f = bn_forward(false, BnIn::new(c, m, x, gamma, beta));
+    (f.y, f.mean, f.invstd)
 }
 
 #[test]
@@ -549,19 +605,8 @@ fn batchnorm_gradcheck() {
     let r = randn(&mut rng, c * m);
 
     let (_, mean, invstd) = bn_train(c, m, &x, &gamma, &beta);
-    let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-    let g = BnGradIn {
-        fwd: BnIn::new(c, m, &x, &gamma, &[]),
-        save_mean: &mean,
-        save_invstd: &invstd,
-        dy: &r,
-    };
-    let o = BwdOut {
-        dx: &mut dx,
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
-    batchnorm_backward(g, o);
+    let fwd = BnIn::new(c, m, &x, &gamma, &[]);
+    let (dx, dg, db) = bn_backward(false, fwd, &mean, &invstd, &r);
 
     // ε = 1e-2 on unit-scale inputs: truncation error O(ε²) ≪ GRAD_TOL.
     let eps = 1e-2;
@@ -590,30 +635,16 @@ fn batchnorm_large_matches_f64_reference() {
     let gamma: Vec<f32> = (0..c).map(|_| 0.5 + rng.uniform()).collect();
     let beta = randn(&mut rng, c);
     let dy = randn(&mut rng, c * m);
-    let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
-    let (mut y, mut mean, mut invstd) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-    let eps = 1e-5;
-    let o = TrainFwdOut {
-        running_mean: &mut rm,
-        running_var: &mut rv,
-        y: &mut y,
-        save_mean: &mut mean,
-        save_invstd: &mut invstd,
-    };
-    batchnorm_train_forward(BnIn::new(c, m, &x, &gamma, &beta), eps, 0.1, o);
-    let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-    let g = BnGradIn {
-        fwd: BnIn::new(c, m, &x, &gamma, &[]),
-        save_mean: &mean,
-        save_invstd: &invstd,
-        dy: &dy,
-    };
-    let o = BwdOut {
-        dx: &mut dx,
-        dgamma: &mut dg,
-        dbeta: &mut db,
-    };
-    batchnorm_backward(g, o);
+    let eps = 1e-5f32; // bn_forward's
+    let BnFwd {
+        y,
+        mean,
+        invstd,
+        running_var: rv,
+        ..
+    } = bn_forward(false, BnIn::new(c, m, &x, &gamma, &beta));
+    let fwd = BnIn::new(c, m, &x, &gamma, &[]);
+    let (dx, dg, db) = bn_backward(false, fwd, &mean, &invstd, &dy);
 
     for ci in 0..c {
         let xc = to_f64(&x[ci * m..][..m]);
@@ -979,58 +1010,30 @@ fn batchnorm_relu_matches_unfused() {
         let dy = randn(&mut rng, c * m);
 
         // Unfused: batch norm, ReLU; backward ReLU then batch norm.
-        let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
-        let (mut ybn, mut mean, mut invstd) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        let o = TrainFwdOut {
-            running_mean: &mut rm,
-            running_var: &mut rv,
-            y: &mut ybn,
-            save_mean: &mut mean,
-            save_invstd: &mut invstd,
-        };
-        batchnorm_train_forward(BnIn::new(c, m, &x, &gamma, &beta), 1e-5, 0.1, o);
+        let BnFwd {
+            y: ybn,
+            mean,
+            invstd,
+            running_mean: rm,
+            running_var: rv,
+        } = bn_forward(false, BnIn::new(c, m, &x, &gamma, &beta));
         let mut y = vec![0f32; c * m];
         relu_forward(&ybn, &mut y);
         let mut dybn = vec![0f32; c * m];
         relu_backward(&ybn, &dy, &mut dybn);
-        let (mut dx, mut dg, mut db) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        let g = BnGradIn {
-            fwd: BnIn::new(c, m, &x, &gamma, &[]),
-            save_mean: &mean,
-            save_invstd: &invstd,
-            dy: &dybn,
-        };
-        let o = BwdOut {
-            dx: &mut dx,
-            dgamma: &mut dg,
-            dbeta: &mut db,
-        };
-        batchnorm_backward(g, o);
+        let fwd = BnIn::new(c, m, &x, &gamma, &[]);
+        let (dx, dg, db) = bn_backward(false, fwd, &mean, &invstd, &dybn);
 
         // Fused.
-        let (mut frm, mut frv) = (vec![0f32; c], vec![1f32; c]);
-        let (mut fy, mut fmean, mut finv) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        let o = TrainFwdOut {
-            running_mean: &mut frm,
-            running_var: &mut frv,
-            y: &mut fy,
-            save_mean: &mut fmean,
-            save_invstd: &mut finv,
-        };
-        batchnorm_relu_train_forward(BnIn::new(c, m, &x, &gamma, &beta), 1e-5, 0.1, o);
-        let (mut fdx, mut fdg, mut fdb) = (vec![0f32; c * m], vec![0f32; c], vec![0f32; c]);
-        let g = BnGradIn {
-            fwd: BnIn::new(c, m, &x, &gamma, &beta),
-            save_mean: &fmean,
-            save_invstd: &finv,
-            dy: &dy,
-        };
-        let o = BwdOut {
-            dx: &mut fdx,
-            dgamma: &mut fdg,
-            dbeta: &mut fdb,
-        };
-        batchnorm_relu_backward(g, o);
+        let BnFwd {
+            y: fy,
+            mean: fmean,
+            invstd: finv,
+            running_mean: frm,
+            running_var: frv,
+        } = bn_forward(true, BnIn::new(c, m, &x, &gamma, &beta));
+        let fwd = BnIn::new(c, m, &x, &gamma, &beta);
+        let (fdx, fdg, fdb) = bn_backward(true, fwd, &fmean, &finv, &dy);
 
         assert_eq!((&frm, &frv, &fmean, &finv), (&rm, &rv, &mean, &invstd));
         let clipped = fy.iter().filter(|&&v| v == 0.0).count();

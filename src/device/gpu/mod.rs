@@ -28,7 +28,7 @@ pub mod sparse_weight;
 use anyhow::{bail, ensure, Result};
 use bytemuck::{Pod, Zeroable};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub use cost::{Cost, Event, KernelCost};
@@ -252,6 +252,9 @@ pub struct Traffic {
     fills: AtomicU64,
     /// Every event since `Gpu::record` (None: not recording).
     log: Mutex<Option<Vec<Event>>>,
+    /// Whether `log` is open: tested first, so that a launch that is not recorded takes no lock
+    /// and computes no cost.
+    recording: AtomicBool,
 }
 
 /// A snapshot of [`Traffic`]; subtract two for what happened between them.
@@ -287,10 +290,24 @@ impl Traffic {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
     fn note(&self, event: impl FnOnce() -> Event) {
+        if !self.recording() {
+            return;
+        }
         if let Some(log) = self.log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             log.push(event());
         }
+    }
+
+    /// Opens (`Some`) or closes (`None`) the log; returns what it held.
+    fn set_log(&self, log: Option<Vec<Event>>) -> Option<Vec<Event>> {
+        let mut guard = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        self.recording.store(log.is_some(), Ordering::Relaxed);
+        std::mem::replace(&mut *guard, log)
     }
 
     fn snapshot(&self) -> TrafficCounts {
@@ -322,6 +339,8 @@ pub struct Emulator {
     next_addr: AtomicU64,
     /// Launches with the bytes they touched, while measuring (`Gpu::measure`).
     measured: Mutex<Option<Vec<cost::Measured>>>,
+    /// Whether `measured` is open (tested before taking its lock).
+    measuring: AtomicBool,
 }
 
 impl Gpu {
@@ -349,11 +368,7 @@ impl Gpu {
     /// Starts recording every launch (with its [`Cost`]), copy, memset and synchronisation;
     /// [`Gpu::take_record`] returns them. Recording again restarts the record.
     pub fn record(&self) {
-        *self
-            .traffic_counters()
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        self.traffic_counters().set_log(Some(Vec::new()));
     }
 
     /// Starts measuring (the emulator only): every launch from now runs with the emulator's
@@ -363,6 +378,7 @@ impl Gpu {
         match self {
             Gpu::Emu(e) if !e.dry => {
                 *e.measured.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+                e.measuring.store(true, Ordering::Relaxed);
                 Ok(())
             }
             _ => bail!("only the emulator measures the bytes a kernel touches"),
@@ -372,24 +388,18 @@ impl Gpu {
     /// The launches measured since [`Gpu::measure`], and measuring stops.
     pub fn take_measured(&self) -> Vec<cost::Measured> {
         match self {
-            Gpu::Emu(e) => e
-                .measured
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_default(),
+            Gpu::Emu(e) => {
+                let mut guard = e.measured.lock().unwrap_or_else(|p| p.into_inner());
+                e.measuring.store(false, Ordering::Relaxed);
+                guard.take().unwrap_or_default()
+            }
             Gpu::Cuda(_) => Vec::new(),
         }
     }
 
     /// The events since [`Gpu::record`], and recording stops (empty if it never started).
     pub fn take_record(&self) -> Vec<Event> {
-        self.traffic_counters()
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_default()
+        self.traffic_counters().set_log(None).unwrap_or_default()
     }
 
     /// GPU `ordinal` through cudarc; a clear error when no usable GPU or NVRTC is found.
@@ -540,21 +550,26 @@ impl Gpu {
         cfg: LaunchCfg,
         params: &P,
     ) -> Result<()> {
-        self.launch_costed(kernel, cfg, params, params.cost(kernel, &cfg))
+        self.launch_costed(kernel, cfg, params, || params.cost(kernel, &cfg))
     }
 
     /// [`Gpu::launch`] with the cost stated by the caller, for parameter structs that cannot
-    /// know it (a table of tensors in device memory).
+    /// know it (a table of tensors in device memory). `cost` runs only while the launch is
+    /// recorded or measured: an ordinary launch pays nothing for the cost model.
     pub fn launch_costed<P: Pod>(
         &self,
         kernel: &KernelDef,
         cfg: LaunchCfg,
         params: &P,
-        cost: Cost,
+        cost: impl FnOnce() -> Cost,
     ) -> Result<()> {
         cfg.validate(kernel.name)?;
-        self.traffic_counters()
-            .note(|| Event::launch(kernel, &cfg, cost));
+        let traffic = self.traffic_counters();
+        let measuring = matches!(self, Gpu::Emu(e) if e.measuring.load(Ordering::Relaxed));
+        let cost = (traffic.recording() || measuring).then(cost);
+        if let Some(c) = cost {
+            traffic.note(|| Event::launch(kernel, &cfg, c));
+        }
         match self {
             Gpu::Emu(e) if e.dry => {
                 Traffic::count(&e.traffic.launches);
@@ -573,15 +588,17 @@ impl Gpu {
                         params as *const P as *const c_void,
                     )
                 };
-                let mut measured = e.measured.lock().unwrap_or_else(|p| p.into_inner());
-                match measured.as_mut() {
-                    Some(log) => {
+                match cost.filter(|_| measuring) {
+                    Some(cost) => {
                         let ((), bytes) = emu::count_global_bytes(run);
-                        log.push(cost::Measured {
-                            kernel: kernel.name,
-                            cost,
-                            bytes,
-                        });
+                        let mut log = e.measured.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(log) = log.as_mut() {
+                            log.push(cost::Measured {
+                                kernel: kernel.name,
+                                cost,
+                                bytes,
+                            });
+                        }
                     }
                     None => run(),
                 }

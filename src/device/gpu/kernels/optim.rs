@@ -167,8 +167,9 @@ pub fn sgd_multi(
         block: Dim3::x(256),
         smem: 0,
     };
-    let n = table.records.iter().map(|r| r.n as usize).sum();
-    gpu.launch_costed(&optim_sgd_multi_f32, cfg, &p, sgd_cost(n))
+    gpu.launch_costed(&optim_sgd_multi_f32, cfg, &p, || {
+        sgd_cost(table.records.iter().map(|r| r.n as usize).sum())
+    })
 }
 
 /// SGD with momentum over `n` weights: reads weight, gradient and momentum, writes weight and
